@@ -1,0 +1,262 @@
+"""Classifier heads behind one interface: FC, l2 nearest-class-mean, cosine prototypes and HPM.
+
+Every head maps backbone features ``z [B, d]`` and the original FC logits ``fc_logits [B, k]`` to
+class scores ``[B, k]``::
+
+    scores = head(z, fc_logits, mode="hard", labels=None, context=None)
+
+``mode`` selects one of the three forward passes of the paper's evaluation protocol (METHOD.md):
+``"hard"`` is the deployed model, ``"soft"`` the soft-hybrid surrogate and ``"fc"`` the FC oracle.
+Heads without a straight-through estimator treat ``"soft"`` like ``"hard"``. Prototype buffers are
+updated by EMA only in training mode and only when ``labels`` are given, so evaluation is
+deterministic (AutoAttack's randomness check).
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Mode = Literal["hard", "soft", "fc"]
+MODES: tuple[str, ...] = ("hard", "soft", "fc")
+
+
+def check_mode(mode: str) -> Mode:
+    """Return ``mode`` if it is one of :data:`MODES`, else raise a ValueError naming the options."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def neg_l2_distance(z: Tensor, centres: Tensor, eps: float = 1e-12) -> Tensor:
+    """``-||z_i - c_j||_2`` for every pair (Eq. 18; not squared). ``z [B, d]``, ``centres [k, d]`` -> ``[B, k]``.
+
+    Uses the expansion ``|z|^2 - 2 z.c + |c|^2`` (memory O(Bk), not O(Bkd)) and clamps before the
+    square root so the gradient stays finite when a feature coincides with a centre.
+    """
+    sq = (z * z).sum(1, keepdim=True) - 2.0 * z @ centres.t() + (centres * centres).sum(1)[None]
+    return -sq.clamp_min(eps).sqrt()
+
+
+def class_means(z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class mean of ``z [B, d]`` over ``labels [B]``. Returns ``(means [k, d], present [k] bool)``.
+
+    Rows of absent classes are zero and flagged ``False`` in ``present``.
+    """
+    onehot = F.one_hot(labels.long(), num_classes).to(z.dtype)  # [B, k]
+    counts = onehot.sum(0)  # [k]
+    means = onehot.t() @ z / counts.clamp_min(1.0)[:, None]  # [k, d]
+    return means, counts > 0
+
+
+def straight_through_assignment(fc_logits: Tensor, hard: bool = True) -> Tensor:
+    """Class-assignment matrix ``P [B, k]`` from FC logits (Eq. 15-16).
+
+    ``hard=True`` gives ``P_ste = P_soft + stopgrad(P_hard - P_soft)``: its forward value is the one-hot
+    ``argmax`` and its gradient is that of ``P_soft = softmax(L)``. ``hard=False`` gives ``P_soft``.
+    """
+    p_soft = fc_logits.softmax(dim=1)
+    if not hard:
+        return p_soft
+    p_hard = F.one_hot(fc_logits.argmax(dim=1), fc_logits.shape[1]).to(p_soft.dtype)
+    return p_soft + (p_hard - p_soft).detach()
+
+
+def batch_prototypes(z: Tensor, assignment: Tensor, eps: float = 1e-8) -> Tensor:
+    """``C_batch = (P^T Z) / (colsum(P) + eps)`` (Eq. 16). ``z [B, d]``, ``assignment [B, k]`` -> ``[k, d]``.
+
+    With a one-hot assignment each row is the mean feature of the samples predicted as that class;
+    rows of classes nobody is predicted as are zero, as the paper defines.
+    """
+    return assignment.t() @ z / (assignment.sum(0)[:, None] + eps)
+
+
+class Head(nn.Module):
+    """Base class: a head scores features ``z`` given the original FC logits.
+
+    Attributes:
+        num_features: feature width ``d``.
+        num_classes: number of classes ``k``.
+        batch_dependent: True when one sample's scores depend on the other samples of the batch.
+        head_type: the registry name written to ``config.json``.
+    """
+
+    head_type: str = "base"
+    batch_dependent: bool = False
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        if num_features < 1 or num_classes < 2:
+            raise ValueError(f"need num_features >= 1 and num_classes >= 2; got {num_features}, {num_classes}")
+        self.num_features = num_features
+        self.num_classes = num_classes
+
+    def forward(
+        self,
+        z: Tensor,
+        fc_logits: Tensor,
+        mode: Mode = "hard",
+        labels: Tensor | None = None,
+        context: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Scores ``[B, k]``. ``context`` is ``(z_ctx [m, d], fc_logits_ctx [m, k])`` or None."""
+        check_mode(mode)
+        if mode == "fc":
+            return fc_logits
+        scores = self.scores(z, fc_logits, mode, context)
+        if self.training and labels is not None:
+            self.update_prototypes(z.detach(), labels)
+        return scores
+
+    def scores(self, z: Tensor, fc_logits: Tensor, mode: Mode, context: tuple[Tensor, Tensor] | None) -> Tensor:
+        raise NotImplementedError
+
+    def update_prototypes(self, z: Tensor, labels: Tensor) -> None:
+        """EMA update of prototype buffers from labelled features (no-op for heads without any)."""
+
+    def init_prototypes(self, z: Tensor, labels: Tensor) -> None:
+        """Set prototype buffers to the class means of ``z`` (no-op for heads without any)."""
+
+    def extra_config(self) -> dict:
+        """Head-specific constructor arguments, saved in ``config.json``."""
+        return {}
+
+
+class FCHead(Head):
+    """The original fully connected classifier: scores are the FC logits."""
+
+    head_type = "fc"
+
+    def scores(self, z, fc_logits, mode, context):
+        return fc_logits
+
+
+class _PrototypeHead(Head):
+    """A head with dataset-level class prototypes ``prototypes [k, d]`` kept by EMA (Eq. 14)."""
+
+    def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98):
+        super().__init__(num_features, num_classes)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum (EMA lambda) must be in [0, 1); got {momentum}")
+        self.momentum = momentum
+        self.register_buffer("prototypes", torch.zeros(num_classes, num_features))
+
+    def prototype_features(self, z: Tensor) -> Tensor:
+        """The feature transform the prototypes live in (identity for l2 heads)."""
+        return z
+
+    @torch.no_grad()
+    def update_prototypes(self, z: Tensor, labels: Tensor) -> None:
+        # Eq. 14 over present classes only: absent rows would otherwise be dragged toward zero.
+        means, present = class_means(self.prototype_features(z), labels, self.num_classes)
+        lam = self.momentum
+        self.prototypes[present] = lam * self.prototypes[present] + (1.0 - lam) * means[present]
+
+    @torch.no_grad()
+    def init_prototypes(self, z: Tensor, labels: Tensor) -> None:
+        means, present = class_means(self.prototype_features(z), labels, self.num_classes)
+        if not bool(present.all()):
+            missing = (~present).nonzero().flatten().tolist()
+            raise ValueError(f"cannot initialise prototypes: no samples of classes {missing}")
+        self.prototypes.copy_(means)
+
+    def extra_config(self) -> dict:
+        return {"momentum": self.momentum}
+
+
+class NCMHead(_PrototypeHead):
+    """Plain l2 nearest-class-mean head (DeepNCM-like): ``-||z - c_j||`` to EMA class means."""
+
+    head_type = "ncm"
+
+    def scores(self, z, fc_logits, mode, context):
+        return neg_l2_distance(z, self.prototypes)
+
+
+class CosineHead(_PrototypeHead):
+    """Cosine-prototype head (DNC-like): layer-normalised, l2-normalised features and prototypes.
+
+    Scores are ``scale * cos(LN(z), c_j)`` with a learnable ``scale``; prototypes are EMA means of the
+    normalised features.
+    """
+
+    head_type = "cosine"
+
+    def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98, scale: float = 16.0):
+        super().__init__(num_features, num_classes, momentum)
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def prototype_features(self, z: Tensor) -> Tensor:
+        return F.normalize(F.layer_norm(z, z.shape[-1:]), dim=1)
+
+    def scores(self, z, fc_logits, mode, context):
+        return self.scale * self.prototype_features(z) @ F.normalize(self.prototypes, dim=1).t()
+
+    def extra_config(self) -> dict:
+        return {"momentum": self.momentum, "scale": float(self.scale.detach())}
+
+
+class HPMHead(_PrototypeHead):
+    """Hybrid Prototype Mixing (Sec. 3.6, Eq. 14-18).
+
+    - ``prototypes`` is ``C_global [k, d]``: dataset-level class means, EMA-updated in training (Eq. 14).
+    - ``C_batch [k, d]``: batch-level prototypes from the FC prediction through a straight-through
+      estimator (Eq. 15-16); computed over the batch plus the optional context features.
+    - ``mixer``: ``C_hybrid = [C_global, C_batch] W_m + b_m`` (Eq. 17), initialised to ``W_m = [I; 0]``,
+      ``b_m = 0`` so the untrained head is the l2 nearest-class-mean classifier.
+    - scores: ``-||z_i - C_hybrid[j]||_2`` (Eq. 18).
+
+    Modes: ``"hard"`` (deployed) uses ``P_ste``; ``"soft"`` (soft-hybrid surrogate) uses ``P_soft`` in
+    the forward pass; ``"fc"`` returns the FC logits (FC oracle).
+    """
+
+    head_type = "hpm"
+    batch_dependent = True
+
+    def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98, eps: float = 1e-8):
+        super().__init__(num_features, num_classes, momentum)
+        self.eps = eps
+        self.mixer = nn.Linear(2 * num_features, num_features)
+        self.reset_mixer()
+
+    @torch.no_grad()
+    def reset_mixer(self) -> None:
+        """``W_m = [I; 0]``, ``b_m = 0``: C_hybrid = C_global, i.e. the l2 NCM head."""
+        d = self.num_features
+        self.mixer.weight.zero_()
+        self.mixer.weight[:, :d] = torch.eye(d)
+        self.mixer.bias.zero_()
+
+    def hybrid_prototypes(self, z: Tensor, fc_logits: Tensor, mode: Mode,
+                          context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``C_hybrid [k, d]`` for this batch (Eq. 15-17)."""
+        if context is not None:
+            z_ctx, logits_ctx = context
+            z = torch.cat([z, z_ctx.to(z)], 0)  # [B + m, d]
+            fc_logits = torch.cat([fc_logits, logits_ctx.to(fc_logits)], 0)
+        assignment = straight_through_assignment(fc_logits, hard=(mode == "hard"))  # [B(+m), k]
+        c_batch = batch_prototypes(z, assignment, self.eps)  # [k, d]
+        return self.mixer(torch.cat([self.prototypes, c_batch], 1))  # Eq. 17: [k, d]
+
+    def scores(self, z, fc_logits, mode, context):
+        return neg_l2_distance(z, self.hybrid_prototypes(z, fc_logits, mode, context))
+
+    def extra_config(self) -> dict:
+        return {"momentum": self.momentum, "eps": self.eps}
+
+
+HEADS: dict[str, Callable[..., Head]] = {
+    FCHead.head_type: FCHead,
+    NCMHead.head_type: NCMHead,
+    CosineHead.head_type: CosineHead,
+    HPMHead.head_type: HPMHead,
+}
+
+
+def create_head(head_type: str, num_features: int, num_classes: int, **kwargs) -> Head:
+    """Build a registered head by name (``fc``, ``ncm``, ``cosine``, ``hpm``)."""
+    if head_type not in HEADS:
+        raise ValueError(f"unknown head {head_type!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[head_type](num_features, num_classes, **kwargs)

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny models and data, an isolated cache, and never the network."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+class TinyNet(nn.Module):
+    """A small CNN whose forward ends in nn.Linear: conv -> pool -> MLP -> Linear(16, k)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.hidden = nn.Linear(width, 16)
+        self.linear = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.linear(torch.relu(self.hidden(h)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache dir and no implicit data root; sockets to the outside are refused."""
+    monkeypatch.setenv("HPM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("HPM_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+def tiny_net():
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+def _jpeg_bytes(rng: np.random.Generator, size: int = 32) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def tiny_data_root(tmp_path) -> Path:
+    """A data root laid out like ../shared/data: an npz test split and a JPEG tar with 3 train images/class."""
+    from hpm.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    (root / "cifar10").mkdir(parents=True)
+    np.savez(root / "cifar10" / "test-first1000.npz",
+             x=rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8), y=np.arange(24, dtype=np.uint8) % 10)
+    with tarfile.open(root / "cifar10" / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        for split, per_class in (("train", 3), ("test", 2)):
+            for name in CIFAR10_CLASSES:
+                for i in range(per_class):
+                    data = _jpeg_bytes(rng)
+                    info = tarfile.TarInfo(f"{split}/{name}/{i:04d}.jpg")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def shared_data_or_skip() -> Path:
+    root = Path(os.environ.get("HPM_TEST_DATA", SHARED_DATA))
+    if not (root / "cifar10" / "test-first1000.npz").is_file():
+        pytest.skip(f"local data root {root} not present")
+    return root

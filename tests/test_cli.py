@@ -1,0 +1,62 @@
+"""The hpm command: accurate help, one-line errors, and wrap + fine-tune + info end to end."""
+import subprocess
+import sys
+
+import pytest
+
+from hpm.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", ["train", "info", "push", "eval"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: hpm " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "pyautoattack", "--out", "x", "--eps", "abc"], "--eps: not a number"),
+    (["train", "pyautoattack", "--out", "x", "--epochs", "0"], "--epochs: must be >= 1"),
+    (["train", "pyautoattack", "--out", "x", "--head", "svm"], "invalid choice"),
+    (["info"], "required"),
+])
+def test_bad_arguments_get_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_files_get_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hpm.cli", "info", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"hpm: error: {tmp_path}: no config.json; not an hpm checkpoint"
+
+
+def test_train_clean_then_info_end_to_end(tiny_data_root, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    assert main(["train", "pyautoattack", "--head", "hpm", "--data", str(tiny_data_root), "--out", str(out),
+                 "--lr", "1e-3", "--batch-size", "8", "--eval-batch-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "clean_accuracy (hard, 24 images, batch 8)" in printed
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "head:       hpm  d=512  k=10" in info and "| clean_accuracy |" in info
+
+
+def test_parser_lists_all_commands():
+    text = build_parser().format_help()
+    for command in ("train", "eval", "info", "push"):
+        assert command in text
+
+
+def test_readme_quickstart_script_runs_on_the_local_data(tmp_path):
+    from conftest import REPO, shared_data_or_skip
+    data = shared_data_or_skip()
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "quickstart.py"), "--data", str(data),
+                             "--n-train", "2000", "--out", str(tmp_path / "q")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("FC  clean accuracy on 1000 test images") and lines[1].startswith("HPM")
+    assert (tmp_path / "q" / "model.safetensors").exists()
