@@ -6,7 +6,7 @@ save, reload, and report clean accuracy of FC and HPM on the lossless first 1000
 import argparse
 
 import hpm
-from hpm.data import load_dataset
+from hpm.data import Subset, load_dataset
 from hpm.evaluate import clean_accuracy
 from hpm.train import CleanConfig, extract_features, finetune_clean
 
@@ -18,7 +18,8 @@ args = parser.parse_args()
 
 model = hpm.wrap("pyautoattack", head="hpm")                 # backbone + original FC + HPM head
 train = load_dataset("cifar10", "train", args.data)          # JPEG train set, extracted once into the cache
-train.images, train.labels = train.images[:args.n_train], train.labels[:args.n_train]
+keep = Subset(n=min(args.n_train, len(train)), mode="uniform", seed=0).indices(len(train))  # class-balanced
+train.images, train.labels = train.images[keep], train.labels[keep]
 features, labels = extract_features(model, train)            # frozen backbone: features computed once, cached
 finetune_clean(model, features, labels, CleanConfig())       # paper defaults: Adam 5e-5, batch 64, 1 epoch
 

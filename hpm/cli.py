@@ -1,4 +1,4 @@
-"""The ``hpm`` command line: ``hpm train | eval | info | push``.
+"""The ``hpm`` command line: ``hpm train | eval | analyze | info | push``.
 
 Bad arguments and bad files end with a one-line ``hpm: error: ...`` and exit status 2, never a traceback.
 """
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=positive_int, default=10, help="adversarial: PGD steps (default 10)")
     t.add_argument("--max-steps", type=positive_int, default=None, help="adversarial: stop after N steps")
     t.add_argument("--save-every", type=positive_int, default=100, help="adversarial: steps between saved states")
-    t.add_argument("--n-train", type=positive_int, default=None, help="use only the first N training images")
+    t.add_argument("--n-train", type=positive_int, default=None,
+                   help="use a fixed uniform random subset of N training images (seeded by --seed)")
     t.add_argument("--n-test", type=positive_int, default=None, help="clean accuracy on the first N test images")
     t.add_argument("--eval-batch-size", type=positive_int, default=256, help="batch size for clean accuracy")
     t.add_argument("--seed", type=int, default=0)
@@ -92,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     p.set_defaults(func=_cmd_push)
 
+    from .analyze_cli import add_analyze_parser
     from .evaluate_cli import add_eval_parser
 
     add_eval_parser(sub)
+    add_analyze_parser(sub)
     return parser
 
 
@@ -142,7 +145,7 @@ def _cmd_train(args) -> int:
     dataset = args.dataset or model.dataset or "cifar10"
     train_set = load_dataset(dataset, "train", args.data)
     if args.n_train:
-        train_set = _first(train_set, args.n_train)
+        train_set = _uniform_subset(train_set, args.n_train, args.seed)
     test_set = load_dataset(dataset, "test", args.data)
     n_test = min(args.n_test or len(test_set), len(test_set))
     model.to(device)
@@ -176,11 +179,12 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _first(dataset, n: int):
-    from .data import ImageTensorDataset
+def _uniform_subset(dataset, n: int, seed: int):
+    from .data import ImageTensorDataset, Subset
 
-    n = min(n, len(dataset))
-    return ImageTensorDataset(dataset.images[:n], dataset.labels[:n], dataset.classes, f"{dataset.source}[:{n}]")
+    idx = Subset(n=min(n, len(dataset)), mode="uniform", seed=seed).indices(len(dataset))
+    return ImageTensorDataset(dataset.images[idx], dataset.labels[idx], dataset.classes,
+                              f"{dataset.source}[uniform {len(idx)}, seed {seed}]")
 
 
 def _cmd_info(args) -> int:

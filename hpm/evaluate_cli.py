@@ -1,6 +1,102 @@
-"""``hpm eval``: the Mixed Surrogate Attack protocol from the command line."""
+"""``hpm eval``: the Mixed Surrogate Attack protocol + Square from the command line."""
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import HPMError
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers expected, e.g. 1,16,64,256; got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1; got {text!r}")
+    return sizes
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard must look like K/N, e.g. 0/4; got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"shard K/N needs 0 <= K < N; got {text!r}")
+    return k, n
 
 
 def add_eval_parser(sub) -> None:
-    """Register ``hpm eval`` (filled in with the MSA protocol)."""
+    from .cli import parse_eps, positive_int
+
+    e = sub.add_parser(
+        "eval", help="evaluate robustness with MSA (APGD on surrogates, BPDA) + Square, per-sample worst case",
+        description="Attack MODEL (a checkpoint directory, a Hub id, or pyautoattack / robustbench:NAME / timm:NAME "
+                    "/ torchvision:NAME for the original FC model) with APGD-CE and APGD-DLR on the FC oracle, the "
+                    "soft-hybrid surrogate, their ensemble and the deployed model (BPDA), then Square on the deployed "
+                    "model; every adversarial batch is judged on the deployed model. Writes OUT (.json), OUT.md and "
+                    "the resumable per-sample OUT.npz.")
+    e.add_argument("model", nargs="?", help="checkpoint directory, Hub repo id, or model source")
+    e.add_argument("--out", required=True, metavar="REPORT.json", help="report path; .md and .npz are written beside it")
+    e.add_argument("--data", metavar="DIR", help="local data root (default: $HPM_DATA_DIR)")
+    e.add_argument("--dataset", choices=["cifar10", "cifar100", "imagenet"], help="default: the model's dataset")
+    e.add_argument("--split", default="test", choices=["test", "test-jpeg", "train"],
+                   help="default test (CIFAR-10: the lossless first-1000 subset when the data root has it)")
+    e.add_argument("--n", type=positive_int, default=None, help="number of samples (default: the whole split)")
+    e.add_argument("--subset", default="first", choices=["first", "uniform"],
+                   help="first N in order, or a fixed uniform random N (--subset-seed)")
+    e.add_argument("--subset-seed", type=int, default=0)
+    e.add_argument("--index-file", default=None, help="text or .npy file of dataset indices (overrides --n/--subset)")
+    e.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    e.add_argument("--eps", type=parse_eps, default=8 / 255, help="radius, e.g. 8/255 (default)")
+    e.add_argument("--iters", type=positive_int, default=40, help="APGD iterations (paper 40, AutoAttack 100)")
+    e.add_argument("--restarts", type=positive_int, default=1, help="APGD restarts")
+    e.add_argument("--square-queries", type=positive_int, default=5000, help="Square queries per sample")
+    e.add_argument("--attacks", default=None,
+                   help="comma-separated subset of the plan, e.g. apgd-ce/fc,apgd-dlr/ensemble,square "
+                        "(targets: fc, soft, ensemble, bpda, deployed); default: all that apply to the model")
+    e.add_argument("--schedule", default="cumulative", choices=["cumulative", "independent"],
+                   help="cumulative: each attack on the survivors (fast); independent: each on every clean-correct "
+                        "sample (standalone accuracy per attack)")
+    e.add_argument("--batch-sizes", type=_batch_sizes, default=[256], metavar="B1,B2,...",
+                   help="evaluation batch sizes, e.g. 1,16,64,256 (HPM depends on the batch; default 256)")
+    e.add_argument("--seed", type=int, default=0, help="attack seed")
+    e.add_argument("--no-checks", action="store_true", help="skip the sanity checks (extra small attack runs)")
+    e.add_argument("--check-n", type=positive_int, default=16, help="samples used by the sanity checks")
+    e.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N", help="evaluate every N-th batch from K")
+    e.add_argument("--merge", nargs="+", default=None, metavar="SHARD.npz",
+                   help="merge shards' per-sample results instead of attacking (needs one shard's .json beside it)")
+    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    e.add_argument("--model-dir", default="./models", help="robustbench: where zoo weights live")
+    e.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from .cli import _device, load_model_arg
+    from .data import Subset
+    from .evaluate import AttackConfig
+    from .msa import evaluate_model, load_eval_data, merge_reports
+
+    if args.merge:
+        base = Path(args.merge[0]).with_suffix(".json")
+        if not base.is_file():
+            raise HPMError(f"--merge needs the shard's report {base} beside {args.merge[0]}")
+        report = merge_reports(args.merge, args.out, base)
+        print(report.to_markdown())
+        return 0
+    if not args.model:
+        raise HPMError("MODEL is required (unless --merge is given)")
+    device = _device(args.device)
+    model = load_model_arg(args.model, args.model_dir, args.dataset)
+    dataset = args.dataset or getattr(model, "dataset", None) or "cifar10"
+    subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file)
+    x, y, idx, info = load_eval_data(dataset, args.split, args.data, subset)
+    attack = AttackConfig(norm=args.norm, eps=args.eps, n_iter=args.iters, n_restarts=args.restarts,
+                          square_queries=args.square_queries, schedule=args.schedule, seed=args.seed,
+                          attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
+    report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
+                            data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,
+                            check_n=args.check_n, shard=args.shard, device=device)
+    print(report.to_markdown())
+    return 0

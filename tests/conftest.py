@@ -30,6 +30,18 @@ class TinyNet(nn.Module):
         return self.linear(torch.relu(self.hidden(h)))
 
 
+class TinyMLP(nn.Module):
+    """Centred pixels -> Linear(3072, 16) -> ReLU -> Linear(16, k): input-sensitive, diverse predictions."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.hidden = nn.Linear(3 * 32 * 32, 16)
+        self.linear = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.linear(torch.relu(self.hidden((x - 0.5).flatten(1))))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache dir and no implicit data root; sockets to the outside are refused."""

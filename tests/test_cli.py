@@ -7,7 +7,7 @@ import pytest
 from hpm.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train", "info", "push", "eval"])
+@pytest.mark.parametrize("command", ["train", "info", "push", "eval", "analyze"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -60,3 +60,21 @@ def test_readme_quickstart_script_runs_on_the_local_data(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("FC  clean accuracy on 1000 test images") and lines[1].startswith("HPM")
     assert (tmp_path / "q" / "model.safetensors").exists()
+
+
+def test_analyze_writes_statistics_and_figures(tiny_data_root, tmp_path, capsys):
+    import json
+    out = tmp_path / "analysis"
+    assert main(["analyze", "pyautoattack", "--data", str(tiny_data_root), "--out", str(out), "--check-n", "4",
+                 "--dims", "2,64"]) == 0
+    stats = json.loads((out / "angle_stats.json").read_text())
+    assert set(stats["fc"]) == {"mu_pos", "sigma_pos", "mu_neg", "sigma_neg", "alpha"}
+    assert stats["eq8_check"]["implication_violations"] == 0 and stats["n_samples"] == 24
+    assert {p.name for p in out.iterdir()} >= {"fig2_isotropic.html", "fig3_angles.html", "fig3_cdf.html"}
+    assert "max |modelled - empirical| CDF gap" in capsys.readouterr().out
+
+
+def test_analyze_rejects_bad_dims(tiny_data_root, tmp_path, capsys):
+    assert main(["analyze", "pyautoattack", "--data", str(tiny_data_root), "--out", str(tmp_path), "--dims",
+                 "1,8"]) == 2
+    assert "--dims must all be >= 2" in capsys.readouterr().err

@@ -1,0 +1,192 @@
+"""Thin adapters over AutoAttack's own APGD and Square (``pyautoattack``) for the MSA protocol.
+
+Nothing here re-implements an attack. The adapters only decide *what* an attack differentiates and
+*where* success is judged (METHOD.md, "Evaluation"):
+
+- :class:`AttackTarget` runs the backbone once per step and returns the logits of one or more
+  surrogates (``fc`` oracle, ``soft`` hybrid, ``hard`` = the deployed model's straight-through gradient,
+  i.e. BPDA). With several surrogates, APGD optimises the *sum* of their per-sample losses (the
+  ensemble), still with one shared backbone forward/backward.
+- On every iterate it also evaluates the **deployed** head on the same features (no extra backbone
+  pass) and records, per sample, whether some iterate fooled the deployed model: APGD's own success
+  test (on the surrogate) and its "return the clean image when not fooled" rule are bypassed.
+- For batch-dependent heads, samples not under attack still take part in every forward pass through
+  their cached clean features, so the deployed model always sees the full evaluation batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pyautoattack.autopgd_base import APGDAttack
+from pyautoattack.square import SquareAttack
+from torch import Tensor, nn
+
+from .model import HPMClassifier
+
+NORMS = ("Linf", "L2")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the protocol."""
+
+    name: str  # e.g. "apgd-ce/fc", "apgd-dlr/ensemble", "square"
+    kind: str  # "apgd" or "square"
+    loss: str = "ce"  # APGD loss: "ce" or "dlr"
+    surrogates: tuple[str, ...] = ("hard",)  # modes whose summed loss APGD follows; "hard" = deployed (BPDA)
+
+    @property
+    def white_box(self) -> bool:
+        return self.kind == "apgd"
+
+
+TARGETS = {"fc": ("fc",), "soft": ("soft",), "ensemble": ("fc", "soft"), "bpda": ("hard",), "deployed": ("hard",)}
+
+
+def default_plan(model: nn.Module, losses: tuple[str, ...] = ("ce", "dlr"), square: bool = True) -> list[AttackSpec]:
+    """The paper's attacks for this model: surrogates for HPM, the model itself otherwise, then Square.
+
+    HPM: APGD on the FC oracle, the soft-hybrid surrogate, their ensemble and the deployed model (BPDA).
+    Other prototype heads: APGD on the FC oracle and on the model. FC / plain models: APGD on the model.
+    """
+    if isinstance(model, HPMClassifier) and model.head_type == "hpm":
+        targets = ("fc", "soft", "ensemble", "bpda")
+    elif isinstance(model, HPMClassifier) and model.head_type != "fc":
+        targets = ("fc", "deployed")
+    else:
+        targets = ("deployed",)
+    plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, TARGETS[t]) for t in targets for loss in losses]
+    return plan + ([AttackSpec("square", "square")] if square else [])
+
+
+def parse_attacks(names: list[str], model: nn.Module) -> list[AttackSpec]:
+    """``["apgd-ce/fc", "apgd-dlr/ensemble", "square", ...]`` -> specs, validated against the model."""
+    plan = []
+    hpm_head = isinstance(model, HPMClassifier) and model.head_type == "hpm"
+    for name in names:
+        if name == "square":
+            plan.append(AttackSpec("square", "square"))
+            continue
+        kind, _, target = name.partition("/")
+        loss = kind.removeprefix("apgd-")
+        if not kind.startswith("apgd-") or loss not in ("ce", "dlr") or target not in TARGETS:
+            raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr}}/{{{','.join(TARGETS)}}}")
+        if target in ("soft", "ensemble", "bpda") and not hpm_head:
+            raise ValueError(f"attack {name!r} needs an HPM head (its surrogates do not exist otherwise)")
+        if target == "fc" and not isinstance(model, HPMClassifier):
+            raise ValueError(f"attack {name!r} needs an hpm.HPMClassifier (a plain module has no FC oracle)")
+        plan.append(AttackSpec(name, "apgd", loss, TARGETS[target]))
+    if len({s.name for s in plan}) != len(plan):
+        raise ValueError("an attack is listed twice")
+    return plan
+
+
+class BatchFeatures:
+    """Computes ``[B, k]`` scores of a batch whose first rows are attacked and whose remaining rows are
+    fixed clean samples, given as cached features (only needed for batch-dependent heads)."""
+
+    def __init__(self, model: nn.Module, fixed_features: Tensor | None):
+        self.model = model
+        self.fixed = fixed_features if fixed_features is not None and len(fixed_features) else None
+        self.hpm = isinstance(model, HPMClassifier)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x) if self.hpm else x
+
+    def scores(self, z: Tensor, mode: str) -> Tensor:
+        """Scores of the attacked rows, computed inside the full batch (attacked + fixed rows)."""
+        if not self.hpm:
+            return self.model(z)
+        n = z.shape[0]
+        if self.fixed is not None:
+            z = torch.cat([z, self.fixed.to(z)], 0)  # [n + f, d]
+        return self.model.forward_head(z, mode=mode)[:n]
+
+
+class BreakRecorder:
+    """Per-sample record of whether some iterate made the deployed model misclassify it."""
+
+    def __init__(self, y: Tensor):
+        self.y = y
+        self.broken = torch.zeros_like(y, dtype=torch.bool)
+        self.witness: Tensor | None = None  # the first fooling image per sample
+
+    @torch.no_grad()
+    def update(self, x: Tensor, deployed_scores: Tensor) -> None:
+        fooled = deployed_scores.argmax(1) != self.y
+        new = fooled & ~self.broken
+        if new.any():
+            if self.witness is None:
+                self.witness = torch.zeros_like(x)
+            self.witness[new] = x.detach()[new]
+            self.broken |= new
+
+
+class AttackTarget(nn.Module):
+    """What APGD differentiates: flattened surrogate logits ``[B, S*k]``; records deployed breaks."""
+
+    def __init__(self, batch: BatchFeatures, surrogates: tuple[str, ...], recorder: BreakRecorder):
+        super().__init__()
+        self.batch, self.surrogates, self.recorder = batch, surrogates, recorder
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.batch.features(x)  # one backbone pass shared by every surrogate
+        logits = [self.batch.scores(z, mode) for mode in self.surrogates]  # S x [B, k]
+        with torch.no_grad():
+            deployed = logits[self.surrogates.index("hard")] if "hard" in self.surrogates \
+                else self.batch.scores(z.detach(), "hard")
+            self.recorder.update(x, deployed)
+        return torch.cat(logits, 1)
+
+
+class SummedLossAPGD(APGDAttack):
+    """AutoAttack's APGD, unchanged, following the sum over surrogates of its own per-sample loss.
+
+    ``attack_single_run`` picks its criterion from ``self.loss``; we run it with ``loss="dlr"`` and
+    override ``dlr_loss`` (the hook APGD calls) to split the target's ``[B, S*k]`` output into the S
+    surrogates' logits and add APGD's CE or DLR loss of each. With one surrogate this is exactly
+    APGD-CE or APGD-DLR.
+    """
+
+    def __init__(self, target: AttackTarget, num_classes: int, objective: str, **kwargs):
+        super().__init__(target, loss="dlr", **kwargs)
+        self.num_classes, self.objective = num_classes, objective
+
+    def dlr_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        parts = x.view(x.shape[0], -1, self.num_classes).unbind(1)  # S x [B, k]
+        if self.objective == "ce":
+            return sum(F.cross_entropy(p, y, reduction="none") for p in parts)
+        return sum(APGDAttack.dlr_loss(self, p, y) for p in parts)
+
+
+def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_iter: int,
+             n_restarts: int, seed: int, num_classes: int) -> Tensor:
+    """APGD on ``x`` (all rows attacked together); returns the mask of samples it made the deployed model miss."""
+    recorder = BreakRecorder(y)
+    target = AttackTarget(batch, spec.surrogates, recorder)
+    apgd = SummedLossAPGD(target, num_classes, spec.loss, n_iter=n_iter, norm=norm, eps=eps, n_restarts=1,
+                          seed=seed, device=x.device)
+    apgd.init_hyperparam(x)
+    for restart in range(n_restarts):
+        torch.manual_seed(seed + restart)
+        apgd.attack_single_run(x, y)
+    return recorder.broken
+
+
+def run_square(batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_queries: int, seed: int,
+               p_init: float = 0.8) -> Tensor:
+    """Square (AutoAttack's) against the deployed model; its best images are judged on the full batch."""
+
+    def predict(images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return batch.scores(batch.features(images), "hard")
+
+    square = SquareAttack(predict, norm=norm, n_queries=n_queries, eps=eps, p_init=p_init, n_restarts=1,
+                          seed=seed, device=x.device, loss="margin")
+    square.init_hyperparam(x)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        _, x_best = square.attack_single_run(x, y)
+        return predict(x_best).argmax(1) != y  # every row of x_best joins the same batch: a valid witness

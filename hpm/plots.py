@@ -1,0 +1,71 @@
+"""Plotly figures: the paper's Fig. 2 (isotropic CDFs) and Fig. 3 (angle histograms, modelled vs empirical CDF)."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .sensitivity import AngleReport, isotropic_cdf
+
+DEFAULT_DIMS = (2, 8, 32, 128, 512, 2048)
+
+
+def isotropic_cdf_figure(dims=DEFAULT_DIMS, n_points: int = 200) -> go.Figure:
+    """Fig. 2: ``F_X(|cos gamma|)``, the probability that the FC head is the more sensitive, per dimension d."""
+    u = np.linspace(0, 1, n_points)
+    fig = go.Figure()
+    for d in dims:
+        fig.add_trace(go.Scatter(x=u, y=isotropic_cdf(u, int(d)), mode="lines", name=f"d = {d}"))
+    fig.update_layout(title="Isotropic features: P(S_c >= sup S_d) (Eq. 11)", xaxis_title="|cos γ|",
+                      yaxis_title="F_X(|cos γ|)", yaxis_range=[0, 1.02], template="plotly_white",
+                      legend_title="feature dimension")
+    return fig
+
+
+def angle_histogram_figure(report: AngleReport, bins: int = 90) -> go.Figure:
+    """Fig. 3 (left): histograms of theta_c (FC) and theta_d (l2), positive vs negative, with fitted curves."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("θ_c: features vs FC class vectors",
+                                                        "θ_d: features vs l2 prototypes"))
+    grid = np.linspace(0, 180, 721)
+    for col, (angles, stats, name) in enumerate(((report.theta_c, report.fc, "FC"), (report.theta_d, report.l2, "l2")),
+                                                1):
+        for part, colour in (("positive", "#d62728"), ("negative", "#1f77b4")):
+            fig.add_trace(go.Histogram(x=angles[part], nbinsx=bins, histnorm="probability density", opacity=0.45,
+                                       marker_color=colour, name=f"{name} {part}", legendgroup=f"{name}{part}"),
+                          row=1, col=col)
+            mu, sigma = (stats.mu_pos, stats.sigma_pos) if part == "positive" else (stats.mu_neg, stats.sigma_neg)
+            single = type(stats)(mu, sigma, mu, sigma, 1.0)  # one component, for a per-part curve
+            fig.add_trace(go.Scatter(x=grid, y=single.pdf(grid), mode="lines", line=dict(color=colour),
+                                     name=f"{name} {part} fit: μ={mu:.2f}°, σ={sigma:.2f}°",
+                                     legendgroup=f"{name}{part}"), row=1, col=col)
+        fig.update_xaxes(title_text="angle (degrees)", row=1, col=col)
+    fig.update_layout(title=f"Angle statistics ({report.n_samples} samples, d = {report.num_features}, "
+                            f"k = {report.num_classes})", barmode="overlay", template="plotly_white")
+    return fig
+
+
+def cdf_comparison_figure(report: AngleReport) -> go.Figure:
+    """Fig. 3 (right): modelled CDF (Eq. 13, fitted parameters) vs empirical CDF of |cos θ_c| / |sin θ_d|."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=report.u, y=report.modelled_cdf, mode="lines", name="modelled (Eq. 13)"))
+    fig.add_trace(go.Scatter(x=report.u, y=report.empirical_cdf, mode="lines", line=dict(dash="dash"),
+                             name="empirical (measured pairs)"))
+    fig.add_trace(go.Scatter(x=report.u, y=isotropic_cdf(np.asarray(report.u), report.num_features), mode="lines",
+                             line=dict(dash="dot", color="grey"), name=f"isotropic, d = {report.num_features}"))
+    fig.update_layout(title=f"P(S_c >= sup S_d): modelled vs empirical (max gap {report.max_gap:.3f})",
+                      xaxis_title="|cos γ|", yaxis_title="F_X(|cos γ|)", yaxis_range=[0, 1.02],
+                      template="plotly_white")
+    return fig
+
+
+def write_png(fig: go.Figure, path, width: int = 1100, height: int = 500) -> None:
+    """Write a PNG with kaleido, pointing it at a system Chrome/Chromium when ``BROWSER_PATH`` is unset."""
+    import os
+    import shutil
+
+    if "BROWSER_PATH" not in os.environ:
+        found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                     None)
+        if found:
+            os.environ["BROWSER_PATH"] = found
+    fig.write_image(str(path), width=width, height=height)

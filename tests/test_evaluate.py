@@ -1,0 +1,230 @@
+"""The MSA protocol: every attack bites, worst case = AND of attacks, surrogate-wrong samples are attacked,
+resume and merge reproduce an uninterrupted run, bad arguments are refused."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import hpm
+from hpm.attacks import AttackTarget, BatchFeatures, BreakRecorder, SummedLossAPGD, default_plan, parse_attacks
+from hpm.errors import HPMError
+from hpm.evaluate import AttackConfig, load_results, merge_results, run_protocol
+from hpm.msa import evaluate_model
+
+from conftest import TinyMLP
+
+FAST = dict(n_iter=5, square_queries=100, eps=32 / 255)
+
+
+def tiny_hpm(seed=0, n=16):
+    """A tiny HPM classifier and images labelled by its own deployed predictions (clean accuracy 100%)."""
+    torch.manual_seed(seed)
+    model = hpm.wrap(TinyMLP(), head="hpm")
+    x = torch.rand(n, 3, 32, 32)
+    z = model.forward_features(x)
+    model.head.init_prototypes(torch.cat([z, z]), torch.arange(2 * n) % 4)
+    torch.nn.init.normal_(model.head.mixer.weight, std=0.2)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def tiny_fc(seed=0, n=16):
+    torch.manual_seed(seed)
+    net = TinyMLP().eval()
+    x = torch.rand(n, 3, 32, 32)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return net, x, y
+
+
+def test_default_plans_follow_the_paper():
+    model, _, _ = tiny_hpm()
+    names = [s.name for s in default_plan(model)]
+    assert names == ["apgd-ce/fc", "apgd-dlr/fc", "apgd-ce/soft", "apgd-dlr/soft", "apgd-ce/ensemble",
+                     "apgd-dlr/ensemble", "apgd-ce/bpda", "apgd-dlr/bpda", "square"]
+    net, _, _ = tiny_fc()
+    assert [s.name for s in default_plan(net)] == ["apgd-ce/deployed", "apgd-dlr/deployed", "square"]
+
+
+@pytest.mark.parametrize("attack", ["apgd-ce/fc", "apgd-dlr/fc", "apgd-ce/soft", "apgd-dlr/soft", "apgd-ce/ensemble",
+                                    "apgd-dlr/ensemble", "apgd-ce/bpda", "apgd-dlr/bpda", "square"])
+def test_each_attack_lowers_the_accuracy_of_an_undefended_tiny_hpm_model(attack):
+    model, x, y = tiny_hpm()
+    _, res, _ = run_protocol(model, x, y, attack=AttackConfig(attacks=[attack], **FAST), batch_sizes=[16],
+                             progress=False)
+    r = res[16]
+    assert r.clean_correct.all() and r.robust.mean() < 0.75
+
+
+@pytest.mark.parametrize("attack", ["apgd-ce/deployed", "apgd-dlr/deployed", "square"])
+def test_each_attack_lowers_the_accuracy_of_a_plain_fc_model(attack):
+    net, x, y = tiny_fc()
+    _, res, _ = run_protocol(net, x, y, attack=AttackConfig(attacks=[attack], **FAST), batch_sizes=[8],
+                             progress=False)
+    assert res[8].robust.mean() < 0.75
+
+
+@pytest.mark.parametrize("schedule", ["cumulative", "independent"])
+def test_worst_case_is_the_and_of_the_per_attack_masks(schedule):
+    model, x, y = tiny_hpm(seed=1)
+    _, res, _ = run_protocol(model, x, y, attack=AttackConfig(schedule=schedule, **{**FAST, "eps": 2 / 255}),
+                             batch_sizes=[8], progress=False)
+    r = res[8]
+    survives_each = ~r.broken  # [A, N]
+    assert np.array_equal(r.robust, r.done & r.clean_correct & survives_each.all(0))
+    if schedule == "independent":  # every attack ran on every clean-correct sample
+        assert (r.attacked == r.clean_correct[None]).all()
+
+
+def test_samples_a_surrogate_gets_wrong_but_the_deployed_model_gets_right_are_attacked():
+    model, x, y = tiny_hpm(seed=2)
+    with torch.no_grad():
+        fc_wrong = (model(x, mode="fc").argmax(1) != y).numpy()
+    assert fc_wrong.any(), "fixture must contain a surrogate-wrong, deployed-right sample"
+    _, res, _ = run_protocol(model, x, y, attack=AttackConfig(attacks=["apgd-ce/fc"], **FAST), batch_sizes=[16],
+                             progress=False)
+    assert res[16].attacked[0][fc_wrong].all()
+
+
+def test_batch_independent_models_are_evaluated_once_for_all_batch_sizes():
+    net, x, y = tiny_fc()
+    _, res, _ = run_protocol(net, x, y, attack=AttackConfig(**FAST), batch_sizes=[1, 4, 16], progress=False)
+    assert np.array_equal(res[1].broken, res[16].broken) and np.array_equal(res[4].robust, res[16].robust)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    model, x, y = tiny_hpm(seed=3)
+    cfg = AttackConfig(**{**FAST, "eps": 4 / 255})
+    _, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[4], progress=False)
+
+    import hpm.evaluate as ev
+    real, calls = ev.attack_batch, []
+
+    def dies_on_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ev, "attack_batch", dies_on_third_batch)
+    path = tmp_path / "r.npz"
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(model, x, y, attack=cfg, batch_sizes=[4], results_path=path, progress=False)
+    _, partial = load_results(path)
+    assert partial[4].done.sum() == 8
+    monkeypatch.setattr(ev, "attack_batch", real)
+    _, resumed, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[4], results_path=path, progress=False)
+    for name in ("done", "clean_correct", "attacked", "broken"):
+        assert np.array_equal(getattr(resumed[4], name), getattr(full[4], name)), name
+
+
+def test_two_shards_merge_into_the_full_run(tmp_path):
+    model, x, y = tiny_hpm(seed=4)
+    cfg = AttackConfig(**{**FAST, "eps": 4 / 255})
+    _, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[4], progress=False)
+    shards = [run_protocol(model, x, y, attack=cfg, batch_sizes=[4], shard=(k, 2), progress=False)[1]
+              for k in range(2)]
+    assert shards[0][4].done.sum() == 8
+    merged = merge_results(*shards)
+    assert np.array_equal(merged[4].robust, full[4].robust) and merged[4].done.all()
+
+
+def test_resuming_with_different_settings_is_refused(tmp_path):
+    model, x, y = tiny_hpm()
+    path = tmp_path / "r.npz"
+    run_protocol(model, x, y, attack=AttackConfig(attacks=["apgd-ce/fc"], **FAST), batch_sizes=[16],
+                 results_path=path, progress=False)
+    with pytest.raises(HPMError, match="different evaluation"):
+        run_protocol(model, x, y, attack=AttackConfig(attacks=["square"], **FAST), batch_sizes=[16],
+                     results_path=path, progress=False)
+
+
+def test_ensemble_objective_is_the_sum_of_the_surrogates_losses():
+    model, x, y = tiny_hpm()
+    target = AttackTarget(BatchFeatures(model, None), ("fc", "soft"), BreakRecorder(y))
+    out = target(x)
+    assert out.shape == (16, 8)
+    for objective, single in (("ce", lambda l: torch.nn.functional.cross_entropy(l, y, reduction="none")),
+                              ("dlr", None)):
+        apgd = SummedLossAPGD(target, 4, objective, eps=0.1, n_iter=1)
+        expected = (single(model(x, mode="fc")) + single(model(x, mode="soft")) if single else
+                    apgd.__class__.__mro__[1].dlr_loss(apgd, model(x, mode="fc"), y)
+                    + apgd.__class__.__mro__[1].dlr_loss(apgd, model(x, mode="soft"), y))
+        assert torch.allclose(apgd.dlr_loss(out, y), expected, atol=1e-5)
+
+
+def test_attacked_rows_share_the_batch_with_the_fixed_clean_rows():
+    model, x, y = tiny_hpm()
+    z = model.forward_features(x)
+    batch = BatchFeatures(model, z[10:])
+    assert torch.allclose(batch.scores(z[:10], "hard"), model(x)[:10], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": 0}, "positive"), ({"eps": 2.0}, "<= 1"), ({"n_iter": 0}, ">= 1"), ({"norm": "L1"}, "Linf, L2"),
+    ({"schedule": "greedy"}, "cumulative, independent"), ({"attacks": ["apgd-ce/mine"]}, "unknown attack")])
+def test_invalid_attack_settings_are_refused(kwargs, message):
+    model, x, y = tiny_hpm()
+    with pytest.raises(HPMError, match=message):
+        run_protocol(model, x, y, attack=AttackConfig(**{**FAST, **kwargs}), batch_sizes=[4], progress=False)
+
+
+def test_surrogate_attacks_need_a_model_that_has_them():
+    net, _, _ = tiny_fc()
+    with pytest.raises(ValueError, match="needs an HPM head"):
+        parse_attacks(["apgd-ce/ensemble"], net)
+
+
+def test_report_holds_everything_and_round_trips(tmp_path):
+    model, x, y = tiny_hpm()
+    out = tmp_path / "report.json"
+    report = evaluate_model(model, x, y, attack=AttackConfig(**{**FAST, "eps": 2 / 255}), batch_sizes=[4, 16],
+                            out=out, check_n=8, progress=False, data_info={"source": "synthetic", "n": 16,
+                                                                            "subset": "all"})
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"4", "16"}
+    r = data["results"]["16"]
+    lo, hi = r["robust_ci95"]
+    assert lo <= r["robust_accuracy"] <= hi and r["clean_accuracy"] == 1.0
+    assert [a["name"] for a in r["per_attack"]][-1] == "square" and all("seconds" in a for a in r["per_attack"])
+    assert sum(a["first_broken"] for a in r["per_attack"]) == r["n"] - round(r["robust_accuracy"] * r["n"])
+    assert {c["name"] for c in data["checks"]} >= {"deterministic_forward", "monotone_in_eps",
+                                                    "large_eps_breaks_all", "repeatable", "robust_le_clean[bs=4]"}
+    assert all(c["passed"] in (True, None) for c in data["checks"]), data["checks"]
+    assert data["versions"]["pyautoattack"] == "0.2.0" and data["config"]["attack"]["n_iter"] == 5
+    md = out.with_suffix(".md").read_text()
+    assert "| eval batch size | n | clean | robust (worst case) | 95% CI |" in md
+    assert out.with_suffix(".npz").exists()
+    assert hpm.msa.EvalReport.from_json(out).worst_case() == report.worst_case()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eps", "-1"], "must be >= 0"), (["--iters", "0"], "must be >= 1"), (["--n", "0"], "must be >= 1"),
+    (["--batch-sizes", "16,x"], "comma-separated"), (["--shard", "2/2"], "0 <= K < N"),
+    (["--out", "r.txt"], ".json")])
+def test_eval_cli_rejects_bad_arguments_in_one_line(argv, message, capsys, tiny_data_root):
+    from hpm.cli import main
+    base = ["eval", "pyautoattack", "--data", str(tiny_data_root), "--out", "r.json"]
+    try:
+        code = main(base + argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_cli_subset_beyond_the_split_is_refused(capsys, tiny_data_root, tmp_path):
+    from hpm.cli import main
+    code = main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "25", "--out", str(tmp_path / "r.json")])
+    assert code == 2 and "--n must be between 1 and 24" in capsys.readouterr().err
+
+
+def test_eval_cli_end_to_end_on_a_plain_fc_model(tiny_data_root, tmp_path, capsys):
+    from hpm.cli import main
+    out = tmp_path / "fc.json"
+    assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "4", "--iters", "2",
+                 "--square-queries", "5", "--eps", "8/255", "--no-checks", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [p["name"] for p in data["plan"]] == ["apgd-ce/deployed", "apgd-dlr/deployed", "square"]
+    assert data["config"]["data"]["source"].endswith("test-first1000.npz")
