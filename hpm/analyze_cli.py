@@ -34,8 +34,6 @@ def add_analyze_parser(sub) -> None:
 
 
 def _cmd_analyze(args) -> int:
-    import torch
-
     from .cli import _device, load_model_arg
     from .data import load_dataset
     from .plots import angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure, write_png
@@ -81,7 +79,7 @@ def _cmd_analyze(args) -> int:
             try:
                 write_png(fig, out / f"{name}.png")
             except Exception as e:  # kaleido needs a browser; say so, keep the HTML
-                raise HPMError(f"could not write {name}.png ({type(e).__name__}: {e}); the HTML files are written")
+                raise HPMError(f"could not write {name}.png ({type(e).__name__}: {e}); the HTML files are written") from None
     _print(result, out)
     return 0
 

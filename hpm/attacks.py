@@ -16,6 +16,7 @@ Nothing here re-implements an attack. The adapters only decide *what* an attack 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -127,9 +128,10 @@ class BreakRecorder:
 class AttackTarget(nn.Module):
     """What APGD differentiates: flattened surrogate logits ``[B, S*k]``; records deployed breaks."""
 
-    def __init__(self, batch: BatchFeatures, surrogates: tuple[str, ...], recorder: BreakRecorder):
+    def __init__(self, batch: BatchFeatures, surrogates: tuple[str, ...], recorder: BreakRecorder,
+                 on_step: Callable[[], None] | None = None):
         super().__init__()
-        self.batch, self.surrogates, self.recorder = batch, surrogates, recorder
+        self.batch, self.surrogates, self.recorder, self.on_step = batch, surrogates, recorder, on_step
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.batch.features(x)  # one backbone pass shared by every surrogate
@@ -138,6 +140,8 @@ class AttackTarget(nn.Module):
             deployed = logits[self.surrogates.index("hard")] if "hard" in self.surrogates \
                 else self.batch.scores(z.detach(), "hard")
             self.recorder.update(x, deployed)
+        if self.on_step is not None:
+            self.on_step()
         return torch.cat(logits, 1)
 
 
@@ -161,32 +165,56 @@ class SummedLossAPGD(APGDAttack):
         return sum(APGDAttack.dlr_loss(self, p, y) for p in parts)
 
 
+@dataclass
+class AttackOutcome:
+    """What one attack found: which samples fool the deployed model, and an adversarial image per sample."""
+
+    broken: Tensor  # [B] bool: some adversarial batch made the deployed model misclassify the sample
+    x_adv: Tensor  # [B, C, H, W]: the first fooling image where broken, else the attack's best (highest-loss) one
+
+
 def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_iter: int,
-             n_restarts: int, seed: int, num_classes: int) -> Tensor:
-    """APGD on ``x`` (all rows attacked together); returns the mask of samples it made the deployed model miss."""
+             n_restarts: int, seed: int, num_classes: int, on_step: Callable[[], None] | None = None) -> AttackOutcome:
+    """APGD on ``x`` (all rows attacked together), success judged on the deployed model at every iterate.
+
+    ``on_step`` is called after every forward pass of the attack (``n_iter + 1`` per restart).
+    """
+    x = x.contiguous()  # AutoAttack reshapes gradients with .view
     recorder = BreakRecorder(y)
-    target = AttackTarget(batch, spec.surrogates, recorder)
+    target = AttackTarget(batch, spec.surrogates, recorder, on_step)
     apgd = SummedLossAPGD(target, num_classes, spec.loss, n_iter=n_iter, norm=norm, eps=eps, n_restarts=1,
                           seed=seed, device=x.device)
     apgd.init_hyperparam(x)
+    x_best = x
     for restart in range(n_restarts):
         torch.manual_seed(seed + restart)
-        apgd.attack_single_run(x, y)
-    return recorder.broken
+        x_best, *_ = apgd.attack_single_run(x, y)
+    x_adv = x_best.detach().clone()
+    if recorder.witness is not None:
+        x_adv[recorder.broken] = recorder.witness[recorder.broken]
+    return AttackOutcome(recorder.broken, x_adv)
 
 
 def run_square(batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_queries: int, seed: int,
-               p_init: float = 0.8) -> Tensor:
-    """Square (AutoAttack's) against the deployed model; its best images are judged on the full batch."""
+               p_init: float = 0.8, on_step: Callable[[], None] | None = None) -> AttackOutcome:
+    """Square (AutoAttack's) against the deployed model; its best images are judged on the full batch.
+
+    ``on_step`` is called after every query round (about ``n_queries`` times).
+    """
 
     def predict(images: Tensor) -> Tensor:
         with torch.no_grad():
-            return batch.scores(batch.features(images), "hard")
+            scores = batch.scores(batch.features(images), "hard")
+        if on_step is not None:
+            on_step()
+        return scores
 
+    x = x.contiguous()
     square = SquareAttack(predict, norm=norm, n_queries=n_queries, eps=eps, p_init=p_init, n_restarts=1,
                           seed=seed, device=x.device, loss="margin")
     square.init_hyperparam(x)
     torch.manual_seed(seed)
     with torch.no_grad():
         _, x_best = square.attack_single_run(x, y)
-        return predict(x_best).argmax(1) != y  # every row of x_best joins the same batch: a valid witness
+        broken = batch.scores(batch.features(x_best), "hard").argmax(1) != y  # the whole batch at once: a witness
+    return AttackOutcome(broken, x_best)

@@ -217,7 +217,7 @@ def _timm(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, i
     except RuntimeError as e:
         raise HPMError(f"timm: {e}") from None
     except OSError as e:
-        raise OfflineError(f"timm could not fetch weights for {name!r} ({e}); pass pretrained=False or run online")
+        raise OfflineError(f"timm could not fetch weights for {name!r} ({e}); pass pretrained=False or run online") from None
     cfg = model.pretrained_cfg
     size = tuple(cfg.get("input_size", IMAGENET_INPUT))
     norm = Normalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
@@ -234,7 +234,7 @@ def _torchvision(name: str | None, options: dict) -> tuple[nn.Module, tuple[int,
     except ValueError as e:
         raise HPMError(f"torchvision: {e}") from None
     except OSError as e:
-        raise OfflineError(f"torchvision could not fetch weights for {name!r} ({e}); pass weights=None or run online")
+        raise OfflineError(f"torchvision could not fetch weights for {name!r} ({e}); pass weights=None or run online") from None
     return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), model).eval(), IMAGENET_INPUT
 
 

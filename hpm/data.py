@@ -171,7 +171,7 @@ def _imagenet_samples(root: Path) -> ImageTensorDataset | None:
         try:
             ys.append(int(file.name.split("_", 1)[0]))
         except ValueError:
-            raise HPMError(f"{file}: name must start with the class index, e.g. 0010_n01530575_brambling.jpg")
+            raise HPMError(f"{file}: name must start with the class index, e.g. 0010_n01530575_brambling.jpg") from None
         with Image.open(file) as im:
             im = im.convert("RGB")
             if im.size != (224, 224):

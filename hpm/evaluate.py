@@ -125,10 +125,6 @@ class SampleResults:
         return np.where(hit, self.broken.argmax(0), -1)
 
 
-def _store_key(prefix: str, name: str) -> str:
-    return f"{prefix}{name}"
-
-
 def save_results(path: Path, results: dict[int, SampleResults], config_key: str) -> None:
     """Atomically write all batch sizes' per-sample results to ``path`` (.npz)."""
     arrays: dict[str, np.ndarray] = {"config_key": np.array(config_key)}
@@ -224,10 +220,10 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
             if spec.kind == "apgd":
                 k = num_classes or int(model(x[:1]).shape[1])
                 hit = run_apgd(spec, batch, x[idx], y[idx], norm=config.norm, eps=config.eps, n_iter=config.n_iter,
-                               n_restarts=config.n_restarts, seed=config.seed, num_classes=k)
+                               n_restarts=config.n_restarts, seed=config.seed, num_classes=k).broken
             else:
                 hit = run_square(batch, x[idx], y[idx], norm=config.norm, eps=config.eps,
-                                 n_queries=config.square_queries, seed=config.seed)
+                                 n_queries=config.square_queries, seed=config.seed).broken
             attacked[a, idx.cpu()] = True
             broken[a, idx.cpu()] = hit.cpu()
             robust[idx[hit]] = False
@@ -287,11 +283,12 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
                 continue
             xb, yb = x[sl].to(device), y[sl].to(device)
 
-            def show(a: int, n_attacked: int, robust_now: Tensor, _sl: slice = sl) -> None:
+            def show(a: int, n_attacked: int, robust_now: Tensor, _sl: slice = sl, _r: SampleResults = r,
+                     _bars: list = bars) -> None:
                 """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one)."""
-                seen = int(r.done.sum()) + (_sl.stop - _sl.start)
-                bars[a].update(_sl.stop - _sl.start)
-                bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%")
+                seen = int(_r.done.sum()) + (_sl.stop - _sl.start)
+                _bars[a].update(_sl.stop - _sl.start)
+                _bars[a].set_postfix(robust=f"{100 * (int(_r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%")
 
             correct, attacked, broken, seconds = attack_batch(model, xb, yb, plan, attack, show)
             r.clean_correct[sl], r.attacked[:, sl], r.broken[:, sl] = correct.numpy(), attacked.numpy(), broken.numpy()

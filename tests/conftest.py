@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+torch.set_num_threads(1)  # tiny models: threads cost more than they save, and CI has two cores
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -7,7 +7,6 @@ import hpm
 from hpm.backbones import BackboneSpec, split_classifier
 from hpm.errors import HPMError, OfflineError
 
-from conftest import TinyNet
 
 
 def test_split_of_any_module_reproduces_its_logits(tiny_net):

@@ -145,7 +145,7 @@ def test_ensemble_objective_is_the_sum_of_the_surrogates_losses():
     target = AttackTarget(BatchFeatures(model, None), ("fc", "soft"), BreakRecorder(y))
     out = target(x)
     assert out.shape == (16, 8)
-    for objective, single in (("ce", lambda l: torch.nn.functional.cross_entropy(l, y, reduction="none")),
+    for objective, single in (("ce", lambda logits: torch.nn.functional.cross_entropy(logits, y, reduction="none")),
                               ("dlr", None)):
         apgd = SummedLossAPGD(target, 4, objective, eps=0.1, n_iter=1)
         expected = (single(model(x, mode="fc")) + single(model(x, mode="soft")) if single else
@@ -228,3 +228,11 @@ def test_eval_cli_end_to_end_on_a_plain_fc_model(tiny_data_root, tmp_path, capsy
     data = json.loads(out.read_text())
     assert [p["name"] for p in data["plan"]] == ["apgd-ce/deployed", "apgd-dlr/deployed", "square"]
     assert data["config"]["data"]["source"].endswith("test-first1000.npz")
+
+
+def test_attacks_accept_non_contiguous_inputs():
+    model, x, y = tiny_hpm()
+    x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # same values, channels-last strides
+    assert not x_nc.is_contiguous()
+    _, res, _ = run_protocol(model, x_nc, y, attack=AttackConfig(**FAST), batch_sizes=[16], progress=False)
+    assert res[16].done.all()

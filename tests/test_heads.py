@@ -58,9 +58,9 @@ def test_ste_gradient_equals_the_soft_path_gradient(batch):
     weights = torch.randn(B, K)
     grads = []
     for hard in (True, False):
-        l = logits.clone().requires_grad_(True)
-        (straight_through_assignment(l, hard=hard) * weights).sum().backward()
-        grads.append(l.grad)
+        leaf = logits.clone().requires_grad_(True)
+        (straight_through_assignment(leaf, hard=hard) * weights).sum().backward()
+        grads.append(leaf.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 

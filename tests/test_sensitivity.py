@@ -85,7 +85,7 @@ def test_isotropic_cdf_in_two_dimensions_equals_its_one_dimensional_closed_form(
     """d = 2: angles are uniform, P(|cos a| <= c) = 1 - (2/pi) acos(min(1, c)); average over b."""
     from scipy.integrate import quad
     for u in (0.05, 0.5, 1.0, 3.0, 100.0):
-        exact = quad(lambda b: 1 - 2 / np.pi * np.arccos(min(1.0, u * np.sin(b))), 0, np.pi / 2,
+        exact = quad(lambda b, u=u: 1 - 2 / np.pi * np.arccos(min(1.0, u * np.sin(b))), 0, np.pi / 2,
                      points=[np.arcsin(min(1.0, 1 / u))], epsabs=1e-12)[0] * 2 / np.pi
         assert abs(isotropic_cdf(u, 2)[0] - exact) < 1e-4, u
     assert abs(isotropic_cdf(1.0, 2)[0] - 0.5) < 1e-4  # |cos|, |sin| of uniform angles: same law
@@ -126,7 +126,7 @@ def sample_mixture(stats: AngleStats, n: int, rng) -> np.ndarray:
     out = []
     (w_pos, _, _), _ = stats.components()
     n_pos = round(w_pos * n)
-    for (weight, mu, sigma), m in zip(stats.components(), (n_pos, n - n_pos)):
+    for (_, mu, sigma), m in zip(stats.components(), (n_pos, n - n_pos)):
         s = np.empty(0)
         while s.size < m:
             draw = rng.normal(mu, sigma, 2 * m + 10)

@@ -1,0 +1,233 @@
+"""hpm demo: attack FC vs HPM live, see batch dependence and the sensitivity analysis.
+
+Run locally with ``python app.py`` (or as a Hugging Face Space: this file is the Space's app_file).
+All science lives in the ``hpm`` library; this file only lays it out.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hpm import demo  # noqa: E402
+from hpm.errors import HPMError  # noqa: E402
+from hpm.plots import angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+APP_DIR = os.path.dirname(os.path.abspath(__file__))
+CHECKPOINTS = {name: f"checkpoints/{name}" for name in demo.list_checkpoints(os.path.join(APP_DIR, "checkpoints"))}
+DEFAULT_MODEL = next(iter(CHECKPOINTS.values()), None)
+DATA = os.environ.get("HPM_DATA_DIR")
+
+try:  # ZeroGPU Spaces: run attacks on the GPU when the `spaces` package is present
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn):
+        return fn
+
+
+def _user_errors(fn):
+    """Show library errors (bad uploads, offline Hub, bad settings) as messages, not tracebacks."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HPMError as e:
+            raise gr.Error(str(e)) from None
+    return wrapper
+
+
+def _model(model_id: str):
+    """A shipped checkpoint (``checkpoints/NAME``, relative to this file) or a Hub repo id, loaded once."""
+    local = os.path.join(APP_DIR, model_id)
+    return demo.load_cached(local if os.path.isdir(local) else model_id, DEVICE)
+
+
+def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
+    if not use_context:
+        return demo.no_context()
+    local = os.path.join(APP_DIR, model_id)
+    return demo.dataset_context(local if os.path.isdir(local) else model_id, int(n), DEVICE, DATA)
+
+
+def _image_tensor(image: np.ndarray | None, model) -> torch.Tensor:
+    if image is None:
+        raise HPMError("choose an image first: upload one or click a gallery sample")
+    return demo.image_to_tensor(Image.fromarray(np.asarray(image, dtype=np.uint8)), model.input_size)
+
+
+@_user_errors
+def load_model(choice: str, hub_id: str) -> tuple[str, str]:
+    """Load a shipped checkpoint or a Hub repo id; returns (model id, model card facts)."""
+    model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
+    return model_id, demo.card_facts(_model(model_id))
+
+
+@_user_errors
+def use_upload(path: str | None) -> np.ndarray:
+    """Decode an uploaded file (any format PIL reads; bad files get a message) into the current image."""
+    if path is None:
+        raise HPMError("no file received")
+    return np.asarray(demo.open_image(path))
+
+
+def gallery_items(model_id: str | None) -> tuple[list, str]:
+    try:
+        model = _model(model_id or DEFAULT_MODEL)
+        x, y, classes = demo.gallery_samples(model.dataset or "cifar10", 24, DATA)
+    except (HPMError, TypeError) as e:
+        return [], (f"Gallery unavailable: {e}. Set `HPM_DATA_DIR` to a local data root (e.g. `../shared/data`) "
+                    "or run online to download the test set; uploads still work.")
+    return [(demo.tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], ""
+
+
+def use_gallery(model_id: str, evt: gr.SelectData) -> np.ndarray:
+    items, _ = gallery_items(model_id)
+    return items[evt.index][0]
+
+
+@_user_errors
+def predict(image: np.ndarray, model_id: str, use_context: bool, context_n: int):
+    """Top-5 of the FC and the HPM head for the current image, alone or inside the context batch."""
+    model = _model(model_id)
+    context = _context(model_id, use_context, context_n)
+    out = demo.classify(model, _image_tensor(image, model).to(DEVICE), context)
+    return out["fc"], out["hpm"], f"Classified {context.description}."
+
+
+@gpu
+@_user_errors
+def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, steps: int, use_context: bool,
+           context_n: int, progress=gr.Progress()):
+    """Run one attack and show clean vs adversarial predictions of both heads."""
+    model = _model(model_id)
+    context = _context(model_id, use_context, context_n)
+    progress(0, desc=demo.ATTACKS.get(attack_name, attack_name))
+    result = demo.attack_image(model, _image_tensor(image, model), attack=attack_name, eps=float(eps_255) / 255,
+                               steps=int(steps), context=context,
+                               on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}"))
+    amplified, magnitude = demo.perturbation_views(result, min_side=192)
+    heat = go.Figure(go.Heatmap(z=magnitude[::-1], colorscale="Inferno", colorbar=dict(title="|δ| per pixel")))
+    heat.update_layout(title="perturbation magnitude", margin=dict(l=10, r=10, t=40, b=10), height=300,
+                       xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
+    verdict = {True: "yes", False: "no", None: "n/a (black-box attack)"}
+    summary = (f"**{demo.ATTACKS[attack_name]}**, ε = {eps_255:g}/255, {steps} {'queries' if attack_name == 'square' else 'steps'}, "
+               f"classified {context.description}.\n\n"
+               f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
+               f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
+               f"Surrogate fooled: **{verdict[result.surrogate_fooled]}** · deployed HPM fooled: "
+               f"**{verdict[result.deployed_fooled]}** · transferred to HPM: **{verdict[result.transferred]}**")
+    return (demo.tensor_to_image(result.x_adv, 192), amplified, heat, result.clean["fc"], result.clean["hpm"],
+            result.adversarial["fc"], result.adversarial["hpm"], summary)
+
+
+@_user_errors
+def angle_plots(model_id: str):
+    """Fig. 3 for the loaded model: angles of test features to its FC vectors and its l2 prototypes."""
+    from hpm.sensitivity import angle_statistics
+
+    model = _model(model_id)
+    if not hasattr(model.head, "prototypes"):
+        raise HPMError(f"the {model.head_type} head has no l2 prototypes to compare with")
+    x, y, _ = demo.gallery_samples(model.dataset or "cifar10", 1000, DATA)
+    with torch.no_grad():
+        z = torch.cat([model.forward_features(c.to(DEVICE)).cpu() for c in x.split(200)])
+    report = angle_statistics(z, y, model.fc.weight.detach().cpu(), model.head.prototypes.detach().cpu())
+    return angle_histogram_figure(report), cdf_comparison_figure(report)
+
+
+def isotropic_plot(dims: list[str]):
+    return isotropic_cdf_figure([int(d) for d in dims] or [512])
+
+
+ABOUT = """
+**Sensitivity as a Double-Edged Sword.** A fully connected (FC) classifier's logits are very sensitive to
+feature perturbations — that makes it discriminative, and vulnerable. An l2 distance classifier is less
+sensitive — robust, but less discriminative. **Hybrid Prototype Mixing (HPM)** re-classifies with the l2
+distance to prototypes that mix stable, EMA dataset-level class means with batch-level class means built
+from the FC prediction through a straight-through estimator (Eq. 14-18). Because the batch prototypes
+come from the whole batch, **a prediction depends on the other images in the batch** — this demo lets you
+classify an image alone or inside a fixed context batch.
+
+Such a dynamic, discontinuous model masks gradients, so it must be evaluated with the **Mixed Surrogate
+Attack**: APGD on the FC oracle, on the soft-hybrid surrogate and on their ensemble, APGD through the
+straight-through gradient (BPDA), and the black-box Square attack, every adversarial image judged on the
+deployed model. Each button here runs one of those attacks on your image.
+
+Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --help`).
+"""
+
+with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
+    gr.Markdown("# Hybrid Prototype Mixing — attack FC vs HPM live")
+    with gr.Row():
+        choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint")
+        hub_id = gr.Textbox(label="…or a Hub repo id", placeholder="owner/name (needs network)")
+        load_btn = gr.Button("Load model")
+        model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)
+    card = gr.Markdown(demo.card_facts(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.")
+    with gr.Tab("Attack"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
+                gallery_note = gr.Markdown()
+                gallery = gr.Gallery(label="…or pick a test sample", columns=6, height=260, allow_preview=False,
+                                     elem_id="gallery")
+                preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
+                                   elem_id="current-image")
+            with gr.Column(scale=1):
+                attack_name = gr.Radio(list(demo.ATTACKS), value="ensemble", label="Attack",
+                                       info="fc / soft / ensemble / bpda: APGD-CE; square: black box")
+                eps = gr.Slider(0, 16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
+                steps = gr.Slider(1, 100, value=20, step=1, label="APGD steps (Square: queries)")
+                use_context = gr.Checkbox(value=True, label="Classify inside a context batch")
+                context_n = gr.Slider(1, demo.CONTEXT_MAX, value=64, step=1, label="Context size N (test images)")
+                with gr.Row():
+                    predict_btn = gr.Button("Classify")
+                    attack_btn = gr.Button("Run attack", variant="primary")
+        summary = gr.Markdown(elem_id="attack-summary")
+        with gr.Row():
+            fc_clean = gr.Label(num_top_classes=5, label="FC, clean")
+            hpm_clean = gr.Label(num_top_classes=5, label="HPM, clean")
+            fc_adv = gr.Label(num_top_classes=5, label="FC, adversarial")
+            hpm_adv = gr.Label(num_top_classes=5, label="HPM, adversarial")
+        with gr.Row():
+            adv_image = gr.Image(label="Adversarial image", interactive=False, height=200)
+            pert_image = gr.Image(label="Perturbation (amplified)", interactive=False, height=200)
+            heatmap = gr.Plot(label="Perturbation heatmap")
+    with gr.Tab("Sensitivity"):
+        dims = gr.CheckboxGroup(["2", "8", "32", "128", "512", "2048", "8192"], value=["2", "8", "32", "128", "512",
+                                "2048"], label="Feature dimensions d")
+        iso = gr.Plot(value=isotropic_plot(["2", "8", "32", "128", "512", "2048"]), label="Fig. 2")
+        angles_btn = gr.Button("Measure the loaded model's angle statistics (Fig. 3)")
+        with gr.Row():
+            hist = gr.Plot(label="angle histograms")
+            cdf = gr.Plot(label="modelled vs empirical CDF")
+    with gr.Tab("About"):
+        gr.Markdown(ABOUT)
+
+    load_btn.click(load_model, [choice, hub_id], [model_id, card], api_name="load_model")
+    upload.upload(use_upload, upload, preview, api_visibility="private")
+    gallery.select(use_gallery, model_id, preview, api_visibility="private")
+    predict_btn.click(predict, [preview, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],
+                      api_name="predict")
+    attack_btn.click(attack, [preview, model_id, attack_name, eps, steps, use_context, context_n],
+                     [adv_image, pert_image, heatmap, fc_clean, hpm_clean, fc_adv, hpm_adv, summary], api_name="attack")
+    dims.change(isotropic_plot, dims, iso, api_name="isotropic_cdf")
+    angles_btn.click(angle_plots, model_id, [hist, cdf], api_name="angle_statistics")
+    app.load(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
+
+app.queue(default_concurrency_limit=2, max_size=32)
+
+if __name__ == "__main__":
+    app.launch()

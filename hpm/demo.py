@@ -1,0 +1,308 @@
+"""Single-image functions behind the web demo (``app.py`` only lays them out).
+
+Everything here is per request: a visitor's image is classified either alone or together with a fixed,
+cached *context* of dataset samples (never with another visitor's images), and attacks run on that
+batch with the same adapters the evaluation uses (:mod:`hpm.attacks`).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from torch import Tensor
+
+from .attacks import TARGETS, AttackSpec, BatchFeatures, run_apgd, run_square
+from .errors import HPMError
+from .model import HPMClassifier
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # larger files are refused before decoding
+MAX_PIXELS = 40_000_000  # decompression-bomb guard (width * height)
+MAX_SIDE = 12_000  # longest side accepted
+EPS_MAX = 16 / 255  # l_inf budget offered by the demo
+STEPS_MAX = 200  # APGD iterations
+QUERIES_MAX = 2000  # Square queries
+CONTEXT_MAX = 256
+ATTACKS = {  # UI name -> (description, target)
+    "fc": "APGD-CE on the FC oracle (surrogate 1)",
+    "soft": "APGD-CE on the soft-hybrid surrogate (surrogate 2)",
+    "ensemble": "APGD-CE on FC oracle + soft hybrid (MSA ensemble)",
+    "bpda": "APGD-CE on the deployed model through its straight-through gradient (BPDA)",
+    "square": "Square attack on the deployed model (black box)",
+}
+
+
+# --- images ----------------------------------------------------------------------------------------------
+def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """Decode an upload safely to an 8-bit RGB image (first frame, EXIF orientation applied).
+
+    Raises:
+        HPMError: empty, oversized, corrupt or non-image data, decompression bombs, absurd dimensions.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        data = source if isinstance(source, bytes) else _read_bytes(Path(source))
+        if len(data) == 0:
+            raise HPMError("the file is empty (0 bytes)")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HPMError(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.size  # noqa: B018 — header parsed, nothing decoded yet
+        except UnidentifiedImageError:
+            raise HPMError("not an image file that can be read (PNG, JPEG, GIF, WebP, BMP, TIFF ...)") from None
+        except (OSError, ValueError, SyntaxError) as e:  # a header that starts like an image, then breaks
+            raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
+    w, h = image.size
+    if w < 1 or h < 1 or max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
+        raise HPMError(f"image dimensions {w}x{h} are outside the accepted range (1 to {MAX_SIDE} px a side, "
+                       f"at most {MAX_PIXELS // 1_000_000} megapixels)")
+    try:
+        with warnings_as_errors():
+            frame = next(ImageSequence.Iterator(image)).copy()  # animated: the first frame
+            frame = ImageOps.exif_transpose(frame)
+            return _to_rgb(frame)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise HPMError(f"no such file: {path}")
+    if path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise HPMError(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+    return path.read_bytes()
+
+
+class warnings_as_errors:
+    """Turn PIL's decompression-bomb warning into an error inside the block."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16-bit and float scaled to 8 bits, alpha composited on white, CMYK/palette converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if image.mode.startswith("I;16") else (float(a.min()), float(a.max()))
+        a = np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
+        image = Image.fromarray((a * 255).round().astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def image_to_tensor(image: Image.Image, input_size: tuple[int, int, int]) -> Tensor:
+    """Resize the short side to the model's input and centre-crop: ``[1, 3, H, W]`` in [0, 1]."""
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    _, h, w = input_size
+    image = center_crop(resize(image, min(h, w), antialias=True), [h, w])
+    return pil_to_tensor(image).float().div(255).unsqueeze(0).contiguous()
+
+
+def tensor_to_image(x: Tensor, min_side: int = 0) -> np.ndarray:
+    """``[1, 3, H, W]`` or ``[3, H, W]`` in [0, 1] -> uint8 ``H x W x 3``, enlarged by an integer factor
+    (nearest neighbour, so pixels stay visible) until the short side is at least ``min_side``."""
+    x = x.detach().cpu().squeeze(0).clamp(0, 1)
+    image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    factor = max(1, -(-min_side // min(image.shape[:2])))
+    return image.repeat(factor, 0).repeat(factor, 1) if factor > 1 else image
+
+
+# --- predictions -----------------------------------------------------------------------------------------
+def top_k(scores: Tensor, classes: list[str], k: int = 5) -> dict[str, float]:
+    """``{class name: probability}`` of the top ``k`` classes of one score row (softmax of the scores)."""
+    probs = scores.detach().float().softmax(-1).flatten()
+    values, idx = probs.topk(min(k, probs.numel()))
+    return {classes[i]: float(v) for v, i in zip(values.tolist(), idx.tolist())}
+
+
+@dataclass
+class Context:
+    """Fixed reference samples whose features join the single image's batch (read-only, shared)."""
+
+    features: Tensor | None  # [m, d] or None
+    description: str
+
+
+def no_context() -> Context:
+    return Context(None, "alone (batch of 1)")
+
+
+@torch.no_grad()
+def make_context(model: HPMClassifier, images: Tensor, description: str, batch_size: int = 128) -> Context:
+    """Compute the context features once (cache the result; it is never modified)."""
+    feats = torch.cat([model.forward_features(chunk) for chunk in images.split(batch_size)])
+    return Context(feats, description)
+
+
+@torch.no_grad()
+def classify(model: HPMClassifier, x: Tensor, context: Context) -> dict[str, dict[str, float]]:
+    """Top-5 of the FC head and of the deployed head for image ``x [1, 3, H, W]`` inside ``context``."""
+    batch = BatchFeatures(model, context.features)
+    z = batch.features(x)
+    return {"fc": top_k(model.fc(z)[0], model.classes), "hpm": top_k(batch.scores(z, "hard")[0], model.classes)}
+
+
+@dataclass
+class AttackResult:
+    """An attack on one image, judged on the deployed model inside the chosen context."""
+
+    attack: str
+    eps: float
+    steps: int
+    x: Tensor  # [1, 3, H, W]
+    x_adv: Tensor
+    label: int  # the deployed model's clean prediction (the attack's untargeted label)
+    clean: dict[str, dict[str, float]]  # {"fc": top-5, "hpm": top-5}
+    adversarial: dict[str, dict[str, float]]
+    surrogate_fooled: bool | None  # did the attacked surrogate change its prediction? (None for Square)
+    deployed_fooled: bool
+    linf: float = field(default=0.0)
+    l2: float = field(default=0.0)
+
+    @property
+    def transferred(self) -> bool | None:
+        """Did an attack that fooled the surrogate also fool the deployed HPM?"""
+        return None if self.surrogate_fooled is None else bool(self.surrogate_fooled and self.deployed_fooled)
+
+
+def check_attack_args(attack: str, eps: float, steps: int, model: HPMClassifier) -> None:
+    if attack not in ATTACKS:
+        raise HPMError(f"attack must be one of {', '.join(ATTACKS)}; got {attack!r}")
+    if attack in ("soft", "ensemble", "bpda") and model.head_type != "hpm":
+        raise HPMError(f"the {attack!r} attack needs an HPM head; this model's head is {model.head_type!r}")
+    if not 0 <= eps <= EPS_MAX + 1e-12:
+        raise HPMError(f"eps must be between 0 and 16/255; got {eps * 255:.3g}/255")
+    limit = QUERIES_MAX if attack == "square" else STEPS_MAX
+    if int(steps) != steps or not 1 <= steps <= limit:
+        raise HPMError(f"{'queries' if attack == 'square' else 'steps'} must be an integer from 1 to {limit}; got {steps}")
+
+
+def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", eps: float = 8 / 255, steps: int = 20,
+                 context: Context | None = None, seed: int = 0,
+                 on_step: Callable[[int, int], None] | None = None) -> AttackResult:
+    """Attack one image (label: the deployed model's clean prediction) and judge it on the deployed model.
+
+    ``on_step(done, total)`` reports progress (APGD iterations or Square queries).
+    """
+    check_attack_args(attack, eps, steps, model)
+    context = context or no_context()
+    x = x.to(model.fc.weight.device)
+    batch = BatchFeatures(model, context.features)
+    with torch.no_grad():
+        z = batch.features(x)
+        label = batch.scores(z, "hard").argmax(1)
+    clean = classify(model, x, context)
+    total = steps + 1 if attack != "square" else steps
+    counter = {"n": 0}
+
+    def step() -> None:
+        counter["n"] += 1
+        if on_step is not None:
+            on_step(min(counter["n"], total), total)
+
+    if eps == 0:
+        x_adv = x.clone()
+    elif attack == "square":
+        x_adv = run_square(batch, x, label, norm="Linf", eps=eps, n_queries=steps, seed=seed, on_step=step).x_adv
+    else:
+        spec = AttackSpec(f"apgd-ce/{attack}", "apgd", "ce", TARGETS[attack])
+        x_adv = run_apgd(spec, batch, x, label, norm="Linf", eps=eps, n_iter=steps, n_restarts=1, seed=seed,
+                         num_classes=model.num_classes, on_step=step).x_adv
+    adversarial = classify(model, x_adv, context)
+    with torch.no_grad():
+        z_adv = batch.features(x_adv)
+        deployed_fooled = bool(batch.scores(z_adv, "hard").argmax(1) != label)
+        surrogate_fooled = None
+        if attack != "square":
+            modes = TARGETS[attack]
+            surrogate_fooled = any(bool(batch.scores(z_adv, m).argmax(1) != batch.scores(z, m).argmax(1))
+                                   for m in modes)
+    delta = (x_adv - x).flatten()
+    return AttackResult(attack, eps, steps, x.cpu(), x_adv.detach().cpu(), int(label), clean, adversarial,
+                        surrogate_fooled, deployed_fooled, float(delta.abs().max()), float(delta.norm()))
+
+
+def perturbation_views(result: AttackResult, gain: float | None = None,
+                       min_side: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The perturbation amplified to the visible range (uint8 RGB) and its per-pixel l2 magnitude ``H x W``."""
+    delta = (result.x_adv - result.x).squeeze(0)  # [3, H, W]
+    gain = gain or (0.5 / max(float(delta.abs().max()), 1e-12))
+    amplified = tensor_to_image((0.5 + gain * delta).clamp(0, 1), min_side)
+    magnitude = delta.norm(dim=0).numpy()
+    return amplified, magnitude
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+def list_checkpoints(root: str | Path = "checkpoints") -> dict[str, Path]:
+    """Checkpoint directories under ``root`` (those with a config.json), by name."""
+    root = Path(root)
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()} if root.is_dir() else {}
+
+
+def card_facts(model: HPMClassifier) -> str:
+    """A short Markdown summary of a loaded checkpoint: backbone, head, data and measured metrics."""
+    from .cards import metrics_table
+
+    cfg = getattr(model, "checkpoint_config", None)
+    spec = model.backbone_spec
+    lines = [f"**Backbone:** `{spec.source}:{spec.name}` · **head:** `{model.head_type}` · "
+             f"**dataset:** {model.dataset} · **input:** {model.input_size[1]}×{model.input_size[2]}, "
+             "resized (short side) and centre-cropped"]
+    if cfg is not None:
+        lines.append(metrics_table(cfg.metrics))
+    return "\n\n".join(lines)
+
+
+@lru_cache(maxsize=8)
+def gallery_samples(dataset: str = "cifar10", n: int = 24, data: str | None = None):
+    """The first ``n`` test images of the local data root, as ``(images [n,3,H,W], labels, classes)``.
+
+    Raises:
+        HPMError: with a message saying how to enable the gallery (set HPM_DATA_DIR, or go online).
+    """
+    from .data import load_dataset
+
+    ds = load_dataset(dataset, "test", data)
+    n = min(n, len(ds))
+    x, y = ds.tensors(torch.arange(n))
+    return x, y, ds.classes
+
+
+# --- caches shared by all visitors (read-only after creation) -------------------------------------------
+@lru_cache(maxsize=4)
+def load_cached(model_id: str, device: str = "cpu") -> HPMClassifier:
+    """``hpm.load`` once per model id (checkpoint directory or Hub repo id)."""
+    from .hub import load
+
+    return load(model_id, device=device)
+
+
+@lru_cache(maxsize=16)
+def dataset_context(model_id: str, n: int, device: str = "cpu", data: str | None = None) -> Context:
+    """Features of the first ``n`` test images of the model's dataset, computed once and cached."""
+    if not 1 <= n <= CONTEXT_MAX:
+        raise HPMError(f"context size must be between 1 and {CONTEXT_MAX}; got {n}")
+    model = load_cached(model_id, device)
+    x, _, _ = gallery_samples(model.dataset or "cifar10", n, data)
+    return make_context(model, x.to(device), f"inside a batch with the first {len(x)} {model.dataset} test images")

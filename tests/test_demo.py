@@ -1,0 +1,158 @@
+"""The demo's library layer: a corpus of awkward uploads, single-image attacks, context isolation."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hpm
+from hpm import demo
+from hpm.errors import HPMError
+
+
+def png_bytes(image: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=kwargs.pop("format", "PNG"), **kwargs)
+    return buf.getvalue()
+
+
+def make_exif_rotated() -> bytes:
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise on display
+    return png_bytes(image, format="JPEG", exif=exif)
+
+
+def make_animated() -> bytes:
+    frames = [Image.new("P", (16, 16), i) for i in (10, 200)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return buf.getvalue()
+
+
+def make_16bit() -> bytes:
+    a = np.full((8, 8), 65535, dtype=np.uint16)
+    a[:4] = 0
+    return png_bytes(Image.fromarray(a, "I;16"))
+
+
+def make_rgba() -> bytes:
+    return png_bytes(Image.new("RGBA", (8, 8), (0, 0, 0, 0)))  # fully transparent -> white
+
+
+GOOD = {  # name -> (bytes, expected size, expected colour of pixel (0, 0))
+    "grayscale": (png_bytes(Image.new("L", (8, 6), 128)), (8, 6), (128, 128, 128)),
+    "palette": (png_bytes(Image.new("P", (8, 8), 0)), (8, 8), None),
+    "cmyk": (png_bytes(Image.new("CMYK", (8, 8), (0, 0, 0, 0)), format="JPEG"), (8, 8), (255, 255, 255)),
+    "rgba_transparent": (make_rgba(), (8, 8), (255, 255, 255)),
+    "16bit": (make_16bit(), (8, 8), (0, 0, 0)),
+    "animated_gif": (make_animated(), (16, 16), None),
+    "exif_rotated": (make_exif_rotated(), (20, 40), None),  # width and height swap
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_awkward_but_valid_images_decode_to_rgb(name):
+    data, size, colour = GOOD[name]
+    image = demo.open_image(data)
+    assert image.mode == "RGB" and image.size == size
+    if colour is not None:
+        assert image.getpixel((0, 0)) == pytest.approx(colour, abs=2)
+    x = demo.image_to_tensor(image, (3, 32, 32))
+    assert x.shape == (1, 3, 32, 32) and x.is_contiguous() and 0 <= x.min() and x.max() <= 1
+
+
+def bomb() -> bytes:
+    return png_bytes(Image.new("1", (10_000, 9_000)))  # 90 megapixels in a few kB
+
+
+BAD = {
+    "empty": (b"", "empty"),
+    "text": (b"hello, I am not an image", "not an image"),
+    "truncated_jpeg": (png_bytes(Image.new("RGB", (64, 64), (1, 2, 3)), format="JPEG")[:200], "could not be decoded"),
+    "decompression_bomb": (bomb(), "outside the accepted range"),
+    "too_wide": (png_bytes(Image.new("L", (13_000, 1))), "outside the accepted range"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_uploads_get_a_clear_message(name):
+    data, message = BAD[name]
+    with pytest.raises(HPMError, match=message):
+        demo.open_image(data)
+
+
+def test_files_are_read_with_a_size_limit(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\0" * 2048)
+    monkeypatch.setattr(demo, "MAX_UPLOAD_BYTES", 1024)
+    with pytest.raises(HPMError, match="larger than"):
+        demo.open_image(path)
+    with pytest.raises(HPMError, match="no such file"):
+        demo.open_image(tmp_path / "missing.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from conftest import TinyMLP
+    torch.manual_seed(0)
+    model = hpm.wrap(TinyMLP(), head="hpm", classes=["a", "b", "c", "d"])
+    x = torch.rand(40, 3, 32, 32)
+    model.head.init_prototypes(model.forward_features(x), torch.arange(40) % 4)
+    torch.nn.init.normal_(model.head.mixer.weight, std=0.2)
+    return model
+
+
+@pytest.mark.parametrize("attack", sorted(demo.ATTACKS))
+def test_single_image_attacks_stay_in_budget_and_report_both_heads(attack, tiny_model):
+    x = torch.rand(1, 3, 32, 32)
+    steps = 50 if attack == "square" else 5
+    seen = []
+    result = demo.attack_image(tiny_model, x, attack=attack, eps=16 / 255, steps=steps,
+                               on_step=lambda done, total: seen.append((done, total)))
+    assert result.linf <= 16 / 255 + 1e-6 and 0 <= result.x_adv.min() and result.x_adv.max() <= 1
+    assert set(result.clean) == set(result.adversarial) == {"fc", "hpm"} and len(result.clean["hpm"]) == 4
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert result.transferred in (None, True, False)
+
+
+def test_context_changes_the_batch_but_never_mutates_the_model(tiny_model):
+    x = torch.rand(1, 3, 32, 32)
+    context = demo.make_context(tiny_model, torch.rand(30, 3, 32, 32), "30 random images")
+    alone = demo.classify(tiny_model, x, demo.no_context())
+    inside = demo.classify(tiny_model, x, context)
+    assert alone["fc"] == inside["fc"]  # FC is per-sample
+    assert alone["hpm"] != inside["hpm"]  # HPM depends on the batch
+    assert tiny_model.context_size == 0  # nothing stored on the shared model
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": 17 / 255}, "between 0 and 16/255"), ({"steps": 0}, "from 1 to"), ({"steps": 2.5}, "integer"),
+    ({"attack": "fgsm"}, "must be one of")])
+def test_out_of_range_settings_are_rejected(kwargs, message, tiny_model):
+    with pytest.raises(HPMError, match=message):
+        demo.attack_image(tiny_model, torch.rand(1, 3, 32, 32), **{"attack": "fc", "eps": 8 / 255, "steps": 5,
+                                                                    **kwargs})
+
+
+def test_surrogate_attacks_need_an_hpm_head():
+    from conftest import TinyMLP
+    model = hpm.wrap(TinyMLP(), head="fc")
+    with pytest.raises(HPMError, match="needs an HPM head"):
+        demo.attack_image(model, torch.rand(1, 3, 32, 32), attack="soft", eps=0.01, steps=2)
+
+
+def test_shipped_checkpoints_are_listed_with_their_facts():
+    from conftest import REPO
+    found = demo.list_checkpoints(REPO / "checkpoints")
+    assert "cifar10-resnet18-hpm-clean" in found
+    facts = demo.card_facts(hpm.load(found["cifar10-resnet18-hpm-clean"]))
+    assert "pyautoattack:resnet18" in facts and "| clean_accuracy |" in facts
+
+
+def test_small_images_are_enlarged_for_display_without_blurring():
+    x = torch.rand(1, 3, 32, 32)
+    big = demo.tensor_to_image(x, min_side=192)
+    assert big.shape == (192, 192, 3) and (big[:6, :6] == big[0, 0]).all()
+    assert demo.tensor_to_image(x).shape == (32, 32, 3)

@@ -1,0 +1,62 @@
+"""One app per test session, started in-process on a free loopback port (UI-TESTING.md recipe)."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "artifacts" / "screenshots"
+CHROMIUM = Path("/usr/lib/chromium/chromium")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    for key, value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_SHARE": "False",
+                       "NO_PROXY": "127.0.0.1,localhost"}.items():
+        os.environ[key] = value
+    data = Path(os.environ.get("HPM_TEST_DATA", REPO.parent / "shared" / "data"))
+    if (data / "cifar10" / "test-first1000.npz").is_file():
+        os.environ["HPM_DATA_DIR"] = str(data)
+    sys.path.insert(0, str(REPO))
+    import app as app_module
+
+    port = _free_port()
+    app_module.app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True)
+    yield f"http://127.0.0.1:{port}/"
+    app_module.app.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(app_url)
+    page.get_by_text("Hybrid Prototype Mixing — attack FC vs HPM live").wait_for(timeout=30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield page
+    context.close()

@@ -1,0 +1,54 @@
+"""The app's named API endpoints, called through gradio_client."""
+import pytest
+
+pytestmark = pytest.mark.ui
+
+MODEL = "checkpoints/cifar10-resnet18-hpm-clean"
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture
+def image(tmp_path):
+    from PIL import Image
+    path = tmp_path / "input.png"
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(path)
+    from gradio_client import handle_file
+    return handle_file(str(path))
+
+
+def test_api_lists_the_named_endpoints(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/predict", "/attack", "/load_model", "/isotropic_cdf", "/angle_statistics"} <= names
+
+
+def test_predict_alone_and_in_context(client, image):
+    from conftest import REPO  # noqa: F401  (tests/ui is importable beside tests/)
+    fc, hpm_alone, note = client.predict(image, MODEL, False, 16, api_name="/predict")
+    assert "alone" in note and len(fc["confidences"]) == 5 and len(hpm_alone["confidences"]) == 5
+
+
+def test_attack_returns_images_labels_and_a_verdict(client, image):
+    out = client.predict(image, MODEL, "fc", 4, 3, False, 8, api_name="/attack")
+    adv, pert, heat, fc_clean, hpm_clean, fc_adv, hpm_adv, summary = out
+    assert adv and pert and "deployed HPM fooled" in summary and "ε = 4/255" in summary
+    assert fc_adv["label"] and hpm_adv["label"]
+
+
+def test_out_of_range_settings_come_back_as_errors(client, image):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="maximum"):
+        client.predict(image, MODEL, "fc", 40, 3, False, 8, api_name="/attack")
+
+
+def test_unknown_hub_model_fails_fast_with_a_message(client, image):
+    import time
+    from gradio_client.exceptions import AppError
+    start = time.monotonic()
+    with pytest.raises(AppError, match="local checkpoint directory"):
+        client.predict(image, "nobody/no-such-hpm-model", False, 8, api_name="/predict")
+    assert time.monotonic() - start < 15
