@@ -12,13 +12,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hpm import demo  # noqa: E402
 from hpm.errors import HPMError  # noqa: E402
-from hpm.plots import angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure  # noqa: E402
+from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
+                       perturbation_heatmap)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -118,11 +118,10 @@ def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, s
                                steps=int(steps), context=context,
                                on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}"))
     amplified, magnitude = demo.perturbation_views(result, min_side=192)
-    heat = go.Figure(go.Heatmap(z=magnitude[::-1], colorscale="Inferno", colorbar=dict(title="|δ| per pixel")))
-    heat.update_layout(title="perturbation magnitude", margin=dict(l=10, r=10, t=40, b=10), height=300,
-                       xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
+    heat = perturbation_heatmap(magnitude)
     verdict = {True: "yes", False: "no", None: "n/a (black-box attack)"}
-    summary = (f"**{demo.ATTACKS[attack_name]}**, ε = {eps_255:g}/255, {steps} {'queries' if attack_name == 'square' else 'steps'}, "
+    unit = "queries" if attack_name == "square" else "steps"
+    summary = (f"**{demo.ATTACKS[attack_name]}**, ε = {eps_255:g}/255, {steps} {unit}, "
                f"classified {context.description}.\n\n"
                f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
                f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
@@ -135,15 +134,7 @@ def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, s
 @_user_errors
 def angle_plots(model_id: str):
     """Fig. 3 for the loaded model: angles of test features to its FC vectors and its l2 prototypes."""
-    from hpm.sensitivity import angle_statistics
-
-    model = _model(model_id)
-    if not hasattr(model.head, "prototypes"):
-        raise HPMError(f"the {model.head_type} head has no l2 prototypes to compare with")
-    x, y, _ = demo.gallery_samples(model.dataset or "cifar10", 1000, DATA)
-    with torch.no_grad():
-        z = torch.cat([model.forward_features(c.to(DEVICE)).cpu() for c in x.split(200)])
-    report = angle_statistics(z, y, model.fc.weight.detach().cpu(), model.head.prototypes.detach().cpu())
+    report = demo.angle_report(_model(model_id), DATA)
     return angle_histogram_figure(report), cdf_comparison_figure(report)
 
 

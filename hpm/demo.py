@@ -306,3 +306,16 @@ def dataset_context(model_id: str, n: int, device: str = "cpu", data: str | None
     model = load_cached(model_id, device)
     x, _, _ = gallery_samples(model.dataset or "cifar10", n, data)
     return make_context(model, x.to(device), f"inside a batch with the first {len(x)} {model.dataset} test images")
+
+
+@torch.no_grad()
+def angle_report(model: HPMClassifier, data: str | None = None, n: int = 1000):
+    """Fig. 3 statistics of a loaded model on its first ``n`` test images, l2 prototypes = its head's."""
+    from .sensitivity import angle_statistics
+
+    if not hasattr(model.head, "prototypes"):
+        raise HPMError(f"the {model.head_type} head has no l2 prototypes to compare with")
+    x, y, _ = gallery_samples(model.dataset or "cifar10", n, data)
+    device = model.fc.weight.device
+    z = torch.cat([model.forward_features(chunk.to(device)).cpu() for chunk in x.split(200)])
+    return angle_statistics(z, y, model.fc.weight.detach().cpu(), model.head.prototypes.detach().cpu())

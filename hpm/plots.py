@@ -58,6 +58,14 @@ def cdf_comparison_figure(report: AngleReport) -> go.Figure:
     return fig
 
 
+def perturbation_heatmap(magnitude: np.ndarray) -> go.Figure:
+    """Per-pixel perturbation size ``H x W`` as a heatmap (image orientation: row 0 at the top)."""
+    fig = go.Figure(go.Heatmap(z=magnitude[::-1], colorscale="Inferno", colorbar=dict(title="|δ| per pixel")))
+    fig.update_layout(title="perturbation magnitude", margin=dict(l=10, r=10, t=40, b=10), height=300,
+                      xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
+    return fig
+
+
 def write_png(fig: go.Figure, path, width: int = 1100, height: int = 500) -> None:
     """Write a PNG with kaleido, pointing it at a system Chrome/Chromium when ``BROWSER_PATH`` is unset."""
     import os

@@ -74,11 +74,14 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
                      progress: bool = True) -> tuple[Tensor, Tensor]:
     """Backbone features ``[N, d]`` and labels ``[N]`` of a dataset, cached on disk by content key.
 
-    The key covers the backbone spec, the dataset source and its size, so a changed backbone or dataset
-    never reuses stale features. Arbitrary-module backbones (no rebuildable spec) are not cached.
+    The key covers the backbone spec and a hash of the images and labels themselves, so a changed
+    backbone, dataset or subset never reuses stale features. Arbitrary-module backbones (no rebuildable
+    spec) are not cached.
     """
     device = torch.device(device or "cpu")
-    key_src = json.dumps([model.backbone_spec.to_dict(), dataset.source, len(dataset)], sort_keys=True)
+    content = hashlib.sha256(dataset.images.numpy().tobytes())
+    content.update(dataset.labels.numpy().tobytes())
+    key_src = json.dumps([model.backbone_spec.to_dict(), content.hexdigest()], sort_keys=True)
     path = cache_dir() / "features" / (hashlib.sha256(key_src.encode()).hexdigest()[:24] + ".safetensors")
     use_cache = cache and model.backbone_spec.rebuildable
     if use_cache and path.exists():

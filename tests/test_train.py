@@ -130,3 +130,14 @@ def test_feature_cache_is_keyed_by_backbone_and_data(tiny_data_root):
     z1, y1 = extract_features(model, data, progress=False)
     z2, _ = extract_features(model, data, progress=False)  # from the cache
     assert z1.shape == (24, 512) and torch.equal(z1, z2) and torch.equal(y1, data.labels)
+
+
+def test_feature_cache_never_confuses_two_subsets_of_the_same_size(tiny_data_root):
+    from hpm.data import load_dataset
+    model = hpm.wrap("pyautoattack", head="ncm")
+    data = load_dataset("cifar10", "test", tiny_data_root)
+    first = ImageTensorDataset(data.images[:8], data.labels[:8], data.classes, data.source)
+    last = ImageTensorDataset(data.images[-8:], data.labels[-8:], data.classes, data.source)  # same source, size
+    z_first, _ = extract_features(model, first, progress=False)
+    z_last, _ = extract_features(model, last, progress=False)
+    assert not torch.equal(z_first, z_last)

@@ -52,3 +52,26 @@ def test_unknown_hub_model_fails_fast_with_a_message(client, image):
     with pytest.raises(AppError, match="local checkpoint directory"):
         client.predict(image, "nobody/no-such-hpm-model", False, 8, api_name="/predict")
     assert time.monotonic() - start < 15
+
+
+def test_concurrent_visitors_do_not_share_batches(client, tmp_path):
+    """Requests in flight together give exactly what each gives alone: no image joins another's batch."""
+    from gradio_client import handle_file
+    from PIL import Image
+    paths = []
+    for i, colour in enumerate([(250, 250, 250), (10, 10, 10), (20, 200, 40)]):
+        path = tmp_path / f"im{i}.png"
+        Image.new("RGB", (32, 32), colour).save(path)
+        paths.append(handle_file(str(path)))
+    sequential = [client.predict(p, MODEL, True, 32, api_name="/predict")[1] for p in paths]
+    jobs = [client.submit(p, MODEL, True, 32, api_name="/predict") for p in paths]
+    concurrent = [job.result()[1] for job in jobs]
+    assert concurrent == sequential
+
+
+def test_angle_statistics_endpoint_draws_fig3(client):
+    import sys
+    if not sys.modules["app"].DATA:  # the data root the app was started with
+        pytest.skip("needs the local data root")
+    hist, cdf = client.predict(MODEL, api_name="/angle_statistics")
+    assert hist and cdf
