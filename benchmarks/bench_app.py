@@ -9,7 +9,6 @@
 import argparse
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpm import demo  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 
 def free_port() -> int:
@@ -49,16 +49,6 @@ def startup_seconds(timeout: float = 180) -> float:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

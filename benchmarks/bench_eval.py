@@ -7,23 +7,12 @@
     python benchmarks/bench_eval.py [--batch 64] [--iters 10] [--repeats 5]
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 import hpm
 from hpm.attacks import TARGETS, AttackSpec, BatchFeatures, run_apgd
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main() -> None:
@@ -45,16 +34,16 @@ def main() -> None:
         return lambda: run_apgd(spec, batch, x, y, norm="Linf", eps=8 / 255, n_iter=args.iters, n_restarts=1,
                                 seed=0, num_classes=10)
 
-    fc = timed(apgd("fc"), args.repeats) / args.iters
-    ens = timed(apgd("ensemble"), args.repeats) / args.iters
+    fc = median_seconds(apgd("fc"), args.repeats) / args.iters
+    ens = median_seconds(apgd("ensemble"), args.repeats) / args.iters
     print(f"APGD step, batch {args.batch}: FC oracle {1000 * fc:.1f} ms, ensemble (FC + soft) {1000 * ens:.1f} ms, "
           f"ratio {ens / fc:.3f} (target <= 1.10)")
 
     xb = torch.rand(args.head_batch, 3, 32, 32)
     with torch.no_grad():
         z = model.forward_features(xb)
-        backbone = timed(lambda: model.forward_features(xb), args.repeats)
-        head = timed(lambda: model.forward_head(z, mode="hard"), args.repeats * 20)
+        backbone = median_seconds(lambda: model.forward_features(xb), args.repeats)
+        head = median_seconds(lambda: model.forward_head(z, mode="hard"), args.repeats * 20)
     print(f"forward, batch {args.head_batch}: backbone {1000 * backbone:.1f} ms, FC + HPM head {1000 * head:.2f} ms, "
           f"head / backbone {100 * head / backbone:.2f}% (target <= 3%)")
 
