@@ -7,6 +7,7 @@ batch with the same adapters the evaluation uses (:mod:`hpm.attacks`).
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -64,7 +65,8 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
         raise HPMError(f"image dimensions {w}x{h} are outside the accepted range (1 to {MAX_SIDE} px a side, "
                        f"at most {MAX_PIXELS // 1_000_000} megapixels)")
     try:
-        with warnings_as_errors():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             frame = next(ImageSequence.Iterator(image)).copy()  # animated: the first frame
             frame = ImageOps.exif_transpose(frame)
             return _to_rgb(frame)
@@ -78,20 +80,6 @@ def _read_bytes(path: Path) -> bytes:
     if path.stat().st_size > MAX_UPLOAD_BYTES:
         raise HPMError(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
     return path.read_bytes()
-
-
-class warnings_as_errors:
-    """Turn PIL's decompression-bomb warning into an error inside the block."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -156,11 +144,16 @@ def make_context(model: HPMClassifier, images: Tensor, description: str, batch_s
 
 
 @torch.no_grad()
+def _both_heads(model: HPMClassifier, batch: BatchFeatures, z: Tensor) -> dict[str, dict[str, float]]:
+    """Top-5 of the FC head and of the deployed head from features ``z [1, d]`` (inside ``batch``'s context)."""
+    return {"fc": top_k(model.fc(z)[0], model.classes), "hpm": top_k(batch.scores(z, "hard")[0], model.classes)}
+
+
+@torch.no_grad()
 def classify(model: HPMClassifier, x: Tensor, context: Context) -> dict[str, dict[str, float]]:
     """Top-5 of the FC head and of the deployed head for image ``x [1, 3, H, W]`` inside ``context``."""
     batch = BatchFeatures(model, context.features)
-    z = batch.features(x)
-    return {"fc": top_k(model.fc(z)[0], model.classes), "hpm": top_k(batch.scores(z, "hard")[0], model.classes)}
+    return _both_heads(model, batch, batch.features(x))
 
 
 @dataclass
@@ -212,7 +205,7 @@ def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", e
     with torch.no_grad():
         z = batch.features(x)
         label = batch.scores(z, "hard").argmax(1)
-    clean = classify(model, x, context)
+        clean = _both_heads(model, batch, z)
     total = steps + 1 if attack != "square" else steps
     counter = {"n": 0}
 
@@ -229,9 +222,9 @@ def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", e
         spec = AttackSpec(f"apgd-ce/{attack}", "apgd", "ce", TARGETS[attack])
         x_adv = run_apgd(spec, batch, x, label, norm="Linf", eps=eps, n_iter=steps, n_restarts=1, seed=seed,
                          num_classes=model.num_classes, on_step=step).x_adv
-    adversarial = classify(model, x_adv, context)
     with torch.no_grad():
         z_adv = batch.features(x_adv)
+        adversarial = _both_heads(model, batch, z_adv)
         deployed_fooled = bool(batch.scores(z_adv, "hard").argmax(1) != label)
         surrogate_fooled = None
         if attack != "square":

@@ -190,11 +190,11 @@ def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indi
 
 @torch.no_grad()
 def _clean_pass(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Deployed predictions on the clean batch and, for batch-dependent heads, the clean features."""
+    """Deployed scores ``[b, k]`` on the clean batch and, for batch-dependent heads, the clean features."""
     if isinstance(model, HPMClassifier):
         z = model.forward_features(x)
-        return model.forward_head(z, mode="hard").argmax(1), (z if is_batch_dependent(model) else None)
-    return model(x).argmax(1), None
+        return model.forward_head(z, mode="hard"), (z if is_batch_dependent(model) else None)
+    return model(x), None
 
 
 def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec], config: AttackConfig,
@@ -203,13 +203,13 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
 
     Returns ``(clean_correct [b], attacked [A, b], broken [A, b], seconds [A])``.
     """
-    pred, z_clean = _clean_pass(model, x)
-    correct = pred == y
+    scores, z_clean = _clean_pass(model, x)
+    correct = scores.argmax(1) == y
+    num_classes = scores.shape[1]
     robust = correct.clone()
     attacked = torch.zeros(len(plan), len(y), dtype=torch.bool)
     broken = torch.zeros_like(attacked)
     seconds = np.zeros(len(plan))
-    num_classes = model.num_classes if isinstance(model, HPMClassifier) else None
     for a, spec in enumerate(plan):
         start = time.perf_counter()
         mask = robust if config.schedule == "cumulative" else correct
@@ -218,9 +218,8 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
             fixed = z_clean[~mask] if z_clean is not None else None
             batch = BatchFeatures(model, fixed)
             if spec.kind == "apgd":
-                k = num_classes or int(model(x[:1]).shape[1])
                 hit = run_apgd(spec, batch, x[idx], y[idx], norm=config.norm, eps=config.eps, n_iter=config.n_iter,
-                               n_restarts=config.n_restarts, seed=config.seed, num_classes=k).broken
+                               n_restarts=config.n_restarts, seed=config.seed, num_classes=num_classes).broken
             else:
                 hit = run_square(batch, x[idx], y[idx], norm=config.norm, eps=config.eps,
                                  n_queries=config.square_queries, seed=config.seed).broken
