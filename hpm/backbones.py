@@ -9,6 +9,8 @@ A source is named in ``config.json`` as ``{"source": ..., "name": ..., "options"
                    honoured: a local file is used without any download)
 ``timm``           ``timm.create_model(name, pretrained=...)``, ImageNet normalisation prepended
 ``torchvision``    ``torchvision.models.get_model(name, weights=...)``, likewise
+``hpm``            an architecture of :mod:`hpm.zoo` that hpm trained itself (``hpm train-backbone``); the
+                   spec rebuilds the architecture and the checkpoint stores the weights
 ``module``         any ``nn.Module`` ending in ``nn.Linear``; not rebuildable from a name, so its
                    weights are saved with the checkpoint and it reloads via ``hpm.load(dir, backbone=m)``
 =================  =====================================================================
@@ -54,8 +56,8 @@ class BackboneSpec:
 
     @property
     def rebuildable(self) -> bool:
-        """True when the backbone can be rebuilt from this spec alone (its weights need not be saved)."""
-        return self.source != "module"
+        """True when the backbone, weights included, can be rebuilt from this spec alone."""
+        return self.source not in ("module", "hpm")
 
 
 @dataclass
@@ -273,6 +275,11 @@ def load_backbone(spec: BackboneSpec, module: nn.Module | None = None,
         size = tuple(input_size or spec.options.get("input_size") or CIFAR_INPUT)
         features, fc = split_classifier(module, size)  # type: ignore[arg-type]
         return SplitModel(features, fc, spec, size)  # type: ignore[arg-type]
+    if spec.source == "hpm":
+        from . import zoo
+
+        features, fc = zoo.split(zoo.build(spec.name, spec.options))
+        return SplitModel(features, fc, spec, tuple(input_size or CIFAR_INPUT))  # type: ignore[arg-type]
     if spec.source == "module":
         raise CheckpointError("this checkpoint's backbone is an arbitrary nn.Module with no loadable source; "
                        "pass it: hpm.load(path, backbone=your_module)")

@@ -25,6 +25,10 @@ def _backbone_text(backbone: dict) -> str:
     source, name = backbone.get("source"), backbone.get("name")
     if source == "pyautoattack":
         return "the standard CIFAR-10 ResNet-18 shipped inside PyPI's `pyautoattack` (referenced, not copied)"
+    if source == "hpm":
+        o = backbone.get("options", {})
+        return (f"a CIFAR ResNet-{o.get('depth')} of first-stage width {o.get('width')} trained from scratch by hpm "
+                f"(`hpm train-backbone`, {o.get('classifier')} classifier; weights included)")
     if source == "module":
         return f"a user-supplied `{backbone.get('options', {}).get('class', 'nn.Module')}` (weights included)"
     return f"`{source}:{name}`"
@@ -34,13 +38,28 @@ def metrics_table(metrics: dict) -> str:
     """A Markdown table of ``metrics`` (name -> dict with value and its protocol), or a note if empty."""
     if not metrics:
         return "_No measured metrics recorded yet._\n"
-    rows = ["| metric | value | protocol | samples | eval batch size |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| metric | value | 95% CI | protocol | samples | eval batch size |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for name, m in metrics.items():
         m = m if isinstance(m, dict) else {"value": m}
         value = m.get("value")
         shown = f"{100 * value:.1f}%" if isinstance(value, float) and 0 <= value <= 1 else str(value)
-        rows.append(f"| {name} | {shown} | {m.get('protocol', '')} | {m.get('n', '')} | {m.get('batch_size', '')} |")
+        ci = m.get("ci95")
+        ci_text = f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci else ""
+        rows.append(f"| {name} | {shown} | {ci_text} | {m.get('protocol', '')} | {m.get('n', '')} | "
+                    f"{m.get('batch_size', '')} |")
     return "\n".join(rows) + "\n"
+
+
+def evaluation_commands(metrics: dict) -> list[str]:
+    """The distinct commands that produced the metrics (evaluations, then the ``hpm card`` calls that
+    recorded them), in order of first appearance."""
+    seen: dict[str, None] = {}
+    for key in ("command", "recorded_with"):
+        for m in metrics.values():
+            if isinstance(m, dict) and m.get(key):
+                seen.setdefault(m[key], None)
+    return list(seen)
 
 
 def model_card(config: "CheckpointConfig") -> str:
@@ -57,7 +76,7 @@ def model_card(config: "CheckpointConfig") -> str:
     )
     training = config.training or {}
     recipe = "\n".join(f"- `{k}`: `{v}`" for k, v in training.items() if k != "commands") or "- not recorded"
-    commands = training.get("commands") or []
+    commands = list(training.get("commands") or []) + evaluation_commands(config.metrics)
     command_block = ("```bash\n" + "\n".join(commands) + "\n```\n") if commands else "_not recorded_\n"
     threat = config.threat_model or {}
     threat_text = (f"{threat.get('norm', 'Linf')}, eps = {threat.get('eps')}" if threat else "none (clean fine-tuning)")

@@ -1,4 +1,4 @@
-"""The ``hpm`` command line: ``hpm train | eval | analyze | info | push``.
+"""The ``hpm`` command line: ``hpm train | train-backbone | eval | analyze | card | info | push``.
 
 Bad arguments and bad files end with a one-line ``hpm: error: ...`` and exit status 2, never a traceback.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import asdict
 from fractions import Fraction
@@ -59,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report clean test accuracy and save a checkpoint.")
     t.add_argument("model", help="model source or checkpoint directory")
     t.add_argument("--head", default="hpm", choices=["hpm", "ncm", "cosine", "fc"], help="head type (default hpm)")
-    t.add_argument("--mode", default="clean", choices=["clean", "adversarial"],
-                   help="clean: cached features, seconds; adversarial: IKL + PGD (paper recipe)")
+    t.add_argument("--mode", default="clean", choices=["clean", "adversarial", "fit"],
+                   help="clean: cached features, seconds; adversarial: IKL + PGD (paper recipe); fit: prototypes "
+                        "= class means of the training features, nothing trained (e.g. an l2 NCM head)")
     t.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write (resumes if present)")
     t.add_argument("--epochs", type=positive_int, default=1, help="epochs (default 1, the paper's CIFAR-10 value)")
     t.add_argument("--batch-size", type=positive_int, default=64, help="training batch size (default 64)")
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float, default=None, help="EMA lambda of the prototypes (default 0.98)")
     t.add_argument("--eps", type=parse_eps, default=8 / 255, help="adversarial: l_inf radius (default 8/255)")
     t.add_argument("--steps", type=positive_int, default=10, help="adversarial: PGD steps (default 10)")
+    t.add_argument("--attack-wmse", action="store_true",
+                   help="adversarial: add the wMSE term to the inner maximisation (the paper's CIFAR-100 recipe)")
     t.add_argument("--max-steps", type=positive_int, default=None, help="adversarial: stop after N steps")
     t.add_argument("--save-every", type=positive_int, default=100, help="adversarial: steps between saved states")
     t.add_argument("--n-train", type=positive_int, default=None,
@@ -85,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the raw config as JSON")
     i.set_defaults(func=_cmd_info)
 
+    c = sub.add_parser("card", help="record evaluation reports in a checkpoint and regenerate its model card",
+                       description="Add the clean and robust accuracies of hpm eval reports (JSON) to CHECKPOINT's "
+                                   "config.json, with their protocol, subset, batch size and command, and rewrite "
+                                   "its README.md model card from it. Weights are not touched.")
+    c.add_argument("checkpoint", help="checkpoint directory")
+    c.add_argument("--eval", nargs="+", required=True, metavar="REPORT.json", help="reports written by hpm eval")
+    c.set_defaults(func=_cmd_card)
+
     p = sub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub",
                        description="Load CHECKPOINT (validating it) and upload it to REPO_ID on the Hub.")
     p.add_argument("checkpoint", help="checkpoint directory")
@@ -94,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_push)
 
     from .analyze_cli import add_analyze_parser
+    from .backbone_cli import add_backbone_parser
     from .evaluate_cli import add_eval_parser
 
+    add_backbone_parser(sub)
     add_eval_parser(sub)
     add_analyze_parser(sub)
     return parser
@@ -129,7 +143,8 @@ def _cmd_train(args) -> int:
     import hpm
     from .data import load_dataset
     from .evaluate import clean_accuracy
-    from .train import AdversarialConfig, CleanConfig, extract_features, finetune_adversarial, finetune_clean
+    from .train import (AdversarialConfig, CleanConfig, extract_features, finetune_adversarial, finetune_clean,
+                        fit_prototypes)
 
     device = _device(args.device)
     if Path(args.model).is_dir():
@@ -151,7 +166,11 @@ def _cmd_train(args) -> int:
     model.to(device)
     recipe: dict = {"mode": args.mode, "dataset": dataset, "train_source": train_set.source,
                     "n_train": len(train_set)}
-    if args.mode == "clean":
+    if args.mode == "fit":
+        z, y = extract_features(model, train_set, device=device)
+        fit_prototypes(model, z.to(device), y.to(device))
+        cfg, threat = None, None
+    elif args.mode == "clean":
         z, y = extract_features(model, train_set, device=device)
         cfg = CleanConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                           seed=args.seed)
@@ -161,12 +180,13 @@ def _cmd_train(args) -> int:
         if args.momentum is not None and hasattr(model.head, "momentum"):
             model.head.momentum = args.momentum
         cfg = AdversarialConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eps=args.eps,
-                                steps=args.steps, seed=args.seed, save_every=args.save_every,
+                                steps=args.steps, attack_uses_wmse=args.attack_wmse, seed=args.seed,
+                                save_every=args.save_every,
                                 max_steps=args.max_steps)
         finetune_adversarial(model, train_set, cfg, args.out, device=device)
         threat = {"norm": "Linf", "eps": args.eps}
-    recipe.update(asdict(cfg))
-    recipe["commands"] = ["hpm " + " ".join(sys.argv[1:])] if sys.argv[0].endswith("hpm") else []
+    recipe.update(asdict(cfg) if cfg is not None else {})
+    recipe["commands"] = [args.command_line]
     x, y = test_set.tensors(torch.arange(n_test))
     metrics = {}
     for label, mode in (("clean_accuracy", "hard"), ("clean_accuracy_fc", "fc")):
@@ -206,6 +226,15 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_card(args) -> int:
+    from .cards import metrics_table
+    from .results import record_evaluations
+
+    metrics = record_evaluations(args.checkpoint, args.eval, command=args.command_line)
+    print(metrics_table(metrics), end="")
+    return 0
+
+
 def _cmd_push(args) -> int:
     import hpm
 
@@ -217,6 +246,7 @@ def _cmd_push(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "hpm " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in cards/reports
     try:
         return args.func(args)
     except HPMError as e:

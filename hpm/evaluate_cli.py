@@ -97,6 +97,7 @@ def _cmd_eval(args) -> int:
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,
-                            check_n=args.check_n, shard=args.shard, device=device)
+                            check_n=args.check_n, shard=args.shard, device=device,
+                            command=args.command_line)
     print(report.to_markdown())
     return 0

@@ -35,7 +35,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
                    batch_sizes: tuple[int, ...] | list[int] = (256,), indices=None, data_info: dict | None = None,
                    model_id: str = "model", out: str | Path | None = None, checks: bool = True, check_n: int = 16,
                    shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
-                   progress: bool = True) -> EvalReport:
+                   progress: bool = True, command: str | None = None) -> EvalReport:
     """Run the MSA protocol (+ Square) on ``x, y`` at every batch size and build the report.
 
     Args:
@@ -46,6 +46,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         out: ``report.json`` path; ``report.md`` and the resumable per-sample ``report.npz`` go beside it.
         checks: run the sanity checks (extra small attack runs on the first ``check_n`` samples).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
+        command: the command line to record in the report (so model cards can cite it).
 
     Example:
         >>> report = hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256])
@@ -62,10 +63,11 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         n = min(check_n, len(y))
         found += run_checks(model, x[:n], y[:n], attack, batch_size=min(min(batch_sizes), n), device=device)
     return _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device,
-                         json_path, md_path)
+                         json_path, md_path, command)
 
 
-def _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device, json_path, md_path):
+def _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device, json_path, md_path,
+                  command=None):
     summaries = {str(bs): summarise(results[bs], plan, attack.schedule) for bs in sorted(results)}
     found = [c for s in summaries.values() for c in check_results(s)] + list(found)
     config = {"attack": asdict(attack), "batch_sizes": sorted(batch_sizes), "data": data_info or {},
@@ -73,7 +75,7 @@ def _build_report(model, model_id, attack, batch_sizes, data_info, plan, results
     report = EvalReport(model=model_id, model_info=model_info(model) if model is not None else {}, config=config,
                         plan=[{"name": s.name, "kind": s.kind, "loss": s.loss, "surrogates": list(s.surrogates)}
                               for s in plan],
-                        results=summaries, checks=[c.to_dict() for c in found])
+                        results=summaries, checks=[c.to_dict() for c in found], command=command)
     if json_path is not None:
         report.to_json(json_path)
         md_path.write_text(report.to_markdown())
@@ -100,7 +102,7 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
     plan = [AttackSpec(p["name"], p["kind"], p["loss"], tuple(p["surrogates"])) for p in base.plan]
     attack = AttackConfig(**base.config["attack"])
     report = _build_report(None, base.model, attack, base.config["batch_sizes"], base.config["data"], plan, merged,
-                           [], base.config["device"], json_path, md_path)
+                           [], base.config["device"], json_path, md_path, base.command)
     report.model_info = base.model_info
     report.to_json(json_path)
     md_path.write_text(report.to_markdown())

@@ -58,6 +58,35 @@ def cdf_comparison_figure(report: AngleReport) -> go.Figure:
     return fig
 
 
+def robustness_curve_figure(rows: list[dict], title: str = "Accuracy under attack") -> go.Figure:
+    """Fig. 1-style curves: robust accuracy vs eps, one line per model and protocol.
+
+    ``rows`` are :func:`hpm.results.comparison_rows` entries (label, protocol, eps, robust, ci95, ...);
+    APGD-CE-only lines are dashed, full-protocol lines solid, 95% Clopper-Pearson intervals as error bars.
+    """
+    fig = go.Figure()
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["protocol"], r["batch_size"]), []).append(r)
+    many_bs = len({k[2] for k in groups}) > 1
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    colours = {label: palette[i % len(palette)] for i, label in enumerate(dict.fromkeys(k[0] for k in groups))}
+    for (label, protocol, bs), pts in groups.items():
+        pts = sorted(pts, key=lambda r: r["eps"])
+        x = [255 * r["eps"] for r in pts]
+        y = [100 * r["robust"] for r in pts]
+        err_hi = [100 * (r["ci95"][1] - r["robust"]) for r in pts]
+        err_lo = [100 * (r["robust"] - r["ci95"][0]) for r in pts]
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines+markers", name=f"{label}, {protocol}" + (f", bs {bs}" if many_bs else ""),
+            line=dict(color=colours[label], dash="dash" if protocol == "APGD-CE" else "solid"),
+            error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True, thickness=1)))
+    fig.update_layout(title=title, xaxis_title="ε (×1/255, ℓ∞)", yaxis_title="accuracy under attack (%)",
+                      xaxis_type="log", yaxis_range=[0, 100], template="plotly_white",
+                      legend_title="model, protocol")
+    return fig
+
+
 def perturbation_heatmap(magnitude: np.ndarray) -> go.Figure:
     """Per-pixel perturbation size ``H x W`` as a heatmap (image orientation: row 0 at the top)."""
     fig = go.Figure(go.Heatmap(z=magnitude[::-1], colorscale="Inferno", colorbar=dict(title="|δ| per pixel")))

@@ -85,6 +85,7 @@ class EvalReport:
     plan: list[dict]  # the attacks in order
     results: dict[str, dict]  # batch size -> summary (see summarise)
     checks: list[dict] = field(default_factory=list)  # sanity checks: name, passed, detail
+    command: str | None = None  # the command line that produced the report, when run from the CLI
     versions: dict = field(default_factory=package_versions)
     evaluation_order: str = ORDER_NOTE
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -132,5 +133,7 @@ class EvalReport:
             for ch in self.checks:
                 verdict = {True: "pass", False: "**FLAG**", None: "skipped"}[ch["passed"]]
                 lines.append(f"| {ch['name']} | {verdict} | {ch['detail']} |")
+        if self.command:
+            lines += ["", f"Command: `{self.command}`"]
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)

@@ -74,16 +74,18 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
                      progress: bool = True) -> tuple[Tensor, Tensor]:
     """Backbone features ``[N, d]`` and labels ``[N]`` of a dataset, cached on disk by content key.
 
-    The key covers the backbone spec and a hash of the images and labels themselves, so a changed
-    backbone, dataset or subset never reuses stale features. Arbitrary-module backbones (no rebuildable
-    spec) are not cached.
+    The key covers the backbone spec, a hash of its weights and a hash of the images and labels
+    themselves, so a changed backbone, dataset or subset never reuses stale features.
     """
     device = torch.device(device or "cpu")
     content = hashlib.sha256(dataset.images.numpy().tobytes())
     content.update(dataset.labels.numpy().tobytes())
+    for name, tensor in sorted(model.features.state_dict().items()):
+        content.update(name.encode())
+        content.update(tensor.detach().float().cpu().numpy().tobytes())
     key_src = json.dumps([model.backbone_spec.to_dict(), content.hexdigest()], sort_keys=True)
     path = cache_dir() / "features" / (hashlib.sha256(key_src.encode()).hexdigest()[:24] + ".safetensors")
-    use_cache = cache and model.backbone_spec.rebuildable
+    use_cache = cache
     if use_cache and path.exists():
         stored = load_file(str(path))
         return stored["features"], stored["labels"]
@@ -100,8 +102,15 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
 
 
 def fit_prototypes(model: HPMClassifier, features: Tensor, labels: Tensor) -> None:
-    """Initialise the head's prototypes to the class means of clean features (METHOD.md)."""
-    model.head.init_prototypes(features.to(model.fc.weight), labels.to(model.fc.weight.device))
+    """Initialise the head's prototypes to the class means of clean features (METHOD.md).
+
+    Raises:
+        HPMError: when some class has no training sample (e.g. a too small ``--n-train`` subset).
+    """
+    try:
+        model.head.init_prototypes(features.to(model.fc.weight), labels.to(model.fc.weight.device))
+    except ValueError as e:
+        raise HPMError(f"{e}; the training images must cover every class (use a larger --n-train)") from None
 
 
 def finetune_clean(model: HPMClassifier, features: Tensor, labels: Tensor, config: CleanConfig = CleanConfig(),

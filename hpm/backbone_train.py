@@ -1,0 +1,262 @@
+"""Training zoo backbones from scratch: standard training, or fast adversarial training (FGSM-RS).
+
+FGSM-RS is the recipe of Wong, Rice & Kolter, "Fast is better than free" (ICLR 2020): a uniform random
+start in the eps-ball, one signed-gradient step of size ``1.25 eps``, projection, and training on the
+result, with a one-cycle learning rate. Its known failure, catastrophic overfitting (PGD accuracy falling
+to ~0 within an epoch while FGSM accuracy soars), is guarded against as the paper does: after every epoch
+the PGD accuracy on a fixed batch of training images is measured, and when it drops by more than
+``guard_drop`` below the best epoch's, training stops and the best epoch's weights are kept.
+
+Training resumes from ``OUT/state.pt`` (written after every epoch; loaded with ``weights_only=True``).
+Each epoch's weights are also kept as ``OUT/epoch-NNN.safetensors`` and its metrics appended to
+``OUT/history.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .data import ImageTensorDataset
+from .errors import HPMError
+from .train import seed_everything
+from .zoo import CifarResNet, L2Classifier, build
+
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+FINAL_FILE = "backbone.safetensors"
+ADVERSARIAL = (None, "fgsm-rs")
+
+
+@dataclass
+class BackboneConfig:
+    """Architecture and recipe of a from-scratch run (defaults: standard training of a ResNet-20)."""
+
+    depth: int = 20  # 6n+2
+    width: int = 16  # channels of the first stage (16: the original ResNet-20)
+    classifier: str = "fc"  # "fc" or "l2" (learnable centres, Eq. 18 scores)
+    num_classes: int = 10
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1  # peak of the one-cycle schedule (SGD, Nesterov momentum)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.4  # share of the iterations the learning rate climbs linearly from 0 to lr
+    adversarial: str | None = None  # None (standard training) or "fgsm-rs"
+    eps: float = 8 / 255  # l_inf radius of the training attack
+    fgsm_step: float | None = None  # FGSM-RS step; None: 1.25 eps (Wong et al.)
+    guard_images: int = 256  # training images of the catastrophic-overfitting check (adversarial only)
+    guard_steps: int = 10  # PGD steps of that check (step eps / 4)
+    guard_drop: float = 0.2  # stop when the check's PGD accuracy falls this far below its best
+    bf16: bool = True  # bfloat16 autocast for the training passes (evaluation stays float32)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.adversarial not in ADVERSARIAL:
+            raise HPMError(f"adversarial must be one of {ADVERSARIAL}; got {self.adversarial!r}")
+        if not 0 <= self.warmup < 1:
+            raise HPMError(f"warmup must be in [0, 1); got {self.warmup}")
+
+    def architecture(self) -> dict:
+        """The ``options`` of the zoo spec (``config.json`` ``backbone.options``)."""
+        return {"depth": self.depth, "width": self.width, "num_classes": self.num_classes,
+                "classifier": self.classifier}
+
+    def resolved_fgsm_step(self) -> float:
+        return self.fgsm_step if self.fgsm_step is not None else 1.25 * self.eps
+
+
+def one_cycle_lr(step: int, total: int, peak: float, warmup: float) -> float:
+    """Piecewise-linear one-cycle schedule: 0 -> ``peak`` over ``warmup * total`` steps, then -> 0."""
+    rise = max(1, int(round(warmup * total)))
+    if step < rise:
+        return peak * step / rise
+    return peak * max(0.0, (total - step) / max(1, total - rise))
+
+
+def augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Random 32x32 crop of the 4-pixel zero-padded image and a random horizontal flip (per sample)."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (b,), generator=generator)
+    dx = torch.randint(0, 9, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]  # [B, 1, H, 1]
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]  # [B, 1, 1, W]
+    flip = torch.rand(b, generator=generator) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(b)[:, None, None, None]
+    chan = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def fgsm_rs(net: CifarResNet, x: Tensor, y: Tensor, eps: float, step: float, generator: torch.Generator,
+            bf16: bool) -> Tensor:
+    """One FGSM step from a uniform random start in the l_inf ball, projected back (Wong et al. 2020)."""
+    delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
+    delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+        loss = F.cross_entropy(net(x + delta), y)
+    (grad,) = torch.autograd.grad(loss, delta)
+    delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 1).detach()
+
+
+def pgd_accuracy(net: CifarResNet, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator) -> float:
+    """Accuracy under l_inf PGD with a random start (float32, eval mode); the overfitting guard."""
+    net.eval()
+    delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
+    x_adv = (x + delta).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(net(x_adv), y), x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + eps / 4 * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    with torch.no_grad():
+        return (net(x_adv).argmax(1) == y).float().mean().item()
+
+
+def _save_weights(net: CifarResNet, path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
+
+
+def load_weights(net: CifarResNet, path: str | Path) -> CifarResNet:
+    """Load ``.safetensors`` weights written by :func:`train_backbone` into ``net`` (strict)."""
+    net.load_state_dict(load_file(str(path)), strict=True)
+    return net
+
+
+def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, epoch: int, best_epoch: int,
+                 best_guard: float, config: BackboneConfig) -> None:
+    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
+             "best_guard": best_guard, "config": json.dumps(asdict(config), sort_keys=True),
+             "torch_rng": torch.get_rng_state()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill while saving keeps the previous epoch's state
+
+
+def train_backbone(config: BackboneConfig, train_set: ImageTensorDataset, out_dir: str | Path, *,
+                   device: torch.device | str | None = None, progress: bool = True,
+                   on_epoch: Callable[[dict], None] | None = None) -> tuple[CifarResNet, list[dict]]:
+    """Train a zoo ResNet from scratch; resumes from ``out_dir/state.pt`` when present.
+
+    Returns:
+        The trained network (the best epoch's weights when the overfitting guard fired) and the
+        per-epoch history (loss, train accuracy, guard accuracies, seconds).
+    """
+    device = torch.device(device or "cpu")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    net = build("cifar_resnet", config.architecture()).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=config.momentum, nesterov=True,
+                          weight_decay=config.weight_decay)
+    history: list[dict] = json.loads((out / HISTORY_FILE).read_text()) if (out / HISTORY_FILE).exists() else []
+    start, best_epoch, best_guard = 0, -1, -1.0
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
+            raise HPMError(f"{state_path} was written with a different recipe (the learning-rate schedule depends "
+                           "on every option, --epochs included); resume with the same options or use a new run "
+                           "directory")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, best_epoch, best_guard = state["epoch"], state["best_epoch"], state["best_guard"]
+        torch.set_rng_state(state["torch_rng"])
+        history = history[:start]
+    n = len(train_set)
+    steps_per_epoch = n // config.batch_size  # drop the last partial batch (batch norm statistics)
+    total = steps_per_epoch * config.epochs
+    guard_x, guard_y = train_set.tensors(torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
+                                         [:config.guard_images])
+    guard_x, guard_y = guard_x.to(device), guard_y.to(device)
+    stopped = bool(history) and history[-1].get("stopped", False)
+    for epoch in range(start, config.epochs):
+        if stopped:
+            break
+        started = time.time()
+        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = torch.randperm(n, generator=gen)[: steps_per_epoch * config.batch_size].split(config.batch_size)
+        net.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(order, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
+        for i, idx in enumerate(bar):
+            lr = one_cycle_lr(epoch * steps_per_epoch + i, total, config.lr, config.warmup)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = train_set.tensors(idx)
+            x, y = augment(x, gen).to(device), y.to(device)
+            if config.adversarial == "fgsm-rs":
+                x = fgsm_rs(net, x, y, config.eps, config.resolved_fgsm_step(), gen, config.bf16)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cpu"):
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
+        bar.close()
+        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen}
+        net.eval()
+        with torch.no_grad():
+            record["guard_clean_accuracy"] = (net(guard_x).argmax(1) == guard_y).float().mean().item()
+        if config.adversarial:
+            guard = pgd_accuracy(net, guard_x, guard_y, config.eps, config.guard_steps, gen)
+            record["guard_pgd_accuracy"] = guard
+            if guard > best_guard:
+                best_epoch, best_guard = epoch + 1, guard
+            elif guard < best_guard - config.guard_drop:
+                record["stopped"] = True  # catastrophic overfitting: keep the best epoch (Wong et al.)
+                stopped = True
+        else:
+            best_epoch = epoch + 1
+        record["seconds"] = time.time() - started
+        _save_weights(net, out / f"epoch-{epoch + 1:03d}.safetensors")
+        history.append(record)
+        (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        _write_state(state_path, net, opt, epoch + 1, best_epoch, best_guard, config)
+        if on_epoch is not None:
+            on_epoch(record)
+    if best_epoch > 0:
+        load_weights(net, out / f"epoch-{best_epoch:03d}.safetensors")
+        _save_weights(net, out / FINAL_FILE)
+    return net.eval(), history
+
+
+def training_summary(config: BackboneConfig, history: list[dict], train_source: str) -> dict:
+    """The recipe and outcome written into a checkpoint's ``config.json`` ``training`` entry."""
+    selected = max((h for h in history if "guard_pgd_accuracy" in h), key=lambda h: h["guard_pgd_accuracy"],
+                   default=history[-1] if history else None)
+    return {"mode": "from-scratch" if not config.adversarial else f"adversarial ({config.adversarial})",
+            **asdict(config), "train_source": train_source, "epochs_run": len(history),
+            "selected_epoch": selected["epoch"] if selected else None,
+            "train_seconds": round(sum(h["seconds"] for h in history), 1)}
+
+
+def to_hpm(net: CifarResNet, config: BackboneConfig, *, classes: list[str] | None, dataset: str | None):
+    """The trained network as an :class:`hpm.HPMClassifier`: an FC model keeps its FC as the ``fc`` head;
+    an l2 model deploys an NCM head holding its learned centres (identical scores)."""
+    from .backbones import BackboneSpec
+    from .heads import create_head
+    from .model import HPMClassifier
+    from .zoo import split
+
+    centres = net.classifier.centres.detach().clone() if isinstance(net.classifier, L2Classifier) else None
+    features, fc = split(net)
+    head = create_head("fc" if centres is None else "ncm", fc.in_features, fc.out_features)
+    if centres is not None:
+        head.prototypes.copy_(centres)
+    spec = BackboneSpec("hpm", "cifar_resnet", config.architecture())
+    return HPMClassifier(features, fc, head, backbone_spec=spec, input_size=(3, 32, 32), classes=classes,
+                         dataset=dataset).eval()

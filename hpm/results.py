@@ -1,0 +1,106 @@
+"""From evaluation reports to the numbers checkpoints, model cards and the README show.
+
+Nothing here measures anything: it reads :class:`hpm.report.EvalReport` JSON files and turns them into
+``config.json`` metrics (``hpm card``) and Markdown tables, so every published number can be traced to
+a report and the command that wrote it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from fractions import Fraction
+from pathlib import Path
+
+from .errors import HPMError
+from .report import EvalReport
+
+APGD_CE_ONLY = "APGD-CE"
+FULL = "full"
+
+
+def eps_text(eps: float) -> str:
+    """``0.0313725`` -> ``"8/255"``; radii that are not k/255 (or k/510) print as decimals."""
+    frac = Fraction(eps).limit_denominator(1020)
+    if abs(float(frac) - eps) < 1e-9 and 255 * 4 % frac.denominator == 0:
+        return f"{float(frac) * 255:g}/255"
+    return f"{eps:.6g}"
+
+
+def protocol_name(report: EvalReport) -> str:
+    """``"APGD-CE"`` for a single APGD-CE on the deployed model (the paper's Fig. 1 setting), ``"full"`` for
+    the model's default plan (MSA surrogates + Square), else the attack names joined by ``+``."""
+    names = [p["name"] for p in report.plan]
+    if names in (["apgd-ce/deployed"], ["apgd-ce/bpda"]) or (names == ["apgd-ce/fc"]
+                                                            and report.model_info.get("head") == "fc"):
+        return APGD_CE_ONLY
+    if report.config["attack"].get("attacks") is None:
+        return FULL
+    return "+".join(names)
+
+
+def protocol_text(report: EvalReport) -> str:
+    """One line saying exactly what was run."""
+    a = report.config["attack"]
+    attacks = ", ".join(p["name"] for p in report.plan)
+    square = f", Square {a['square_queries']} queries" if any(p["kind"] == "square" for p in report.plan) else ""
+    return (f"{a['norm']} eps {eps_text(a['eps'])}: {attacks} (APGD {a['n_iter']} iterations x {a['n_restarts']} "
+            f"restart(s){square}; per-sample worst case, {a['schedule']} schedule)")
+
+
+def load_report(path: str | Path) -> EvalReport:
+    path = Path(path)
+    try:
+        return EvalReport.from_json(path)
+    except FileNotFoundError:
+        raise HPMError(f"{path}: no such evaluation report") from None
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise HPMError(f"{path}: not an hpm evaluation report ({e})") from None
+
+
+def report_metrics(report: EvalReport, source: str | Path | None = None) -> dict[str, dict]:
+    """``config.json`` metric entries of one report: clean and robust accuracy per evaluation batch size."""
+    a, data = report.config["attack"], report.config["data"]
+    proto = protocol_name(report)
+    out: dict[str, dict] = {}
+    for bs, r in report.results.items():
+        common = {"split": data.get("source"), "n": r["n"], "batch_size": int(bs), "report": str(source or ""),
+                  "command": report.command}
+        out[f"clean_accuracy (n {r['n']}, bs {bs})"] = {"value": r["clean_accuracy"], "protocol": "clean", **common}
+        out[f"robust_accuracy ({a['norm']} {eps_text(a['eps'])}, {proto}, n {r['n']}, bs {bs})"] = {
+            "value": r["robust_accuracy"], "ci95": r["robust_ci95"], "protocol": protocol_text(report),
+            "norm": a["norm"], "eps": a["eps"], **common}
+    return out
+
+
+def record_evaluations(checkpoint: str | Path, reports: list[str | Path], *,
+                       command: str | None = None) -> dict[str, dict]:
+    """Add the metrics of ``reports`` to a checkpoint's ``config.json`` and regenerate its model card.
+
+    The weights are not touched. A metric of the same name is replaced (a rerun supersedes). ``command``
+    (the ``hpm card`` call) is stored beside each new metric so the card can cite it. Returns the checkpoint's metrics after the update.
+    """
+    from .cards import model_card
+    from .hub import CARD_NAME, CONFIG_NAME, read_config
+
+    directory = Path(checkpoint)
+    if not directory.is_dir():
+        raise HPMError(f"{directory}: not a checkpoint directory")
+    config = read_config(directory)
+    for path in reports:
+        report = load_report(path)
+        for name, metric in report_metrics(report, path).items():
+            config.metrics[name] = metric | ({"recorded_with": command} if command else {})
+    (directory / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    (directory / CARD_NAME).write_text(model_card(config))
+    return config.metrics
+
+
+def comparison_rows(reports: dict[str, EvalReport]) -> list[dict]:
+    """Flatten labelled reports into rows: label, protocol, eps, n, batch size, clean, robust, CI."""
+    rows = []
+    for label, rep in reports.items():
+        for bs, r in rep.results.items():
+            rows.append({"label": label, "protocol": protocol_name(rep), "eps": rep.config["attack"]["eps"],
+                         "n": r["n"], "batch_size": int(bs), "clean": r["clean_accuracy"],
+                         "robust": r["robust_accuracy"], "ci95": r["robust_ci95"]})
+    return rows

@@ -1,0 +1,130 @@
+"""Architectures hpm trains itself: CIFAR ResNets (He et al. 2016, 6n+2 layers) with an FC or l2 classifier.
+
+A zoo backbone is named in ``config.json`` as ``{"source": "hpm", "name": "cifar_resnet", "options":
+{"depth": 20, "width": 16, "num_classes": 10, "classifier": "fc"}}``. Its weights exist nowhere else, so
+checkpoints always store them; the spec rebuilds the architecture they belong to.
+
+The ``l2`` classifier scores ``-||z - c_j||_2`` against learnable centres (the paper's Fig. 1 model, the
+same score as :class:`hpm.heads.NCMHead`, Eq. 18). To fit hpm's ``features + fc + head`` layout it is
+exported as an NCM head holding the centres plus the linear layer ``W = 2C, b = -|c_j|^2``: that layer's
+logits equal ``-||z - c_j||^2 + |z|^2``, so it predicts exactly what the l2 classifier predicts and its
+cross-entropy is the cross-entropy of the squared distances (the FC oracle of an l2 model).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import HPMError
+from .heads import neg_l2_distance
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CLASSIFIERS = ("fc", "l2")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class L2Classifier(nn.Module):
+    """Scores ``-||z - c_j||_2`` against learnable class centres ``c [k, d]`` (Eq. 18 with trained centres)."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.in_features, self.out_features = num_features, num_classes
+        self.centres = nn.Parameter(torch.randn(num_classes, num_features) * 0.01)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return neg_l2_distance(z, self.centres)
+
+    def as_linear(self) -> nn.Linear:
+        """The linear layer with the same argmax: ``2 c_j . z - |c_j|^2`` (module docstring)."""
+        c = self.centres.detach()
+        fc = nn.Linear(self.in_features, self.out_features).to(c.device)
+        with torch.no_grad():
+            fc.weight.copy_(2 * c)
+            fc.bias.copy_(-(c * c).sum(1))
+        return fc
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs in [0, 1] (normalisation inside), stage widths ``w, 2w, 4w``."""
+
+    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10, classifier: str = "fc"):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise HPMError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110); got {depth}")
+        if width < 1 or num_classes < 2:
+            raise HPMError(f"need width >= 1 and num_classes >= 2; got {width}, {num_classes}")
+        if classifier not in CLASSIFIERS:
+            raise HPMError(f"classifier must be one of {', '.join(CLASSIFIERS)}; got {classifier!r}")
+        n = (depth - 2) // 6
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks, ch = [], width
+        for stage, out_ch in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                blocks.append(BasicBlock(ch, out_ch, 2 if stage > 0 and i == 0 else 1))
+                ch = out_ch
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = ch
+        self.classifier: nn.Module = nn.Linear(ch, num_classes) if classifier == "fc" else L2Classifier(ch, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled penultimate features ``[B, 4w]``."""
+        x = self.blocks(self.stem((x - self.mean) / self.std))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+class _Features(nn.Module):
+    """``forward_features`` of a zoo model as a module (what :class:`hpm.HPMClassifier` calls ``features``)."""
+
+    def __init__(self, net: CifarResNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.forward_features(x)
+
+
+ARCHITECTURES = {"cifar_resnet": CifarResNet}
+
+
+def build(name: str | None, options: dict) -> CifarResNet:
+    """A randomly initialised zoo architecture from its ``config.json`` name and options."""
+    if name not in ARCHITECTURES:
+        raise HPMError(f"unknown hpm architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    known = {"depth", "width", "num_classes", "classifier"}
+    unknown = set(options) - known
+    if unknown:
+        raise HPMError(f"{name}: unknown options {sorted(unknown)}; known: {sorted(known)}")
+    return ARCHITECTURES[name](**options)
+
+
+def split(net: CifarResNet) -> tuple[nn.Module, nn.Linear]:
+    """``(features, fc)`` of a zoo model; an l2 classifier becomes its equivalent linear layer."""
+    net.classifier.requires_grad_(True)
+    fc = net.classifier if isinstance(net.classifier, nn.Linear) else net.classifier.as_linear()
+    features = _Features(net)
+    net.classifier = nn.Identity()  # the head slot lives in HPMClassifier from here on
+    return features, fc

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 5 (1): accuracy under attack vs eps, APGD-CE alone (the paper's Fig. 1 setting: one APGD-CE on the
+# deployed model) and the full protocol (APGD-CE + APGD-DLR on every MSA surrogate + Square, per-sample
+# worst case), for each MODEL given as NAME=SOURCE (a checkpoint directory or model source).
+#   MODELS="fc=pyautoattack ncm=checkpoints/cifar10-resnet18-ncm hpm=checkpoints/cifar10-resnet18-hpm-clean" \
+#   PREFIX=resnet18 N=200 bash scripts/eps_sweep.sh
+# Writes $OUT/$PREFIX-NAME-eps<e>-{apgdce,full}.{json,md,npz}; reruns resume from the .npz files.
+set -euo pipefail
+DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
+MODELS="${MODELS:?set MODELS to NAME=SOURCE pairs}"
+PREFIX="${PREFIX:?set PREFIX, e.g. resnet18}"
+EPS="${EPS:-0.25 0.5 1 2 4}"         # in units of 1/255
+N="${N:-200}"
+BS="${BS:-200}"
+ITERS="${ITERS:-40}"
+SQUARE="${SQUARE:-1000}"             # Square queries per sample (AutoAttack: 5000; CPU budget)
+PROTOCOLS="${PROTOCOLS:-apgdce full}"
+OUT="${OUT:-results/eval/sweep}"
+mkdir -p "$OUT"
+for pair in $MODELS; do
+  name="${pair%%=*}"; model="${pair#*=}"
+  for eps in $EPS; do
+    for protocol in $PROTOCOLS; do
+      report="$OUT/$PREFIX-$name-eps$eps-$protocol.json"
+      attacks=()
+      [ "$protocol" = apgdce ] && attacks=(--attacks apgd-ce/deployed)
+      hpm eval "$model" --data "$DATA" --n "$N" --eps "$eps/255" --iters "$ITERS" --square-queries "$SQUARE" \
+        --batch-sizes "$BS" "${attacks[@]}" --out "$report" > /dev/null 2> "${report%.json}.log"
+      echo "done $name eps $eps/255 $protocol"
+    done
+  done
+done

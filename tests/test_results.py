@@ -1,0 +1,104 @@
+"""Published numbers come from reports: hpm card, the README results section, sweep plots, paper scripts."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpm.backbone_train import BackboneConfig, to_hpm
+from hpm.cli import main
+from hpm.results import eps_text, load_report, protocol_name
+from hpm.zoo import build
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    config = BackboneConfig(depth=8, width=4)
+    model = to_hpm(build("cifar_resnet", config.architecture()), config, classes=None, dataset="cifar10")
+    return model.save_pretrained(tmp_path / "ck")
+
+
+def _eval(checkpoint, data, out, *extra):
+    assert main(["eval", str(checkpoint), "--data", str(data), "--n", "4", "--iters", "2", "--square-queries", "5",
+                 "--no-checks", "--batch-sizes", "4", "--out", str(out), *extra]) == 0
+    return load_report(out)
+
+
+def test_eps_is_written_in_units_of_1_over_255():
+    assert [eps_text(e / 255) for e in (0.25, 0.5, 1, 8)] == ["0.25/255", "0.5/255", "1/255", "8/255"]
+    assert eps_text(0.007) == "0.007"
+
+
+def test_card_records_report_numbers_with_protocol_and_commands(checkpoint, tiny_data_root, tmp_path, capsys):
+    ce = _eval(checkpoint, tiny_data_root, tmp_path / "ce.json", "--attacks", "apgd-ce/deployed", "--eps", "1/255")
+    full = _eval(checkpoint, tiny_data_root, tmp_path / "full.json", "--eps", "8/255")
+    assert protocol_name(ce) == "APGD-CE" and protocol_name(full) == "full"
+    assert ce.command.startswith("hpm eval ") and "--attacks apgd-ce/deployed" in ce.command
+    assert main(["card", str(checkpoint), "--eval", str(tmp_path / "ce.json"), str(tmp_path / "full.json")]) == 0
+    metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
+    m = metrics["robust_accuracy (Linf 8/255, full, n 4, bs 4)"]
+    assert m["value"] == full.results["4"]["robust_accuracy"] and m["ci95"] == full.results["4"]["robust_ci95"]
+    assert "apgd-dlr/deployed" in m["protocol"] and m["command"] == full.command
+    assert "robust_accuracy (Linf 1/255, APGD-CE, n 4, bs 4)" in metrics
+    card = (checkpoint / "README.md").read_text()
+    assert card.startswith("---\n") and ce.command in card and full.command in card and "hpm card " in card
+    assert f"{100 * full.results['4']['clean_accuracy']:.1f}%" in card
+
+
+def test_card_refuses_a_file_that_is_not_a_report(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    assert main(["card", str(checkpoint), "--eval", str(bad)]) == 2
+    assert "not an hpm evaluation report" in capsys.readouterr().err
+    assert "robust" not in (checkpoint / "config.json").read_text()  # nothing half-written
+
+
+def test_readme_results_section_is_generated_from_the_reports():
+    result = subprocess.run([sys.executable, "scripts/results_section.py", "--check"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sweep_plot_reads_reports(checkpoint, tiny_data_root, tmp_path):
+    for eps in ("1", "2"):
+        _eval(checkpoint, tiny_data_root, tmp_path / f"tiny-fc-eps{eps}-apgdce.json", "--eps", f"{eps}/255",
+              "--attacks", "apgd-ce/deployed")
+    result = subprocess.run([sys.executable, str(REPO / "scripts/plot_sweep.py"), str(tmp_path / "tiny-*.json"),
+                             "--out", str(tmp_path / "fig"), "--no-png"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    html = (tmp_path / "fig.html").read_text()
+    assert "fc, APGD-CE" in html
+
+
+@pytest.mark.slow
+def test_paper_tables_script_runs_on_a_random_init_zoo_checkpoint(tiny_data_root, tmp_path):
+    """The full-scale Table 1 command on a locally written random-init WRN-28-10 (Cui2023Decoupled's
+    architecture), two images, a single fine-tuning step: every stage runs and writes its files."""
+    from hpm._compat import import_robustbench_utils
+
+    import_robustbench_utils()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    name = "Cui2023Decoupled_WRN-28-10"
+    torch.manual_seed(0)
+    arch = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf][name]["model"]()
+    weights = tmp_path / "models" / "cifar10" / "Linf" / f"{name}.pt"
+    weights.parent.mkdir(parents=True)
+    torch.save(arch.state_dict(), weights)
+    env = {**os.environ, "DEVICE": "cpu", "MODEL_DIR": str(tmp_path / "models"), "DATA": str(tiny_data_root),
+           "RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "out"), "N": "2", "N_TRAIN": "30", "BATCH": "2",
+           "MAX_STEPS": "1", "ITERS": "2", "SQUARE": "5", "BS": "2", "MODELS_cifar10": name}
+    result = subprocess.run(["bash", str(REPO / "scripts/paper_tables.sh"), "cifar10"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for head in ("fc", "hpm"):
+        assert load_report(tmp_path / "out" / f"cifar10-{name}-{head}.json").results["2"]["n"] == 2
+    metrics = json.loads((tmp_path / "run" / f"cifar10-{name}-hpm" / "config.json").read_text())["metrics"]
+    assert "robust_accuracy (Linf 8/255, full, n 2, bs 2)" in metrics

@@ -1,0 +1,95 @@
+"""Zoo backbones trained by hpm: architecture, l2 classifier export, resumable (adversarial) training."""
+import json
+
+import pytest
+import torch
+
+import hpm
+from hpm.backbone_train import BackboneConfig, augment, fgsm_rs, one_cycle_lr, to_hpm, train_backbone
+from hpm.data import ImageTensorDataset
+from hpm.errors import HPMError
+from hpm.zoo import CifarResNet, L2Classifier, build
+
+
+def _images(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.arange(n) % 10
+    return ImageTensorDataset(x, y, [str(i) for i in range(10)], "synthetic")
+
+
+def test_resnet_depth_width_and_feature_size():
+    net = CifarResNet(depth=8, width=4)
+    assert net.num_features == 16 and net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 1 + 6 + 2  # stem, 3 blocks x 2, 2 projections
+    with pytest.raises(HPMError, match="6n\\+2"):
+        CifarResNet(depth=10)
+    with pytest.raises(HPMError, match="unknown options"):
+        build("cifar_resnet", {"depth": 8, "colour": "red"})
+
+
+def test_l2_classifier_and_its_linear_twin_predict_the_same_class():
+    head = L2Classifier(16, 10)
+    torch.nn.init.normal_(head.centres)
+    z = torch.randn(100, 16)
+    expected = -torch.cdist(z, head.centres)
+    assert torch.allclose(head(z), expected, atol=1e-4)
+    assert torch.equal(head.as_linear()(z).argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("classifier, head", [("fc", "fc"), ("l2", "ncm")])
+def test_export_to_hpm_keeps_the_trained_predictions_and_round_trips(tmp_path, classifier, head):
+    config = BackboneConfig(depth=8, width=4, classifier=classifier)
+    net = build("cifar_resnet", config.architecture()).eval()
+    if classifier == "l2":
+        torch.nn.init.normal_(net.classifier.centres)
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+    model = to_hpm(net, config, classes=None, dataset="cifar10")
+    assert model.head_type == head
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-4)
+    model.save_pretrained(tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["backbone_weights_included"] is True
+    with torch.no_grad():
+        assert torch.allclose(hpm.load(tmp_path / "ck")(x), before, atol=1e-4)
+
+
+def test_one_cycle_rises_then_falls_to_zero():
+    lrs = [one_cycle_lr(s, 100, 0.2, 0.4) for s in range(101)]
+    assert lrs[0] == 0 and max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 40 and lrs[-1] == 0
+
+
+def test_augment_crops_and_flips_without_changing_shape_or_values():
+    x = torch.rand(16, 3, 32, 32)
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert set(out.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def test_fgsm_rs_stays_in_the_ball_and_the_image_range():
+    net = CifarResNet(depth=8, width=4).eval()
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    x_adv = fgsm_rs(net, x, y, 8 / 255, 10 / 255, torch.Generator().manual_seed(0), bf16=False)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
+    data = _images()
+    cfg = BackboneConfig(depth=8, width=4, epochs=2, batch_size=16, adversarial="fgsm-rs", guard_images=8,
+                         guard_steps=2, bf16=False)
+
+    def kill(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(cfg, data, tmp_path / "run", progress=False, on_epoch=kill)
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[0]["epoch"] == 1
+    resumed, history = train_backbone(cfg, data, tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in history] == [1, 2] and (tmp_path / "run" / "backbone.safetensors").is_file()
+    fresh, _ = train_backbone(cfg, data, tmp_path / "fresh", progress=False)
+    for a, b in zip(resumed.state_dict().values(), fresh.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    with pytest.raises(HPMError, match="different recipe"):
+        train_backbone(BackboneConfig(**{**cfg.__dict__, "epochs": 3}), data, tmp_path / "run", progress=False)
