@@ -23,7 +23,8 @@ from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = {name: f"checkpoints/{name}" for name in demo.list_checkpoints(os.path.join(APP_DIR, "checkpoints"))}
-DEFAULT_MODEL = next(iter(CHECKPOINTS.values()), None)
+DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),
+                                next(iter(CHECKPOINTS.values()), None))
 DATA = os.environ.get("HPM_DATA_DIR")
 
 try:  # ZeroGPU Spaces: run attacks on the GPU when the `spaces` package is present
@@ -68,10 +69,16 @@ def _image_tensor(image: np.ndarray | None, model) -> torch.Tensor:
 
 
 @_user_errors
-def load_model(choice: str, hub_id: str) -> tuple[str, str]:
-    """Load a shipped checkpoint or a Hub repo id; returns (model id, model card facts)."""
+def load_model(choice: str, hub_id: str):
+    """Load a shipped checkpoint or a Hub repo id; returns the model id, its card facts, the attacks that
+    apply to its head and the labels of the deployed head's outputs."""
     model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
-    return model_id, demo.card_facts(_model(model_id))
+    model = _model(model_id)
+    choices = demo.attack_choices(model)
+    head = demo.head_name(model)
+    return (model_id, demo.card_facts(model),
+            gr.Radio(choices=choices, value="ensemble" if "ensemble" in choices else choices[0]),
+            gr.Label(label=f"{head}, clean"), gr.Label(label=f"{head}, adversarial"))
 
 
 @_user_errors
@@ -177,8 +184,9 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
                 preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
                                    elem_id="current-image")
             with gr.Column(scale=1):
-                attack_name = gr.Radio(list(demo.ATTACKS), value="ensemble", label="Attack",
-                                       info="fc / soft / ensemble / bpda: APGD-CE; square: black box")
+                attack_name = gr.Radio(demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.ATTACKS),
+                                       value="ensemble", label="Attack",
+                                       info="APGD-CE on a surrogate or the model; square: black box")
                 eps = gr.Slider(0, 16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
                 steps = gr.Slider(1, 100, value=20, step=1, label="APGD steps (Square: queries)")
                 use_context = gr.Checkbox(value=True, label="Classify inside a context batch")
@@ -207,7 +215,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
     with gr.Tab("About"):
         gr.Markdown(ABOUT)
 
-    load_btn.click(load_model, [choice, hub_id], [model_id, card], api_name="load_model")
+    load_btn.click(load_model, [choice, hub_id], [model_id, card, attack_name, hpm_clean, hpm_adv],
+                   api_name="load_model")
     upload.upload(use_upload, upload, preview, api_visibility="private")
     gallery.select(use_gallery, model_id, preview, api_visibility="private")
     predict_btn.click(predict, [preview, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],

@@ -14,6 +14,7 @@ Each epoch's weights are also kept as ``OUT/epoch-NNN.safetensors`` and its metr
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,13 @@ class BackboneConfig:
 
     def resolved_fgsm_step(self) -> float:
         return self.fgsm_step if self.fgsm_step is not None else 1.25 * self.eps
+
+
+def hardware(device: torch.device) -> str:
+    """What a run trains on, for the record: GPU name, or CPU cores and torch threads."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def one_cycle_lr(step: int, total: int, peak: float, warmup: float) -> float:
@@ -222,6 +230,7 @@ def train_backbone(config: BackboneConfig, train_set: ImageTensorDataset, out_di
         else:
             best_epoch = epoch + 1
         record["seconds"] = time.time() - started
+        record["hardware"] = hardware(device)
         _save_weights(net, out / f"epoch-{epoch + 1:03d}.safetensors")
         history.append(record)
         (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
@@ -241,7 +250,8 @@ def training_summary(config: BackboneConfig, history: list[dict], train_source: 
     return {"mode": "from-scratch" if not config.adversarial else f"adversarial ({config.adversarial})",
             **asdict(config), "train_source": train_source, "epochs_run": len(history),
             "selected_epoch": selected["epoch"] if selected else None,
-            "train_seconds": round(sum(h["seconds"] for h in history), 1)}
+            "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            "hardware": sorted({h["hardware"] for h in history if "hardware" in h}) or "not recorded"}
 
 
 def to_hpm(net: CifarResNet, config: BackboneConfig, *, classes: list[str] | None, dataset: str | None):

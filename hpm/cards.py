@@ -34,8 +34,10 @@ def _backbone_text(backbone: dict) -> str:
     return f"`{source}:{name}`"
 
 
-def metrics_table(metrics: dict) -> str:
-    """A Markdown table of ``metrics`` (name -> dict with value and its protocol), or a note if empty."""
+def metrics_table(metrics: dict, *, protocol: bool = True) -> str:
+    """A Markdown table of ``metrics`` (name -> dict with value and its protocol), or a note if empty.
+
+    ``protocol=False`` leaves out the (long) protocol column, for narrow displays such as the app."""
     if not metrics:
         return "_No measured metrics recorded yet._\n"
     rows = ["| metric | value | 95% CI | protocol | samples | eval batch size |",
@@ -48,6 +50,8 @@ def metrics_table(metrics: dict) -> str:
         ci_text = f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci else ""
         rows.append(f"| {name} | {shown} | {ci_text} | {m.get('protocol', '')} | {m.get('n', '')} | "
                     f"{m.get('batch_size', '')} |")
+    if not protocol:
+        rows = ["|".join(cell for i, cell in enumerate(row.split("|")) if i != 4) for row in rows]
     return "\n".join(rows) + "\n"
 
 
@@ -79,7 +83,11 @@ def model_card(config: "CheckpointConfig") -> str:
     commands = list(training.get("commands") or []) + evaluation_commands(config.metrics)
     command_block = ("```bash\n" + "\n".join(commands) + "\n```\n") if commands else "_not recorded_\n"
     threat = config.threat_model or {}
-    threat_text = (f"{threat.get('norm', 'Linf')}, eps = {threat.get('eps')}" if threat else "none (clean fine-tuning)")
+    from .results import eps_text
+
+    threat_text = "none (standard training / clean fine-tuning)"
+    if threat.get("eps") is not None:
+        threat_text = f"{threat.get('norm', 'Linf')}, eps = {eps_text(float(threat['eps']))}"
     return f"""---
 {data.to_yaml()}
 ---
@@ -88,7 +96,7 @@ def model_card(config: "CheckpointConfig") -> str:
 
 - **Head:** {_HEAD_TEXT.get(head_type, head_type)}; {config.head['num_features']} features, {config.head['num_classes']} classes.
 - **Backbone:** {_backbone_text(config.backbone)}; inputs are images in [0, 1] of size {tuple(config.input_size)}.
-- **Adversarial fine-tuning threat model:** {threat_text}.
+- **Adversarial training / fine-tuning threat model:** {threat_text}.
 - **Batch dependence:** {"HPM predictions depend on the other samples of the batch; every metric below states its evaluation batch size." if head_type == "hpm" else "none: predictions are per-sample."}
 
 ## Usage

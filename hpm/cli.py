@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "config.json, with their protocol, subset, batch size and command, and rewrite "
                                    "its README.md model card from it. Weights are not touched.")
     c.add_argument("checkpoint", help="checkpoint directory")
-    c.add_argument("--eval", nargs="+", required=True, metavar="REPORT.json", help="reports written by hpm eval")
+    c.add_argument("--eval", nargs="*", default=[], metavar="REPORT.json",
+                   help="reports written by hpm eval (none: only regenerate the card from config.json)")
     c.set_defaults(func=_cmd_card)
 
     p = sub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub",

@@ -34,8 +34,24 @@ ATTACKS = {  # UI name -> (description, target)
     "soft": "APGD-CE on the soft-hybrid surrogate (surrogate 2)",
     "ensemble": "APGD-CE on FC oracle + soft hybrid (MSA ensemble)",
     "bpda": "APGD-CE on the deployed model through its straight-through gradient (BPDA)",
+    "deployed": "APGD-CE on the deployed head itself (non-HPM heads: l2 / cosine)",
     "square": "Square attack on the deployed model (black box)",
 }
+HEAD_NAMES = {"hpm": "HPM", "ncm": "l2 (NCM)", "cosine": "cosine", "fc": "FC"}
+
+
+def attack_choices(model: HPMClassifier) -> list[str]:
+    """The attacks that exist for this model's head: MSA surrogates for HPM, the head itself otherwise."""
+    if model.head_type == "hpm":
+        return ["fc", "soft", "ensemble", "bpda", "square"]
+    if model.head_type == "fc":
+        return ["fc", "square"]
+    return ["fc", "deployed", "square"]
+
+
+def head_name(model: HPMClassifier) -> str:
+    """How the app labels the deployed head."""
+    return HEAD_NAMES.get(model.head_type, model.head_type)
 
 
 # --- images ----------------------------------------------------------------------------------------------
@@ -182,8 +198,9 @@ class AttackResult:
 def check_attack_args(attack: str, eps: float, steps: int, model: HPMClassifier) -> None:
     if attack not in ATTACKS:
         raise HPMError(f"attack must be one of {', '.join(ATTACKS)}; got {attack!r}")
-    if attack in ("soft", "ensemble", "bpda") and model.head_type != "hpm":
-        raise HPMError(f"the {attack!r} attack needs an HPM head; this model's head is {model.head_type!r}")
+    if attack not in attack_choices(model):
+        raise HPMError(f"the {attack!r} attack does not apply to this model's {model.head_type!r} head; choose one "
+                       f"of {', '.join(attack_choices(model))}")
     if not 0 <= eps <= EPS_MAX + 1e-12:
         raise HPMError(f"eps must be between 0 and 16/255; got {eps * 255:.3g}/255")
     limit = QUERIES_MAX if attack == "square" else STEPS_MAX
@@ -263,7 +280,7 @@ def card_facts(model: HPMClassifier) -> str:
              f"**dataset:** {model.dataset} · **input:** {model.input_size[1]}×{model.input_size[2]}, "
              "resized (short side) and centre-cropped"]
     if cfg is not None:
-        lines.append(metrics_table(cfg.metrics))
+        lines.append(metrics_table(cfg.metrics, protocol=False))
     return "\n\n".join(lines)
 
 

@@ -39,6 +39,18 @@ def comparison_table(entries: list[dict]) -> list[str]:
     return lines
 
 
+def reports_table(entries: list[dict]) -> list[str]:
+    lines = ["| model | attacks | ε | n | eval bs | clean | robust | 95% CI |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        rep = load_report(ROOT / e["report"])
+        attacks = " + ".join(p["name"] for p in rep.plan)
+        for bs, r in rep.results.items():
+            lo, hi = r["robust_ci95"]
+            lines.append(f"| {e['label']} | {attacks} | {eps_text(rep.config['attack']['eps'])} | {r['n']} | {bs} | "
+                         f"{pct(r['clean_accuracy'])} | {pct(r['robust_accuracy'])} | {pct(lo)}–{pct(hi)} |")
+    return lines
+
+
 def paper_table(path: Path, dataset: str) -> list[str]:
     paper = json.loads(path.read_text())
     lines = ["| work (RobustBench name) | ε | FC clean | FC robust | HPM clean | HPM robust | Δ robust |",
@@ -94,6 +106,9 @@ def render(manifest: dict) -> str:
                 out += ["", f"For orientation, the paper's reported numbers ({section['paper']['dataset']}, "
                             "WideResNets and larger, full training budgets; not measured here):", ""]
                 out += paper_table(ROOT / section["paper"]["file"], section["paper"]["dataset"])
+        elif section["kind"] == "reports":
+            out += reports_table(section["entries"])
+            out += ["", "Reports: " + ", ".join(f"`{e['report']}`" for e in section["entries"]) + "."]
         elif section["kind"] == "sweep":
             lines = sweep_table(section)
             out += lines or ["_No sweep reports yet; run the command above._"]

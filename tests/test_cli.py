@@ -7,7 +7,7 @@ import pytest
 from hpm.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train", "info", "push", "eval", "analyze"])
+@pytest.mark.parametrize("command", ["train", "train-backbone", "info", "push", "eval", "analyze", "card"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

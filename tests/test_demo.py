@@ -136,11 +136,23 @@ def test_out_of_range_settings_are_rejected(kwargs, message, tiny_model):
                                                                     **kwargs})
 
 
-def test_surrogate_attacks_need_an_hpm_head():
+def test_each_head_is_offered_the_attacks_that_exist_for_it():
     from conftest import TinyMLP
+    assert demo.attack_choices(hpm.wrap(TinyMLP(), head="hpm")) == ["fc", "soft", "ensemble", "bpda", "square"]
+    assert demo.attack_choices(hpm.wrap(TinyMLP(), head="ncm")) == ["fc", "deployed", "square"]
     model = hpm.wrap(TinyMLP(), head="fc")
-    with pytest.raises(HPMError, match="needs an HPM head"):
+    assert demo.attack_choices(model) == ["fc", "square"] and demo.head_name(model) == "FC"
+    with pytest.raises(HPMError, match="does not apply to this model's 'fc' head"):
         demo.attack_image(model, torch.rand(1, 3, 32, 32), attack="soft", eps=0.01, steps=2)
+
+
+def test_an_l2_head_is_attacked_directly():
+    from conftest import TinyMLP
+    torch.manual_seed(0)
+    model = hpm.wrap(TinyMLP(), head="ncm")
+    torch.nn.init.normal_(model.head.prototypes)
+    result = demo.attack_image(model, torch.rand(1, 3, 32, 32), attack="deployed", eps=16 / 255, steps=5)
+    assert result.surrogate_fooled is not None and result.linf <= 16 / 255 + 1e-6
 
 
 def test_shipped_checkpoints_are_listed_with_their_facts():
