@@ -184,8 +184,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
                 preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
                                    elem_id="current-image")
             with gr.Column(scale=1):
-                attack_name = gr.Radio(demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.ATTACKS),
-                                       value="ensemble", label="Attack",
+                first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.ATTACKS)
+                attack_name = gr.Radio(first_attacks, value="ensemble", label="Attack",
                                        info="APGD-CE on a surrogate or the model; square: black box")
                 eps = gr.Slider(0, 16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
                 steps = gr.Slider(1, 100, value=20, step=1, label="APGD steps (Square: queries)")

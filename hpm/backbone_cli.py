@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import _add_data_args, _device, parse_eps, positive_int
+from .errors import HPMError
 
 
 def add_backbone_parser(sub) -> None:
@@ -44,8 +45,6 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
 
     dataset = args.dataset or "cifar10"
     if dataset == "imagenet":
-        from .errors import HPMError
-
         raise HPMError("train-backbone trains 32x32 CIFAR ResNets; use cifar10 or cifar100")
     device = _device(args.device)
     train_set = load_dataset(dataset, "train", args.data)
@@ -56,8 +55,6 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
                             lr=args.lr, weight_decay=args.weight_decay, adversarial=args.adversarial, eps=args.eps,
                             bf16=args.bf16, seed=args.seed)
     if args.batch_size > len(train_set):
-        from .errors import HPMError
-
         raise HPMError(f"--batch-size {args.batch_size} exceeds the {len(train_set)} training images")
     net, history = train_backbone(config, train_set, args.run_dir, device=device)
     model = to_hpm(net, config, classes=train_set.classes, dataset=dataset).to(device)

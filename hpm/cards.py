@@ -40,19 +40,17 @@ def metrics_table(metrics: dict, *, protocol: bool = True) -> str:
     ``protocol=False`` leaves out the (long) protocol column, for narrow displays such as the app."""
     if not metrics:
         return "_No measured metrics recorded yet._\n"
-    rows = ["| metric | value | 95% CI | protocol | samples | eval batch size |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    header = ["metric", "value", "95% CI"] + (["protocol"] if protocol else []) + ["samples", "eval batch size"]
+    rows = [header, ["---"] * len(header)]
     for name, m in metrics.items():
         m = m if isinstance(m, dict) else {"value": m}
         value = m.get("value")
         shown = f"{100 * value:.1f}%" if isinstance(value, float) and 0 <= value <= 1 else str(value)
         ci = m.get("ci95")
         ci_text = f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci else ""
-        rows.append(f"| {name} | {shown} | {ci_text} | {m.get('protocol', '')} | {m.get('n', '')} | "
-                    f"{m.get('batch_size', '')} |")
-    if not protocol:
-        rows = ["|".join(cell for i, cell in enumerate(row.split("|")) if i != 4) for row in rows]
-    return "\n".join(rows) + "\n"
+        rows.append([name, shown, ci_text] + ([str(m.get("protocol", ""))] if protocol else [])
+                    + [str(m.get("n", "")), str(m.get("batch_size", ""))])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
 
 
 def evaluation_commands(metrics: dict) -> list[str]:

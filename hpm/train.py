@@ -85,8 +85,7 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
         content.update(tensor.detach().float().cpu().numpy().tobytes())
     key_src = json.dumps([model.backbone_spec.to_dict(), content.hexdigest()], sort_keys=True)
     path = cache_dir() / "features" / (hashlib.sha256(key_src.encode()).hexdigest()[:24] + ".safetensors")
-    use_cache = cache
-    if use_cache and path.exists():
+    if cache and path.exists():
         stored = load_file(str(path))
         return stored["features"], stored["labels"]
     model.features.eval().to(device)
@@ -95,7 +94,7 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
         x, _ = dataset.tensors(torch.arange(start, min(start + batch_size, len(dataset))))
         chunks.append(model.features(x.to(device)).float().cpu())
     z, y = torch.cat(chunks), dataset.labels.clone()
-    if use_cache:
+    if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"features": z.contiguous(), "labels": y.contiguous()}, str(path))
     return z, y

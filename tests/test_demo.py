@@ -104,7 +104,7 @@ def tiny_model():
     return model
 
 
-@pytest.mark.parametrize("attack", sorted(demo.ATTACKS))
+@pytest.mark.parametrize("attack", ["fc", "soft", "ensemble", "bpda", "square"])
 def test_single_image_attacks_stay_in_budget_and_report_both_heads(attack, tiny_model):
     x = torch.rand(1, 3, 32, 32)
     steps = 50 if attack == "square" else 5

@@ -159,5 +159,5 @@ def test_model_card_has_hub_metadata_and_a_generated_results_table(tmp_path):
                                                          training={"commands": ["hpm train pyautoattack --out x"]})
     card = (tmp_path / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: hpm" in card and "- cifar10" in card
-    assert "| robust_accuracy | 42.1% | MSA+Square, Linf 8/255 | 200 | 64 |" in card
+    assert "| robust_accuracy | 42.1% |  | MSA+Square, Linf 8/255 | 200 | 64 |" in card
     assert "hpm train pyautoattack --out x" in card
