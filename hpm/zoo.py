@@ -123,7 +123,6 @@ def build(name: str | None, options: dict) -> CifarResNet:
 
 def split(net: CifarResNet) -> tuple[nn.Module, nn.Linear]:
     """``(features, fc)`` of a zoo model; an l2 classifier becomes its equivalent linear layer."""
-    net.classifier.requires_grad_(True)
     fc = net.classifier if isinstance(net.classifier, nn.Linear) else net.classifier.as_linear()
     features = _Features(net)
     net.classifier = nn.Identity()  # the head slot lives in HPMClassifier from here on
