@@ -95,10 +95,11 @@ def record_evaluations(checkpoint: str | Path, reports: list[str | Path], *,
     return config.metrics
 
 
-def comparison_rows(reports: dict[str, EvalReport]) -> list[dict]:
-    """Flatten labelled reports into rows: label, protocol, eps, n, batch size, clean, robust, CI."""
+def comparison_rows(reports: list[tuple[str, EvalReport]]) -> list[dict]:
+    """Flatten ``(label, report)`` pairs (a label may repeat, e.g. one model at several eps) into rows:
+    label, protocol, eps, n, batch size, clean, robust, CI."""
     rows = []
-    for label, rep in reports.items():
+    for label, rep in reports:
         for bs, r in rep.results.items():
             rows.append({"label": label, "protocol": protocol_name(rep), "eps": rep.config["attack"]["eps"],
                          "n": r["n"], "batch_size": int(bs), "clean": r["clean_accuracy"],

@@ -30,13 +30,11 @@ def main() -> int:
     if not paths:
         print(f"no reports match {args.pattern}", file=sys.stderr)
         return 1
-    reports = {}
+    reports = []
     for p in paths:
         m = NAME.match(Path(p).name)
-        reports[f"{m['model'] if m else Path(p).stem}\x00{p}"] = load_report(p)
+        reports.append((m["model"] if m else Path(p).stem, load_report(p)))
     rows = comparison_rows(reports)
-    for r in rows:
-        r["label"] = r["label"].split("\x00")[0]
     title = args.title or f"Accuracy under attack vs ε ({Path(paths[0]).name.split('-')[0]})"
     fig = robustness_curve_figure(rows, title=title)
     out = Path(args.out)

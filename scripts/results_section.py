@@ -63,10 +63,8 @@ def paper_table(path: Path, dataset: str) -> list[str]:
 
 
 def sweep_table(sweep: dict) -> list[str]:
-    reports = {}
-    for label, pattern in sweep["models"].items():
-        for path in sorted(ROOT.glob(pattern)):
-            reports[f"{label}\x00{path.name}"] = load_report(path)
+    reports = [(label, load_report(path)) for label, pattern in sweep["models"].items()
+               for path in sorted(ROOT.glob(pattern))]
     rows = comparison_rows(reports)
     if not rows:
         return []
@@ -75,7 +73,7 @@ def sweep_table(sweep: dict) -> list[str]:
     lines = [header, "| --- | --- | --- | " + " | ".join("---" for _ in epsilons) + " |"]
     table: dict[tuple[str, str], dict] = {}
     for r in rows:
-        key = (r["label"].split("\x00")[0], r["protocol"])
+        key = (r["label"], r["protocol"])
         entry = table.setdefault(key, {"clean": r["clean"], "n": r["n"]})
         entry[r["eps"]] = r["robust"]
     for (label, protocol), entry in table.items():
