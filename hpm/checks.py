@@ -9,6 +9,9 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 - ``black_box_vs_white_box``: Square breaking samples that every gradient attack missed is a sign of
   gradient masking.
 - ``repeatable``: the same evaluation with the same seed gives identical per-sample outcomes.
+- ``ce_not_saturated``: no clean-correct sample has a float32 cross-entropy of exactly 0 or an all-zero input
+  gradient (AutoAttack's zero-gradient check). On such samples APGD-CE has no loss to climb, while the
+  scale-invariant DLR loss and black-box Square still work (see :func:`ce_saturation`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .evaluate import AttackConfig, run_protocol
@@ -52,6 +56,46 @@ def check_deterministic(model: nn.Module, x: Tensor) -> Check:
                  "two forward passes agree" if torch.equal(a, b) else "two forward passes differ")
 
 
+def ce_saturation(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 256,
+                  device: torch.device | str | None = None) -> dict:
+    """Where the cross-entropy of the deployed scores gives a gradient attack nothing to climb.
+
+    Counts, among the clean-correct samples, those whose float32 CE loss is exactly 0 (the softmax is
+    saturated: ``log(1 + sum_j exp(-margin_j))`` rounds to 0 once every margin exceeds about 17) and those
+    whose input gradient of the CE is all zero. Margins are top-1 minus top-2 scores. The gradient of a
+    batch-dependent head is taken through its whole batch, as the attacks take it.
+    """
+    device = torch.device(device or "cpu")
+    model.eval().to(device)
+    correct, zero_loss, zero_grad, margins = [], [], [], []
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size].to(device).requires_grad_(True)
+        yb = y[start:start + batch_size].to(device)
+        scores = model(xb).float()
+        loss = F.cross_entropy(scores, yb, reduction="none")
+        grad, = torch.autograd.grad(loss.sum(), xb)
+        top2 = scores.detach().topk(2, dim=1).values
+        correct.append((scores.argmax(1) == yb).cpu())
+        zero_loss.append((loss.detach() == 0).cpu())
+        zero_grad.append((grad.flatten(1).abs().amax(1) == 0).cpu())
+        margins.append((top2[:, 0] - top2[:, 1]).cpu())
+    ok = torch.cat(correct)
+    margin = torch.cat(margins)[ok]
+    return {"n": len(y), "clean_correct": int(ok.sum()),
+            "zero_loss": int((torch.cat(zero_loss) & ok).sum()),
+            "zero_gradient": int((torch.cat(zero_grad) & ok).sum()),
+            "median_margin": float(margin.median()) if len(margin) else float("nan")}
+
+
+def check_ce_saturation(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device=None) -> Check:
+    s = ce_saturation(model, x, y, batch_size=batch_size, device=device)
+    blind = s["zero_loss"] + s["zero_gradient"] > 0
+    return Check("ce_not_saturated", not blind,
+                 f"of {s['clean_correct']} clean-correct samples, {s['zero_loss']} have float32 CE exactly 0 and "
+                 f"{s['zero_gradient']} an all-zero input gradient; median margin {s['median_margin']:.3g}"
+                 + (" (APGD-CE is blind there: rely on DLR and Square)" if blind else ""))
+
+
 def large_eps(norm: str, x: Tensor) -> float:
     """An eps at which every image can be turned into mid-grey: 0.5 in Linf, 0.5*sqrt(dim) in L2."""
     return 0.5 if norm == "Linf" else 0.5 * float(np.sqrt(x[0].numel()))
@@ -64,7 +108,8 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
 
     They use the evaluation's attacks with Square capped at ``square_queries`` (the cap is reported).
     """
-    checks = [check_deterministic(model, x[:batch_size].to(device or "cpu"))]
+    checks = [check_deterministic(model, x[:batch_size].to(device or "cpu")),
+              check_ce_saturation(model, x, y, batch_size, device)]
     attack = replace(attack, square_queries=min(attack.square_queries, square_queries))
     budget = f"; n={len(y)}, Square {attack.square_queries} queries"
 

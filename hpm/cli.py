@@ -21,9 +21,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_eps(text: str) -> float:
-    """``"8/255"`` or ``"0.0314"`` -> float; rejects negatives and non-numbers."""
+    """``"8/255"``, ``"0.25/255"`` or ``"0.0314"`` -> float; rejects negatives and non-numbers."""
+    numerator, _, denominator = text.partition("/")
     try:
-        value = float(Fraction(text)) if "/" in text else float(text)
+        value = float(Fraction(numerator) / Fraction(denominator or 1))
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r} (e.g. 8/255 or 0.031)") from None
     if not value >= 0:

@@ -38,12 +38,13 @@ def protocol_name(report: EvalReport) -> str:
     return "+".join(names)
 
 
-def protocol_text(report: EvalReport) -> str:
-    """One line saying exactly what was run."""
+def protocol_text(report: EvalReport, *, with_eps: bool = True) -> str:
+    """One line saying exactly what was run (``with_eps=False``: the same line without the radius)."""
     a = report.config["attack"]
     attacks = ", ".join(p["name"] for p in report.plan)
     square = f", Square {a['square_queries']} queries" if any(p["kind"] == "square" for p in report.plan) else ""
-    return (f"{a['norm']} eps {eps_text(a['eps'])}: {attacks} (APGD {a['n_iter']} iterations x {a['n_restarts']} "
+    radius = f"{a['norm']} eps {eps_text(a['eps'])}: " if with_eps else f"{a['norm']}: "
+    return (f"{radius}{attacks} (APGD {a['n_iter']} iterations x {a['n_restarts']} "
             f"restart(s){square}; per-sample worst case, {a['schedule']} schedule)")
 
 
@@ -97,11 +98,29 @@ def record_evaluations(checkpoint: str | Path, reports: list[str | Path], *,
 
 def comparison_rows(reports: list[tuple[str, EvalReport]]) -> list[dict]:
     """Flatten ``(label, report)`` pairs (a label may repeat, e.g. one model at several eps) into rows:
-    label, protocol, eps, n, batch size, clean, robust, CI."""
+    label, protocol, eps, n, batch size, clean, robust, CI, and ``breaks``: the samples each attack broke
+    first, in plan order (attacks that broke none left out)."""
     rows = []
     for label, rep in reports:
         for bs, r in rep.results.items():
             rows.append({"label": label, "protocol": protocol_name(rep), "eps": rep.config["attack"]["eps"],
                          "n": r["n"], "batch_size": int(bs), "clean": r["clean_accuracy"],
-                         "robust": r["robust_accuracy"], "ci95": r["robust_ci95"]})
+                         "robust": r["robust_accuracy"], "ci95": r["robust_ci95"],
+                         "breaks": {a["name"]: a["first_broken"] for a in r["per_attack"] if a["first_broken"]}})
     return rows
+
+
+def protocol_gaps(rows: list[dict]) -> list[dict]:
+    """Pair every APGD-CE-only row with the full-protocol row of the same label, eps, n and batch size.
+
+    Each pair gives both robust accuracies, ``gap`` (how much APGD-CE alone overstates robustness) and the
+    full protocol's ``breaks``, which say which attacks found what APGD-CE alone missed.
+    """
+    full = {(r["label"], r["eps"], r["n"], r["batch_size"]): r for r in rows if r["protocol"] == FULL}
+    gaps = []
+    for r in rows:
+        f = full.get((r["label"], r["eps"], r["n"], r["batch_size"]))
+        if r["protocol"] == APGD_CE_ONLY and f is not None:
+            gaps.append({"label": r["label"], "eps": r["eps"], "n": r["n"], "apgd_ce": r["robust"],
+                         "full": f["robust"], "gap": r["robust"] - f["robust"], "breaks": f["breaks"]})
+    return gaps

@@ -6,7 +6,7 @@
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
 RUN="${RUN:-runs}"
-DEPTH="${DEPTH:-20}"; WIDTH="${WIDTH:-16}"; EPOCHS="${EPOCHS:-12}"
+DEPTH="${DEPTH:-20}"; WIDTH="${WIDTH:-16}"; EPOCHS="${EPOCHS:-12}"; export N="${N:-200}"
 tag="resnet${DEPTH}w${WIDTH}"
 for classifier in fc l2; do
   hpm train-backbone --data "$DATA" --run-dir "$RUN/scratch-$tag-$classifier" \
@@ -15,5 +15,7 @@ for classifier in fc l2; do
 done
 MODELS="fc=checkpoints/cifar10-$tag-scratch-fc l2=checkpoints/cifar10-$tag-scratch-l2" PREFIX="scratch$tag" \
   DATA="$DATA" bash scripts/eps_sweep.sh
-python scripts/plot_sweep.py "results/eval/sweep/scratch$tag-*.json" --out "results/figures/scratch$tag-sweep" \
+python scripts/ce_saturation.py "fc=checkpoints/cifar10-$tag-scratch-fc" "l2=checkpoints/cifar10-$tag-scratch-l2" \
+  --data "$DATA" --n "$N" --out "results/eval/sweep/scratch$tag-saturation.json"
+python scripts/plot_sweep.py "results/eval/sweep/scratch$tag-*-eps*.json" --out "results/figures/scratch$tag-sweep" \
   --title "CIFAR ResNet-$DEPTH (width $WIDTH) trained from scratch: FC vs l2 classifier"

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from hpm.cli import build_parser, main
+from hpm.cli import build_parser, main, parse_eps
 
 
 @pytest.mark.parametrize("command", ["train", "train-backbone", "info", "push", "eval", "analyze", "card"])
@@ -15,8 +15,15 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage: hpm " + command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("0.25/255", 0.25 / 255), ("0.031", 0.031), ("0", 0.0)])
+def test_eps_is_a_number_or_a_fraction_with_a_decimal_numerator(text, value):
+    assert parse_eps(text) == pytest.approx(value, rel=1e-12)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "pyautoattack", "--out", "x", "--eps", "abc"], "--eps: not a number"),
+    (["eval", "pyautoattack", "--eps", "8/0"], "--eps: not a number"),
+    (["eval", "pyautoattack", "--eps=-1/255"], "--eps: must be >= 0"),
     (["train", "pyautoattack", "--out", "x", "--epochs", "0"], "--epochs: must be >= 1"),
     (["train", "pyautoattack", "--out", "x", "--head", "svm"], "invalid choice"),
     (["info"], "required"),

@@ -8,6 +8,7 @@ import torch
 
 import hpm
 from hpm.attacks import AttackTarget, BatchFeatures, BreakRecorder, SummedLossAPGD, default_plan, parse_attacks
+from hpm.checks import ce_saturation
 from hpm.errors import HPMError
 from hpm.evaluate import AttackConfig, load_results, merge_results, run_protocol
 from hpm.msa import evaluate_model
@@ -189,7 +190,7 @@ def test_report_holds_everything_and_round_trips(tmp_path):
     assert lo <= r["robust_accuracy"] <= hi and r["clean_accuracy"] == 1.0
     assert [a["name"] for a in r["per_attack"]][-1] == "square" and all("seconds" in a for a in r["per_attack"])
     assert sum(a["first_broken"] for a in r["per_attack"]) == r["n"] - round(r["robust_accuracy"] * r["n"])
-    assert {c["name"] for c in data["checks"]} >= {"deterministic_forward", "monotone_in_eps",
+    assert {c["name"] for c in data["checks"]} >= {"deterministic_forward", "ce_not_saturated", "monotone_in_eps",
                                                     "large_eps_breaks_all", "repeatable", "robust_le_clean[bs=4]"}
     assert all(c["passed"] in (True, None) for c in data["checks"]), data["checks"]
     assert data["versions"]["pyautoattack"] == "0.2.0" and data["config"]["attack"]["n_iter"] == 5
@@ -236,3 +237,17 @@ def test_attacks_accept_non_contiguous_inputs():
     assert not x_nc.is_contiguous()
     _, res, _ = run_protocol(model, x_nc, y, attack=AttackConfig(**FAST), batch_sizes=[16], progress=False)
     assert res[16].done.all()
+
+
+def test_ce_saturation_counts_samples_that_give_apgd_ce_no_loss_to_climb():
+    net, x, y = tiny_fc()  # labels = predictions: every sample clean-correct
+    mild = ce_saturation(net, x, y, batch_size=8)
+    assert mild["clean_correct"] == len(y) and mild["zero_loss"] == 0 and mild["zero_gradient"] == 0
+
+    class Scaled(torch.nn.Module):  # same argmax, margins x 1e4: the float32 softmax saturates
+        def forward(self, inputs):
+            return 1e4 * net(inputs)
+
+    saturated = ce_saturation(Scaled(), x, y, batch_size=8)
+    assert saturated["zero_loss"] == len(y) and saturated["median_margin"] == pytest.approx(1e4 * mild["median_margin"],
+                                                                                           rel=1e-3)

@@ -10,7 +10,7 @@ import torch
 
 from hpm.backbone_train import BackboneConfig, to_hpm
 from hpm.cli import main
-from hpm.results import eps_text, load_report, protocol_name
+from hpm.results import comparison_rows, eps_text, load_report, protocol_gaps, protocol_name
 from hpm.zoo import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +74,32 @@ def test_sweep_plot_reads_reports(checkpoint, tiny_data_root, tmp_path):
     assert result.returncode == 0, result.stderr
     html = (tmp_path / "fig.html").read_text()
     assert "fc, APGD-CE" in html
+
+
+def test_protocol_gaps_pair_apgd_ce_alone_with_the_full_protocol(checkpoint, tiny_data_root, tmp_path):
+    ce = _eval(checkpoint, tiny_data_root, tmp_path / "ce.json", "--attacks", "apgd-ce/deployed", "--eps", "1/255")
+    full = _eval(checkpoint, tiny_data_root, tmp_path / "full.json", "--eps", "1/255")
+    other_eps = _eval(checkpoint, tiny_data_root, tmp_path / "full2.json", "--eps", "2/255")
+    [gap] = protocol_gaps(comparison_rows([("fc", ce), ("fc", full), ("fc", other_eps)]))
+    r_ce, r_full = ce.results["4"], full.results["4"]
+    assert (gap["apgd_ce"], gap["full"]) == (r_ce["robust_accuracy"], r_full["robust_accuracy"])
+    assert gap["gap"] == r_ce["robust_accuracy"] - r_full["robust_accuracy"] and gap["eps"] == 1 / 255
+    assert gap["breaks"] == {a["name"]: a["first_broken"] for a in r_full["per_attack"] if a["first_broken"]}
+    assert sum(gap["breaks"].values()) == round(4 * (r_full["clean_accuracy"] - r_full["robust_accuracy"]))
+
+
+def test_ce_saturation_script_writes_counts_per_model(checkpoint, tiny_data_root, tmp_path):
+    out = tmp_path / "saturation.json"
+    result = subprocess.run([sys.executable, str(REPO / "scripts/ce_saturation.py"), f"tiny={checkpoint}", "--data",
+                             str(tiny_data_root), "--n", "4", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    tiny = data["models"]["tiny"]
+    assert data["data"]["n"] == tiny["n"] == 4 and 0 <= tiny["zero_loss"] <= tiny["clean_correct"] <= 4
+    assert data["command"].startswith("python scripts/ce_saturation.py tiny=")
+    bad = subprocess.run([sys.executable, str(REPO / "scripts/ce_saturation.py"), "tiny", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "NAME=MODEL" in bad.stderr
 
 
 @pytest.mark.slow
