@@ -80,10 +80,12 @@ def robustness_curve_figure(rows: list[dict], title: str = "Accuracy under attac
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="lines+markers", name=f"{label}, {protocol}" + (f", bs {bs}" if many_bs else ""),
             line=dict(color=colours[label], dash="dash" if protocol == "APGD-CE" else "solid"),
+            marker=dict(symbol="circle-open", size=11) if protocol == "APGD-CE" else dict(symbol="circle", size=7),
             error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True, thickness=1)))
+    ticks = sorted({255 * r["eps"] for r in rows})
     fig.update_layout(title=title, xaxis_title="ε (×1/255, ℓ∞)", yaxis_title="accuracy under attack (%)",
-                      xaxis_type="log", yaxis_range=[0, 100], template="plotly_white",
-                      legend_title="model, protocol")
+                      xaxis=dict(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]),
+                      yaxis_range=[0, 100], template="plotly_white", legend_title="model, protocol")
     return fig
 
 

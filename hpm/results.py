@@ -110,6 +110,34 @@ def comparison_rows(reports: list[tuple[str, EvalReport]]) -> list[dict]:
     return rows
 
 
+def paired_robust(report_json: str | Path, batch_size: int) -> dict[int, bool]:
+    """Per-sample worst-case outcomes of one evaluation, ``{dataset index: robust}``, from the ``.npz``
+    written beside its report."""
+    from .evaluate import load_results
+
+    _, results = load_results(Path(report_json).with_suffix(".npz"))
+    if batch_size not in results:
+        raise HPMError(f"{report_json}: no per-sample results at batch size {batch_size}")
+    r = results[batch_size]
+    return {int(i): bool(v) for i, v, done in zip(r.indices, r.robust, r.done) if done}
+
+
+def mcnemar_exact(a: dict[int, bool], b: dict[int, bool]) -> dict:
+    """Exact (binomial) McNemar test of two classifiers' per-sample outcomes on the same samples.
+
+    Only discordant samples count: ``a_only`` robust under ``a`` but not ``b``, ``b_only`` the reverse;
+    under the null both are equally likely. Raises if the two evaluations cover different samples.
+    """
+    from scipy.stats import binomtest
+
+    if a.keys() != b.keys():
+        raise HPMError("paired test needs the same samples in both evaluations")
+    a_only = sum(a[i] and not b[i] for i in a)
+    b_only = sum(b[i] and not a[i] for i in a)
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"n": len(a), "a_only": a_only, "b_only": b_only, "p_value": float(p)}
+
+
 def protocol_gaps(rows: list[dict]) -> list[dict]:
     """Pair every APGD-CE-only row with the full-protocol row of the same label, eps, n and batch size.
 

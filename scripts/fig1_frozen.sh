@@ -18,3 +18,5 @@ python scripts/ce_saturation.py fc=pyautoattack "ncm=$NCM" hpm=checkpoints/cifar
   --n "$N" --out results/eval/sweep/resnet18-saturation.json
 python scripts/plot_sweep.py "results/eval/sweep/resnet18-*-eps*.json" --out results/figures/resnet18-sweep \
   --title "Standard ResNet-18, frozen features: FC vs l2 (NCM) vs HPM"
+hpm card "$NCM" --eval results/eval/sweep/resnet18-ncm-eps*.json
+hpm card checkpoints/cifar10-resnet18-hpm-clean --eval results/eval/sweep/resnet18-hpm-eps*.json

@@ -19,3 +19,6 @@ python scripts/ce_saturation.py "fc=checkpoints/cifar10-$tag-scratch-fc" "l2=che
   --data "$DATA" --n "$N" --out "results/eval/sweep/scratch$tag-saturation.json"
 python scripts/plot_sweep.py "results/eval/sweep/scratch$tag-*-eps*.json" --out "results/figures/scratch$tag-sweep" \
   --title "CIFAR ResNet-$DEPTH (width $WIDTH) trained from scratch: FC vs l2 classifier"
+for classifier in fc l2; do
+  hpm card "checkpoints/cifar10-$tag-scratch-$classifier" --eval "results/eval/sweep/scratch$tag-$classifier-eps"*.json
+done

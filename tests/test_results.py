@@ -10,7 +10,9 @@ import torch
 
 from hpm.backbone_train import BackboneConfig, to_hpm
 from hpm.cli import main
-from hpm.results import comparison_rows, eps_text, load_report, protocol_gaps, protocol_name
+from hpm.errors import HPMError
+from hpm.results import (comparison_rows, eps_text, load_report, mcnemar_exact, paired_robust, protocol_gaps,
+                         protocol_name)
 from hpm.zoo import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +88,26 @@ def test_protocol_gaps_pair_apgd_ce_alone_with_the_full_protocol(checkpoint, tin
     assert gap["gap"] == r_ce["robust_accuracy"] - r_full["robust_accuracy"] and gap["eps"] == 1 / 255
     assert gap["breaks"] == {a["name"]: a["first_broken"] for a in r_full["per_attack"] if a["first_broken"]}
     assert sum(gap["breaks"].values()) == round(4 * (r_full["clean_accuracy"] - r_full["robust_accuracy"]))
+
+
+def test_mcnemar_counts_only_discordant_samples():
+    a = {0: True, 1: True, 2: False, 3: True, 4: False}
+    b = {0: True, 1: False, 2: False, 3: False, 4: False}
+    result = mcnemar_exact(a, b)
+    assert (result["a_only"], result["b_only"]) == (2, 0) and result["p_value"] == pytest.approx(0.5)
+    assert mcnemar_exact(a, a)["p_value"] == 1.0
+    strong = mcnemar_exact({i: True for i in range(20)}, {i: False for i in range(20)})
+    assert strong["p_value"] == pytest.approx(2 * 0.5 ** 20)
+    with pytest.raises(HPMError, match="same samples"):
+        mcnemar_exact(a, {0: True})
+
+
+def test_paired_robust_reads_the_per_sample_results_beside_a_report(checkpoint, tiny_data_root, tmp_path):
+    report = _eval(checkpoint, tiny_data_root, tmp_path / "r.json", "--eps", "1/255")
+    robust = paired_robust(tmp_path / "r.json", 4)
+    assert sorted(robust) == [0, 1, 2, 3] and sum(robust.values()) == round(4 * report.results["4"]["robust_accuracy"])
+    with pytest.raises(HPMError, match="batch size 8"):
+        paired_robust(tmp_path / "r.json", 8)
 
 
 def test_ce_saturation_script_writes_counts_per_model(checkpoint, tiny_data_root, tmp_path):
