@@ -11,6 +11,8 @@ from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
+
 from .errors import HPMError
 from .report import EvalReport
 
@@ -122,6 +124,25 @@ def paired_robust(report_json: str | Path, batch_size: int) -> dict[int, bool]:
     return {int(i): bool(v) for i, v, done in zip(r.indices, r.robust, r.done) if done}
 
 
+def missed_by_apgd_ce(apgd_ce_json: str | Path, full_json: str | Path, batch_size: int) -> dict[str, int]:
+    """Samples that survived APGD-CE alone but not the full protocol, counted per full-protocol attack that
+    broke them (a sample broken by several attacks counts for each), from the ``.npz`` beside each report."""
+    from .evaluate import load_results
+
+    runs = []
+    for path in (apgd_ce_json, full_json):
+        _, results = load_results(Path(path).with_suffix(".npz"))
+        if batch_size not in results:
+            raise HPMError(f"{path}: no per-sample results at batch size {batch_size}")
+        runs.append(results[batch_size])
+    ce, full = runs
+    if not np.array_equal(ce.indices, full.indices):
+        raise HPMError(f"{apgd_ce_json} and {full_json} cover different samples")
+    missed = ce.robust & full.done & full.clean_correct & ~full.robust
+    counts = {name: int((full.broken[k] & missed).sum()) for k, name in enumerate(full.attack_names)}
+    return {name: k for name, k in counts.items() if k}
+
+
 def mcnemar_exact(a: dict[int, bool], b: dict[int, bool]) -> dict:
     """Exact (binomial) McNemar test of two classifiers' per-sample outcomes on the same samples.
 
@@ -141,14 +162,16 @@ def mcnemar_exact(a: dict[int, bool], b: dict[int, bool]) -> dict:
 def protocol_gaps(rows: list[dict]) -> list[dict]:
     """Pair every APGD-CE-only row with the full-protocol row of the same label, eps, n and batch size.
 
-    Each pair gives both robust accuracies, ``gap`` (how much APGD-CE alone overstates robustness) and the
-    full protocol's ``breaks``, which say which attacks found what APGD-CE alone missed.
+    Each pair gives both robust accuracies, ``gap`` (how much APGD-CE alone overstates robustness), the
+    full protocol's first ``breaks`` per attack, and the rows' report paths when they carry one (``path``),
+    for :func:`missed_by_apgd_ce`.
     """
     full = {(r["label"], r["eps"], r["n"], r["batch_size"]): r for r in rows if r["protocol"] == FULL}
     gaps = []
     for r in rows:
         f = full.get((r["label"], r["eps"], r["n"], r["batch_size"]))
         if r["protocol"] == APGD_CE_ONLY and f is not None:
-            gaps.append({"label": r["label"], "eps": r["eps"], "n": r["n"], "apgd_ce": r["robust"],
-                         "full": f["robust"], "gap": r["robust"] - f["robust"], "breaks": f["breaks"]})
+            gaps.append({"label": r["label"], "eps": r["eps"], "n": r["n"], "batch_size": r["batch_size"],
+                         "apgd_ce": r["robust"], "full": f["robust"], "gap": r["robust"] - f["robust"],
+                         "breaks": f["breaks"], "apgd_ce_path": r.get("path"), "full_path": f.get("path")})
     return gaps

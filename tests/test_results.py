@@ -11,8 +11,8 @@ import torch
 from hpm.backbone_train import BackboneConfig, to_hpm
 from hpm.cli import main
 from hpm.errors import HPMError
-from hpm.results import (comparison_rows, eps_text, load_report, mcnemar_exact, paired_robust, protocol_gaps,
-                         protocol_name)
+from hpm.results import (comparison_rows, eps_text, load_report, mcnemar_exact, missed_by_apgd_ce, paired_robust,
+                         protocol_gaps, protocol_name)
 from hpm.zoo import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +88,11 @@ def test_protocol_gaps_pair_apgd_ce_alone_with_the_full_protocol(checkpoint, tin
     assert gap["gap"] == r_ce["robust_accuracy"] - r_full["robust_accuracy"] and gap["eps"] == 1 / 255
     assert gap["breaks"] == {a["name"]: a["first_broken"] for a in r_full["per_attack"] if a["first_broken"]}
     assert sum(gap["breaks"].values()) == round(4 * (r_full["clean_accuracy"] - r_full["robust_accuracy"]))
+    missed = missed_by_apgd_ce(tmp_path / "ce.json", tmp_path / "full.json", 4)
+    survived_ce, survived_full = paired_robust(tmp_path / "ce.json", 4), paired_robust(tmp_path / "full.json", 4)
+    n_missed = sum(survived_ce[i] and not survived_full[i] for i in survived_ce)
+    assert set(missed) <= {p["name"] for p in full.plan} and bool(missed) == (n_missed > 0)
+    assert sum(missed.values()) >= n_missed  # a sample broken by several attacks counts for each
 
 
 def test_mcnemar_counts_only_discordant_samples():
