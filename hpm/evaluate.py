@@ -181,8 +181,14 @@ def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> d
 
 def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indices: np.ndarray,
                batch_sizes: list[int]) -> str:
-    """A digest of everything that determines the per-sample results (for resume and merge)."""
-    payload = json.dumps({"model": model_id, "attack": asdict(attack), "plan": [s.name for s in plan],
+    """A digest of everything that determines the per-sample results (for resume and merge).
+
+    Square's query budget is left out when the plan has no Square, so it cannot invalidate such runs.
+    """
+    settings = asdict(attack)
+    if not any(s.kind == "square" for s in plan):
+        del settings["square_queries"]
+    payload = json.dumps({"model": model_id, "attack": settings, "plan": [s.name for s in plan],
                           "indices": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest(),
                           "batch_sizes": sorted(batch_sizes)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hpm.checks import ce_saturation  # noqa: E402
-from hpm.cli import load_model_arg  # noqa: E402
+from hpm.cli import load_model_arg, positive_int  # noqa: E402
 from hpm.data import Subset  # noqa: E402
 from hpm.msa import load_eval_data  # noqa: E402
 
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", metavar="NAME=MODEL")
     parser.add_argument("--data", default=None, help="local data root (default: $HPM_DATA_DIR)")
-    parser.add_argument("--n", type=int, default=100, help="first N test images (default 100)")
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--n", type=positive_int, default=100, help="first N test images (default 100)")
+    parser.add_argument("--batch-size", type=positive_int, default=200)
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     pairs = [m.partition("=") for m in args.models]

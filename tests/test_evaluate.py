@@ -10,7 +10,7 @@ import hpm
 from hpm.attacks import AttackTarget, BatchFeatures, BreakRecorder, SummedLossAPGD, default_plan, parse_attacks
 from hpm.checks import ce_saturation
 from hpm.errors import HPMError
-from hpm.evaluate import AttackConfig, load_results, merge_results, run_protocol
+from hpm.evaluate import AttackConfig, config_key, load_results, merge_results, run_protocol
 from hpm.msa import evaluate_model
 
 from conftest import TinyMLP
@@ -251,3 +251,11 @@ def test_ce_saturation_counts_samples_that_give_apgd_ce_no_loss_to_climb():
     saturated = ce_saturation(Scaled(), x, y, batch_size=8)
     assert saturated["zero_loss"] == len(y) and saturated["median_margin"] == pytest.approx(1e4 * mild["median_margin"],
                                                                                            rel=1e-3)
+
+
+def test_resume_key_ignores_the_square_budget_only_when_no_square_runs():
+    net, _, _ = tiny_fc()
+    apgd_only, full, idx = parse_attacks(["apgd-ce/deployed"], net), default_plan(net), np.arange(4)
+    small, large = AttackConfig(square_queries=10), AttackConfig(square_queries=20)
+    assert config_key("m", small, apgd_only, idx, [4]) == config_key("m", large, apgd_only, idx, [4])
+    assert config_key("m", small, full, idx, [4]) != config_key("m", large, full, idx, [4])
