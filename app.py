@@ -77,7 +77,7 @@ def load_model(choice: str, hub_id: str):
     choices = demo.attack_choices(model)
     head = demo.head_name(model)
     return (model_id, demo.card_facts(model),
-            gr.Radio(choices=choices, value="ensemble" if "ensemble" in choices else choices[0]),
+            gr.Radio(choices=choices, value=demo.default_attack(choices)),
             gr.Label(label=f"{head}, clean"), gr.Label(label=f"{head}, adversarial"))
 
 
@@ -185,7 +185,7 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
                                    elem_id="current-image")
             with gr.Column(scale=1):
                 first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.ATTACKS)
-                attack_name = gr.Radio(first_attacks, value="ensemble", label="Attack",
+                attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
                                        info="APGD-CE on a surrogate or the model; square: black box")
                 eps = gr.Slider(0, 16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
                 steps = gr.Slider(1, 100, value=20, step=1, label="APGD steps (Square: queries)")

@@ -46,19 +46,22 @@ class AttackSpec:
 TARGETS = {"fc": ("fc",), "soft": ("soft",), "ensemble": ("fc", "soft"), "bpda": ("hard",), "deployed": ("hard",)}
 
 
-def default_plan(model: nn.Module, losses: tuple[str, ...] = ("ce", "dlr"), square: bool = True) -> list[AttackSpec]:
-    """The paper's attacks for this model: surrogates for HPM, the model itself otherwise, then Square.
+def apgd_targets(model: nn.Module) -> tuple[str, ...]:
+    """What APGD attacks on this model (keys of :data:`TARGETS`): surrogates for HPM, the model otherwise.
 
-    HPM: APGD on the FC oracle, the soft-hybrid surrogate, their ensemble and the deployed model (BPDA).
-    Other prototype heads: APGD on the FC oracle and on the model. FC / plain models: APGD on the model.
+    HPM: the FC oracle, the soft-hybrid surrogate, their ensemble and the deployed model (BPDA).
+    Other prototype heads: the FC oracle and the model. FC / plain models: the model.
     """
     if isinstance(model, HPMClassifier) and model.head_type == "hpm":
-        targets = ("fc", "soft", "ensemble", "bpda")
-    elif isinstance(model, HPMClassifier) and model.head_type != "fc":
-        targets = ("fc", "deployed")
-    else:
-        targets = ("deployed",)
-    plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, TARGETS[t]) for t in targets for loss in losses]
+        return ("fc", "soft", "ensemble", "bpda")
+    if isinstance(model, HPMClassifier) and model.head_type != "fc":
+        return ("fc", "deployed")
+    return ("deployed",)
+
+
+def default_plan(model: nn.Module, losses: tuple[str, ...] = ("ce", "dlr"), square: bool = True) -> list[AttackSpec]:
+    """The paper's attacks for this model: APGD with each loss on each of :func:`apgd_targets`, then Square."""
+    plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, TARGETS[t]) for t in apgd_targets(model) for loss in losses]
     return plan + ([AttackSpec("square", "square")] if square else [])
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from torch import Tensor
 
-from .attacks import TARGETS, AttackSpec, BatchFeatures, run_apgd, run_square
+from .attacks import TARGETS, AttackSpec, BatchFeatures, apgd_targets, run_apgd, run_square
 from .errors import HPMError
 from .model import HPMClassifier
 
@@ -41,12 +41,15 @@ HEAD_NAMES = {"hpm": "HPM", "ncm": "l2 (NCM)", "cosine": "cosine", "fc": "FC"}
 
 
 def attack_choices(model: HPMClassifier) -> list[str]:
-    """The attacks that exist for this model's head: MSA surrogates for HPM, the head itself otherwise."""
-    if model.head_type == "hpm":
-        return ["fc", "soft", "ensemble", "bpda", "square"]
-    if model.head_type == "fc":
+    """The attacks that exist for this model's head, as the evaluation protocol plans them (then Square)."""
+    if model.head_type == "fc":  # its deployed model is its FC oracle; the app calls it "fc"
         return ["fc", "square"]
-    return ["fc", "deployed", "square"]
+    return [*apgd_targets(model), "square"]
+
+
+def default_attack(choices: list[str]) -> str:
+    """The attack the app preselects: the MSA ensemble where it exists, else the first choice."""
+    return "ensemble" if "ensemble" in choices else choices[0]
 
 
 def head_name(model: HPMClassifier) -> str:

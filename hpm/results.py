@@ -112,30 +112,27 @@ def comparison_rows(reports: list[tuple[str, EvalReport]]) -> list[dict]:
     return rows
 
 
-def paired_robust(report_json: str | Path, batch_size: int) -> dict[int, bool]:
-    """Per-sample worst-case outcomes of one evaluation, ``{dataset index: robust}``, from the ``.npz``
-    written beside its report."""
+def sample_results(report_json: str | Path, batch_size: int):
+    """The per-sample results (:class:`hpm.evaluate.SampleResults`) at ``batch_size`` of one evaluation,
+    from the ``.npz`` written beside its report."""
     from .evaluate import load_results
 
     _, results = load_results(Path(report_json).with_suffix(".npz"))
     if batch_size not in results:
         raise HPMError(f"{report_json}: no per-sample results at batch size {batch_size}")
-    r = results[batch_size]
+    return results[batch_size]
+
+
+def paired_robust(report_json: str | Path, batch_size: int) -> dict[int, bool]:
+    """Per-sample worst-case outcomes of one evaluation, ``{dataset index: robust}``."""
+    r = sample_results(report_json, batch_size)
     return {int(i): bool(v) for i, v, done in zip(r.indices, r.robust, r.done) if done}
 
 
 def missed_by_apgd_ce(apgd_ce_json: str | Path, full_json: str | Path, batch_size: int) -> dict[str, int]:
     """Samples that survived APGD-CE alone but not the full protocol, counted per full-protocol attack that
     broke them (a sample broken by several attacks counts for each), from the ``.npz`` beside each report."""
-    from .evaluate import load_results
-
-    runs = []
-    for path in (apgd_ce_json, full_json):
-        _, results = load_results(Path(path).with_suffix(".npz"))
-        if batch_size not in results:
-            raise HPMError(f"{path}: no per-sample results at batch size {batch_size}")
-        runs.append(results[batch_size])
-    ce, full = runs
+    ce, full = sample_results(apgd_ce_json, batch_size), sample_results(full_json, batch_size)
     if not np.array_equal(ce.indices, full.indices):
         raise HPMError(f"{apgd_ce_json} and {full_json} cover different samples")
     missed = ce.robust & full.done & full.clean_correct & ~full.robust

@@ -37,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("models must be NAME=MODEL pairs, e.g. fc=pyautoattack")
     result = {"command": "python scripts/ce_saturation.py " + shlex.join(sys.argv[1:] if argv is None else argv),
               "models": {}}
+    data: dict[str, tuple] = {}  # dataset -> (x, y, indices, info), loaded once
     for name, _, source in pairs:
         model = load_model_arg(source)
         dataset = getattr(model, "dataset", None) or "cifar10"
-        x, y, _, info = load_eval_data(dataset, "test", args.data, Subset(n=args.n))
+        if dataset not in data:
+            data[dataset] = load_eval_data(dataset, "test", args.data, Subset(n=args.n))
+        x, y, _, info = data[dataset]
         result["data"] = {k: info[k] for k in ("dataset", "source", "n")}
         result["models"][name] = {"source": source, **ce_saturation(model, x, y, batch_size=args.batch_size)}
         print(name, result["models"][name])
