@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hpm import demo  # noqa: E402
+from hpm import interactive as demo  # noqa: E402
 from hpm.errors import HPMError  # noqa: E402
 from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                        perturbation_heatmap)

@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpm import demo  # noqa: E402
+from hpm import interactive as demo  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 

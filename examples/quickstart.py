@@ -7,7 +7,7 @@ import argparse
 
 import hpm
 from hpm.data import Subset, load_dataset
-from hpm.evaluate import clean_accuracy
+from hpm.evaluation import clean_accuracy
 from hpm.train import CleanConfig, extract_features, finetune_clean
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

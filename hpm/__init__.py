@@ -7,16 +7,15 @@ Public API::
     model.fc_oracle(), model.soft_surrogate(), model.deployed()   # attackable nn.Modules
     report = hpm.evaluate_model(model, x, y, attack=hpm.AttackConfig(eps=8/255), batch_sizes=[16, 256])
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: I001  (first: importable without torch)
 
-from .errors import CheckpointError, HPMError, OfflineError  # noqa: E402
-from .heads import CosineHead, FCHead, HPMHead, NCMHead, create_head  # noqa: E402
-from .model import HPMClassifier, wrap  # noqa: E402
-from .hub import load  # noqa: E402
-from .evaluate import AttackConfig  # noqa: E402
-from .msa import evaluate_model  # noqa: E402
+from .errors import CheckpointError, HPMError, OfflineError
+from .heads import CosineHead, FCHead, HPMHead, NCMHead, create_head
+from .model import HPMClassifier, load, wrap
+from .evaluation import AttackConfig, EvalReport, evaluate_model
 
 __all__ = [
     "HPMClassifier", "HPMHead", "NCMHead", "CosineHead", "FCHead", "create_head",
-    "wrap", "load", "evaluate_model", "AttackConfig", "HPMError", "CheckpointError", "OfflineError", "__version__",
+    "wrap", "load", "evaluate_model", "AttackConfig", "EvalReport", "HPMError", "CheckpointError", "OfflineError",
+    "__version__",
 ]

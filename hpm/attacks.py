@@ -34,7 +34,7 @@ class AttackSpec:
     """One attack of the protocol."""
 
     name: str  # e.g. "apgd-ce/fc", "apgd-dlr/ensemble", "square"
-    kind: str  # "apgd" or "square"
+    kind: str  # a key of KINDS: "apgd" or "square"
     loss: str = "ce"  # APGD loss: "ce" or "dlr"
     surrogates: tuple[str, ...] = ("hard",)  # modes whose summed loss APGD follows; "hard" = deployed (BPDA)
 
@@ -43,53 +43,51 @@ class AttackSpec:
         return self.kind == "apgd"
 
 
-TARGETS = {"fc": ("fc",), "soft": ("soft",), "ensemble": ("fc", "soft"), "bpda": ("hard",), "deployed": ("hard",)}
+DEPLOYED = {"deployed": ("hard",)}  # every model can be attacked as deployed (HPM: through its STE)
+LOSSES = ("ce", "dlr")
 
 
-def apgd_targets(model: nn.Module) -> tuple[str, ...]:
-    """What APGD attacks on this model (keys of :data:`TARGETS`): surrogates for HPM, the model otherwise.
-
-    HPM: the FC oracle, the soft-hybrid surrogate, their ensemble and the deployed model (BPDA).
-    Other prototype heads: the FC oracle and the model. FC / plain models: the model.
-    """
-    if isinstance(model, HPMClassifier) and model.head_type == "hpm":
-        return ("fc", "soft", "ensemble", "bpda")
-    if isinstance(model, HPMClassifier) and model.head_type != "fc":
-        return ("fc", "deployed")
-    return ("deployed",)
+def apgd_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """What APGD attacks on this model, as its head declares (:attr:`hpm.heads.Head.attack_targets`):
+    target name -> the forward modes whose summed loss APGD follows. A plain classifier: the model itself."""
+    return dict(model.head.attack_targets) if isinstance(model, HPMClassifier) else dict(DEPLOYED)
 
 
-def default_plan(model: nn.Module, losses: tuple[str, ...] = ("ce", "dlr"), square: bool = True) -> list[AttackSpec]:
+def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: bool = True) -> list[AttackSpec]:
     """The paper's attacks for this model: APGD with each loss on each of :func:`apgd_targets`, then Square."""
-    plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, TARGETS[t]) for t in apgd_targets(model) for loss in losses]
+    plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, modes) for t, modes in apgd_targets(model).items()
+            for loss in losses]
     return plan + ([AttackSpec("square", "square")] if square else [])
 
 
 def parse_attacks(names: list[str], model: nn.Module) -> list[AttackSpec]:
-    """``["apgd-ce/fc", "apgd-dlr/ensemble", "square", ...]`` -> specs, validated against the model."""
+    """``["apgd-ce/fc", "apgd-dlr/ensemble", "square", ...]`` -> specs, validated against the model.
+
+    ``apgd-*/deployed`` applies to every model; the other targets are those the model's head declares.
+    """
+    targets = {**DEPLOYED, **apgd_targets(model)}
     plan = []
-    hpm_head = isinstance(model, HPMClassifier) and model.head_type == "hpm"
     for name in names:
         if name == "square":
             plan.append(AttackSpec("square", "square"))
             continue
         kind, _, target = name.partition("/")
         loss = kind.removeprefix("apgd-")
-        if not kind.startswith("apgd-") or loss not in ("ce", "dlr") or target not in TARGETS:
-            raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr}}/{{{','.join(TARGETS)}}}")
-        if target in ("soft", "ensemble", "bpda") and not hpm_head:
-            raise ValueError(f"attack {name!r} needs an HPM head (its surrogates do not exist otherwise)")
-        if target == "fc" and not isinstance(model, HPMClassifier):
-            raise ValueError(f"attack {name!r} needs an hpm.HPMClassifier (a plain module has no FC oracle)")
-        plan.append(AttackSpec(name, "apgd", loss, TARGETS[target]))
+        if not kind.startswith("apgd-") or loss not in LOSSES or not target:
+            raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr}}/TARGET")
+        if target not in targets:
+            head = model.head_type if isinstance(model, HPMClassifier) else "plain classifier"
+            raise ValueError(f"unknown attack {name!r}: it does not apply to this model ({head}), whose APGD "
+                             f"targets are {', '.join(targets)}")
+        plan.append(AttackSpec(name, "apgd", loss, targets[target]))
     if len({s.name for s in plan}) != len(plan):
         raise ValueError("an attack is listed twice")
     return plan
 
 
 class BatchFeatures:
-    """Computes ``[B, k]`` scores of a batch whose first rows are attacked and whose remaining rows are
-    fixed clean samples, given as cached features (only needed for batch-dependent heads)."""
+    """Computes ``[B, k]`` scores of a batch whose rows are attacked, inside a fixed context: cached
+    features of the batch's other samples (only batch-dependent heads use it; see ``HPMClassifier.forward_head``)."""
 
     def __init__(self, model: nn.Module, fixed_features: Tensor | None):
         self.model = model
@@ -103,10 +101,7 @@ class BatchFeatures:
         """Scores of the attacked rows, computed inside the full batch (attacked + fixed rows)."""
         if not self.hpm:
             return self.model(z)
-        n = z.shape[0]
-        if self.fixed is not None:
-            z = torch.cat([z, self.fixed.to(z)], 0)  # [n + f, d]
-        return self.model.forward_head(z, mode=mode)[:n]
+        return self.model.forward_head(z, mode=mode, context=self.fixed)
 
 
 class BreakRecorder:
@@ -177,10 +172,12 @@ class AttackOutcome:
 
 
 def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_iter: int,
-             n_restarts: int, seed: int, num_classes: int, on_step: Callable[[], None] | None = None) -> AttackOutcome:
+             n_restarts: int, seed: int, num_classes: int, on_step: Callable[[], None] | None = None,
+             keep_first_break: bool = True) -> AttackOutcome:
     """APGD on ``x`` (all rows attacked together), success judged on the deployed model at every iterate.
 
     ``on_step`` is called after every forward pass of the attack (``n_iter + 1`` per restart).
+    ``keep_first_break=False`` returns APGD's highest-loss iterate for every sample.
     """
     x = x.contiguous()  # AutoAttack reshapes gradients with .view
     recorder = BreakRecorder(y)
@@ -193,13 +190,14 @@ def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, no
         torch.manual_seed(seed + restart)
         x_best, *_ = apgd.attack_single_run(x, y)
     x_adv = x_best.detach().clone()
-    if recorder.witness is not None:
+    if keep_first_break and recorder.witness is not None:
         x_adv[recorder.broken] = recorder.witness[recorder.broken]
     return AttackOutcome(recorder.broken, x_adv)
 
 
-def run_square(batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_queries: int, seed: int,
-               p_init: float = 0.8, on_step: Callable[[], None] | None = None) -> AttackOutcome:
+def run_square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float,
+               n_queries: int, seed: int, p_init: float = 0.8,
+               on_step: Callable[[], None] | None = None) -> AttackOutcome:
     """Square (AutoAttack's) against the deployed model; its best images are judged on the full batch.
 
     ``on_step`` is called after every query round (about ``n_queries`` times).
@@ -221,3 +219,26 @@ def run_square(batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: fl
         _, x_best = square.attack_single_run(x, y)
         broken = batch.scores(batch.features(x_best), "hard").argmax(1) != y  # the whole batch at once: a witness
     return AttackOutcome(broken, x_best)
+
+
+KINDS = ("apgd", "square")
+
+
+def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float,
+               n_iter: int = 100, n_restarts: int = 1, square_queries: int = 5000, seed: int = 0,
+               num_classes: int, on_step: Callable[[], None] | None = None) -> AttackOutcome:
+    """Run one attack of a plan on ``x`` (every row attacked together), judged on the deployed model.
+
+    Args:
+        spec: the attack (:func:`default_plan`, :func:`parse_attacks`).
+        batch: the model and the fixed rows of the evaluation batch.
+        norm, eps: the threat model; n_iter, n_restarts: APGD's budget; square_queries: Square's.
+        seed: the attack's seed.
+        on_step: called after every forward pass (APGD) or query round (Square).
+    """
+    if spec.kind == "apgd":
+        return run_apgd(spec, batch, x, y, norm=norm, eps=eps, n_iter=n_iter, n_restarts=n_restarts, seed=seed,
+                        num_classes=num_classes, on_step=on_step)
+    if spec.kind == "square":
+        return run_square(spec, batch, x, y, norm=norm, eps=eps, n_queries=square_queries, seed=seed, on_step=on_step)
+    raise ValueError(f"unknown attack kind {spec.kind!r}; one of {', '.join(KINDS)}")

@@ -189,7 +189,7 @@ _HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
 def _torchvision_download(name: str, split: str) -> ImageTensorDataset:
     import torchvision
 
-    from .backbones import network_available
+    from . import network
 
     if name == "imagenet":
         raise HPMError("ImageNet cannot be downloaded automatically; put its validation set under "
@@ -200,7 +200,7 @@ def _torchvision_download(name: str, split: str) -> ImageTensorDataset:
     try:
         ds = cls(str(folder), train=(split == "train"), download=False)
     except RuntimeError:
-        if not network_available(host):
+        if not network.network_available(host):
             raise OfflineError(f"{name} is not in {folder} and {host} is unreachable: pass --data DIR or set "
                                f"${DATA_ENV} to a local data root (see hpm.data)") from None
         ds = cls(str(folder), train=(split == "train"), download=True)

@@ -3,7 +3,10 @@
 Every head maps backbone features ``z [B, d]`` and the original FC logits ``fc_logits [B, k]`` to
 class scores ``[B, k]``::
 
-    scores = head(z, fc_logits, mode="hard", labels=None, context=None)
+    scores = head(z, fc_logits, mode="hard", labels=None)
+
+A batch-dependent head (HPM) computes one sample's scores from every row of ``z``: to classify samples
+inside a fixed context, :class:`hpm.HPMClassifier` appends the context's features as extra rows.
 
 ``mode`` selects one of the three forward passes of the paper's evaluation protocol (METHOD.md):
 ``"hard"`` is the deployed model, ``"soft"`` the soft-hybrid surrogate and ``"fc"`` the FC oracle.
@@ -76,15 +79,28 @@ def batch_prototypes(z: Tensor, assignment: Tensor, eps: float = 1e-8) -> Tensor
 class Head(nn.Module):
     """Base class: a head scores features ``z`` given the original FC logits.
 
+    A head declares what it is, and the rest of the library asks it rather than its name:
+
     Attributes:
         num_features: feature width ``d``.
         num_classes: number of classes ``k``.
-        batch_dependent: True when one sample's scores depend on the other samples of the batch.
         head_type: the registry name written to ``config.json``.
+        label: how tables and the app name the deployed head.
+        description: one line for model cards.
+        batch_dependent: True when one sample's scores depend on the other samples of the batch.
+        attack_targets: what APGD attacks on this head (MSA, Sec. 3.7): target name -> the forward modes
+            whose summed loss it follows (``"hard"`` through a straight-through estimator is BPDA).
+        fine_tuned: False when fine-tuning leaves the head and the original FC layer as they are.
+        has_prototypes: True when the head scores against l2 class prototypes (``self.prototypes``).
     """
 
     head_type: str = "base"
+    label: str = "base"
+    description: str = ""
     batch_dependent: bool = False
+    attack_targets: dict[str, tuple[str, ...]] = {"deployed": ("hard",)}
+    fine_tuned: bool = True
+    has_prototypes: bool = False
 
     def __init__(self, num_features: int, num_classes: int):
         super().__init__()
@@ -99,18 +115,17 @@ class Head(nn.Module):
         fc_logits: Tensor,
         mode: Mode = "hard",
         labels: Tensor | None = None,
-        context: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Scores ``[B, k]``. ``context`` is ``(z_ctx [m, d], fc_logits_ctx [m, k])`` or None."""
+        """Scores ``[B, k]``; a batch-dependent head computes them from the whole batch ``z``."""
         check_mode(mode)
         if mode == "fc":
             return fc_logits
-        scores = self.scores(z, fc_logits, mode, context)
+        scores = self.scores(z, fc_logits, mode)
         if self.training and labels is not None:
             self.update_prototypes(z.detach(), labels)
         return scores
 
-    def scores(self, z: Tensor, fc_logits: Tensor, mode: Mode, context: tuple[Tensor, Tensor] | None) -> Tensor:
+    def scores(self, z: Tensor, fc_logits: Tensor, mode: Mode) -> Tensor:
         raise NotImplementedError
 
     def update_prototypes(self, z: Tensor, labels: Tensor) -> None:
@@ -128,13 +143,22 @@ class FCHead(Head):
     """The original fully connected classifier: scores are the FC logits."""
 
     head_type = "fc"
+    label = "FC"
+    description = "the original fully connected classifier"
+    fine_tuned = False
 
-    def scores(self, z, fc_logits, mode, context):
+    def scores(self, z, fc_logits, mode):
         return fc_logits
 
 
 class _PrototypeHead(Head):
-    """A head with dataset-level class prototypes ``prototypes [k, d]`` kept by EMA (Eq. 14)."""
+    """A head with dataset-level class prototypes ``prototypes [k, d]`` kept by EMA (Eq. 14).
+
+    Its discontinuity-free scores are attacked directly, and through the FC oracle (MSA surrogate 1).
+    """
+
+    attack_targets = {"fc": ("fc",), "deployed": ("hard",)}
+    has_prototypes = True
 
     def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98):
         super().__init__(num_features, num_classes)
@@ -170,8 +194,10 @@ class NCMHead(_PrototypeHead):
     """Plain l2 nearest-class-mean head (DeepNCM-like): ``-||z - c_j||`` to EMA class means."""
 
     head_type = "ncm"
+    label = "l2 (NCM)"
+    description = "l2 nearest-class-mean head (EMA class means, scores = -l2 distance)"
 
-    def scores(self, z, fc_logits, mode, context):
+    def scores(self, z, fc_logits, mode):
         return neg_l2_distance(z, self.prototypes)
 
 
@@ -183,6 +209,8 @@ class CosineHead(_PrototypeHead):
     """
 
     head_type = "cosine"
+    label = "cosine"
+    description = "cosine-prototype head (layer-normalised, l2-normalised features and EMA prototypes)"
 
     def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98, scale: float = 16.0):
         super().__init__(num_features, num_classes, momentum)
@@ -191,7 +219,7 @@ class CosineHead(_PrototypeHead):
     def prototype_features(self, z: Tensor) -> Tensor:
         return F.normalize(F.layer_norm(z, z.shape[-1:]), dim=1)
 
-    def scores(self, z, fc_logits, mode, context):
+    def scores(self, z, fc_logits, mode):
         return self.scale * self.prototype_features(z) @ F.normalize(self.prototypes, dim=1).t()
 
     def extra_config(self) -> dict:
@@ -203,7 +231,7 @@ class HPMHead(_PrototypeHead):
 
     - ``prototypes`` is ``C_global [k, d]``: dataset-level class means, EMA-updated in training (Eq. 14).
     - ``C_batch [k, d]``: batch-level prototypes from the FC prediction through a straight-through
-      estimator (Eq. 15-16); computed over the batch plus the optional context features.
+      estimator (Eq. 15-16), computed over every row of the batch.
     - ``mixer``: ``C_hybrid = [C_global, C_batch] W_m + b_m`` (Eq. 17), initialised to ``W_m = [I; 0]``,
       ``b_m = 0`` so the untrained head is the l2 nearest-class-mean classifier.
     - scores: ``-||z_i - C_hybrid[j]||_2`` (Eq. 18).
@@ -213,7 +241,12 @@ class HPMHead(_PrototypeHead):
     """
 
     head_type = "hpm"
+    label = "HPM"
+    description = ("Hybrid Prototype Mixing (HPM) l2 re-classifier: EMA dataset-level prototypes mixed with "
+                   "straight-through batch-level prototypes, scores = -l2 distance (Eq. 14-18)")
     batch_dependent = True
+    # MSA (Sec. 3.7): the FC oracle, the soft-hybrid surrogate, their ensemble, and BPDA through the STE.
+    attack_targets = {"fc": ("fc",), "soft": ("soft",), "ensemble": ("fc", "soft"), "bpda": ("hard",)}
 
     def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98, eps: float = 1e-8):
         super().__init__(num_features, num_classes, momentum)
@@ -229,19 +262,14 @@ class HPMHead(_PrototypeHead):
         self.mixer.weight[:, :d] = torch.eye(d)
         self.mixer.bias.zero_()
 
-    def hybrid_prototypes(self, z: Tensor, fc_logits: Tensor, mode: Mode,
-                          context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def hybrid_prototypes(self, z: Tensor, fc_logits: Tensor, mode: Mode) -> Tensor:
         """``C_hybrid [k, d]`` for this batch (Eq. 15-17)."""
-        if context is not None:
-            z_ctx, logits_ctx = context
-            z = torch.cat([z, z_ctx.to(z)], 0)  # [B + m, d]
-            fc_logits = torch.cat([fc_logits, logits_ctx.to(fc_logits)], 0)
-        assignment = straight_through_assignment(fc_logits, hard=(mode == "hard"))  # [B(+m), k]
+        assignment = straight_through_assignment(fc_logits, hard=(mode == "hard"))  # [B, k]
         c_batch = batch_prototypes(z, assignment, self.eps)  # [k, d]
         return self.mixer(torch.cat([self.prototypes, c_batch], 1))  # Eq. 17: [k, d]
 
-    def scores(self, z, fc_logits, mode, context):
-        return neg_l2_distance(z, self.hybrid_prototypes(z, fc_logits, mode, context))
+    def scores(self, z, fc_logits, mode):
+        return neg_l2_distance(z, self.hybrid_prototypes(z, fc_logits, mode))
 
     def extra_config(self) -> dict:
         return {"momentum": self.momentum, "eps": self.eps}

@@ -1,35 +1,40 @@
-"""``HPMClassifier``: a backbone's features, its original FC layer and a head, with three forward modes."""
+"""``HPMClassifier``: a backbone's features, its original FC layer and a head, with three forward modes.
+
+Also the model's life cycle: :func:`wrap` (any classifier -> HPMClassifier, never editing the caller's
+module), :meth:`HPMClassifier.save_pretrained` and :func:`load` (checkpoint directories or Hub repo ids).
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from .backbones import BackboneSpec, SplitModel, load_backbone, parse_source
+from .checkpoint import (CheckpointConfig, load_strict, read_config, read_weights, write_config, write_weights)
+from .errors import CheckpointError
 from .heads import Head, Mode, check_mode, create_head
+from .hub import push_folder, resolve_checkpoint
+from .model_card import model_card
+from .sources import BackboneSpec, SplitModel, load_backbone, parse_source
 
-if TYPE_CHECKING:
-    from .hub import CheckpointConfig
+DATASET_OF_SOURCE = {"pyautoattack": "cifar10", "timm": "imagenet", "torchvision": "imagenet"}
 
 
 class ModeView(nn.Module):
-    """The classifier seen in one fixed mode: an ordinary ``images -> scores`` module for attack libraries.
+    """The classifier seen in one fixed mode (and optional fixed context): an ordinary ``images -> scores``
+    module for attack libraries. It shares every parameter and buffer with the classifier it views."""
 
-    It shares every parameter and buffer with the classifier it views.
-    """
-
-    def __init__(self, model: "HPMClassifier", mode: Mode):
+    def __init__(self, model: "HPMClassifier", mode: Mode, context: Tensor | None = None):
         super().__init__()
         self.model = model
         self.view_mode = check_mode(mode)
+        self.context = context
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, mode=self.view_mode)
+        return self.model(x, mode=self.view_mode, context=self.context)
 
     def extra_repr(self) -> str:
-        return f"mode={self.view_mode!r}"
+        return f"mode={self.view_mode!r}, context={0 if self.context is None else len(self.context)}"
 
 
 class HPMClassifier(nn.Module):
@@ -47,11 +52,18 @@ class HPMClassifier(nn.Module):
     ``mode`` (``"hard"`` deployed, ``"soft"`` soft-hybrid surrogate, ``"fc"`` FC oracle) selects the
     default forward pass; :meth:`deployed`, :meth:`soft_surrogate` and :meth:`fc_oracle` return
     attackable modules fixed to one mode. The backbone is frozen: it stays in eval mode and has
-    ``requires_grad=False`` unless :meth:`unfreeze_backbone` is called.
+    ``requires_grad=False``.
+
+    A batch-dependent head (HPM) classifies a batch as a whole. ``context`` (features ``[m, d]`` from
+    :meth:`context_features`) adds fixed reference samples to every batch: their rows join the head's
+    computation and only the batch's own scores are returned. The model itself holds no context, so one
+    model can serve many callers at once.
 
     Example:
         >>> model = hpm.wrap("pyautoattack", head="hpm")
         >>> scores = model(images)                    # deployed HPM prediction
+        >>> ctx = model.context_features(reference)   # e.g. 64 test images
+        >>> model(image[None], context=ctx)           # one image, classified inside that context
         >>> attack_target = model.soft_surrogate()    # nn.Module for any attack library
     """
 
@@ -71,9 +83,8 @@ class HPMClassifier(nn.Module):
         self.input_size = tuple(input_size)
         self.classes = list(classes) if classes is not None else [str(i) for i in range(fc.out_features)]
         self.dataset = dataset
+        self.checkpoint_config: CheckpointConfig | None = None  # set by load / save_pretrained
         self._mode: Mode = "hard"
-        self._context: Tensor | None = None  # cached context features [m, d]
-        self.backbone_frozen = True
         self.features.requires_grad_(False)
         self.features.eval()
 
@@ -98,102 +109,99 @@ class HPMClassifier(nn.Module):
     def head_type(self) -> str:
         return self.head.head_type
 
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
     def train(self, mode: bool = True) -> "HPMClassifier":
         super().train(mode)
-        if self.backbone_frozen:
-            self.features.eval()  # BatchNorm statistics of a frozen backbone never move
+        self.features.eval()  # BatchNorm statistics of the frozen backbone never move
         return self
-
-    def unfreeze_backbone(self) -> None:
-        """Let the backbone train too (end-to-end training; the paper freezes it)."""
-        self.backbone_frozen = False
-        self.features.requires_grad_(True)
-
-    # -- context ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def set_context(self, images: Tensor | None = None, *, features: Tensor | None = None,
-                    batch_size: int = 256) -> None:
-        """Fix reference samples that join every batch-prototype computation (Eq. 16).
-
-        Features of ``images`` are computed once and cached; FC logits of the context are recomputed
-        from them at each forward (cheap), so they follow a fine-tuned FC. Pass ``features`` directly
-        to skip the backbone. Only batch-dependent heads (HPM) use the context.
-        """
-        if (images is None) == (features is None):
-            raise ValueError("pass exactly one of images= or features=")
-        if images is not None:
-            was = self.features.training
-            self.features.eval()
-            features = torch.cat([self.features(chunk) for chunk in images.split(batch_size)])
-            self.features.train(was)
-        assert features is not None
-        if features.ndim != 2 or features.shape[1] != self.num_features:
-            raise ValueError(f"context features must be [m, {self.num_features}]; got {tuple(features.shape)}")
-        self._context = features.detach()
-
-    def clear_context(self) -> None:
-        self._context = None
-
-    @property
-    def context_size(self) -> int:
-        return 0 if self._context is None else int(self._context.shape[0])
 
     # -- forward ---------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
         """Backbone features ``[B, d]`` of images in [0, 1]."""
         return self.features(x)
 
-    def forward_head(self, z: Tensor, mode: str | None = None, labels: Tensor | None = None) -> Tensor:
-        """Scores ``[B, k]`` from features; ``labels`` drive EMA prototype updates in training mode."""
-        fc_logits = self.fc(z)
-        context = None
-        if self._context is not None and self.head.batch_dependent:
-            z_ctx = self._context.to(z)
-            context = (z_ctx, self.fc(z_ctx))
-        return self.head(z, fc_logits, mode=check_mode(mode or self._mode), labels=labels, context=context)
+    def forward_head(self, z: Tensor, mode: str | None = None, labels: Tensor | None = None,
+                     context: Tensor | None = None) -> Tensor:
+        """Scores ``[B, k]`` from features; ``labels`` drive EMA prototype updates in training mode.
 
-    def forward(self, x: Tensor, mode: str | None = None, labels: Tensor | None = None) -> Tensor:
-        return self.forward_head(self.forward_features(x), mode=mode, labels=labels)
+        ``context [m, d]``: features of fixed samples that join the batch of a batch-dependent head (Eq. 16).
+        """
+        if context is not None and self.head.batch_dependent:
+            if labels is not None:
+                raise ValueError("labels (EMA prototype updates) and a context cannot be combined")
+            n = z.shape[0]
+            z = torch.cat([z, context.to(z)], 0)  # [B + m, d]
+            return self.head(z, self.fc(z), mode=check_mode(mode or self._mode))[:n]
+        return self.head(z, self.fc(z), mode=check_mode(mode or self._mode), labels=labels)
+
+    def forward(self, x: Tensor, mode: str | None = None, labels: Tensor | None = None,
+                context: Tensor | None = None) -> Tensor:
+        return self.forward_head(self.forward_features(x), mode=mode, labels=labels, context=context)
+
+    @torch.no_grad()
+    def context_features(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        """Features ``[m, d]`` of reference images, for the ``context`` argument (computed once, reused)."""
+        return torch.cat([self.features(chunk.to(self.device)) for chunk in images.split(batch_size)])
 
     # -- attackable views ------------------------------------------------------------------------
-    def deployed(self) -> ModeView:
+    def deployed(self, context: Tensor | None = None) -> ModeView:
         """The deployed model (``hard`` mode) as its own module."""
-        return ModeView(self, "hard")
+        return ModeView(self, "hard", context)
 
-    def soft_surrogate(self) -> ModeView:
+    def soft_surrogate(self, context: Tensor | None = None) -> ModeView:
         """Surrogate 2 of MSA: the soft-hybrid model (``P_soft`` in the forward pass)."""
-        return ModeView(self, "soft")
+        return ModeView(self, "soft", context)
 
     def fc_oracle(self) -> ModeView:
         """Surrogate 1 of MSA: the original FC logits."""
         return ModeView(self, "fc")
 
-    def trainable_parameters(self) -> Iterable[nn.Parameter]:
-        """FC + head parameters (the backbone too when unfrozen)."""
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """FC + head parameters (the backbone is frozen)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- persistence -----------------------------------------------------------------------------
+    def to_config(self) -> CheckpointConfig:
+        """The checkpoint configuration this model is saved with (metrics and recipe of the last load/save)."""
+        head = {"type": self.head_type, "num_features": self.num_features, "num_classes": self.num_classes,
+                **self.head.extra_config()}
+        config = CheckpointConfig(backbone=self.backbone_spec.to_dict(), head=head, input_size=list(self.input_size),
+                                  classes=list(self.classes), dataset=self.dataset,
+                                  backbone_weights_included=not self.backbone_spec.rebuildable)
+        if self.checkpoint_config is not None:
+            previous = self.checkpoint_config
+            config.metrics, config.training = dict(previous.metrics), previous.training
+            config.threat_model = previous.threat_model
+        return config
+
     def save_pretrained(self, directory: str | Path, *, metrics: dict | None = None,
                         training: dict | None = None, threat_model: dict | None = None) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` to ``directory``."""
-        from .hub import save_pretrained
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` to ``directory``.
 
-        return save_pretrained(self, directory, metrics=metrics, training=training, threat_model=threat_model)
+        ``metrics``, ``training`` and ``threat_model`` replace those of the checkpoint the model was loaded
+        from (kept when omitted). Existing files of the same names are replaced.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = self.to_config()
+        config.metrics = dict(metrics) if metrics is not None else config.metrics
+        config.training = training if training is not None else config.training
+        config.threat_model = threat_model if threat_model is not None else config.threat_model
+        state = {k: v for k, v in self.state_dict().items()
+                 if config.backbone_weights_included or not k.startswith("features.")}
+        write_weights(out, state)
+        write_config(out, config, model_card(config))
+        self.checkpoint_config = config
+        return out
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload HPM checkpoint", **save_kwargs) -> str:
         """Save to a temporary directory and upload it to the Hugging Face Hub; returns the commit URL."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
-                           **save_kwargs)
-
-    @property
-    def config(self) -> "CheckpointConfig":
-        """The checkpoint configuration this model would be saved with (without metrics)."""
-        from .hub import config_of
-
-        return config_of(self)
+        return push_folder(lambda d: self.save_pretrained(d, **save_kwargs), repo_id, private=private, token=token,
+                           commit_message=commit_message)
 
 
 def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple[int, int, int] | None = None,
@@ -202,8 +210,8 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
     """Wrap a trained classifier with a head in one call.
 
     Args:
-        model_or_name: an ``nn.Module`` whose forward ends in ``nn.Linear`` (modified in place: its final
-            layer becomes ``nn.Identity``), or a source string: ``"pyautoattack"`` (the CIFAR-10 ResNet-18
+        model_or_name: an ``nn.Module`` whose forward ends in ``nn.Linear`` (a copy is wrapped: the caller's
+            module is left as it was), or a source string: ``"pyautoattack"`` (the CIFAR-10 ResNet-18
             inside pyautoattack), ``"robustbench:NAME"``, ``"timm:NAME"``, ``"torchvision:NAME"``.
         head: ``"hpm"`` (default), ``"ncm"``, ``"cosine"`` or ``"fc"``.
         input_size: ``(C, H, W)``; defaults to the source's, or CIFAR's 3x32x32 for modules.
@@ -223,12 +231,7 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
         spec = parse_source(model_or_name)
         spec.options.update(source_options or {})
         split: SplitModel = load_backbone(spec, input_size=input_size)
-        if spec.source == "pyautoattack":
-            dataset = dataset or "cifar10"
-        elif spec.source == "robustbench":
-            dataset = dataset or spec.options.get("dataset", "cifar10")
-        elif spec.source in ("timm", "torchvision"):
-            dataset = dataset or "imagenet"
+        dataset = dataset or spec.options.get("dataset") or DATASET_OF_SOURCE.get(spec.source, "cifar10")
     elif isinstance(model_or_name, nn.Module):
         size = tuple(input_size or (3, 32, 32))
         spec = BackboneSpec("module", None, {"input_size": list(size), "class": type(model_or_name).__name__})
@@ -243,3 +246,56 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
     model = HPMClassifier(split.features, split.fc, head_module, backbone_spec=split.spec,
                           input_size=split.input_size, classes=classes, dataset=dataset)
     return model.eval()
+
+
+def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, device: torch.device | str | None = None,
+         revision: str | None = None, token: str | None = None) -> HPMClassifier:
+    """Load an HPM checkpoint from a local directory or a Hub repo id.
+
+    Args:
+        path_or_repo_id: a directory written by ``save_pretrained`` or ``"owner/name"`` on the Hub.
+        backbone: the architecture for checkpoints whose backbone is an arbitrary module (its weights
+            come from the checkpoint; the module passed is not modified).
+        device: where to put the model (default CPU).
+        revision: a Hub branch, tag or commit.
+
+    Raises:
+        CheckpointError: missing files, invalid JSON, wrong keys or shapes, non-safetensors weights.
+        OfflineError: a Hub id while the Hub is unreachable (fails within seconds).
+    """
+    directory = resolve_checkpoint(path_or_repo_id, revision=revision, token=token)
+    config = read_config(directory)
+    state = read_weights(directory)
+    spec = BackboneSpec.from_dict(config.backbone)
+    input_size = tuple(config.input_size)
+    try:
+        split = load_backbone(spec, module=backbone, input_size=input_size)  # type: ignore[arg-type]
+        head = create_head(config.head["type"], int(config.head["num_features"]), int(config.head["num_classes"]),
+                           **config.head_options)
+        model = HPMClassifier(split.features, split.fc, head, backbone_spec=spec, input_size=input_size,  # type: ignore[arg-type]
+                              classes=config.classes, dataset=config.dataset)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
+    expected = {k for k in model.state_dict() if config.backbone_weights_included or not k.startswith("features.")}
+    load_strict(model, state, expected, directory / "model.safetensors")
+    model.checkpoint_config = config
+    return model.to(device or "cpu").eval()
+
+
+
+def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None = None) -> HPMClassifier:
+    """A checkpoint directory or Hub id (:func:`load`), or a source string (:func:`wrap` with its own FC head).
+
+    ``model_dir`` and ``dataset`` are RobustBench's weight directory and dataset for ``robustbench:NAME``.
+    """
+    if Path(text).is_dir() or ("/" in text and ":" not in text):
+        return load(text)
+    return wrap(text, head="fc", source_options=source_options(text, model_dir, dataset))
+
+
+def source_options(text: str, model_dir: str = "./models", dataset: str | None = None) -> dict:
+    """Keywords of a source string: RobustBench's weight directory and dataset (nothing for other sources)."""
+    if not text.startswith("robustbench:"):
+        return {}
+    return {"model_dir": model_dir, **({"dataset": dataset} if dataset else {})}
+

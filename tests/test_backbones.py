@@ -1,10 +1,13 @@
 """Wrapping any classifier: the split is exact, every source works offline, bad models are refused."""
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import hpm
-from hpm.backbones import BackboneSpec, split_classifier
+from hpm.sources import BackboneSpec, split_classifier
 from hpm.errors import HPMError, OfflineError
 
 
@@ -60,11 +63,32 @@ def test_context_makes_single_image_predictions_well_defined(tiny_net):
     model.head.init_prototypes(torch.randn(20, 16), torch.arange(20) % 10)
     torch.nn.init.normal_(model.head.mixer.weight, std=0.3)
     x = torch.rand(6, 3, 32, 32)
-    model.set_context(x[1:])
-    assert model.context_size == 5
-    assert torch.allclose(model(x[:1]), model.head(model.features(x), model.fc(model.features(x)))[:1], atol=1e-5)
-    model.clear_context()
-    assert model.context_size == 0
+    context = model.context_features(x[1:])
+    assert context.shape == (5, 16)
+    inside = model(x[:1], context=context)
+    assert torch.allclose(inside, model.head(model.features(x), model.fc(model.features(x)))[:1], atol=1e-5)
+    assert torch.allclose(model.deployed(context)(x[:1]), inside)
+    assert not torch.allclose(model(x[:1]), inside)  # alone, the batch prototypes differ
+
+
+def test_a_per_sample_head_ignores_the_context(tiny_net):
+    model = hpm.wrap(tiny_net, head="ncm")
+    model.head.init_prototypes(torch.randn(20, 16), torch.arange(20) % 10)
+    x = torch.rand(6, 3, 32, 32)
+    assert torch.equal(model(x[:1], context=model.context_features(x[1:])), model(x[:1]))
+
+
+def test_wrapping_leaves_the_callers_module_as_it_was(tiny_net):
+    x = torch.rand(3, 3, 32, 32)
+    before = tiny_net(x)
+    state = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    model = hpm.wrap(tiny_net, head="hpm")
+    assert isinstance(tiny_net.linear, nn.Linear)  # its final layer was not replaced
+    assert torch.equal(tiny_net(x), before)  # model(x) still gives logits, not features
+    model.fc.weight.data.add_(1.0)  # training the wrapped copy does not touch the original
+    assert all(torch.equal(v, state[k]) for k, v in tiny_net.state_dict().items())
+    hpm.load(model.save_pretrained(Path(tempfile.mkdtemp()) / "ck"), backbone=tiny_net)
+    assert torch.equal(tiny_net(x), before)
 
 
 def test_pyautoattack_resnet18_source_loads_its_shipped_weights():
@@ -92,7 +116,7 @@ def test_robustbench_zoo_model_loads_from_a_local_model_dir_without_network(tmp_
     target = tmp_path / "cifar10" / "Linf" / f"{name}.pt"
     target.parent.mkdir(parents=True)
     torch.save(arch.state_dict(), target)
-    monkeypatch.setattr("hpm.backbones.network_available", lambda *a, **k: pytest.fail("network touched"))
+    monkeypatch.setattr("hpm.network.network_available", lambda *a, **k: pytest.fail("network touched"))
     model = hpm.wrap(f"robustbench:{name}", head="hpm", source_options={"model_dir": str(tmp_path)})
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(model.fc_oracle()(x), arch(x), atol=1e-4)
@@ -101,7 +125,7 @@ def test_robustbench_zoo_model_loads_from_a_local_model_dir_without_network(tmp_
 
 
 def test_robustbench_model_missing_offline_fails_fast_naming_the_expected_path(tmp_path, monkeypatch):
-    monkeypatch.setattr("hpm.backbones.network_available", lambda *a, **k: False)
+    monkeypatch.setattr("hpm.network.network_available", lambda *a, **k: False)
     with pytest.raises(OfflineError, match="Sehwag2021Proxy_R18.pt"):
         hpm.wrap("robustbench:Sehwag2021Proxy_R18", source_options={"model_dir": str(tmp_path)})
     with pytest.raises(HPMError, match="no model"):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import hpm
-from hpm.cards import model_card
-from hpm.hub import read_config
+from hpm.model_card import model_card
+from hpm.checkpoint import read_config
 
 CHECKPOINTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "checkpoints").iterdir()
                      if (p / "config.json").is_file())

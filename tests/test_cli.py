@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from hpm.cli import build_parser, main, parse_eps
+from hpm.cli import build_parser, main
+from hpm.units import parse_eps
 
 
 @pytest.mark.parametrize("command", ["train", "train-backbone", "info", "push", "eval", "analyze", "card"])

@@ -30,7 +30,7 @@ def test_jpeg_archive_is_extracted_once_into_the_cache(tiny_data_root):
 
 
 def test_offline_without_a_data_root_fails_fast_with_advice(monkeypatch):
-    monkeypatch.setattr("hpm.backbones.network_available", lambda *a, **k: False)
+    monkeypatch.setattr("hpm.network.network_available", lambda *a, **k: False)
     with pytest.raises(OfflineError, match="HPM_DATA_DIR"):
         load_dataset("cifar10", "test")
 

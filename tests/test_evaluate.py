@@ -8,10 +8,11 @@ import torch
 
 import hpm
 from hpm.attacks import AttackTarget, BatchFeatures, BreakRecorder, SummedLossAPGD, default_plan, parse_attacks
-from hpm.checks import ce_saturation
+from hpm.evaluation.checks import ce_saturation
 from hpm.errors import HPMError
-from hpm.evaluate import AttackConfig, config_key, load_results, merge_results, run_protocol
-from hpm.msa import evaluate_model
+from hpm.evaluation import AttackConfig, run_protocol
+from hpm.evaluation.samples import config_key, load_results, merge_results
+from hpm.evaluation import evaluate_model
 
 from conftest import TinyMLP
 
@@ -100,7 +101,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     cfg = AttackConfig(**{**FAST, "eps": 4 / 255})
     _, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[4], progress=False)
 
-    import hpm.evaluate as ev
+    import hpm.evaluation.protocol as ev
     real, calls = ev.attack_batch, []
 
     def dies_on_third_batch(*args, **kwargs):
@@ -173,7 +174,7 @@ def test_invalid_attack_settings_are_refused(kwargs, message):
 
 def test_surrogate_attacks_need_a_model_that_has_them():
     net, _, _ = tiny_fc()
-    with pytest.raises(ValueError, match="needs an HPM head"):
+    with pytest.raises(ValueError, match="does not apply to this model"):
         parse_attacks(["apgd-ce/ensemble"], net)
 
 
@@ -185,11 +186,11 @@ def test_report_holds_everything_and_round_trips(tmp_path):
                                                                             "subset": "all"})
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"4", "16"}
-    r = data["results"]["16"]
-    lo, hi = r["robust_ci95"]
-    assert lo <= r["robust_accuracy"] <= hi and r["clean_accuracy"] == 1.0
-    assert [a["name"] for a in r["per_attack"]][-1] == "square" and all("seconds" in a for a in r["per_attack"])
-    assert sum(a["first_broken"] for a in r["per_attack"]) == r["n"] - round(r["robust_accuracy"] * r["n"])
+    r = hpm.EvalReport.from_json(out).results["16"]  # typed, validated on reading
+    lo, hi = r.robust_ci95
+    assert lo <= r.robust_accuracy <= hi and r.clean_accuracy == 1.0
+    assert [a.name for a in r.per_attack][-1] == "square" and all(a.seconds >= 0 for a in r.per_attack)
+    assert sum(a.first_broken for a in r.per_attack) == r.n - round(r.robust_accuracy * r.n)
     assert {c["name"] for c in data["checks"]} >= {"deterministic_forward", "ce_not_saturated", "monotone_in_eps",
                                                     "large_eps_breaks_all", "repeatable", "robust_le_clean[bs=4]"}
     assert all(c["passed"] in (True, None) for c in data["checks"]), data["checks"]
@@ -197,7 +198,7 @@ def test_report_holds_everything_and_round_trips(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| eval batch size | n | clean | robust (worst case) | 95% CI |" in md
     assert out.with_suffix(".npz").exists()
-    assert hpm.msa.EvalReport.from_json(out).worst_case() == report.worst_case()
+    assert hpm.EvalReport.from_json(out).worst_case() == report.worst_case()
 
 
 @pytest.mark.parametrize("argv, message", [

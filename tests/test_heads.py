@@ -113,13 +113,14 @@ def test_fc_mode_returns_the_fc_logits_for_every_head(batch):
         assert torch.equal(create_head(name, D, K)(z, logits, mode="fc"), logits)
 
 
-def test_context_features_join_the_batch_prototypes(batch):
-    z, logits, labels = batch
-    head = fitted_hpm(z, labels)
-    torch.nn.init.normal_(head.mixer.weight, std=0.3)
-    one = head(z[:1], logits[:1], context=(z[1:], logits[1:]))
-    full = head(z, logits)
-    assert torch.allclose(one, full[:1], atol=1e-5)  # alone + context == inside the whole batch
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_declares_what_it_is(name):
+    head = HEADS[name]
+    assert head.head_type == name and head.label and head.description
+    assert head.attack_targets and all(set(modes) <= {"hard", "soft", "fc"} for modes in head.attack_targets.values())
+    assert head.has_prototypes == hasattr(create_head(name, 4, 3), "prototypes")
+    if head.batch_dependent:  # MSA: a batch-dependent STE head is attacked through surrogates and BPDA
+        assert {"fc", "soft", "ensemble", "bpda"} <= set(head.attack_targets)
 
 
 def test_hpm_predictions_depend_on_the_batch_and_are_flagged_so(batch):

@@ -7,7 +7,7 @@ import torch
 
 import hpm
 from hpm.errors import CheckpointError, OfflineError
-from hpm.hub import CONFIG_NAME, WEIGHTS_NAME
+from hpm.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 from conftest import TinyNet
 

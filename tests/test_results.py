@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpm.backbone_train import BackboneConfig, to_hpm
+from hpm.train.scratch import BackboneConfig, to_hpm
 from hpm.cli import main
 from hpm.errors import HPMError
-from hpm.results import (comparison_rows, eps_text, load_report, mcnemar_exact, missed_by_apgd_ce, paired_robust,
-                         protocol_gaps, protocol_name)
-from hpm.zoo import build
+from hpm.publish.compare import comparison_rows, mcnemar_exact, missed_by_apgd_ce, paired_robust, protocol_gaps
+from hpm.publish.metrics import load_report, protocol_name
+from hpm.units import eps_text
+from hpm.sources.zoo import build
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,12 +46,12 @@ def test_card_records_report_numbers_with_protocol_and_commands(checkpoint, tiny
     assert main(["card", str(checkpoint), "--eval", str(tmp_path / "ce.json"), str(tmp_path / "full.json")]) == 0
     metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
     m = metrics["robust_accuracy (Linf 8/255, full, n 4, bs 4)"]
-    assert m["value"] == full.results["4"]["robust_accuracy"] and m["ci95"] == full.results["4"]["robust_ci95"]
+    assert m["value"] == full.results["4"].robust_accuracy and m["ci95"] == full.results["4"].robust_ci95
     assert "apgd-dlr/deployed" in m["protocol"] and m["command"] == full.command
     assert "robust_accuracy (Linf 1/255, APGD-CE, n 4, bs 4)" in metrics
     card = (checkpoint / "README.md").read_text()
     assert card.startswith("---\n") and ce.command in card and full.command in card and "hpm card " in card
-    assert f"{100 * full.results['4']['clean_accuracy']:.1f}%" in card
+    assert f"{100 * full.results['4'].clean_accuracy:.1f}%" in card
 
 
 def test_card_refuses_a_file_that_is_not_a_report(checkpoint, tmp_path, capsys):
@@ -84,14 +85,14 @@ def test_protocol_gaps_pair_apgd_ce_alone_with_the_full_protocol(checkpoint, tin
     other_eps = _eval(checkpoint, tiny_data_root, tmp_path / "full2.json", "--eps", "2/255")
     [gap] = protocol_gaps(comparison_rows([("fc", ce), ("fc", full), ("fc", other_eps)]))
     r_ce, r_full = ce.results["4"], full.results["4"]
-    assert (gap["apgd_ce"], gap["full"]) == (r_ce["robust_accuracy"], r_full["robust_accuracy"])
-    assert gap["gap"] == r_ce["robust_accuracy"] - r_full["robust_accuracy"] and gap["eps"] == 1 / 255
-    assert gap["breaks"] == {a["name"]: a["first_broken"] for a in r_full["per_attack"] if a["first_broken"]}
-    assert sum(gap["breaks"].values()) == round(4 * (r_full["clean_accuracy"] - r_full["robust_accuracy"]))
+    assert (gap["apgd_ce"], gap["full"]) == (r_ce.robust_accuracy, r_full.robust_accuracy)
+    assert gap["gap"] == r_ce.robust_accuracy - r_full.robust_accuracy and gap["eps"] == 1 / 255
+    assert gap["breaks"] == {a.name: a.first_broken for a in r_full.per_attack if a.first_broken}
+    assert sum(gap["breaks"].values()) == round(4 * (r_full.clean_accuracy - r_full.robust_accuracy))
     missed = missed_by_apgd_ce(tmp_path / "ce.json", tmp_path / "full.json", 4)
     survived_ce, survived_full = paired_robust(tmp_path / "ce.json", 4), paired_robust(tmp_path / "full.json", 4)
     n_missed = sum(survived_ce[i] and not survived_full[i] for i in survived_ce)
-    assert set(missed) <= {p["name"] for p in full.plan} and bool(missed) == (n_missed > 0)
+    assert set(missed) <= {p.name for p in full.plan} and bool(missed) == (n_missed > 0)
     assert sum(missed.values()) >= n_missed  # a sample broken by several attacks counts for each
 
 
@@ -110,7 +111,7 @@ def test_mcnemar_counts_only_discordant_samples():
 def test_paired_robust_reads_the_per_sample_results_beside_a_report(checkpoint, tiny_data_root, tmp_path):
     report = _eval(checkpoint, tiny_data_root, tmp_path / "r.json", "--eps", "1/255")
     robust = paired_robust(tmp_path / "r.json", 4)
-    assert sorted(robust) == [0, 1, 2, 3] and sum(robust.values()) == round(4 * report.results["4"]["robust_accuracy"])
+    assert sorted(robust) == [0, 1, 2, 3] and sum(robust.values()) == round(4 * report.results["4"].robust_accuracy)
     with pytest.raises(HPMError, match="batch size 8"):
         paired_robust(tmp_path / "r.json", 8)
 
@@ -152,6 +153,6 @@ def test_paper_tables_script_runs_on_a_random_init_zoo_checkpoint(tiny_data_root
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     for head in ("fc", "hpm"):
-        assert load_report(tmp_path / "out" / f"cifar10-{name}-{head}.json").results["2"]["n"] == 2
+        assert load_report(tmp_path / "out" / f"cifar10-{name}-{head}.json").results["2"].n == 2
     metrics = json.loads((tmp_path / "run" / f"cifar10-{name}-hpm" / "config.json").read_text())["metrics"]
     assert "robust_accuracy (Linf 8/255, full, n 2, bs 2)" in metrics

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import hpm
 from hpm.data import ImageTensorDataset
 from hpm.errors import HPMError
-from hpm.losses import ClassWeights, ikl_loss, soft_cross_entropy, weighted_pairwise_mse
+from hpm.train.losses import ClassWeights, ikl_loss, soft_cross_entropy, weighted_pairwise_mse
 from hpm.train import (AdversarialConfig, CleanConfig, extract_features, finetune_adversarial, finetune_clean,
                        pgd_ikl)
 

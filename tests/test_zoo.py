@@ -1,14 +1,15 @@
 """Zoo backbones trained by hpm: architecture, l2 classifier export, resumable (adversarial) training."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import hpm
-from hpm.backbone_train import BackboneConfig, augment, fgsm_rs, one_cycle_lr, to_hpm, train_backbone
+from hpm.train.scratch import BackboneConfig, augment, fgsm_rs, one_cycle_schedule, to_hpm, train_backbone
 from hpm.data import ImageTensorDataset
 from hpm.errors import HPMError
-from hpm.zoo import CifarResNet, L2Classifier, build
+from hpm.sources.zoo import CifarResNet, L2Classifier, build
 
 
 def _images(n=64, seed=0):
@@ -56,9 +57,17 @@ def test_export_to_hpm_keeps_the_trained_predictions_and_round_trips(tmp_path, c
         assert torch.allclose(hpm.load(tmp_path / "ck")(x), before, atol=1e-4)
 
 
-def test_one_cycle_rises_then_falls_to_zero():
-    lrs = [one_cycle_lr(s, 100, 0.2, 0.4) for s in range(101)]
-    assert lrs[0] == 0 and max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 40 and lrs[-1] == 0
+def test_one_cycle_rises_linearly_to_the_peak_then_falls_to_almost_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    schedule = one_cycle_schedule(opt, 100, BackboneConfig(lr=0.2, warmup=0.4))
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs[0] < 1e-4 and max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 39 and lrs[-1] < 1e-4
+    rises = np.diff(lrs[:40])
+    assert np.allclose(rises, rises[0])  # linear warm-up
 
 
 def test_augment_crops_and_flips_without_changing_shape_or_values():

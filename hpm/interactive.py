@@ -6,8 +6,6 @@ batch with the same adapters the evaluation uses (:mod:`hpm.attacks`).
 """
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -15,35 +13,29 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from torch import Tensor
 
-from .attacks import TARGETS, AttackSpec, BatchFeatures, apgd_targets, run_apgd, run_square
+from .attacks import AttackSpec, BatchFeatures, apgd_targets, run_attack
 from .errors import HPMError
+from .images import image_to_tensor, open_image, tensor_to_image  # noqa: F401  (re-exported for the app)
 from .model import HPMClassifier
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # larger files are refused before decoding
-MAX_PIXELS = 40_000_000  # decompression-bomb guard (width * height)
-MAX_SIDE = 12_000  # longest side accepted
 EPS_MAX = 16 / 255  # l_inf budget offered by the demo
 STEPS_MAX = 200  # APGD iterations
 QUERIES_MAX = 2000  # Square queries
 CONTEXT_MAX = 256
-ATTACKS = {  # UI name -> (description, target)
+ATTACKS = {  # UI name -> description
     "fc": "APGD-CE on the FC oracle (surrogate 1)",
     "soft": "APGD-CE on the soft-hybrid surrogate (surrogate 2)",
     "ensemble": "APGD-CE on FC oracle + soft hybrid (MSA ensemble)",
     "bpda": "APGD-CE on the deployed model through its straight-through gradient (BPDA)",
-    "deployed": "APGD-CE on the deployed head itself (non-HPM heads: l2 / cosine)",
+    "deployed": "APGD-CE on the deployed head itself",
     "square": "Square attack on the deployed model (black box)",
 }
-HEAD_NAMES = {"hpm": "HPM", "ncm": "l2 (NCM)", "cosine": "cosine", "fc": "FC"}
 
 
 def attack_choices(model: HPMClassifier) -> list[str]:
     """The attacks that exist for this model's head, as the evaluation protocol plans them (then Square)."""
-    if model.head_type == "fc":  # its deployed model is its FC oracle; the app calls it "fc"
-        return ["fc", "square"]
     return [*apgd_targets(model), "square"]
 
 
@@ -54,85 +46,7 @@ def default_attack(choices: list[str]) -> str:
 
 def head_name(model: HPMClassifier) -> str:
     """How the app labels the deployed head."""
-    return HEAD_NAMES.get(model.head_type, model.head_type)
-
-
-# --- images ----------------------------------------------------------------------------------------------
-def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
-    """Decode an upload safely to an 8-bit RGB image (first frame, EXIF orientation applied).
-
-    Raises:
-        HPMError: empty, oversized, corrupt or non-image data, decompression bombs, absurd dimensions.
-    """
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        data = source if isinstance(source, bytes) else _read_bytes(Path(source))
-        if len(data) == 0:
-            raise HPMError("the file is empty (0 bytes)")
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise HPMError(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.size  # noqa: B018 — header parsed, nothing decoded yet
-        except UnidentifiedImageError:
-            raise HPMError("not an image file that can be read (PNG, JPEG, GIF, WebP, BMP, TIFF ...)") from None
-        except (OSError, ValueError, SyntaxError) as e:  # a header that starts like an image, then breaks
-            raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
-    w, h = image.size
-    if w < 1 or h < 1 or max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
-        raise HPMError(f"image dimensions {w}x{h} are outside the accepted range (1 to {MAX_SIDE} px a side, "
-                       f"at most {MAX_PIXELS // 1_000_000} megapixels)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            frame = next(ImageSequence.Iterator(image)).copy()  # animated: the first frame
-            frame = ImageOps.exif_transpose(frame)
-            return _to_rgb(frame)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
-
-
-def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise HPMError(f"no such file: {path}")
-    if path.stat().st_size > MAX_UPLOAD_BYTES:
-        raise HPMError(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
-    return path.read_bytes()
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16-bit and float scaled to 8 bits, alpha composited on white, CMYK/palette converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(image, dtype=np.float64)
-        lo, hi = (0.0, 65535.0) if image.mode.startswith("I;16") else (float(a.min()), float(a.max()))
-        a = np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
-        image = Image.fromarray((a * 255).round().astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
-
-
-def image_to_tensor(image: Image.Image, input_size: tuple[int, int, int]) -> Tensor:
-    """Resize the short side to the model's input and centre-crop: ``[1, 3, H, W]`` in [0, 1]."""
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
-    _, h, w = input_size
-    image = center_crop(resize(image, min(h, w), antialias=True), [h, w])
-    return pil_to_tensor(image).float().div(255).unsqueeze(0).contiguous()
-
-
-def tensor_to_image(x: Tensor, min_side: int = 0) -> np.ndarray:
-    """``[1, 3, H, W]`` or ``[3, H, W]`` in [0, 1] -> uint8 ``H x W x 3``, enlarged by an integer factor
-    (nearest neighbour, so pixels stay visible) until the short side is at least ``min_side``."""
-    x = x.detach().cpu().squeeze(0).clamp(0, 1)
-    image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    factor = max(1, -(-min_side // min(image.shape[:2])))
-    return image.repeat(factor, 0).repeat(factor, 1) if factor > 1 else image
+    return model.head.label
 
 
 # --- predictions -----------------------------------------------------------------------------------------
@@ -155,11 +69,9 @@ def no_context() -> Context:
     return Context(None, "alone (batch of 1)")
 
 
-@torch.no_grad()
 def make_context(model: HPMClassifier, images: Tensor, description: str, batch_size: int = 128) -> Context:
     """Compute the context features once (cache the result; it is never modified)."""
-    feats = torch.cat([model.forward_features(chunk) for chunk in images.split(batch_size)])
-    return Context(feats, description)
+    return Context(model.context_features(images, batch_size), description)
 
 
 @torch.no_grad()
@@ -219,6 +131,8 @@ def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", e
     ``on_step(done, total)`` reports progress (APGD iterations or Square queries).
     """
     check_attack_args(attack, eps, steps, model)
+    spec = AttackSpec("square", "square") if attack == "square" else \
+        AttackSpec(f"apgd-ce/{attack}", "apgd", "ce", apgd_targets(model)[attack])
     context = context or no_context()
     x = x.to(model.fc.weight.device)
     batch = BatchFeatures(model, context.features)
@@ -236,24 +150,29 @@ def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", e
 
     if eps == 0:
         x_adv = x.clone()
-    elif attack == "square":
-        x_adv = run_square(batch, x, label, norm="Linf", eps=eps, n_queries=steps, seed=seed, on_step=step).x_adv
     else:
-        spec = AttackSpec(f"apgd-ce/{attack}", "apgd", "ce", TARGETS[attack])
-        x_adv = run_apgd(spec, batch, x, label, norm="Linf", eps=eps, n_iter=steps, n_restarts=1, seed=seed,
-                         num_classes=model.num_classes, on_step=step).x_adv
+        x_adv = run_attack(spec, batch, x, label, norm="Linf", eps=eps, n_iter=steps, square_queries=steps, seed=seed,
+                           num_classes=model.num_classes, on_step=step).x_adv
     with torch.no_grad():
         z_adv = batch.features(x_adv)
         adversarial = _both_heads(model, batch, z_adv)
         deployed_fooled = bool(batch.scores(z_adv, "hard").argmax(1) != label)
         surrogate_fooled = None
-        if attack != "square":
-            modes = TARGETS[attack]
+        if spec.white_box:
             surrogate_fooled = any(bool(batch.scores(z_adv, m).argmax(1) != batch.scores(z, m).argmax(1))
-                                   for m in modes)
+                                   for m in spec.surrogates)
     delta = (x_adv - x).flatten()
     return AttackResult(attack, eps, steps, x.cpu(), x_adv.detach().cpu(), int(label), clean, adversarial,
                         surrogate_fooled, deployed_fooled, float(delta.abs().max()), float(delta.norm()))
+
+
+def save_png(x: Tensor, path: str | Path) -> Tensor:
+    """Write image ``[1, 3, H, W]`` in [0, 1] as a lossless 8-bit PNG; returns exactly what the file holds."""
+    from PIL import Image
+
+    pixels = tensor_to_image(x)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).unsqueeze(0)
 
 
 def perturbation_views(result: AttackResult, gain: float | None = None,
@@ -275,7 +194,7 @@ def list_checkpoints(root: str | Path = "checkpoints") -> dict[str, Path]:
 
 def card_facts(model: HPMClassifier) -> str:
     """A short Markdown summary of a loaded checkpoint: backbone, head, data and measured metrics."""
-    from .cards import metrics_table
+    from .model_card import metrics_table
 
     cfg = getattr(model, "checkpoint_config", None)
     spec = model.backbone_spec
@@ -306,7 +225,7 @@ def gallery_samples(dataset: str = "cifar10", n: int = 24, data: str | None = No
 @lru_cache(maxsize=4)
 def load_cached(model_id: str, device: str = "cpu") -> HPMClassifier:
     """``hpm.load`` once per model id (checkpoint directory or Hub repo id)."""
-    from .hub import load
+    from .model import load
 
     return load(model_id, device=device)
 
@@ -326,7 +245,7 @@ def angle_report(model: HPMClassifier, data: str | None = None, n: int = 1000):
     """Fig. 3 statistics of a loaded model on its first ``n`` test images, l2 prototypes = its head's."""
     from .sensitivity import angle_statistics
 
-    if not hasattr(model.head, "prototypes"):
+    if not model.head.has_prototypes:
         raise HPMError(f"the {model.head_type} head has no l2 prototypes to compare with")
     x, y, _ = gallery_samples(model.dataset or "cifar10", n, data)
     device = model.fc.weight.device

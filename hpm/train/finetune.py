@@ -23,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .data import ImageTensorDataset, cache_dir
-from .errors import HPMError
-from .losses import ClassWeights, ikl_loss, soft_cross_entropy
-from .model import HPMClassifier
+from ..data import ImageTensorDataset, cache_dir
+from ..errors import HPMError
+from ..model import HPMClassifier
+from .losses import ClassWeights, ikl_loss, soft_cross_entropy, weighted_pairwise_mse
+from .pgd import linf_pgd
 
 
 @dataclass
@@ -122,8 +123,8 @@ def finetune_clean(model: HPMClassifier, features: Tensor, labels: Tensor, confi
     if config.momentum is not None and hasattr(model.head, "momentum"):
         model.head.momentum = config.momentum
     fit_prototypes(model, features, labels)
-    params = list(model.trainable_parameters())
-    if model.head_type == "fc" or not params:
+    params = model.trainable_parameters()
+    if not model.head.fine_tuned or not params:
         return []
     opt = torch.optim.Adam(params, lr=config.lr)
     device = model.fc.weight.device
@@ -152,20 +153,16 @@ def pgd_ikl(model: HPMClassifier, x: Tensor, zn: Tensor, labels: Tensor, config:
     was_training = model.training
     model.eval()
     zn = zn.detach()
-    x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1).detach()
-    step = config.resolved_step_size()
-    for _ in range(config.steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            za = model(x_adv, mode="hard")
-            loss = soft_cross_entropy(zn, za)
-            if config.attack_uses_wmse:
-                from .losses import weighted_pairwise_mse
 
-                loss = loss + weighted_pairwise_mse(zn, za, class_weights.for_labels(labels))
-            (grad,) = torch.autograd.grad(loss, [x_adv])
-        x_adv = x_adv.detach() + step * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - config.eps), x + config.eps).clamp(0, 1).detach()
+    def loss(x_adv: Tensor) -> Tensor:
+        za = model(x_adv, mode="hard")
+        value = soft_cross_entropy(zn, za)
+        if config.attack_uses_wmse:
+            value = value + weighted_pairwise_mse(zn, za, class_weights.for_labels(labels))
+        return value
+
+    x_adv = linf_pgd(loss, x, (x + 0.001 * torch.randn_like(x)).clamp(0, 1), eps=config.eps,
+                     step=config.resolved_step_size(), steps=config.steps)
     model.train(was_training)
     return x_adv
 
@@ -212,68 +209,81 @@ def finetune_adversarial(model: HPMClassifier, dataset: ImageTensorDataset, conf
         Training losses of every step run so far (including those before a resume).
     """
     device = torch.device(device or "cpu")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_FILE
+    state_path = Path(out_dir) / STATE_FILE
+    state_path.parent.mkdir(parents=True, exist_ok=True)
     model.to(device)
     weights = ClassWeights(model.num_classes, config.temperature, device)
-    params = list(model.trainable_parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
-    start_epoch, start_step, losses = 0, 0, []
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["config"] != _recipe_key(config):
-            raise HPMError(f"{state_path} was written with a different training config; use a new --out "
-                           "directory or the same options to resume")
-        model.load_state_dict({**model.state_dict(), **state["trainable"]}, strict=True)
-        opt.load_state_dict(state["optimizer"])
-        weights.load_state_dict(state["class_weights"])
-        start_epoch, start_step, losses = state["epoch"], state["step"], list(state["losses"])
-        torch.set_rng_state(state["torch_rng"])
-    else:
-        seed_everything(config.seed)
-        z, y = init_features or extract_features(model, dataset, device=device, progress=progress)
-        fit_prototypes(model, z, y)
-    n = len(dataset)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
+    start_epoch, start_step, losses = _resume_or_initialise(state_path, model, opt, weights, config, dataset,
+                                                            init_features, device, progress)
+    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    total = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
     global_step = start_epoch * steps_per_epoch + start_step
     bar = tqdm(total=total, initial=min(global_step, total), desc="IKL adversarial fine-tune", disable=not progress)
     for epoch in range(start_epoch, config.epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
-        batches = order.split(config.batch_size)
+        batches = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed + epoch)) \
+            .split(config.batch_size)
         for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
             if global_step >= total:
-                break
+                _save_state(state_path, model, opt, weights, epoch, step, losses, config)  # stopped by max_steps
+                bar.close()
+                return _finish(model, losses)
             x, y = dataset.tensors(batches[step])
-            x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                zn_eval = model(x, mode="hard")
-            x_adv = pgd_ikl(model, x, zn_eval, y, config, weights)
-            model.train()
-            zn = model(x, mode="hard", labels=y)  # EMA update from clean features (Eq. 14)
-            za = model(x_adv, mode="hard")
-            loss = ikl_loss(zn, za, y, weights, config.alpha, config.beta)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            weights.accumulate(zn, y)
-            losses.append(loss.item())
+            losses.append(_ikl_step(model, opt, weights, x.to(device), y.to(device), config))
             global_step += 1
             bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
             if on_step is not None:
-                on_step(global_step, loss.item())
+                on_step(global_step, losses[-1])
             if global_step % config.save_every == 0:
                 _save_state(state_path, model, opt, weights, epoch, step + 1, losses, config)
-        else:
-            weights.end_epoch()
-            _save_state(state_path, model, opt, weights, epoch + 1, 0, losses, config)
-            continue
-        _save_state(state_path, model, opt, weights, epoch, step, losses, config)  # stopped by max_steps
-        break
+        weights.end_epoch()
+        _save_state(state_path, model, opt, weights, epoch + 1, 0, losses, config)
     bar.close()
+    return _finish(model, losses)
+
+
+def _finish(model: HPMClassifier, losses: list[float]) -> list[float]:
     model.eval()
     return losses
+
+
+def _resume_or_initialise(state_path: Path, model: HPMClassifier, opt: torch.optim.Optimizer, weights: ClassWeights,
+                          config: AdversarialConfig, dataset: ImageTensorDataset,
+                          init_features: tuple[Tensor, Tensor] | None, device: torch.device,
+                          progress: bool) -> tuple[int, int, list[float]]:
+    """Load the saved training state (same recipe only), or seed and fit the prototypes to clean features.
+
+    Returns ``(epoch, step within the epoch, losses so far)`` to continue from.
+    """
+    if not state_path.exists():
+        seed_everything(config.seed)
+        z, y = init_features or extract_features(model, dataset, device=device, progress=progress)
+        fit_prototypes(model, z, y)
+        return 0, 0, []
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    if state["config"] != _recipe_key(config):
+        raise HPMError(f"{state_path} was written with a different training config; use a new --out "
+                       "directory or the same options to resume")
+    model.load_state_dict({**model.state_dict(), **state["trainable"]}, strict=True)
+    opt.load_state_dict(state["optimizer"])
+    weights.load_state_dict(state["class_weights"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"], state["step"], list(state["losses"])
+
+
+def _ikl_step(model: HPMClassifier, opt: torch.optim.Optimizer, weights: ClassWeights, x: Tensor, y: Tensor,
+              config: AdversarialConfig) -> float:
+    """One optimisation step: PGD on the natural logits, then IKL on (clean, adversarial); returns the loss."""
+    with torch.no_grad():
+        zn_eval = model(x, mode="hard")
+    x_adv = pgd_ikl(model, x, zn_eval, y, config, weights)
+    model.train()
+    zn = model(x, mode="hard", labels=y)  # EMA update from clean features (Eq. 14)
+    za = model(x_adv, mode="hard")
+    loss = ikl_loss(zn, za, y, weights, config.alpha, config.beta)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    weights.accumulate(zn, y)
+    return loss.item()

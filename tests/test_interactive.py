@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 import hpm
-from hpm import demo
+from hpm import images
+from hpm import interactive as demo
 from hpm.errors import HPMError
 
 
@@ -86,7 +87,7 @@ def test_bad_uploads_get_a_clear_message(name):
 def test_files_are_read_with_a_size_limit(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     path.write_bytes(b"\0" * 2048)
-    monkeypatch.setattr(demo, "MAX_UPLOAD_BYTES", 1024)
+    monkeypatch.setattr(images, "MAX_UPLOAD_BYTES", 1024)
     with pytest.raises(HPMError, match="larger than"):
         demo.open_image(path)
     with pytest.raises(HPMError, match="no such file"):
@@ -124,7 +125,7 @@ def test_context_changes_the_batch_but_never_mutates_the_model(tiny_model):
     inside = demo.classify(tiny_model, x, context)
     assert alone["fc"] == inside["fc"]  # FC is per-sample
     assert alone["hpm"] != inside["hpm"]  # HPM depends on the batch
-    assert tiny_model.context_size == 0  # nothing stored on the shared model
+    assert not hasattr(tiny_model, "context_size")  # the shared model holds no context
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -141,7 +142,7 @@ def test_each_head_is_offered_the_attacks_that_exist_for_it():
     assert demo.attack_choices(hpm.wrap(TinyMLP(), head="hpm")) == ["fc", "soft", "ensemble", "bpda", "square"]
     assert demo.attack_choices(hpm.wrap(TinyMLP(), head="ncm")) == ["fc", "deployed", "square"]
     model = hpm.wrap(TinyMLP(), head="fc")
-    assert demo.attack_choices(model) == ["fc", "square"] and demo.head_name(model) == "FC"
+    assert demo.attack_choices(model) == ["deployed", "square"] and demo.head_name(model) == "FC"
     with pytest.raises(HPMError, match="does not apply to this model's 'fc' head"):
         demo.attack_image(model, torch.rand(1, 3, 32, 32), attack="soft", eps=0.01, steps=2)
 

@@ -16,13 +16,17 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .evaluate import AttackConfig, run_protocol
+from .protocol import AttackConfig, run_protocol
+
+if TYPE_CHECKING:
+    from .report import BatchSizeResult
 
 
 @dataclass
@@ -35,13 +39,13 @@ class Check:
         return asdict(self)
 
 
-def check_results(summary: dict) -> list[Check]:
-    """Checks that read one batch size's summary."""
-    bs = summary["batch_size"]
-    clean, robust = summary["clean_accuracy"], summary["robust_accuracy"]
+def check_results(summary: "BatchSizeResult") -> list[Check]:
+    """Checks that read one batch size's numbers."""
+    bs = summary.batch_size
+    clean, robust = summary.clean_accuracy, summary.robust_accuracy
     checks = [Check(f"robust_le_clean[bs={bs}]", robust <= clean, f"robust {robust:.4f} vs clean {clean:.4f}")]
-    only_bb = summary["broken_only_by_black_box"]
-    has_square = any(a["kind"] == "square" for a in summary["per_attack"])
+    only_bb = summary.broken_only_by_black_box
+    has_square = any(a.kind == "square" for a in summary.per_attack)
     checks.append(Check(f"black_box_vs_white_box[bs={bs}]", None if not has_square else only_bb == 0,
                         f"{only_bb} sample(s) broken by Square but by no gradient attack"
                         + (" (possible gradient masking: attack harder)" if only_bb else "")))

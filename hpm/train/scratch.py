@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from torch.optim.lr_scheduler import OneCycleLR
 from tqdm.auto import tqdm
 
-from .data import ImageTensorDataset
-from .errors import HPMError
-from .train import seed_everything
-from .zoo import CifarResNet, L2Classifier, build
+from ..data import ImageTensorDataset
+from ..errors import HPMError
+from ..sources.zoo import CifarResNet, L2Classifier, build
+from .finetune import seed_everything
+from .pgd import linf_pgd, uniform_start
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -82,12 +84,11 @@ def hardware(device: torch.device) -> str:
     return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def one_cycle_lr(step: int, total: int, peak: float, warmup: float) -> float:
-    """Piecewise-linear one-cycle schedule: 0 -> ``peak`` over ``warmup * total`` steps, then -> 0."""
-    rise = max(1, int(round(warmup * total)))
-    if step < rise:
-        return peak * step / rise
-    return peak * max(0.0, (total - step) / max(1, total - rise))
+def one_cycle_schedule(opt: torch.optim.Optimizer, total: int, config: BackboneConfig) -> OneCycleLR:
+    """torch's one-cycle schedule, linear in both phases: from ~0 up to ``config.lr`` over the first
+    ``config.warmup`` of the ``total`` steps, then down to ~0 (Wong et al.'s piecewise-linear schedule)."""
+    return OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=config.warmup, anneal_strategy="linear",
+                      cycle_momentum=False, div_factor=1e4, final_div_factor=1.0)
 
 
 def augment(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -108,24 +109,19 @@ def augment(x: Tensor, generator: torch.Generator) -> Tensor:
 def fgsm_rs(net: CifarResNet, x: Tensor, y: Tensor, eps: float, step: float, generator: torch.Generator,
             bf16: bool) -> Tensor:
     """One FGSM step from a uniform random start in the l_inf ball, projected back (Wong et al. 2020)."""
-    delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
-    delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
-        loss = F.cross_entropy(net(x + delta), y)
-    (grad,) = torch.autograd.grad(loss, delta)
-    delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
-    return (x + delta).clamp(0, 1).detach()
+
+    def loss(x_adv: Tensor) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+            return F.cross_entropy(net(x_adv), y)
+
+    return linf_pgd(loss, x, uniform_start(x, eps, generator), eps=eps, step=step, steps=1)
 
 
 def pgd_accuracy(net: CifarResNet, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator) -> float:
     """Accuracy under l_inf PGD with a random start (float32, eval mode); the overfitting guard."""
     net.eval()
-    delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
-    x_adv = (x + delta).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(net(x_adv), y), x_adv)
-        x_adv = torch.min(torch.max(x_adv.detach() + eps / 4 * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    x_adv = linf_pgd(lambda x_adv: F.cross_entropy(net(x_adv), y), x, uniform_start(x, eps, generator), eps=eps,
+                     step=eps / 4, steps=steps)
     with torch.no_grad():
         return (net(x_adv).argmax(1) == y).float().mean().item()
 
@@ -140,14 +136,98 @@ def load_weights(net: CifarResNet, path: str | Path) -> CifarResNet:
     return net
 
 
-def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, epoch: int, best_epoch: int,
-                 best_guard: float, config: BackboneConfig) -> None:
-    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
-             "best_guard": best_guard, "config": json.dumps(asdict(config), sort_keys=True),
-             "torch_rng": torch.get_rng_state()}
+def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, schedule: OneCycleLR, epoch: int,
+                 best_epoch: int, best_guard: float, config: BackboneConfig) -> None:
+    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+             "epoch": epoch, "best_epoch": best_epoch, "best_guard": best_guard,
+             "config": json.dumps(asdict(config), sort_keys=True), "torch_rng": torch.get_rng_state()}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a kill while saving keeps the previous epoch's state
+
+
+@dataclass
+class _Run:
+    """The mutable state of a from-scratch run: what resumes from ``state.pt``."""
+
+    net: CifarResNet
+    opt: torch.optim.Optimizer
+    schedule: OneCycleLR
+    history: list[dict]
+    start: int = 0  # next epoch to run (0-based)
+    best_epoch: int = -1  # 1-based epoch with the best guard accuracy
+    best_guard: float = -1.0
+
+
+def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device: torch.device) -> _Run:
+    seed_everything(config.seed)
+    net = build("cifar_resnet", config.architecture()).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+                          weight_decay=config.weight_decay)
+    history: list[dict] = json.loads((out / HISTORY_FILE).read_text()) if (out / HISTORY_FILE).exists() else []
+    run = _Run(net, opt, one_cycle_schedule(opt, total_steps, config), history)
+    state_path = out / STATE_FILE
+    if not state_path.exists():
+        return run
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
+        raise HPMError(f"{state_path} was written with a different recipe (the learning-rate schedule depends "
+                       "on every option, --epochs included); resume with the same options or use a new run "
+                       "directory")
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    run.start, run.best_epoch, run.best_guard = state["epoch"], state["best_epoch"], state["best_guard"]
+    torch.set_rng_state(state["torch_rng"])
+    run.history = history[:run.start]
+    return run
+
+
+def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDataset, epoch: int,
+                 gen: torch.Generator, device: torch.device, progress: bool) -> dict:
+    """One epoch of (FGSM-RS adversarial) training; returns its loss and training accuracy."""
+    n = len(train_set)
+    steps = n // config.batch_size  # drop the last partial batch (batch norm statistics)
+    order = torch.randperm(n, generator=gen)[: steps * config.batch_size].split(config.batch_size)
+    run.net.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(order, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
+    for idx in bar:
+        x, y = train_set.tensors(idx)
+        x, y = augment(x, gen).to(device), y.to(device)
+        if config.adversarial == "fgsm-rs":
+            x = fgsm_rs(run.net, x, y, config.eps, config.resolved_fgsm_step(), gen, config.bf16)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cpu"):
+            logits = run.net(x)
+            loss = F.cross_entropy(logits, y)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.schedule.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{run.opt.param_groups[0]['lr']:.4f}")
+    bar.close()
+    return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen}
+
+
+def _guard(run: _Run, config: BackboneConfig, record: dict, guard: tuple[Tensor, Tensor], gen: torch.Generator) -> bool:
+    """Measure the epoch on the fixed guard batch; returns True when catastrophic overfitting stops training."""
+    guard_x, guard_y = guard
+    run.net.eval()
+    with torch.no_grad():
+        record["guard_clean_accuracy"] = (run.net(guard_x).argmax(1) == guard_y).float().mean().item()
+    if not config.adversarial:
+        run.best_epoch = record["epoch"]
+        return False
+    accuracy = pgd_accuracy(run.net, guard_x, guard_y, config.eps, config.guard_steps, gen)
+    record["guard_pgd_accuracy"] = accuracy
+    if accuracy > run.best_guard:
+        run.best_epoch, run.best_guard = record["epoch"], accuracy
+    elif accuracy < run.best_guard - config.guard_drop:
+        record["stopped"] = True  # catastrophic overfitting: keep the best epoch (Wong et al.)
+    return bool(record.get("stopped"))
 
 
 def train_backbone(config: BackboneConfig, train_set: ImageTensorDataset, out_dir: str | Path, *,
@@ -162,85 +242,32 @@ def train_backbone(config: BackboneConfig, train_set: ImageTensorDataset, out_di
     device = torch.device(device or "cpu")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    net = build("cifar_resnet", config.architecture()).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=config.momentum, nesterov=True,
-                          weight_decay=config.weight_decay)
-    history: list[dict] = json.loads((out / HISTORY_FILE).read_text()) if (out / HISTORY_FILE).exists() else []
-    start, best_epoch, best_guard = 0, -1, -1.0
-    state_path = out / STATE_FILE
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
-            raise HPMError(f"{state_path} was written with a different recipe (the learning-rate schedule depends "
-                           "on every option, --epochs included); resume with the same options or use a new run "
-                           "directory")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, best_epoch, best_guard = state["epoch"], state["best_epoch"], state["best_guard"]
-        torch.set_rng_state(state["torch_rng"])
-        history = history[:start]
     n = len(train_set)
-    steps_per_epoch = n // config.batch_size  # drop the last partial batch (batch norm statistics)
-    total = steps_per_epoch * config.epochs
+    run = _start_or_resume(config, out, (n // config.batch_size) * config.epochs, device)
     guard_x, guard_y = train_set.tensors(torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
                                          [:config.guard_images])
-    guard_x, guard_y = guard_x.to(device), guard_y.to(device)
-    stopped = bool(history) and history[-1].get("stopped", False)
-    for epoch in range(start, config.epochs):
+    guard = (guard_x.to(device), guard_y.to(device))
+    stopped = bool(run.history) and run.history[-1].get("stopped", False)
+    for epoch in range(run.start, config.epochs):
         if stopped:
             break
         started = time.time()
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        order = torch.randperm(n, generator=gen)[: steps_per_epoch * config.batch_size].split(config.batch_size)
-        net.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(order, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
-        for i, idx in enumerate(bar):
-            lr = one_cycle_lr(epoch * steps_per_epoch + i, total, config.lr, config.warmup)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = train_set.tensors(idx)
-            x, y = augment(x, gen).to(device), y.to(device)
-            if config.adversarial == "fgsm-rs":
-                x = fgsm_rs(net, x, y, config.eps, config.resolved_fgsm_step(), gen, config.bf16)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cpu"):
-                logits = net(x)
-                loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
-        bar.close()
-        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen}
-        net.eval()
-        with torch.no_grad():
-            record["guard_clean_accuracy"] = (net(guard_x).argmax(1) == guard_y).float().mean().item()
-        if config.adversarial:
-            guard = pgd_accuracy(net, guard_x, guard_y, config.eps, config.guard_steps, gen)
-            record["guard_pgd_accuracy"] = guard
-            if guard > best_guard:
-                best_epoch, best_guard = epoch + 1, guard
-            elif guard < best_guard - config.guard_drop:
-                record["stopped"] = True  # catastrophic overfitting: keep the best epoch (Wong et al.)
-                stopped = True
-        else:
-            best_epoch = epoch + 1
+        record = _train_epoch(run, config, train_set, epoch, gen, device, progress)
+        stopped = _guard(run, config, record, guard, gen)
         record["seconds"] = time.time() - started
         record["hardware"] = hardware(device)
-        _save_weights(net, out / f"epoch-{epoch + 1:03d}.safetensors")
-        history.append(record)
-        (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
-        _write_state(state_path, net, opt, epoch + 1, best_epoch, best_guard, config)
+        _save_weights(run.net, out / f"epoch-{epoch + 1:03d}.safetensors")
+        run.history.append(record)
+        (out / HISTORY_FILE).write_text(json.dumps(run.history, indent=2) + "\n")
+        _write_state(out / STATE_FILE, run.net, run.opt, run.schedule, epoch + 1, run.best_epoch, run.best_guard,
+                     config)
         if on_epoch is not None:
             on_epoch(record)
-    if best_epoch > 0:
-        load_weights(net, out / f"epoch-{best_epoch:03d}.safetensors")
-        _save_weights(net, out / FINAL_FILE)
-    return net.eval(), history
+    if run.best_epoch > 0:
+        load_weights(run.net, out / f"epoch-{run.best_epoch:03d}.safetensors")
+        _save_weights(run.net, out / FINAL_FILE)
+    return run.net.eval(), run.history
 
 
 def training_summary(config: BackboneConfig, history: list[dict], train_source: str) -> dict:
@@ -257,10 +284,10 @@ def training_summary(config: BackboneConfig, history: list[dict], train_source: 
 def to_hpm(net: CifarResNet, config: BackboneConfig, *, classes: list[str] | None, dataset: str | None):
     """The trained network as an :class:`hpm.HPMClassifier`: an FC model keeps its FC as the ``fc`` head;
     an l2 model deploys an NCM head holding its learned centres (identical scores)."""
-    from .backbones import BackboneSpec
-    from .heads import create_head
-    from .model import HPMClassifier
-    from .zoo import split
+    from ..heads import create_head
+    from ..model import HPMClassifier
+    from ..sources import BackboneSpec
+    from ..sources.zoo import split
 
     centres = net.classifier.centres.detach().clone() if isinstance(net.classifier, L2Classifier) else None
     features, fc = split(net)

@@ -4,41 +4,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import HPMError
+from ..errors import HPMError
+from .common import add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg, positive_int
 
 
-def add_analyze_parser(sub) -> None:
-    from .cli import parse_eps, positive_int
-
+def register(sub) -> None:
     a = sub.add_parser(
         "analyze", help="angle statistics of FC vs l2 heads, modelled vs empirical CDF, Fig. 2 and Fig. 3",
         description="Measure the angles between MODEL's test features and its FC class vectors (theta_c) and l2 "
                     "prototypes (theta_d), fit the truncated-normal model (Eq. 12), compare the modelled CDF (Eq. 13) "
                     "with the measured one, check Eq. 8 on adversarial feature perturbations, and write "
                     "angle_stats.json plus the figures (HTML; PNG with --png) into OUT.")
-    a.add_argument("model", help="checkpoint directory, Hub repo id, or model source (e.g. pyautoattack)")
+    add_model_arg(a)
     a.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    a.add_argument("--data", metavar="DIR", help="local data root (default: $HPM_DATA_DIR)")
-    a.add_argument("--dataset", choices=["cifar10", "cifar100", "imagenet"], help="default: the model's dataset")
+    add_data_args(a)
     a.add_argument("--n", type=positive_int, default=None, help="test samples to measure (default: whole split)")
     a.add_argument("--prototypes", default="train", choices=["train", "head"],
                    help="l2 prototypes: class means of the training features (an NCM head on the same backbone; "
                         "default) or the model's own head prototypes")
     a.add_argument("--dims", default="2,8,32,128,512,2048", help="dimensions of the isotropic Fig. 2 curves")
     a.add_argument("--check-n", type=int, default=64, help="test images attacked for the Eq. 8 check (0: skip)")
-    a.add_argument("--eps", type=parse_eps, default=8 / 255, help="Linf radius of that attack (default 8/255)")
+    a.add_argument("--eps", type=eps_arg, default=8 / 255, help="Linf radius of that attack (default 8/255)")
     a.add_argument("--png", action="store_true", help="also write PNGs (needs kaleido and a Chrome/Chromium)")
-    a.add_argument("--model-dir", default="./models", help="robustbench: where zoo weights live")
-    a.add_argument("--device", default=None)
+    add_device_arg(a)
     a.set_defaults(func=_cmd_analyze)
 
 
 def _cmd_analyze(args) -> int:
-    from .cli import _device, load_model_arg
-    from .data import load_dataset
-    from .plots import angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure, write_png
-    from .sensitivity import angle_statistics
-    from .train import extract_features
+    from ..data import load_dataset
+    from ..plots import angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure, write_png
+    from ..sensitivity import angle_statistics
+    from ..train import extract_features
 
     try:
         dims = [int(t) for t in args.dims.split(",")]
@@ -46,20 +42,20 @@ def _cmd_analyze(args) -> int:
         raise HPMError(f"--dims must be comma-separated integers; got {args.dims!r}") from None
     if min(dims) < 2:
         raise HPMError("--dims must all be >= 2")
-    device = _device(args.device)
-    model = load_model_arg(args.model, args.model_dir, args.dataset).to(device)
-    dataset = args.dataset or model.dataset or "cifar10"
+    device_ = device(args.device)
+    model = load_model_arg(args.model, args.model_dir, args.dataset).to(device_)
+    dataset = dataset_of(args, model)
     test = load_dataset(dataset, "test", args.data)
     if args.n:
         test.images, test.labels = test.images[:args.n], test.labels[:args.n]
-    z, y = extract_features(model, test, device=device)
+    z, y = extract_features(model, test, device=device_)
     if args.prototypes == "head":
-        if not hasattr(model.head, "prototypes"):
+        if not model.head.has_prototypes:
             raise HPMError(f"the model's {model.head_type} head has no prototypes; use --prototypes train")
         prototypes, source = model.head.prototypes.detach().cpu(), f"{model.head_type} head prototypes"
     else:
-        z_train, y_train = extract_features(model, load_dataset(dataset, "train", args.data), device=device)
-        from .heads import class_means
+        z_train, y_train = extract_features(model, load_dataset(dataset, "train", args.data), device=device_)
+        from ..heads import class_means
 
         prototypes, _ = class_means(z_train, y_train, model.num_classes)
         source = f"class means of {len(y_train)} training features (NCM head)"
@@ -69,7 +65,7 @@ def _cmd_analyze(args) -> int:
     result = {"model": args.model, "test_source": test.source, "prototypes": source, **report.summary(),
               "u": report.u, "modelled_cdf": report.modelled_cdf, "empirical_cdf": report.empirical_cdf}
     if args.check_n > 0:
-        result["eq8_check"] = _eq8_check(model, test, prototypes, args.check_n, args.eps, device)
+        result["eq8_check"] = _eq8_check(model, test, prototypes, args.check_n, args.eps, device_)
     (out / "angle_stats.json").write_text(json.dumps(result, indent=2) + "\n")
     figures = {"fig2_isotropic": isotropic_cdf_figure(dims), "fig3_angles": angle_histogram_figure(report),
                "fig3_cdf": cdf_comparison_figure(report)}
@@ -87,15 +83,15 @@ def _cmd_analyze(args) -> int:
 def _eq8_check(model, test, prototypes, n: int, eps: float, device) -> dict:
     """Attack n test images (APGD-CE on the FC oracle), then check Eq. 8's implication on the feature shifts."""
     import torch
-    from pyautoattack.autopgd_base import APGDAttack
 
-    from .sensitivity import measure_sensitivities
+    from ..attacks import AttackSpec, BatchFeatures, run_apgd
+    from ..sensitivity import measure_sensitivities
 
     x, y = test.tensors(torch.arange(min(n, len(test))))
     x, y = x.to(device), y.to(device)
-    apgd = APGDAttack(model.fc_oracle(), n_iter=20, eps=eps, norm="Linf", device=x.device, seed=0)
-    torch.manual_seed(0)  # APGD's best_loss path does not seed its random start itself
-    x_adv = apgd.perturb(x, y, best_loss=True)  # the highest-loss iterate of every sample
+    spec = AttackSpec("apgd-ce/fc", "apgd", "ce", ("fc",))  # every HPMClassifier has its FC oracle
+    x_adv = run_apgd(spec, BatchFeatures(model, None), x, y, norm="Linf", eps=eps, n_iter=20, n_restarts=1, seed=0,
+                     num_classes=model.num_classes, keep_first_break=False).x_adv  # the highest-loss iterate
     m = measure_sensitivities(model, x, x_adv, prototypes.to(x))
     cond, holds = m["condition"], m["implication_holds"]
     return {"n_images": int(len(y)), "eps": eps, "attack": "APGD-CE on the FC oracle, 20 iterations, best-loss iterate",

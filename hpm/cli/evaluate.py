@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import HPMError
+from ..errors import HPMError
+from .common import add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg, positive_int
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -27,29 +28,29 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def add_eval_parser(sub) -> None:
-    from .cli import parse_eps, positive_int
-
+def register(sub) -> None:
     e = sub.add_parser(
         "eval", help="evaluate robustness with MSA (APGD on surrogates, BPDA) + Square, per-sample worst case",
         description="Attack MODEL (a checkpoint directory, a Hub id, or pyautoattack / robustbench:NAME / timm:NAME "
                     "/ torchvision:NAME for the original FC model) with APGD-CE and APGD-DLR on the FC oracle, the "
                     "soft-hybrid surrogate, their ensemble and the deployed model (BPDA), then Square on the deployed "
                     "model; every adversarial batch is judged on the deployed model. Writes OUT (.json), OUT.md and "
-                    "the resumable per-sample OUT.npz.")
-    e.add_argument("model", nargs="?", help="checkpoint directory, Hub repo id, or model source")
+                    "the resumable per-sample OUT.npz. Under torchrun the ranks share the batches (each resumable from "
+                    "OUT.rankR-of-W.npz) and rank 0 writes the one report.")
+    add_model_arg(e, required=False)
     e.add_argument("--out", required=True, metavar="REPORT.json", help="report path; .md and .npz are written beside it")
-    e.add_argument("--data", metavar="DIR", help="local data root (default: $HPM_DATA_DIR)")
-    e.add_argument("--dataset", choices=["cifar10", "cifar100", "imagenet"], help="default: the model's dataset")
+    add_data_args(e)
     e.add_argument("--split", default="test", choices=["test", "test-jpeg", "train"],
                    help="default test (CIFAR-10: the lossless first-1000 subset when the data root has it)")
-    e.add_argument("--n", type=positive_int, default=None, help="number of samples (default: the whole split)")
+    e.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=None,
+                   help="number of samples (default: the whole split); under torchrun write --num-samples, since "
+                        "torchrun's own parser refuses --n as an ambiguous abbreviation of its options")
     e.add_argument("--subset", default="first", choices=["first", "uniform"],
                    help="first N in order, or a fixed uniform random N (--subset-seed)")
     e.add_argument("--subset-seed", type=int, default=0)
     e.add_argument("--index-file", default=None, help="text or .npy file of dataset indices (overrides --n/--subset)")
     e.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    e.add_argument("--eps", type=parse_eps, default=8 / 255, help="radius, e.g. 8/255 (default)")
+    e.add_argument("--eps", type=eps_arg, default=8 / 255, help="radius, e.g. 8/255 (default)")
     e.add_argument("--iters", type=positive_int, default=40, help="APGD iterations (paper 40, AutoAttack 100)")
     e.add_argument("--restarts", type=positive_int, default=1, help="APGD restarts")
     e.add_argument("--square-queries", type=positive_int, default=5000, help="Square queries per sample")
@@ -64,20 +65,22 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--seed", type=int, default=0, help="attack seed")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks (extra small attack runs)")
     e.add_argument("--check-n", type=positive_int, default=16, help="samples used by the sanity checks")
-    e.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N", help="evaluate every N-th batch from K")
+    e.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help="evaluate every N-th batch from K (independent processes or machines; under torchrun the "
+                        "ranks split the shard's batches)")
     e.add_argument("--merge", nargs="+", default=None, metavar="SHARD.npz",
-                   help="merge shards' per-sample results instead of attacking (needs one shard's .json beside it)")
-    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    e.add_argument("--model-dir", default="./models", help="robustbench: where zoo weights live")
+                   help="merge shards' per-sample results instead of attacking (needs one shard's .json beside it); "
+                        "the same merge rank 0 does under torchrun")
+    add_device_arg(e)
     e.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args) -> int:
-    from .cli import _device, load_model_arg
-    from .data import Subset
-    from .evaluate import AttackConfig
-    from .msa import evaluate_model, load_eval_data, merge_reports
+    from ..data import Subset
+    from ..evaluation import AttackConfig, dist, evaluate_model, load_eval_data, merge_reports
 
+    if args.merge and dist.under_torchrun():
+        raise HPMError("--merge runs in one process; run it without torchrun")
     if args.merge:
         base = Path(args.merge[0]).with_suffix(".json")
         if not base.is_file():
@@ -87,9 +90,9 @@ def _cmd_eval(args) -> int:
         return 0
     if not args.model:
         raise HPMError("MODEL is required (unless --merge is given)")
-    device = _device(args.device)
+    device_ = device(args.device)
     model = load_model_arg(args.model, args.model_dir, args.dataset)
-    dataset = args.dataset or getattr(model, "dataset", None) or "cifar10"
+    dataset = dataset_of(args, model)
     subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file)
     x, y, idx, info = load_eval_data(dataset, args.split, args.data, subset)
     attack = AttackConfig(norm=args.norm, eps=args.eps, n_iter=args.iters, n_restarts=args.restarts,
@@ -97,7 +100,8 @@ def _cmd_eval(args) -> int:
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,
-                            check_n=args.check_n, shard=args.shard, device=device,
+                            check_n=args.check_n, shard=args.shard, device=device_,
                             command=args.command_line)
-    print(report.to_markdown())
+    if report is not None:  # under torchrun only rank 0 has the report
+        print(report.to_markdown())
     return 0

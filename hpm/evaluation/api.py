@@ -7,12 +7,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..data import Subset, load_dataset
+from ..errors import HPMError
+from ..model import HPMClassifier
+from . import dist
 from .checks import check_results, run_checks
-from .data import Subset, load_dataset
-from .errors import HPMError
-from .evaluate import AttackConfig, load_results, merge_results, run_protocol, save_results
-from .model import HPMClassifier
-from .report import EvalReport, summarise
+from .protocol import AttackConfig, run_protocol
+from .report import EvalConfig, EvalReport, summarise
+from .samples import load_results, save_results
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
@@ -27,7 +29,7 @@ def model_info(model: nn.Module) -> dict:
     if isinstance(model, HPMClassifier):
         spec = model.backbone_spec
         return {"head": model.head_type, "backbone": f"{spec.source}:{spec.name}", "dataset": model.dataset,
-                "batch_dependent": model.head.batch_dependent, "context_size": model.context_size}
+                "batch_dependent": model.head.batch_dependent}
     return {"head": "plain classifier", "backbone": type(model).__name__, "batch_dependent": False}
 
 
@@ -35,7 +37,8 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
                    batch_sizes: tuple[int, ...] | list[int] = (256,), indices=None, data_info: dict | None = None,
                    model_id: str = "model", out: str | Path | None = None, checks: bool = True, check_n: int = 16,
                    shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
-                   progress: bool = True, command: str | None = None) -> EvalReport:
+                   progress: bool = True, command: str | None = None,
+                   distributed: bool | None = None) -> EvalReport | None:
     """Run the MSA protocol (+ Square) on ``x, y`` at every batch size and build the report.
 
     Args:
@@ -47,6 +50,8 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         checks: run the sanity checks (extra small attack runs on the first ``check_n`` samples).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
         command: the command line to record in the report (so model cards can cite it).
+        distributed: share the batches among torchrun's ranks (default: when running under torchrun, see
+            :mod:`hpm.evaluation.dist`); rank 0 gathers the outcomes and returns the one report, other ranks None.
 
     Example:
         >>> report = hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256])
@@ -55,27 +60,55 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
     json_path, md_path, npz_path = output_paths(out) if out is not None else (None, None, None)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-    plan, results, _ = run_protocol(model, x, y, attack=attack, batch_sizes=list(batch_sizes), indices=indices,
-                                    model_id=model_id, results_path=npz_path, shard=shard, device=device,
-                                    progress=progress)
-    found: list = []
-    if checks:
-        n = min(check_n, len(y))
-        found += run_checks(model, x[:n], y[:n], attack, batch_size=min(min(batch_sizes), n), device=device)
-    return _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device,
-                         json_path, md_path, command)
+    distributed = dist.under_torchrun() if distributed is None else distributed
+    run_device = dist.rank_device(_model_device(model, device)) if distributed else device
+    rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
+    try:
+        plan, runs = _evaluate_share(model, x, y, attack=attack, batch_sizes=list(batch_sizes), indices=indices,
+                                     model_id=model_id, npz_path=npz_path, part=dist.rank_part(shard, rank, world),
+                                     rank=rank, world=world, device=run_device, progress=progress)
+        if runs is None:
+            return None  # not rank 0: rank 0 checks and writes the report
+        key, results = dist.merge_runs(runs)
+        if npz_path is not None and world > 1:
+            save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
+        found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device) if checks else []
+        return _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device,
+                             json_path, md_path, command)
+    finally:
+        if distributed:
+            dist.shutdown()
+
+
+def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device``, else the device of the model's parameters (CPU for a parameterless model)."""
+    return torch.device(device or next((p.device for p in model.parameters()), "cpu"))
+
+
+def _evaluate_share(model: nn.Module, x: Tensor, y: Tensor, *, npz_path: Path | None, part: tuple[int, int],
+                    rank: int, world: int, progress: bool, **protocol) -> tuple[list, list[dist.Run] | None]:
+    """Evaluate this process's batches (a shard, or a rank's share of one) with a resumable results file; return
+    the plan and every part's ``(config key, results)`` on rank 0 (None on the other ranks)."""
+    plan, results, key = run_protocol(model, x, y, results_path=dist.rank_results_path(npz_path, rank, world),
+                                      shard=part, progress=progress and rank == 0, **protocol)
+    return plan, dist.gather_runs(key, results, world)
+
+
+def _sanity_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, batch_sizes, check_n: int,
+                   device) -> list:
+    """The sanity checks' extra attack runs on the first ``check_n`` samples."""
+    n = min(check_n, len(y))
+    return run_checks(model, x[:n], y[:n], attack, batch_size=min(min(batch_sizes), n), device=device)
 
 
 def _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device, json_path, md_path,
                   command=None):
     summaries = {str(bs): summarise(results[bs], plan, attack.schedule) for bs in sorted(results)}
     found = [c for s in summaries.values() for c in check_results(s)] + list(found)
-    config = {"attack": asdict(attack), "batch_sizes": sorted(batch_sizes), "data": data_info or {},
-              "device": str(device or "cpu")}
+    config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
+                        device=str(device or "cpu"))
     report = EvalReport(model=model_id, model_info=model_info(model) if model is not None else {}, config=config,
-                        plan=[{"name": s.name, "kind": s.kind, "loss": s.loss, "surrogates": list(s.surrogates)}
-                              for s in plan],
-                        results=summaries, checks=[c.to_dict() for c in found], command=command)
+                        plan=list(plan), results=summaries, checks=[c.to_dict() for c in found], command=command)
     if json_path is not None:
         report.to_json(json_path)
         md_path.write_text(report.to_markdown())
@@ -83,26 +116,18 @@ def _build_report(model, model_id, attack, batch_sizes, data_info, plan, results
 
 
 def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str | Path) -> EvalReport:
-    """Merge per-sample results of shards of one evaluation and rebuild the report from them.
+    """Merge per-sample results of shards of one evaluation and rebuild the report from them (the same merge
+    as rank 0 does under torchrun).
 
     ``base_report`` is one shard's JSON report (for the config and plan); checks are not re-run.
     """
     json_path, md_path, npz_path = output_paths(out)
-    keys, merged = set(), None
-    for p in npz_paths:
-        key, res = load_results(Path(p))
-        keys.add(key)
-        merged = res if merged is None else merge_results(merged, res)
-    if len(keys) != 1:
-        raise HPMError("the results files come from different evaluations (config keys differ)")
-    save_results(npz_path, merged, keys.pop())
+    key, merged = dist.merge_runs([load_results(Path(p)) for p in npz_paths])  # as rank 0 merges the ranks
+    save_results(npz_path, merged, key)
     base = EvalReport.from_json(base_report)
-    from .attacks import AttackSpec
-
-    plan = [AttackSpec(p["name"], p["kind"], p["loss"], tuple(p["surrogates"])) for p in base.plan]
-    attack = AttackConfig(**base.config["attack"])
-    report = _build_report(None, base.model, attack, base.config["batch_sizes"], base.config["data"], plan, merged,
-                           [], base.config["device"], json_path, md_path, base.command)
+    c = base.config
+    report = _build_report(None, base.model, c.attack, c.batch_sizes, c.data, base.plan, merged, [], c.device,
+                           json_path, md_path, base.command)
     report.model_info = base.model_info
     report.to_json(json_path)
     md_path.write_text(report.to_markdown())

@@ -1,0 +1,119 @@
+"""Checkpoint files, Hugging Face style: ``config.json`` + ``model.safetensors`` + model card ``README.md``.
+
+This module only reads and writes them: the config as a validated dataclass, the weights as safetensors
+with strict key and shape checks. Nothing is ever unpickled. Building a model from a checkpoint is
+:func:`hpm.load`'s job.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError
+from .heads import HEADS
+from .version import __version__
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+FORMAT_VERSION = 1
+_PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+
+
+@dataclass
+class CheckpointConfig:
+    """Everything ``config.json`` says about a checkpoint."""
+
+    backbone: dict  # BackboneSpec.to_dict(): source, name, options
+    head: dict  # {"type": "hpm", "num_features": d, "num_classes": k, **head options}
+    input_size: list[int]  # [C, H, W] the backbone expects, images in [0, 1]
+    classes: list[str]  # k class names in label order
+    dataset: str | None = None  # dataset the head was fitted on
+    threat_model: dict | None = None  # e.g. {"norm": "Linf", "eps": 0.0313725} for adversarial fine-tuning
+    training: dict | None = None  # the fine-tuning recipe (CleanConfig / AdversarialConfig fields + data)
+    metrics: dict = field(default_factory=dict)  # name -> {"value": ..., "protocol": ..., "n": ..., ...}
+    backbone_weights_included: bool = False  # True when model.safetensors holds the backbone too
+    hpm_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = CONFIG_NAME) -> "CheckpointConfig":
+        known = {f.name for f in fields(cls)}
+        missing = {"backbone", "head", "input_size", "classes"} - set(d)
+        if missing:
+            raise CheckpointError(f"{where}: missing keys {sorted(missing)}")
+        unknown = set(d) - known
+        if unknown:
+            raise CheckpointError(f"{where}: unknown keys {sorted(unknown)}")
+        if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise CheckpointError(f"{where}: format_version {d['format_version']} is newer than this hpm "
+                                  f"({__version__}) understands; upgrade hpm")
+        head = d["head"]
+        if not isinstance(head, dict) or head.get("type") not in HEADS:
+            raise CheckpointError(f"{where}: head.type must be one of {', '.join(HEADS)}")
+        return cls(**d)
+
+    @property
+    def head_options(self) -> dict:
+        """The head's constructor keywords beyond its type and shape."""
+        return {k: v for k, v in self.head.items() if k not in ("type", "num_features", "num_classes")}
+
+
+def read_config(directory: Path) -> CheckpointConfig:
+    """``directory/config.json`` as a validated :class:`CheckpointConfig`."""
+    cfg_path = Path(directory) / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{directory}: no {CONFIG_NAME}; not an hpm checkpoint")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_path}: must hold a JSON object")
+    return CheckpointConfig.from_dict(raw, str(cfg_path))
+
+
+def write_config(directory: Path, config: CheckpointConfig, card: str) -> None:
+    """Write ``config.json`` and its model card ``README.md``."""
+    (Path(directory) / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    (Path(directory) / CARD_NAME).write_text(card)
+
+
+def write_weights(directory: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Write ``model.safetensors`` (tensors moved to the CPU and made contiguous)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(Path(directory) / WEIGHTS_NAME),
+              metadata={"format": "pt", "hpm_version": __version__})
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """``model.safetensors`` of a checkpoint; pickled files are refused with a message saying why."""
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        pickles = [n for n in _PICKLE_NAMES if (Path(directory) / n).exists()]
+        hint = f" (found {', '.join(pickles)}: hpm never unpickles files; convert to safetensors)" if pickles else ""
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}{hint}")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({e}); hpm never unpickles checkpoints, "
+                              "so a pickled torch file renamed to .safetensors is refused") from None
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], expected: set[str], where: Path) -> None:
+    """Load ``state`` into ``model``: exactly the keys ``expected``, every shape as the model's."""
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not match the config: missing {missing[:8]}, "
+                              f"unexpected {unexpected[:8]}")
+    current = model.state_dict()
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(current[k].shape)}"
+             for k in expected if state[k].shape != current[k].shape]
+    if wrong:
+        raise CheckpointError(f"{where}: wrong shapes: " + "; ".join(wrong[:8]))
+    model.load_state_dict({**current, **state}, strict=True)

@@ -1,0 +1,67 @@
+"""``hpm info | card | push``: read, annotate and publish checkpoints."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+
+def register(sub) -> None:
+    i = sub.add_parser("info", help="print a checkpoint's configuration and measured metrics",
+                       description="Print what config.json of a checkpoint directory (or Hub repo) says.")
+    i.add_argument("checkpoint", help="checkpoint directory or Hub repo id")
+    i.add_argument("--json", action="store_true", help="print the raw config as JSON")
+    i.set_defaults(func=_cmd_info)
+
+    c = sub.add_parser("card", help="record evaluation reports in a checkpoint and regenerate its model card",
+                       description="Add the clean and robust accuracies of hpm eval reports (JSON) to CHECKPOINT's "
+                                   "config.json, with their protocol, subset, batch size and command, and rewrite "
+                                   "its README.md model card from it. Weights are not touched.")
+    c.add_argument("checkpoint", help="checkpoint directory")
+    c.add_argument("--eval", nargs="*", default=[], metavar="REPORT.json",
+                   help="reports written by hpm eval (none: only regenerate the card from config.json)")
+    c.set_defaults(func=_cmd_card)
+
+    p = sub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub",
+                       description="Load CHECKPOINT (validating it) and upload it to REPO_ID on the Hub.")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("repo_id", help="owner/name on the Hub")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.set_defaults(func=_cmd_push)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..checkpoint import read_config
+    from ..hub import resolve_checkpoint
+    from ..model_card import metrics_table
+
+    config = read_config(resolve_checkpoint(args.checkpoint))
+    if args.json:
+        print(json.dumps(asdict(config), indent=2))
+        return 0
+    b = config.backbone
+    print(f"checkpoint: {args.checkpoint}")
+    print(f"backbone:   {b['source']}:{b.get('name')}  input {tuple(config.input_size)}  "
+          f"weights {'included' if config.backbone_weights_included else 'from source'}")
+    print(f"head:       {config.head['type']}  d={config.head['num_features']}  k={config.head['num_classes']}")
+    print(f"dataset:    {config.dataset}   threat model: {config.threat_model or 'none'}")
+    print(f"training:   {json.dumps({k: v for k, v in (config.training or {}).items() if k != 'commands'})}")
+    print(metrics_table(config.metrics), end="")
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from ..model_card import metrics_table
+    from ..publish.metrics import record_evaluations
+
+    metrics = record_evaluations(args.checkpoint, args.eval, command=args.command_line)
+    print(metrics_table(metrics), end="")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from ..model import load
+
+    print(load(args.checkpoint).push_to_hub(args.repo_id, private=args.private, token=args.token))
+    return 0

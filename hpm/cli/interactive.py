@@ -1,0 +1,104 @@
+"""``hpm predict`` and ``hpm attack``: what the app does to one image, from the command line.
+
+Images are decoded by the same guarded function as the app's uploads, so a bad file gets the same message.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_data_args, add_device_arg, add_model_arg, device, eps_arg, load_model_arg, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="top-5 of the FC head and the deployed head for an image file",
+                       description="Classify IMAGE (any format PIL reads; resized on its short side and centre-"
+                                   "cropped to the model's input) with MODEL's original FC head and its deployed "
+                                   "head, alone or inside a context of the first N test images (--context N).")
+    _add_common(p)
+    p.set_defaults(func=_cmd_predict)
+
+    a = sub.add_parser("attack", help="attack an image file; write the adversarial PNG and a JSON of both heads",
+                       description="Attack IMAGE with one attack of the protocol (label: the deployed model's clean "
+                                   "prediction), judged on the deployed model. Writes OUT/adversarial.png (the "
+                                   "model-input-sized adversarial image, lossless 8-bit) and OUT/result.json (clean "
+                                   "and adversarial top-5 of both heads, whether the 8-bit PNG itself still fools "
+                                   "the deployed model, the perturbation's size and the settings).")
+    _add_common(a)
+    a.add_argument("--attack", default=None,
+                   help="fc, soft, ensemble, bpda, deployed or square, as the model's head offers them "
+                        "(default: the ensemble where it exists, else the first)")
+    a.add_argument("--eps", type=eps_arg, default=8 / 255, help="l_inf radius (default 8/255, at most 16/255)")
+    a.add_argument("--steps", type=positive_int, default=20, help="APGD iterations, or Square queries (default 20)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", required=True, metavar="DIR", help="directory for adversarial.png and result.json")
+    a.set_defaults(func=_cmd_attack)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    add_model_arg(p)
+    p.add_argument("image", help="image file")
+    p.add_argument("--context", type=positive_int, default=None, metavar="N",
+                   help="classify inside a batch with the first N test images of the model's dataset (needs data)")
+    add_data_args(p)
+    add_device_arg(p)
+
+
+def _load(args: argparse.Namespace):
+    """``(model, image tensor [1, 3, H, W], context)`` on the chosen device."""
+    from .. import interactive
+    from ..images import image_to_tensor, open_image
+
+    model = load_model_arg(args.model, args.model_dir, args.dataset).to(device(args.device))
+    x = image_to_tensor(open_image(Path(args.image)), model.input_size).to(model.device)
+    context = interactive.no_context()
+    if args.context:
+        images, _, _ = interactive.gallery_samples(args.dataset or model.dataset or "cifar10", args.context, args.data)
+        context = interactive.make_context(model, images, f"inside a batch with the first {len(images)} "
+                                                          f"{model.dataset} test images")
+    return model, x, context
+
+
+def _print_top5(title: str, scores: dict[str, float]) -> None:
+    print(f"{title}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in scores.items()))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .. import interactive
+
+    model, x, context = _load(args)
+    out = interactive.classify(model, x, context)
+    print(f"classified {context.description}")
+    _print_top5("FC", out["fc"])
+    _print_top5(model.head.label, out["hpm"])
+    return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from .. import interactive
+
+    model, x, context = _load(args)
+    attack = args.attack or interactive.default_attack(interactive.attack_choices(model))
+    result = interactive.attack_image(model, x, attack=attack, eps=args.eps, steps=args.steps, context=context,
+                                      seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = interactive.save_png(result.x_adv, out / "adversarial.png")
+    saved = interactive.classify(model, png.to(model.device), context)
+    record = {"model": args.model, "image": args.image, "attack": attack, "description": interactive.ATTACKS[attack],
+              "eps": args.eps, "steps": args.steps, "seed": args.seed, "context": context.description,
+              "attacked_label": model.classes[result.label], "clean": result.clean, "adversarial": result.adversarial,
+              "surrogate_fooled": result.surrogate_fooled, "deployed_fooled": result.deployed_fooled,
+              "linf": result.linf, "l2": result.l2,
+              "png": {"path": str(out / "adversarial.png"), "predictions": saved,
+                      "linf": float((png - result.x).abs().max()),
+                      "deployed_fooled": max(saved["hpm"], key=saved["hpm"].get) != model.classes[result.label]},
+              "command": args.command_line}
+    (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{interactive.ATTACKS[attack]}, eps {args.eps * 255:.3g}/255, classified {context.description}")
+    _print_top5(f"{model.head.label}, clean", result.clean["hpm"])
+    _print_top5(f"{model.head.label}, adversarial", result.adversarial["hpm"])
+    print(f"deployed model fooled: {'yes' if result.deployed_fooled else 'no'} (8-bit PNG: "
+          f"{'yes' if record['png']['deployed_fooled'] else 'no'}); wrote {out}/adversarial.png and result.json")
+    return 0

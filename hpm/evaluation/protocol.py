@@ -1,0 +1,232 @@
+"""Evaluation: clean accuracy and the Mixed Surrogate Attack protocol (Sec. 3.7, supp. 6.3).
+
+For each evaluation batch size the samples are split, in the given order, into consecutive batches.
+Within a batch the deployed model first classifies the clean images; then every attack of the plan runs
+on the samples still robust (``schedule="cumulative"``, AutoAttack's discipline) or on every clean-correct
+sample (``"independent"``: standalone robust accuracy per attack). A sample is broken when some
+adversarial batch of that size — every member inside its eps-ball, the not-attacked members clean —
+makes the **deployed** model misclassify it. Robust accuracy is the per-sample worst case over attacks.
+
+Per-sample outcomes are written to an ``.npz`` after every batch, so a killed run resumes where it
+stopped, and runs over different batches (``shard``) merge into one.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..attacks import NORMS, AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
+from ..errors import HPMError
+from ..model import HPMClassifier
+from .samples import SampleResults, config_key, load_results, save_results
+
+SCHEDULES = ("cumulative", "independent")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, *, batch_size: int = 256, mode: str | None = None,
+            device: torch.device | str | None = None) -> Tensor:
+    """Predicted labels ``[N]`` of images ``x``, evaluated in consecutive batches of ``batch_size``.
+
+    For batch-dependent heads (HPM) the batch size and order are part of the result.
+    """
+    device = torch.device(device or next(model.parameters()).device)
+    was = model.training
+    model.eval()
+    out = []
+    for chunk in x.split(batch_size):
+        scores = model(chunk.to(device), mode=mode) if mode is not None else model(chunk.to(device))
+        out.append(scores.argmax(1).cpu())
+    model.train(was)
+    return torch.cat(out)
+
+
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 256, mode: str | None = None,
+                   device: torch.device | str | None = None) -> float:
+    """Fraction of ``x`` classified as ``y`` (batches of ``batch_size`` in the given order)."""
+    correct = predict(model, x, batch_size=batch_size, mode=mode, device=device) == y.cpu()
+    return int(correct.sum()) / len(correct)
+
+
+@dataclass
+class AttackConfig:
+    """Threat model and attack budget; the paper's settings are the defaults except ``n_iter`` (AutoAttack 100)."""
+
+    norm: str = "Linf"  # "Linf" or "L2"
+    eps: float = 8 / 255  # radius of the perturbation ball
+    n_iter: int = 40  # APGD iterations (paper: 40; AutoAttack: 100)
+    n_restarts: int = 1  # APGD restarts
+    square_queries: int = 5000  # Square's query budget per sample (AutoAttack's default)
+    attacks: list[str] | None = None  # attack names (None: the default plan for the model)
+    schedule: str = "cumulative"  # "cumulative" (attack survivors) or "independent" (every attack on all)
+    seed: int = 0  # APGD and Square seeds
+
+    def budget(self) -> dict:
+        """The keywords of :func:`hpm.attacks.run_attack`: threat model, budgets and seed."""
+        return {"norm": self.norm, "eps": self.eps, "n_iter": self.n_iter, "n_restarts": self.n_restarts,
+                "square_queries": self.square_queries, "seed": self.seed}
+
+    def validate(self) -> None:
+        if self.norm not in NORMS:
+            raise HPMError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        if not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
+            raise HPMError(f"eps must be a positive number; got {self.eps!r}")
+        if self.norm == "Linf" and self.eps > 1:
+            raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps}")
+        if self.n_iter < 1 or self.n_restarts < 1 or self.square_queries < 1:
+            raise HPMError("n_iter, n_restarts and square_queries must all be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise HPMError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+
+
+def resolve_plan(model: nn.Module, config: AttackConfig) -> list[AttackSpec]:
+    try:
+        return parse_attacks(config.attacks, model) if config.attacks else default_plan(model)
+    except ValueError as e:
+        raise HPMError(str(e)) from None
+
+
+def is_batch_dependent(model: nn.Module) -> bool:
+    return isinstance(model, HPMClassifier) and model.head.batch_dependent
+
+
+@torch.no_grad()
+def _clean_pass(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Deployed scores ``[b, k]`` on the clean batch and, for batch-dependent heads, the clean features."""
+    if isinstance(model, HPMClassifier):
+        z = model.forward_features(x)
+        return model.forward_head(z, mode="hard"), (z if is_batch_dependent(model) else None)
+    return model(x), None
+
+
+def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec], config: AttackConfig,
+                 on_attack_done=None) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+    """Run the protocol on one evaluation batch.
+
+    Returns ``(clean_correct [b], attacked [A, b], broken [A, b], seconds [A])``.
+    """
+    scores, z_clean = _clean_pass(model, x)
+    correct = scores.argmax(1) == y
+    num_classes = scores.shape[1]
+    robust = correct.clone()
+    attacked = torch.zeros(len(plan), len(y), dtype=torch.bool)
+    broken = torch.zeros_like(attacked)
+    seconds = np.zeros(len(plan))
+    for a, spec in enumerate(plan):
+        start = time.perf_counter()
+        mask = robust if config.schedule == "cumulative" else correct
+        idx = mask.nonzero().flatten()
+        if len(idx):
+            batch = BatchFeatures(model, z_clean[~mask] if z_clean is not None else None)
+            hit = run_attack(spec, batch, x[idx], y[idx], num_classes=num_classes, **config.budget()).broken
+            attacked[a, idx.cpu()] = True
+            broken[a, idx.cpu()] = hit.cpu()
+            robust[idx[hit]] = False
+        seconds[a] = time.perf_counter() - start
+        if on_attack_done is not None:
+            on_attack_done(a, len(idx), robust)
+    return correct.cpu(), attacked, broken, seconds
+
+
+def batch_starts(n: int, batch_size: int, part: tuple[int, int] = (0, 1)) -> list[int]:
+    """First rows of the evaluation batches that part ``(k, n_parts)`` evaluates: every ``n_parts``-th batch
+    from the ``k``-th (a ``--shard``, or a torchrun rank's share)."""
+    k, n_parts = part
+    return [s for i, s in enumerate(range(0, n, batch_size)) if i % n_parts == k]
+
+
+def _progress_bars(r: SampleResults, starts: list[int], n: int, progress: bool) -> list[tqdm]:
+    """One bar per attack, counting this part's images (resumed ones already done)."""
+    bs = r.batch_size
+    total = sum(min(bs, n - s) for s in starts)
+    done = sum(int(r.done[s:s + bs].sum()) for s in starts)
+    return [tqdm(total=total, initial=done, desc=f"bs={bs} {name}", position=i, leave=True, disable=not progress,
+                 unit="img") for i, name in enumerate(r.attack_names)]
+
+
+def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResults, plan: list[AttackSpec],
+                         attack: AttackConfig, starts: list[int], device: torch.device, save, progress: bool) -> None:
+    """Fill ``r`` for the batches starting at ``starts`` (skipping those already done); ``save()`` after each."""
+    bars = _progress_bars(r, starts, len(y), progress)
+    for start in starts:
+        sl = slice(start, min(start + r.batch_size, len(y)))
+        if r.done[sl].all():
+            continue
+
+        def show(a: int, n_attacked: int, robust_now: Tensor, _sl: slice = sl) -> None:
+            """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one)."""
+            seen = int(r.done.sum()) + (_sl.stop - _sl.start)
+            bars[a].update(_sl.stop - _sl.start)
+            bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%")
+
+        correct, attacked, broken, seconds = attack_batch(model, x[sl].to(device), y[sl].to(device), plan, attack,
+                                                          show)
+        r.clean_correct[sl], r.attacked[:, sl], r.broken[:, sl] = correct.numpy(), attacked.numpy(), broken.numpy()
+        r.seconds += seconds
+        r.done[sl] = True
+        save()
+    for bar in bars:
+        bar.close()
+
+
+def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig, batch_sizes: list[int],
+                 indices: np.ndarray | None = None, model_id: str = "model", results_path: Path | None = None,
+                 shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
+                 progress: bool = True) -> tuple[list[AttackSpec], dict[int, SampleResults], str]:
+    """Evaluate ``x, y`` (already the chosen subset, in order) at every batch size; resumable.
+
+    Args:
+        model: an :class:`HPMClassifier` (any head) or a plain classifier ``images -> logits``.
+        attack: threat model and budget.
+        batch_sizes: evaluation batch sizes; batch-independent models are evaluated once and the result
+            is reported for each size.
+        indices: dataset indices of the rows of ``x`` (recorded in the results).
+        results_path: ``.npz`` of per-sample results: resumed from if it exists, updated after each batch.
+        shard: ``(k, n)``: evaluate only batches whose number is ``k`` modulo ``n`` (merge shards later).
+
+    Returns:
+        ``(plan, {batch size: per-sample results}, config key)``.
+    """
+    attack.validate()
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise HPMError(f"batch sizes must be >= 1; got {batch_sizes}")
+    if not 0 <= shard[0] < shard[1]:
+        raise HPMError(f"shard must be K/N with 0 <= K < N; got {shard[0]}/{shard[1]}")
+    device = torch.device(device or next((p.device for p in model.parameters()), "cpu"))
+    model.eval().to(device)
+    plan = resolve_plan(model, attack)
+    indices = np.arange(len(y)) if indices is None else np.asarray(indices)
+    batch_sizes = sorted(set(batch_sizes))
+    key = config_key(model_id, attack, plan, indices, batch_sizes)
+    results = _resume(results_path, key) or {bs: SampleResults(bs, [s.name for s in plan], indices, y.cpu().numpy())
+                                             for bs in batch_sizes}
+    sizes_to_run = batch_sizes if is_batch_dependent(model) else batch_sizes[-1:]  # identical at every size
+
+    def save() -> None:
+        if results_path is not None:
+            save_results(results_path, results, key)
+
+    for bs in sizes_to_run:
+        _evaluate_batch_size(model, x, y, results[bs], plan, attack, batch_starts(len(y), bs, shard), device, save,
+                             progress)
+    for bs in batch_sizes:
+        if bs not in sizes_to_run:  # batch-independent: identical outcomes at every size
+            results[bs] = results[sizes_to_run[0]].with_batch_size(bs)
+    return plan, results, key
+
+
+def _resume(results_path: Path | None, key: str) -> dict[int, SampleResults] | None:
+    """Stored per-sample results of the same evaluation, or None; another evaluation's file is refused."""
+    if results_path is None or not results_path.exists():
+        return None
+    stored_key, stored = load_results(results_path)
+    if stored_key != key:
+        raise HPMError(f"{results_path} holds results of a different evaluation (model, attacks, subset or "
+                       "batch sizes differ); choose another --out or delete it")
+    return stored

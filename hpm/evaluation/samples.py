@@ -1,0 +1,125 @@
+"""Per-sample outcomes of an evaluation: what each attack did to each sample, saved after every batch.
+
+The ``.npz`` written here is the ground truth of a report: it resumes a killed run, merges runs over
+different batches (shards, torchrun ranks) and feeds paired tests between models.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..attacks import AttackSpec
+from ..errors import HPMError
+
+
+@dataclass
+class SampleResults:
+    """Per-sample outcomes of one evaluation batch size. ``A`` attacks, ``N`` samples."""
+
+    batch_size: int
+    attack_names: list[str]
+    indices: np.ndarray  # [N] dataset indices, in evaluation order
+    labels: np.ndarray  # [N]
+    done: np.ndarray = field(default=None)  # [N] bool: evaluated
+    clean_correct: np.ndarray = field(default=None)  # [N] bool
+    attacked: np.ndarray = field(default=None)  # [A, N] bool: the attack ran on the sample
+    broken: np.ndarray = field(default=None)  # [A, N] bool: the attack made the deployed model miss it
+    seconds: np.ndarray = field(default=None)  # [A] wall time spent per attack
+
+    def __post_init__(self):
+        n, a = len(self.indices), len(self.attack_names)
+        for name, shape in (("done", (n,)), ("clean_correct", (n,)), ("attacked", (a, n)), ("broken", (a, n))):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(shape, dtype=bool))
+        if self.seconds is None:
+            self.seconds = np.zeros(a)
+
+    @property
+    def robust(self) -> np.ndarray:
+        """Per-sample worst case: clean-correct and broken by no attack (undone samples are False)."""
+        return self.done & self.clean_correct & ~self.broken.any(0)
+
+    def with_batch_size(self, batch_size: int) -> "SampleResults":
+        """A copy labelled with another batch size (for batch-independent models, identical at every size)."""
+        return SampleResults(batch_size, list(self.attack_names), self.indices, self.labels, self.done.copy(),
+                             self.clean_correct.copy(), self.attacked.copy(), self.broken.copy(), self.seconds.copy())
+
+    def first_broken_by(self) -> np.ndarray:
+        """Index of the first attack (plan order) that broke each sample; -1 if none."""
+        hit = self.broken.any(0)
+        return np.where(hit, self.broken.argmax(0), -1)
+
+
+def save_results(path: Path, results: dict[int, SampleResults], config_key: str) -> None:
+    """Atomically write all batch sizes' per-sample results to ``path`` (.npz)."""
+    arrays: dict[str, np.ndarray] = {"config_key": np.array(config_key)}
+    for bs, r in results.items():
+        p = f"bs{bs}_"
+        arrays.update({p + "indices": r.indices, p + "labels": r.labels, p + "done": r.done,
+                       p + "clean_correct": r.clean_correct, p + "attacked": r.attacked, p + "broken": r.broken,
+                       p + "seconds": r.seconds, p + "attack_names": np.array(r.attack_names)})
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_results(path: Path) -> tuple[str, dict[int, SampleResults]]:
+    """Read per-sample results written by :func:`save_results`."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise HPMError(f"{path}: not a per-sample results file ({e})") from None
+    if "config_key" not in data:
+        raise HPMError(f"{path}: not a per-sample results file (no config_key)")
+    results = {}
+    for key in data:
+        if key.startswith("bs") and key.endswith("_done"):
+            bs = int(key[2:-5])
+            p = f"bs{bs}_"
+            results[bs] = SampleResults(bs, [str(n) for n in data[p + "attack_names"]], data[p + "indices"],
+                                        data[p + "labels"], data[p + "done"], data[p + "clean_correct"],
+                                        data[p + "attacked"], data[p + "broken"], data[p + "seconds"])
+    return str(data["config_key"]), results
+
+
+def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> dict[int, SampleResults]:
+    """Union of two runs of the same configuration (e.g. two shards); overlapping samples must agree."""
+    if set(a) != set(b):
+        raise HPMError(f"runs cover different batch sizes: {sorted(a)} vs {sorted(b)}")
+    merged = {}
+    for bs in a:
+        x, y = a[bs], b[bs]
+        if not np.array_equal(x.indices, y.indices) or x.attack_names != y.attack_names:
+            raise HPMError(f"batch size {bs}: the runs evaluated different samples or attacks")
+        both = x.done & y.done
+        if both.any() and not (np.array_equal(x.broken[:, both], y.broken[:, both])
+                               and np.array_equal(x.clean_correct[both], y.clean_correct[both])):
+            raise HPMError(f"batch size {bs}: the runs disagree on samples both evaluated")
+        take = y.done & ~x.done
+        merged[bs] = SampleResults(bs, x.attack_names, x.indices, x.labels, x.done | y.done,
+                                   np.where(take, y.clean_correct, x.clean_correct),
+                                   np.where(take, y.attacked, x.attacked), np.where(take, y.broken, x.broken),
+                                   x.seconds + y.seconds)
+    return merged
+
+
+def config_key(model_id: str, attack, plan: list[AttackSpec], indices: np.ndarray,
+               batch_sizes: list[int]) -> str:
+    """A digest of everything that determines the per-sample results (for resume and merge).
+
+    ``attack`` is the evaluation's :class:`hpm.evaluation.AttackConfig`.
+
+    Square's query budget is left out when the plan has no Square, so it cannot invalidate such runs.
+    """
+    settings = asdict(attack)
+    if not any(s.kind == "square" for s in plan):
+        del settings["square_queries"]
+    payload = json.dumps({"model": model_id, "attack": settings, "plan": [s.name for s in plan],
+                          "indices": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest(),
+                          "batch_sizes": sorted(batch_sizes)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]

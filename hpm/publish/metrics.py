@@ -1,0 +1,83 @@
+"""From evaluation reports to the numbers checkpoints, model cards and the README show.
+
+Nothing here measures anything: it reads :class:`hpm.EvalReport` JSON files and turns them into
+``config.json`` metrics (``hpm card``), so every published number can be traced to a report and the
+command that wrote it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import read_config, write_config
+from ..errors import HPMError
+from ..evaluation.report import EvalReport
+from ..model_card import model_card
+from ..units import eps_text
+
+__all__ = ["eps_text", "load_report", "protocol_name", "protocol_text", "record_evaluations", "report_metrics"]
+
+APGD_CE_ONLY = "APGD-CE"
+FULL = "full"
+
+
+def protocol_name(report: EvalReport) -> str:
+    """``"APGD-CE"`` for a single APGD-CE on the deployed model (the paper's Fig. 1 setting), ``"full"`` for
+    the model's default plan (MSA surrogates + Square), else the attack names joined by ``+``."""
+    names = [p.name for p in report.plan]
+    if names in (["apgd-ce/deployed"], ["apgd-ce/bpda"]) or (names == ["apgd-ce/fc"]
+                                                            and report.model_info.get("head") == "fc"):
+        return APGD_CE_ONLY
+    if report.config.attack.attacks is None:
+        return FULL
+    return "+".join(names)
+
+
+def protocol_text(report: EvalReport, *, with_eps: bool = True) -> str:
+    """One line saying exactly what was run (``with_eps=False``: the same line without the radius)."""
+    a = report.config.attack
+    attacks = ", ".join(p.name for p in report.plan)
+    square = f", Square {a.square_queries} queries" if any(p.kind == "square" for p in report.plan) else ""
+    radius = f"{a.norm} eps {eps_text(a.eps)}: " if with_eps else f"{a.norm}: "
+    return (f"{radius}{attacks} (APGD {a.n_iter} iterations x {a.n_restarts} "
+            f"restart(s){square}; per-sample worst case, {a.schedule} schedule)")
+
+
+def load_report(path: str | Path) -> EvalReport:
+    """Read and validate a report written by ``hpm eval`` (:class:`hpm.HPMError` if it is not one)."""
+    return EvalReport.from_json(path)
+
+
+def report_metrics(report: EvalReport, source: str | Path | None = None) -> dict[str, dict]:
+    """``config.json`` metric entries of one report: clean and robust accuracy per evaluation batch size."""
+    a, data = report.config.attack, report.config.data
+    proto = protocol_name(report)
+    out: dict[str, dict] = {}
+    for bs, r in report.results.items():
+        common = {"split": data.get("source"), "n": r.n, "batch_size": int(bs), "report": str(source or ""),
+                  "command": report.command}
+        out[f"clean_accuracy (n {r.n}, bs {bs})"] = {"value": r.clean_accuracy, "protocol": "clean", **common}
+        out[f"robust_accuracy ({a.norm} {eps_text(a.eps)}, {proto}, n {r.n}, bs {bs})"] = {
+            "value": r.robust_accuracy, "ci95": r.robust_ci95, "protocol": protocol_text(report),
+            "norm": a.norm, "eps": a.eps, **common}
+    return out
+
+
+def record_evaluations(checkpoint: str | Path, reports: list[str | Path], *,
+                       command: str | None = None) -> dict[str, dict]:
+    """Add the metrics of ``reports`` to a checkpoint's ``config.json`` and regenerate its model card.
+
+    The weights are not touched. A metric of the same name is replaced (a rerun supersedes). ``command``
+    (the ``hpm card`` call) is stored beside each new metric so the card can cite it. Returns the checkpoint's metrics after the update.
+    """
+    directory = Path(checkpoint)
+    if not directory.is_dir():
+        raise HPMError(f"{directory}: not a checkpoint directory")
+    config = read_config(directory)
+    for path in reports:
+        report = load_report(path)
+        for name, metric in report_metrics(report, path).items():
+            config.metrics[name] = metric | ({"recorded_with": command} if command else {})
+    write_config(directory, config, model_card(config))
+    return config.metrics
+
+
