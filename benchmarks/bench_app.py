@@ -1,4 +1,4 @@
-"""App timings on this machine with the default shipped model (issue 6), printed:
+"""App timings on this machine with the default shipped model, printed:
 
 1. wall time from ``python app.py`` to the first served page;
 2. median time of a 20-step APGD attack (MSA ensemble) on one CIFAR-10 image (target <= 2 s);

@@ -1,4 +1,4 @@
-"""Cost ratios of the evaluation (issue 3), measured in one run on this machine and printed.
+"""Cost ratios of the evaluation, measured in one run on this machine and printed.
 
 1. One ensemble-surrogate APGD step (FC oracle + soft hybrid, summed losses, one shared backbone pass)
    vs one FC-oracle APGD step, on the pyautoattack ResNet-18 with an HPM head. Target: <= 1.10.
@@ -11,7 +11,7 @@ import argparse
 import torch
 
 import hpm
-from hpm.attacks import TARGETS, AttackSpec, BatchFeatures, run_apgd
+from hpm.attacks import BatchFeatures, parse_attacks, run_attack
 from timing import median_seconds
 
 
@@ -30,9 +30,9 @@ def main() -> None:
     batch = BatchFeatures(model, None)
 
     def apgd(target: str):
-        spec = AttackSpec(f"apgd-ce/{target}", "apgd", "ce", TARGETS[target])
-        return lambda: run_apgd(spec, batch, x, y, norm="Linf", eps=8 / 255, n_iter=args.iters, n_restarts=1,
-                                seed=0, num_classes=10)
+        spec, = parse_attacks([f"apgd-ce/{target}"], model)
+        return lambda: run_attack(spec, batch, x, y, norm="Linf", eps=8 / 255, n_iter=args.iters, seed=0,
+                                  num_classes=10)
 
     fc = median_seconds(apgd("fc"), args.repeats) / args.iters
     ens = median_seconds(apgd("ensemble"), args.repeats) / args.iters

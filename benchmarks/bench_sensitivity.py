@@ -1,4 +1,4 @@
-"""Time of a 200-point CDF curve (issue 4 targets: <= 50 ms each on this CPU), printed with the ratio.
+"""Time of a 200-point CDF curve (target: <= 50 ms each on this CPU), printed with the ratio.
 
     python benchmarks/bench_sensitivity.py [--d 2048] [--points 200] [--repeats 50]
 """

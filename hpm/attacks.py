@@ -1,7 +1,7 @@
 """Thin adapters over AutoAttack's own APGD and Square (``pyautoattack``) for the MSA protocol.
 
 Nothing here re-implements an attack. The adapters only decide *what* an attack differentiates and
-*where* success is judged (METHOD.md, "Evaluation"):
+*where* success is judged (the paper's Mixed Surrogate Attack, Sec. 3.7 and supp. 6.3):
 
 - :class:`AttackTarget` runs the backbone once per step and returns the logits of one or more
   surrogates (``fc`` oracle, ``soft`` hybrid, ``hard`` = the deployed model's straight-through gradient,

@@ -8,7 +8,7 @@ class scores ``[B, k]``::
 A batch-dependent head (HPM) computes one sample's scores from every row of ``z``: to classify samples
 inside a fixed context, :class:`hpm.HPMClassifier` appends the context's features as extra rows.
 
-``mode`` selects one of the three forward passes of the paper's evaluation protocol (METHOD.md):
+``mode`` selects one of the three forward passes of the paper's evaluation protocol (Sec. 3.7):
 ``"hard"`` is the deployed model, ``"soft"`` the soft-hybrid surrogate and ``"fc"`` the FC oracle.
 Heads without a straight-through estimator treat ``"soft"`` like ``"hard"``. Prototype buffers are
 updated by EMA only in training mode and only when ``labels`` are given, so evaluation is

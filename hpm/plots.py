@@ -61,7 +61,7 @@ def cdf_comparison_figure(report: AngleReport) -> go.Figure:
 def robustness_curve_figure(rows: list[dict], title: str = "Accuracy under attack") -> go.Figure:
     """Fig. 1-style curves: robust accuracy vs eps, one line per model and protocol.
 
-    ``rows`` are :func:`hpm.results.comparison_rows` entries (label, protocol, eps, robust, ci95, ...);
+    ``rows`` are :func:`hpm.publish.compare.comparison_rows` entries (label, protocol, eps, robust, ci95, ...);
     APGD-CE-only lines are dashed, full-protocol lines solid, 95% Clopper-Pearson intervals as error bars.
     """
     fig = go.Figure()

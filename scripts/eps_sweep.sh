@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 (1): accuracy under attack vs eps, APGD-CE alone (the paper's Fig. 1 setting: one APGD-CE on the
+# Accuracy under attack vs eps, APGD-CE alone (the paper's Fig. 1 setting: one APGD-CE on the
 # deployed model) and the full protocol (APGD-CE + APGD-DLR on every MSA surrogate + Square, per-sample
 # worst case), for each MODEL given as NAME=SOURCE (a checkpoint directory or model source).
 #   MODELS="fc=pyautoattack ncm=checkpoints/cifar10-resnet18-ncm hpm=checkpoints/cifar10-resnet18-hpm-clean" \

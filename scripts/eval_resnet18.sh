@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 3's evaluations: the pyautoattack CIFAR-10 ResNet-18 with its FC head and with the clean-fine-tuned
+# Evaluations of the pyautoattack CIFAR-10 ResNet-18 with its FC head and with the clean-fine-tuned
 # HPM head (checkpoints/cifar10-resnet18-hpm-clean), first N lossless test images, eps 1/255 and 8/255,
 # full MSA + Square protocol at evaluation batch sizes 16 and 200. Writes results/eval/*.{json,md,npz}.
 #   DATA=../shared/data N=200 SQUARE=1000 bash scripts/eval_resnet18.sh

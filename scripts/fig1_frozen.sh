@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 (1a): the paper's Fig. 1 question on frozen features. The pyautoattack ResNet-18 (standard training)
+# The paper's Fig. 1 question on frozen features. The pyautoattack ResNet-18 (standard training)
 # with its FC head, an l2 nearest-class-mean head (class means of the 50k training features) and the
 # clean-fine-tuned HPM head, attacked at eps in {0.25, 0.5, 1, 2, 4}/255 with APGD-CE alone and with the
 # full protocol. Writes results/eval/sweep/resnet18-*.json and results/figures/resnet18-sweep.{html,png}.

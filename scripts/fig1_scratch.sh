@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 (1b): Fig. 1 as the paper runs it, end to end. One CIFAR ResNet trained from scratch twice with the
+# Fig. 1 as the paper runs it, end to end. One CIFAR ResNet trained from scratch twice with the
 # same recipe, seed and epochs: once with an FC classifier, once with the l2 classifier (-l2 distance to
 # learnable class centres). Then the same eps sweep as fig1_frozen.sh. Training resumes per epoch.
 #   DATA=../shared/data RUN=runs DEPTH=20 WIDTH=16 EPOCHS=12 N=200 bash scripts/fig1_scratch.sh

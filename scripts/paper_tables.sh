@@ -29,7 +29,7 @@ esac
 data_args=(); [ -n "$DATA" ] && data_args=(--data "$DATA")
 mkdir -p "$OUT"
 for ds in $datasets; do
-  # paper recipe (METHOD.md): CIFAR-10 8/255 1 epoch; CIFAR-100 8/255 2 epochs + wMSE in the attack;
+  # paper recipe (Sec. 4.2, supp. 6.2): CIFAR-10 8/255 1 epoch; CIFAR-100 8/255 2 epochs + wMSE in the attack;
   # ImageNet 4/255 2 epochs on 10 images per class (10,000), evaluated on 5 per class (5,000)
   case "$ds" in
     cifar10)  eps=8/255; train=(--epochs 1);                         n="${N:-10000}"; subset=first ;;

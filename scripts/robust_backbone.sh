@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 (2): the paper's Table 1 at CPU scale. Adversarially train a CIFAR ResNet-20 (first-stage width 32)
+# The paper's Table 1 at CPU scale. Adversarially train a CIFAR ResNet-20 (first-stage width 32)
 # with FGSM-RS at l_inf 8/255, apply HPM with the paper's IKL adversarial fine-tuning on the frozen backbone,
 # then evaluate FC and HPM under the same full protocol and record the numbers in both model cards.
 #   DATA=../shared/data RUN=runs bash scripts/robust_backbone.sh

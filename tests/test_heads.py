@@ -1,4 +1,4 @@
-"""The HPM head, equation by equation (METHOD.md, Sec. 3.6), and the shared head contract."""
+"""The HPM head, equation by equation (Sec. 3.6), and the shared head contract."""
 import pytest
 import torch
 import torch.nn.functional as F

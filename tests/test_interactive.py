@@ -1,5 +1,6 @@
 """The demo's library layer: a corpus of awkward uploads, single-image attacks, context isolation."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -169,3 +170,57 @@ def test_small_images_are_enlarged_for_display_without_blurring():
     big = demo.tensor_to_image(x, min_side=192)
     assert big.shape == (192, 192, 3) and (big[:6, :6] == big[0, 0]).all()
     assert demo.tensor_to_image(x).shape == (32, 32, 3)
+
+
+# --- the same on the command line: hpm predict / hpm attack ----------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An HPM head on a tiny zoo ResNet: a checkpoint that loads by path alone, as users' checkpoints do."""
+    from hpm.heads import HPMHead
+    from hpm.sources import BackboneSpec
+    from hpm.sources.zoo import build, split
+    torch.manual_seed(0)
+    options = {"depth": 8, "width": 4, "num_classes": 4, "classifier": "fc"}
+    features, fc = split(build("cifar_resnet", options))
+    model = hpm.HPMClassifier(features, fc, HPMHead(16, 4), backbone_spec=BackboneSpec("hpm", "cifar_resnet", options),
+                              classes=["a", "b", "c", "d"], dataset="cifar10").eval()
+    x = torch.rand(40, 3, 32, 32)
+    model.head.init_prototypes(model.forward_features(x), torch.arange(40) % 4)
+    return model.save_pretrained(tmp_path_factory.mktemp("ck") / "tiny-hpm")
+
+
+def test_hpm_predict_prints_both_heads_top5(tiny_checkpoint, tmp_path, capsys):
+    from hpm.cli import main
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bytes(Image.new("RGB", (48, 40), (200, 30, 10))))
+    assert main(["predict", str(tiny_checkpoint), str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "alone (batch of 1)" in out and out.count("%") == 8 and "\nFC: " in out and "\nHPM: " in out
+
+
+@pytest.mark.parametrize("attack", ["ensemble", "square"])
+def test_hpm_attack_writes_the_png_it_judged_and_a_json_of_both_heads(attack, tiny_checkpoint, tmp_path):
+    from hpm.cli import main
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))))
+    out = tmp_path / "out"
+    assert main(["attack", str(tiny_checkpoint), str(image), "--attack", attack, "--eps", "8/255", "--steps", "5",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert set(record["clean"]) == set(record["adversarial"]) == {"fc", "hpm"} and record["attack"] == attack
+    clean = demo.image_to_tensor(demo.open_image(image), (3, 32, 32))
+    adv = demo.image_to_tensor(demo.open_image(out / "adversarial.png"), (3, 32, 32))  # lossless: exactly what was judged
+    assert (adv - clean).abs().max() <= 8 / 255 + 1e-6 and record["png"]["linf"] <= 8 / 255 + 1e-6
+    model = hpm.load(tiny_checkpoint)
+    assert record["png"]["predictions"] == demo.classify(model, adv, demo.no_context())
+
+
+@pytest.mark.parametrize("name", ["text", "decompression_bomb"])
+def test_hpm_predict_rejects_bad_images_with_the_apps_message(name, tiny_checkpoint, tmp_path, capsys):
+    from hpm.cli import main
+    data, message = BAD[name]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(data)
+    assert main(["predict", str(tiny_checkpoint), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpm: error: ") and message in err and len(err.strip().splitlines()) == 1

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from ..errors import HPMError
-from .common import add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg, positive_int
+from .common import (add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg,
+                     positive_int)
 
 
 def register(sub) -> None:

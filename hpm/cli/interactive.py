@@ -8,7 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_data_args, add_device_arg, add_model_arg, device, eps_arg, load_model_arg, positive_int
+from .common import (add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg,
+                     positive_int)
 
 
 def register(sub) -> None:
@@ -50,11 +51,12 @@ def _load(args: argparse.Namespace):
     from .. import interactive
     from ..images import image_to_tensor, open_image
 
+    image = open_image(Path(args.image))  # a bad file fails here, before any model is loaded
     model = load_model_arg(args.model, args.model_dir, args.dataset).to(device(args.device))
-    x = image_to_tensor(open_image(Path(args.image)), model.input_size).to(model.device)
+    x = image_to_tensor(image, model.input_size).to(model.device)
     context = interactive.no_context()
     if args.context:
-        images, _, _ = interactive.gallery_samples(args.dataset or model.dataset or "cifar10", args.context, args.data)
+        images, _, _ = interactive.gallery_samples(dataset_of(args, model), args.context, args.data)
         context = interactive.make_context(model, images, f"inside a batch with the first {len(images)} "
                                                           f"{model.dataset} test images")
     return model, x, context

@@ -11,10 +11,10 @@ from ..data import Subset, load_dataset
 from ..errors import HPMError
 from ..model import HPMClassifier
 from . import dist
-from .checks import check_results, run_checks
+from .checks import Check, check_results, run_checks
 from .protocol import AttackConfig, run_protocol
 from .report import EvalConfig, EvalReport, summarise
-from .samples import load_results, save_results
+from .samples import SampleResults, load_results, save_results
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
@@ -73,8 +73,10 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         if npz_path is not None and world > 1:
             save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
         found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device) if checks else []
-        return _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device,
-                             json_path, md_path, command)
+        config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
+                            device=str(device or "cpu"))
+        report = build_report(model_id, model_info(model), config, plan, results, found, command)
+        return write_report(report, json_path, md_path)
     finally:
         if distributed:
             dist.shutdown()
@@ -101,14 +103,17 @@ def _sanity_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig,
     return run_checks(model, x[:n], y[:n], attack, batch_size=min(min(batch_sizes), n), device=device)
 
 
-def _build_report(model, model_id, attack, batch_sizes, data_info, plan, results, found, device, json_path, md_path,
-                  command=None):
-    summaries = {str(bs): summarise(results[bs], plan, attack.schedule) for bs in sorted(results)}
+def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, results: dict[int, SampleResults],
+                 found: list[Check], command: str | None) -> EvalReport:
+    """The report of per-sample ``results``: summaries per batch size, and the checks that read them first."""
+    summaries = {str(bs): summarise(results[bs], plan, config.attack.schedule) for bs in sorted(results)}
     found = [c for s in summaries.values() for c in check_results(s)] + list(found)
-    config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
-                        device=str(device or "cpu"))
-    report = EvalReport(model=model_id, model_info=model_info(model) if model is not None else {}, config=config,
-                        plan=list(plan), results=summaries, checks=[c.to_dict() for c in found], command=command)
+    return EvalReport(model=model_id, model_info=info, config=config, plan=list(plan), results=summaries,
+                      checks=[c.to_dict() for c in found], command=command)
+
+
+def write_report(report: EvalReport, json_path: Path | None, md_path: Path | None) -> EvalReport:
+    """Write ``report`` as JSON and Markdown (nothing when ``json_path`` is None); returns it."""
     if json_path is not None:
         report.to_json(json_path)
         md_path.write_text(report.to_markdown())
@@ -125,13 +130,8 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
     key, merged = dist.merge_runs([load_results(Path(p)) for p in npz_paths])  # as rank 0 merges the ranks
     save_results(npz_path, merged, key)
     base = EvalReport.from_json(base_report)
-    c = base.config
-    report = _build_report(None, base.model, c.attack, c.batch_sizes, c.data, base.plan, merged, [], c.device,
-                           json_path, md_path, base.command)
-    report.model_info = base.model_info
-    report.to_json(json_path)
-    md_path.write_text(report.to_markdown())
-    return report
+    report = build_report(base.model, base.model_info, base.config, base.plan, merged, [], base.command)
+    return write_report(report, json_path, md_path)
 
 
 def load_eval_data(dataset: str, split: str, data: str | None, subset: Subset) -> tuple[Tensor, Tensor, Tensor, dict]:

@@ -47,7 +47,8 @@ def _build(cls, data: Any, where: str):
     known = {f.name for f in fields(cls)}
     required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
     if set(data) - known or required - set(data):
-        raise HPMError(f"{where}: unknown keys {sorted(set(data) - known)}, missing keys {sorted(required - set(data))}")
+        raise HPMError(f"{where}: unknown keys {sorted(set(data) - known)}, "
+                       f"missing keys {sorted(required - set(data))}")
     return cls(**data)
 
 
@@ -83,7 +84,8 @@ class BatchSizeResult:
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "BatchSizeResult":
         result = _build(cls, d, where)
-        result.per_attack = [_build(AttackSummary, a, f"{where}.per_attack[{i}]") for i, a in enumerate(d["per_attack"])]
+        result.per_attack = [_build(AttackSummary, a, f"{where}.per_attack[{i}]")
+                             for i, a in enumerate(d["per_attack"])]
         return result
 
 
@@ -172,7 +174,8 @@ class EvalReport:
     def _markdown_header(self) -> list[str]:
         a, data = self.config.attack, self.config.data
         lines = [f"# Robustness report: `{self.model}`", "",
-                 f"- head: **{self.model_info.get('head', 'n/a')}**, backbone: {self.model_info.get('backbone', 'n/a')}",
+                 f"- head: **{self.model_info.get('head', 'n/a')}**, "
+                 f"backbone: {self.model_info.get('backbone', 'n/a')}",
                  f"- data: {data['source']}, subset {data['subset']}, n = {data['n']}",
                  f"- threat model: {a.norm}, eps = {a.eps:.6g} ({a.eps * 255:.3g}/255); APGD {a.n_iter} iterations x "
                  f"{a.n_restarts} restart(s); Square {a.square_queries} queries; schedule: {a.schedule}; seed {a.seed}",
@@ -191,7 +194,8 @@ def _attack_table(bs: str, r: BatchSizeResult) -> list[str]:
              "| attack | attacked | broken | first broken | robust after" + (" | robust alone" if alone else "")
              + " | time (s) |", "| --- | --- | --- | --- | --- |" + (" --- |" if alone else "") + " --- |"]
     for a in r.per_attack:
-        lines.append(f"| {a.name} | {a.attacked} | {a.broken} | {a.first_broken} | {100 * a.robust_accuracy_after:.1f}% |"
+        lines.append(f"| {a.name} | {a.attacked} | {a.broken} | {a.first_broken} | "
+                     f"{100 * a.robust_accuracy_after:.1f}% |"
                      + (f" {100 * a.robust_accuracy_alone:.1f}% |" if alone else "") + f" {a.seconds:.1f} |")
     return lines
 

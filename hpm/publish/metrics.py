@@ -23,13 +23,11 @@ FULL = "full"
 def protocol_name(report: EvalReport) -> str:
     """``"APGD-CE"`` for a single APGD-CE on the deployed model (the paper's Fig. 1 setting), ``"full"`` for
     the model's default plan (MSA surrogates + Square), else the attack names joined by ``+``."""
-    names = [p.name for p in report.plan]
-    if names in (["apgd-ce/deployed"], ["apgd-ce/bpda"]) or (names == ["apgd-ce/fc"]
-                                                            and report.model_info.get("head") == "fc"):
+    if [(p.kind, p.loss, p.surrogates) for p in report.plan] == [("apgd", "ce", ("hard",))]:
         return APGD_CE_ONLY
     if report.config.attack.attacks is None:
         return FULL
-    return "+".join(names)
+    return "+".join(p.name for p in report.plan)
 
 
 def protocol_text(report: EvalReport, *, with_eps: bool = True) -> str:

@@ -43,7 +43,7 @@ class CleanConfig:
 
 @dataclass
 class AdversarialConfig:
-    """IKL adversarial fine-tuning; defaults are the paper's CIFAR-10 recipe (METHOD.md)."""
+    """IKL adversarial fine-tuning; defaults are the paper's CIFAR-10 recipe (Sec. 4.2, supp. 6.2)."""
 
     epochs: int = 1  # paper: 1 on CIFAR-10, 2 on CIFAR-100 and the ImageNet subset
     batch_size: int = 64  # paper
@@ -102,7 +102,7 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
 
 
 def fit_prototypes(model: HPMClassifier, features: Tensor, labels: Tensor) -> None:
-    """Initialise the head's prototypes to the class means of clean features (METHOD.md).
+    """Initialise the head's prototypes to the class means of clean features (the paper's initialisation).
 
     Raises:
         HPMError: when some class has no training sample (e.g. a too small ``--n-train`` subset).

@@ -1,6 +1,6 @@
 """The IKL loss (Cui et al., NeurIPS 2024, "Decoupled Kullback-Leibler divergence loss").
 
-Follows their public code (``DKLv1/Adv-training-dkl/train_dkl_cifar10.py``) as restated in METHOD.md: with
+Follows their public code (``DKLv1/Adv-training-dkl/train_dkl_cifar10.py``). With
 natural logits ``zn`` and adversarial logits ``za`` (``[B, k]``),
 
 - ``wMSE = 1/(4B) sum_b sum_jk w^b_jk (dn_jk - da_jk)^2`` with ``d_jk = z_j - z_k`` (no stop-gradient on zn),

@@ -207,7 +207,8 @@ def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDatase
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{run.opt.param_groups[0]['lr']:.4f}")
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                        lr=f"{run.opt.param_groups[0]['lr']:.4f}")
     bar.close()
     return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen}
 
