@@ -17,6 +17,7 @@ from PIL import Image  # noqa: E402
 
 from hpm import interactive as demo  # noqa: E402
 from hpm.errors import HPMError  # noqa: E402
+from hpm.images import image_to_tensor, open_image, tensor_to_image  # noqa: E402
 from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                        perturbation_heatmap)
 
@@ -65,7 +66,7 @@ def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
 def _image_tensor(image: np.ndarray | None, model) -> torch.Tensor:
     if image is None:
         raise HPMError("choose an image first: upload one or click a gallery sample")
-    return demo.image_to_tensor(Image.fromarray(np.asarray(image, dtype=np.uint8)), model.input_size)
+    return image_to_tensor(Image.fromarray(np.asarray(image, dtype=np.uint8)), model.input_size)
 
 
 @_user_errors
@@ -75,7 +76,7 @@ def load_model(choice: str, hub_id: str):
     model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
     model = _model(model_id)
     choices = demo.attack_choices(model)
-    head = demo.head_name(model)
+    head = model.head.label
     return (model_id, demo.card_facts(model),
             gr.Radio(choices=choices, value=demo.default_attack(choices)),
             gr.Label(label=f"{head}, clean"), gr.Label(label=f"{head}, adversarial"))
@@ -86,7 +87,7 @@ def use_upload(path: str | None) -> np.ndarray:
     """Decode an uploaded file (any format PIL reads; bad files get a message) into the current image."""
     if path is None:
         raise HPMError("no file received")
-    return np.asarray(demo.open_image(path))
+    return np.asarray(open_image(path))
 
 
 def gallery_items(model_id: str | None) -> tuple[list, str]:
@@ -96,7 +97,7 @@ def gallery_items(model_id: str | None) -> tuple[list, str]:
     except (HPMError, TypeError) as e:
         return [], (f"Gallery unavailable: {e}. Set `HPM_DATA_DIR` to a local data root (e.g. `../shared/data`) "
                     "or run online to download the test set; uploads still work.")
-    return [(demo.tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], ""
+    return [(tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], ""
 
 
 def use_gallery(model_id: str, evt: gr.SelectData) -> np.ndarray:
@@ -110,7 +111,7 @@ def predict(image: np.ndarray, model_id: str, use_context: bool, context_n: int)
     model = _model(model_id)
     context = _context(model_id, use_context, context_n)
     out = demo.classify(model, _image_tensor(image, model).to(DEVICE), context)
-    return out["fc"], out["hpm"], f"Classified {context.description}."
+    return out["fc"], out["deployed"], f"Classified {context.description}."
 
 
 @gpu
@@ -120,7 +121,7 @@ def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, s
     """Run one attack and show clean vs adversarial predictions of both heads."""
     model = _model(model_id)
     context = _context(model_id, use_context, context_n)
-    progress(0, desc=demo.ATTACKS.get(attack_name, attack_name))
+    progress(0, desc=demo.attack_description(model, attack_name))
     result = demo.attack_image(model, _image_tensor(image, model), attack=attack_name, eps=float(eps_255) / 255,
                                steps=int(steps), context=context,
                                on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}"))
@@ -128,14 +129,15 @@ def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, s
     heat = perturbation_heatmap(magnitude)
     verdict = {True: "yes", False: "no", None: "n/a (black-box attack)"}
     unit = "queries" if attack_name == "square" else "steps"
-    summary = (f"**{demo.ATTACKS[attack_name]}**, ε = {eps_255:g}/255, {steps} {unit}, "
+    summary = (f"**{demo.attack_description(model, attack_name)}**, ε = {eps_255:g}/255, {steps} {unit}, "
                f"classified {context.description}.\n\n"
                f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
                f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
-               f"Surrogate fooled: **{verdict[result.surrogate_fooled]}** · deployed HPM fooled: "
-               f"**{verdict[result.deployed_fooled]}** · transferred to HPM: **{verdict[result.transferred]}**")
-    return (demo.tensor_to_image(result.x_adv, 192), amplified, heat, result.clean["fc"], result.clean["hpm"],
-            result.adversarial["fc"], result.adversarial["hpm"], summary)
+               f"Surrogate fooled: **{verdict[result.surrogate_fooled]}** · deployed {model.head.label} fooled: "
+               f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
+               f"**{verdict[result.transferred]}**")
+    return (tensor_to_image(result.x_adv, 192), amplified, heat, result.clean["fc"], result.clean["deployed"],
+            result.adversarial["fc"], result.adversarial["deployed"], summary)
 
 
 @_user_errors
@@ -184,7 +186,7 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
                 preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
                                    elem_id="current-image")
             with gr.Column(scale=1):
-                first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.ATTACKS)
+                first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
                 attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
                                        info="APGD-CE on a surrogate or the model; square: black box")
                 eps = gr.Slider(0, 16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")

@@ -24,6 +24,7 @@ from pyautoattack.autopgd_base import APGDAttack
 from pyautoattack.square import SquareAttack
 from torch import Tensor, nn
 
+from .heads import HEADS
 from .model import HPMClassifier
 
 NORMS = ("Linf", "L2")
@@ -43,14 +44,21 @@ class AttackSpec:
         return self.kind == "apgd"
 
 
-DEPLOYED = {"deployed": ("hard",)}  # every model can be attacked as deployed (HPM: through its STE)
 LOSSES = ("ce", "dlr")
+PLAIN_TARGETS = {"deployed": ("hard",)}  # a plain classifier: attacked as it is
 
 
 def apgd_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """What APGD attacks on this model, as its head declares (:attr:`hpm.heads.Head.attack_targets`):
     target name -> the forward modes whose summed loss APGD follows. A plain classifier: the model itself."""
-    return dict(model.head.attack_targets) if isinstance(model, HPMClassifier) else dict(DEPLOYED)
+    return dict(model.head.attack_targets) if isinstance(model, HPMClassifier) else dict(PLAIN_TARGETS)
+
+
+def accepted_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The targets :func:`parse_attacks` accepts: the declared ones, plus ``deployed`` (every model) and ``fc``
+    (every :class:`HPMClassifier` has its FC oracle) for experiments beyond the default plan."""
+    extra = {"deployed": ("hard",), **({"fc": ("fc",)} if isinstance(model, HPMClassifier) else {})}
+    return {**apgd_targets(model), **{k: v for k, v in extra.items() if k not in apgd_targets(model)}}
 
 
 def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: bool = True) -> list[AttackSpec]:
@@ -61,11 +69,10 @@ def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: boo
 
 
 def parse_attacks(names: list[str], model: nn.Module) -> list[AttackSpec]:
-    """``["apgd-ce/fc", "apgd-dlr/ensemble", "square", ...]`` -> specs, validated against the model.
-
-    ``apgd-*/deployed`` applies to every model; the other targets are those the model's head declares.
-    """
-    targets = {**DEPLOYED, **apgd_targets(model)}
+    """``["apgd-ce/fc", "apgd-dlr/ensemble", "square", ...]`` -> specs, validated against the model
+    (targets: :func:`accepted_targets`)."""
+    targets = accepted_targets(model)
+    known = {t for head in HEADS.values() for t in head.attack_targets} | {"deployed", "fc"}
     plan = []
     for name in names:
         if name == "square":
@@ -73,12 +80,13 @@ def parse_attacks(names: list[str], model: nn.Module) -> list[AttackSpec]:
             continue
         kind, _, target = name.partition("/")
         loss = kind.removeprefix("apgd-")
-        if not kind.startswith("apgd-") or loss not in LOSSES or not target:
-            raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr}}/TARGET")
+        if not kind.startswith("apgd-") or loss not in LOSSES or target not in known:
+            raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr}}/TARGET with a TARGET of "
+                             f"{', '.join(sorted(known))}")
         if target not in targets:
-            head = model.head_type if isinstance(model, HPMClassifier) else "plain classifier"
-            raise ValueError(f"unknown attack {name!r}: it does not apply to this model ({head}), whose APGD "
-                             f"targets are {', '.join(targets)}")
+            head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else "a plain classifier"
+            raise ValueError(f"attack {name!r} does not apply to this model ({head}); its APGD targets are "
+                             f"{', '.join(targets)}")
         plan.append(AttackSpec(name, "apgd", loss, targets[target]))
     if len({s.name for s in plan}) != len(plan):
         raise ValueError("an attack is listed twice")
@@ -221,7 +229,19 @@ def run_square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
     return AttackOutcome(broken, x_best)
 
 
-KINDS = ("apgd", "square")
+def _apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: dict, num_classes: int,
+          on_step: Callable[[], None] | None) -> AttackOutcome:
+    return run_apgd(spec, batch, x, y, norm=budget["norm"], eps=budget["eps"], n_iter=budget["n_iter"],
+                    n_restarts=budget["n_restarts"], seed=budget["seed"], num_classes=num_classes, on_step=on_step)
+
+
+def _square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: dict, num_classes: int,
+            on_step: Callable[[], None] | None) -> AttackOutcome:
+    return run_square(spec, batch, x, y, norm=budget["norm"], eps=budget["eps"], n_queries=budget["square_queries"],
+                      seed=budget["seed"], on_step=on_step)
+
+
+KINDS: dict[str, Callable[..., AttackOutcome]] = {"apgd": _apgd, "square": _square}  # AttackSpec.kind -> runner
 
 
 def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float,
@@ -230,15 +250,15 @@ def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
     """Run one attack of a plan on ``x`` (every row attacked together), judged on the deployed model.
 
     Args:
-        spec: the attack (:func:`default_plan`, :func:`parse_attacks`).
+        spec: the attack (:func:`default_plan`, :func:`parse_attacks`); its ``kind`` picks the runner in
+            :data:`KINDS`.
         batch: the model and the fixed rows of the evaluation batch.
         norm, eps: the threat model; n_iter, n_restarts: APGD's budget; square_queries: Square's.
         seed: the attack's seed.
         on_step: called after every forward pass (APGD) or query round (Square).
     """
-    if spec.kind == "apgd":
-        return run_apgd(spec, batch, x, y, norm=norm, eps=eps, n_iter=n_iter, n_restarts=n_restarts, seed=seed,
-                        num_classes=num_classes, on_step=on_step)
-    if spec.kind == "square":
-        return run_square(spec, batch, x, y, norm=norm, eps=eps, n_queries=square_queries, seed=seed, on_step=on_step)
-    raise ValueError(f"unknown attack kind {spec.kind!r}; one of {', '.join(KINDS)}")
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown attack kind {spec.kind!r}; one of {', '.join(KINDS)}")
+    budget = {"norm": norm, "eps": eps, "n_iter": n_iter, "n_restarts": n_restarts, "square_queries": square_queries,
+              "seed": seed}
+    return KINDS[spec.kind](spec, batch, x, y, budget, num_classes, on_step)

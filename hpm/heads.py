@@ -16,7 +16,8 @@ deterministic (AutoAttack's randomness check).
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from types import MappingProxyType
+from typing import Callable, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,9 @@ class Head(nn.Module):
         batch_dependent: True when one sample's scores depend on the other samples of the batch.
         attack_targets: what APGD attacks on this head (MSA, Sec. 3.7): target name -> the forward modes
             whose summed loss it follows (``"hard"`` through a straight-through estimator is BPDA).
+        target_descriptions: one line per attack target, for the app and the CLI.
+        deployed_modes: the forward modes whose scores are the deployed head's (APGD-CE on any of them
+            alone is "APGD-CE on the deployed model").
         fine_tuned: False when fine-tuning leaves the head and the original FC layer as they are.
         has_prototypes: True when the head scores against l2 class prototypes (``self.prototypes``).
     """
@@ -98,7 +102,9 @@ class Head(nn.Module):
     label: str = "base"
     description: str = ""
     batch_dependent: bool = False
-    attack_targets: dict[str, tuple[str, ...]] = {"deployed": ("hard",)}
+    attack_targets: Mapping[str, tuple[str, ...]] = MappingProxyType({"deployed": ("hard",)})
+    target_descriptions: Mapping[str, str] = MappingProxyType({"deployed": "the deployed head itself"})
+    deployed_modes: tuple[str, ...] = ("hard", "soft")
     fine_tuned: bool = True
     has_prototypes: bool = False
 
@@ -145,6 +151,7 @@ class FCHead(Head):
     head_type = "fc"
     label = "FC"
     description = "the original fully connected classifier"
+    deployed_modes = ("hard", "soft", "fc")
     fine_tuned = False
 
     def scores(self, z, fc_logits, mode):
@@ -157,7 +164,9 @@ class _PrototypeHead(Head):
     Its discontinuity-free scores are attacked directly, and through the FC oracle (MSA surrogate 1).
     """
 
-    attack_targets = {"fc": ("fc",), "deployed": ("hard",)}
+    attack_targets = MappingProxyType({"fc": ("fc",), "deployed": ("hard",)})
+    target_descriptions = MappingProxyType({"fc": "the FC oracle (surrogate 1)",
+                                            "deployed": "the deployed head itself"})
     has_prototypes = True
 
     def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98):
@@ -246,7 +255,14 @@ class HPMHead(_PrototypeHead):
                    "straight-through batch-level prototypes, scores = -l2 distance (Eq. 14-18)")
     batch_dependent = True
     # MSA (Sec. 3.7): the FC oracle, the soft-hybrid surrogate, their ensemble, and BPDA through the STE.
-    attack_targets = {"fc": ("fc",), "soft": ("soft",), "ensemble": ("fc", "soft"), "bpda": ("hard",)}
+    attack_targets = MappingProxyType({"fc": ("fc",), "soft": ("soft",), "ensemble": ("fc", "soft"),
+                                       "bpda": ("hard",)})
+    target_descriptions = MappingProxyType({
+        "fc": "the FC oracle (surrogate 1)", "soft": "the soft-hybrid surrogate (surrogate 2)",
+        "ensemble": "FC oracle + soft hybrid (MSA ensemble)",
+        "bpda": "the deployed model through its straight-through gradient (BPDA)",
+        "deployed": "the deployed model through its straight-through gradient (BPDA)"})
+    deployed_modes = ("hard",)
 
     def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98, eps: float = 1e-8):
         super().__init__(num_features, num_classes, momentum)

@@ -33,7 +33,11 @@ def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = No
     if not is_repo_id(text):
         raise CheckpointError(f"{text}: no such checkpoint directory (and not a Hub repo id of the form owner/name)")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(text, revision=revision, token=token, etag_timeout=5,

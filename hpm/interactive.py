@@ -15,23 +15,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attacks import AttackSpec, BatchFeatures, apgd_targets, run_attack
+from .attacks import BatchFeatures, apgd_targets, parse_attacks, run_attack
 from .errors import HPMError
-from .images import image_to_tensor, open_image, tensor_to_image  # noqa: F401  (re-exported for the app)
+from .heads import HEADS
+from .images import tensor_to_image
 from .model import HPMClassifier
 
 EPS_MAX = 16 / 255  # l_inf budget offered by the demo
 STEPS_MAX = 200  # APGD iterations
 QUERIES_MAX = 2000  # Square queries
 CONTEXT_MAX = 256
-ATTACKS = {  # UI name -> description
-    "fc": "APGD-CE on the FC oracle (surrogate 1)",
-    "soft": "APGD-CE on the soft-hybrid surrogate (surrogate 2)",
-    "ensemble": "APGD-CE on FC oracle + soft hybrid (MSA ensemble)",
-    "bpda": "APGD-CE on the deployed model through its straight-through gradient (BPDA)",
-    "deployed": "APGD-CE on the deployed head itself",
-    "square": "Square attack on the deployed model (black box)",
-}
+SQUARE_TEXT = "Square attack on the deployed model (black box)"
+KNOWN_ATTACKS = (*dict.fromkeys(t for head in HEADS.values() for t in head.attack_targets), "square")
 
 
 def attack_choices(model: HPMClassifier) -> list[str]:
@@ -39,14 +34,16 @@ def attack_choices(model: HPMClassifier) -> list[str]:
     return [*apgd_targets(model), "square"]
 
 
+def attack_description(model: HPMClassifier, attack: str) -> str:
+    """One line saying what ``attack`` does to this model (its head's own words for its targets)."""
+    if attack == "square":
+        return SQUARE_TEXT
+    return "APGD-CE on " + model.head.target_descriptions.get(attack, attack)
+
+
 def default_attack(choices: list[str]) -> str:
     """The attack the app preselects: the MSA ensemble where it exists, else the first choice."""
     return "ensemble" if "ensemble" in choices else choices[0]
-
-
-def head_name(model: HPMClassifier) -> str:
-    """How the app labels the deployed head."""
-    return model.head.label
 
 
 # --- predictions -----------------------------------------------------------------------------------------
@@ -77,7 +74,8 @@ def make_context(model: HPMClassifier, images: Tensor, description: str, batch_s
 @torch.no_grad()
 def _both_heads(model: HPMClassifier, batch: BatchFeatures, z: Tensor) -> dict[str, dict[str, float]]:
     """Top-5 of the FC head and of the deployed head from features ``z [1, d]`` (inside ``batch``'s context)."""
-    return {"fc": top_k(model.fc(z)[0], model.classes), "hpm": top_k(batch.scores(z, "hard")[0], model.classes)}
+    return {"fc": top_k(model.fc(z)[0], model.classes),
+            "deployed": top_k(batch.scores(z, "hard")[0], model.classes)}
 
 
 @torch.no_grad()
@@ -97,7 +95,7 @@ class AttackResult:
     x: Tensor  # [1, 3, H, W]
     x_adv: Tensor
     label: int  # the deployed model's clean prediction (the attack's untargeted label)
-    clean: dict[str, dict[str, float]]  # {"fc": top-5, "hpm": top-5}
+    clean: dict[str, dict[str, float]]  # {"fc": top-5, "deployed": top-5}
     adversarial: dict[str, dict[str, float]]
     surrogate_fooled: bool | None  # did the attacked surrogate change its prediction? (None for Square)
     deployed_fooled: bool
@@ -106,13 +104,13 @@ class AttackResult:
 
     @property
     def transferred(self) -> bool | None:
-        """Did an attack that fooled the surrogate also fool the deployed HPM?"""
+        """Did an attack that fooled the surrogate also fool the deployed head?"""
         return None if self.surrogate_fooled is None else bool(self.surrogate_fooled and self.deployed_fooled)
 
 
 def check_attack_args(attack: str, eps: float, steps: int, model: HPMClassifier) -> None:
-    if attack not in ATTACKS:
-        raise HPMError(f"attack must be one of {', '.join(ATTACKS)}; got {attack!r}")
+    if attack not in KNOWN_ATTACKS:
+        raise HPMError(f"attack must be one of {', '.join(attack_choices(model))}; got {attack!r}")
     if attack not in attack_choices(model):
         raise HPMError(f"the {attack!r} attack does not apply to this model's {model.head_type!r} head; choose one "
                        f"of {', '.join(attack_choices(model))}")
@@ -131,8 +129,7 @@ def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", e
     ``on_step(done, total)`` reports progress (APGD iterations or Square queries).
     """
     check_attack_args(attack, eps, steps, model)
-    spec = AttackSpec("square", "square") if attack == "square" else \
-        AttackSpec(f"apgd-ce/{attack}", "apgd", "ce", apgd_targets(model)[attack])
+    spec, = parse_attacks(["square" if attack == "square" else f"apgd-ce/{attack}"], model)
     context = context or no_context()
     x = x.to(model.fc.weight.device)
     batch = BatchFeatures(model, context.features)

@@ -10,14 +10,25 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import (CheckpointConfig, load_strict, read_config, read_weights, write_config, write_weights)
+from .checkpoint import (
+    CheckpointConfig,
+    load_strict,
+    read_config,
+    read_weights,
+    write_config,
+    write_weights,
+)
 from .errors import CheckpointError
 from .heads import Head, Mode, check_mode, create_head
-from .hub import push_folder, resolve_checkpoint
+from .hub import is_repo_id, push_folder, resolve_checkpoint
 from .model_card import model_card
-from .sources import BackboneSpec, SplitModel, load_backbone, parse_source
-
-DATASET_OF_SOURCE = {"pyautoattack": "cifar10", "timm": "imagenet", "torchvision": "imagenet"}
+from .sources import (
+    DATASET_OF_SOURCE,
+    BackboneSpec,
+    SplitModel,
+    load_backbone,
+    parse_source,
+)
 
 
 class ModeView(nn.Module):
@@ -129,6 +140,9 @@ class HPMClassifier(nn.Module):
 
         ``context [m, d]``: features of fixed samples that join the batch of a batch-dependent head (Eq. 16).
         """
+        if context is not None and (context.ndim != 2 or context.shape[1] != z.shape[1]):
+            raise ValueError(f"context must be features [m, {z.shape[1]}] (from context_features); "
+                             f"got shape {tuple(context.shape)}")
         if context is not None and self.head.batch_dependent:
             if labels is not None:
                 raise ValueError("labels (EMA prototype updates) and a context cannot be combined")
@@ -210,8 +224,9 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
     """Wrap a trained classifier with a head in one call.
 
     Args:
-        model_or_name: an ``nn.Module`` whose forward ends in ``nn.Linear`` (a copy is wrapped: the caller's
-            module is left as it was), or a source string: ``"pyautoattack"`` (the CIFAR-10 ResNet-18
+        model_or_name: an ``nn.Module`` whose forward ends in ``nn.Linear`` (a deep copy is wrapped, so the
+            caller's module is left as it was; this holds the weights twice while both exist), or a source
+            string: ``"pyautoattack"`` (the CIFAR-10 ResNet-18
             inside pyautoattack), ``"robustbench:NAME"``, ``"timm:NAME"``, ``"torchvision:NAME"``.
         head: ``"hpm"`` (default), ``"ncm"``, ``"cosine"`` or ``"fc"``.
         input_size: ``(C, H, W)``; defaults to the source's, or CIFAR's 3x32x32 for modules.
@@ -282,13 +297,12 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
     return model.to(device or "cpu").eval()
 
 
-
 def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None = None) -> HPMClassifier:
     """A checkpoint directory or Hub id (:func:`load`), or a source string (:func:`wrap` with its own FC head).
 
     ``model_dir`` and ``dataset`` are RobustBench's weight directory and dataset for ``robustbench:NAME``.
     """
-    if Path(text).is_dir() or ("/" in text and ":" not in text):
+    if Path(text).is_dir() or is_repo_id(text) or ("/" in text and ":" not in text):
         return load(text)
     return wrap(text, head="fc", source_options=source_options(text, model_dir, dataset))
 

@@ -21,7 +21,7 @@ hpm train-backbone --data "$DATA" --run-dir "$RUN/at-r20w32" --out "$FC" \
 hpm train "$FC" --head hpm --mode adversarial --n-train "$N_TRAIN" --data "$DATA" --out "$RUN/ikl-r20w32"
 rm -rf "$HPM" && mkdir -p "$HPM" && cp "$RUN"/ikl-r20w32/{config.json,model.safetensors,README.md} "$HPM"/
 
-# the bar: >= 30% under APGD-CE + APGD-DLR at 8/255 on all of test-first1000
+# the backbone's bar: >= 30% under APGD-CE + APGD-DLR at 8/255 on all of test-first1000
 hpm eval "$FC" --data "$DATA" --eps 8/255 --attacks apgd-ce/deployed,apgd-dlr/deployed --batch-sizes 250 \
   --out "$OUT/r20w32-fc-apgd-eps8.json" > /dev/null 2> "$OUT/r20w32-fc-apgd-eps8.log"
 # FC vs HPM under the identical full protocol

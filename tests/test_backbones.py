@@ -153,3 +153,9 @@ def test_autoattack_alias_resolves_to_pyautoattack():
     import autoattack.state
     import pyautoattack
     assert autoattack is pyautoattack and autoattack.state.EvaluationState is pyautoattack.state.EvaluationState
+
+
+def test_a_context_of_the_wrong_shape_is_refused_with_the_expected_shape(tiny_net):
+    model = hpm.wrap(tiny_net, head="hpm")
+    with pytest.raises(ValueError, match=r"context must be features \[m, 16\]"):
+        model(torch.rand(1, 3, 32, 32), context=torch.rand(4, 3, 32, 32))

@@ -260,3 +260,32 @@ def test_resume_key_ignores_the_square_budget_only_when_no_square_runs():
     small, large = AttackConfig(square_queries=10), AttackConfig(square_queries=20)
     assert config_key("m", small, apgd_only, idx, [4]) == config_key("m", large, apgd_only, idx, [4])
     assert config_key("m", small, full, idx, [4]) != config_key("m", large, full, idx, [4])
+
+
+def test_reports_of_the_first_format_are_still_read(tmp_path):
+    model, x, y = tiny_hpm()
+    report = evaluate_model(model, x, y, attack=AttackConfig(**FAST), batch_sizes=[8], checks=False, progress=False)
+    old = json.loads(report.to_json())  # written as format 1 was: no version, a per-schedule key, no nulls
+    del old["format_version"]
+    old["model_info"]["context_size"] = 0
+    for r in old["results"].values():
+        r["per_target_cumulative"] = r.pop("per_target")
+        for a in r["per_attack"]:
+            del a["robust_accuracy_alone"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    again = hpm.EvalReport.from_json(tmp_path / "old.json")
+    assert again.results == report.results and again.format_version == report.format_version
+    (tmp_path / "bad.json").write_text(json.dumps({**old, "results": {"8": {"n": 1}}}))
+    with pytest.raises(HPMError, match="not an hpm evaluation report.*missing keys"):
+        hpm.EvalReport.from_json(tmp_path / "bad.json")
+
+
+def test_the_library_evaluates_in_one_process_unless_asked_to_share(monkeypatch):
+    """A caller inside its own multi-rank job (WORLD_SIZE > 1) calling evaluate_model on one rank gets the
+    whole evaluation in that process: sharing among ranks is opt-in (hpm eval opts in under torchrun)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    model, x, y = tiny_hpm()
+    report = evaluate_model(model, x, y, attack=AttackConfig(**FAST), batch_sizes=[8], checks=False, progress=False)
+    assert report.results["8"].n == len(y)

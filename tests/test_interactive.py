@@ -57,11 +57,11 @@ GOOD = {  # name -> (bytes, expected size, expected colour of pixel (0, 0))
 @pytest.mark.parametrize("name", sorted(GOOD))
 def test_awkward_but_valid_images_decode_to_rgb(name):
     data, size, colour = GOOD[name]
-    image = demo.open_image(data)
+    image = images.open_image(data)
     assert image.mode == "RGB" and image.size == size
     if colour is not None:
         assert image.getpixel((0, 0)) == pytest.approx(colour, abs=2)
-    x = demo.image_to_tensor(image, (3, 32, 32))
+    x = images.image_to_tensor(image, (3, 32, 32))
     assert x.shape == (1, 3, 32, 32) and x.is_contiguous() and 0 <= x.min() and x.max() <= 1
 
 
@@ -82,7 +82,7 @@ BAD = {
 def test_bad_uploads_get_a_clear_message(name):
     data, message = BAD[name]
     with pytest.raises(HPMError, match=message):
-        demo.open_image(data)
+        images.open_image(data)
 
 
 def test_files_are_read_with_a_size_limit(tmp_path, monkeypatch):
@@ -90,9 +90,9 @@ def test_files_are_read_with_a_size_limit(tmp_path, monkeypatch):
     path.write_bytes(b"\0" * 2048)
     monkeypatch.setattr(images, "MAX_UPLOAD_BYTES", 1024)
     with pytest.raises(HPMError, match="larger than"):
-        demo.open_image(path)
+        images.open_image(path)
     with pytest.raises(HPMError, match="no such file"):
-        demo.open_image(tmp_path / "missing.png")
+        images.open_image(tmp_path / "missing.png")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_single_image_attacks_stay_in_budget_and_report_both_heads(attack, tiny_
     result = demo.attack_image(tiny_model, x, attack=attack, eps=16 / 255, steps=steps,
                                on_step=lambda done, total: seen.append((done, total)))
     assert result.linf <= 16 / 255 + 1e-6 and 0 <= result.x_adv.min() and result.x_adv.max() <= 1
-    assert set(result.clean) == set(result.adversarial) == {"fc", "hpm"} and len(result.clean["hpm"]) == 4
+    assert set(result.clean) == set(result.adversarial) == {"fc", "deployed"} and len(result.clean["deployed"]) == 4
     assert seen and seen[-1][0] == seen[-1][1]
     assert result.transferred in (None, True, False)
 
@@ -125,7 +125,7 @@ def test_context_changes_the_batch_but_never_mutates_the_model(tiny_model):
     alone = demo.classify(tiny_model, x, demo.no_context())
     inside = demo.classify(tiny_model, x, context)
     assert alone["fc"] == inside["fc"]  # FC is per-sample
-    assert alone["hpm"] != inside["hpm"]  # HPM depends on the batch
+    assert alone["deployed"] != inside["deployed"]  # HPM depends on the batch
     assert not hasattr(tiny_model, "context_size")  # the shared model holds no context
 
 
@@ -143,7 +143,7 @@ def test_each_head_is_offered_the_attacks_that_exist_for_it():
     assert demo.attack_choices(hpm.wrap(TinyMLP(), head="hpm")) == ["fc", "soft", "ensemble", "bpda", "square"]
     assert demo.attack_choices(hpm.wrap(TinyMLP(), head="ncm")) == ["fc", "deployed", "square"]
     model = hpm.wrap(TinyMLP(), head="fc")
-    assert demo.attack_choices(model) == ["deployed", "square"] and demo.head_name(model) == "FC"
+    assert demo.attack_choices(model) == ["deployed", "square"] and model.head.label == "FC"
     with pytest.raises(HPMError, match="does not apply to this model's 'fc' head"):
         demo.attack_image(model, torch.rand(1, 3, 32, 32), attack="soft", eps=0.01, steps=2)
 
@@ -167,9 +167,9 @@ def test_shipped_checkpoints_are_listed_with_their_facts():
 
 def test_small_images_are_enlarged_for_display_without_blurring():
     x = torch.rand(1, 3, 32, 32)
-    big = demo.tensor_to_image(x, min_side=192)
+    big = images.tensor_to_image(x, min_side=192)
     assert big.shape == (192, 192, 3) and (big[:6, :6] == big[0, 0]).all()
-    assert demo.tensor_to_image(x).shape == (32, 32, 3)
+    assert images.tensor_to_image(x).shape == (32, 32, 3)
 
 
 # --- the same on the command line: hpm predict / hpm attack ----------------------------------------------
@@ -207,9 +207,9 @@ def test_hpm_attack_writes_the_png_it_judged_and_a_json_of_both_heads(attack, ti
     assert main(["attack", str(tiny_checkpoint), str(image), "--attack", attack, "--eps", "8/255", "--steps", "5",
                  "--out", str(out)]) == 0
     record = json.loads((out / "result.json").read_text())
-    assert set(record["clean"]) == set(record["adversarial"]) == {"fc", "hpm"} and record["attack"] == attack
-    clean = demo.image_to_tensor(demo.open_image(image), (3, 32, 32))
-    adv = demo.image_to_tensor(demo.open_image(out / "adversarial.png"), (3, 32, 32))  # lossless: exactly what was judged
+    assert set(record["clean"]) == set(record["adversarial"]) == {"fc", "deployed"} and record["attack"] == attack
+    clean = images.image_to_tensor(images.open_image(image), (3, 32, 32))
+    adv = images.image_to_tensor(images.open_image(out / "adversarial.png"), (3, 32, 32))  # lossless: exactly what was judged
     assert (adv - clean).abs().max() <= 8 / 255 + 1e-6 and record["png"]["linf"] <= 8 / 255 + 1e-6
     model = hpm.load(tiny_checkpoint)
     assert record["png"]["predictions"] == demo.classify(model, adv, demo.no_context())

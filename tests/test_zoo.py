@@ -57,17 +57,16 @@ def test_export_to_hpm_keeps_the_trained_predictions_and_round_trips(tmp_path, c
         assert torch.allclose(hpm.load(tmp_path / "ck")(x), before, atol=1e-4)
 
 
-def test_one_cycle_rises_linearly_to_the_peak_then_falls_to_almost_zero():
+def test_one_cycle_rises_from_zero_to_the_peak_then_falls_to_zero():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
     schedule = one_cycle_schedule(opt, 100, BackboneConfig(lr=0.2, warmup=0.4))
     lrs = []
-    for _ in range(100):
+    for _ in range(101):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         schedule.step()
-    assert lrs[0] < 1e-4 and max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 39 and lrs[-1] < 1e-4
-    rises = np.diff(lrs[:40])
-    assert np.allclose(rises, rises[0])  # linear warm-up
+    assert lrs[0] == 0 and max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 40 and lrs[-1] == 0
+    assert np.allclose(np.diff(lrs[:41]), 0.2 / 40) and np.allclose(np.diff(lrs[40:]), -0.2 / 60)  # linear
 
 
 def test_augment_crops_and_flips_without_changing_shape_or_values():

@@ -5,8 +5,15 @@ import json
 from pathlib import Path
 
 from ..errors import HPMError
-from .common import (add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg,
-                     positive_int)
+from .common import (
+    add_data_args,
+    add_device_arg,
+    add_model_arg,
+    dataset_of,
+    eps_arg,
+    positive_int,
+    resolve_device,
+)
 
 
 def register(sub) -> None:
@@ -33,7 +40,13 @@ def register(sub) -> None:
 
 def _cmd_analyze(args) -> int:
     from ..data import load_dataset
-    from ..plots import angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure, write_png
+    from ..model import load_or_wrap
+    from ..plots import (
+        angle_histogram_figure,
+        cdf_comparison_figure,
+        isotropic_cdf_figure,
+        write_png,
+    )
     from ..sensitivity import angle_statistics
     from ..train import extract_features
 
@@ -43,19 +56,19 @@ def _cmd_analyze(args) -> int:
         raise HPMError(f"--dims must be comma-separated integers; got {args.dims!r}") from None
     if min(dims) < 2:
         raise HPMError("--dims must all be >= 2")
-    device_ = device(args.device)
-    model = load_model_arg(args.model, args.model_dir, args.dataset).to(device_)
+    device = resolve_device(args.device)
+    model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset).to(device)
     dataset = dataset_of(args, model)
     test = load_dataset(dataset, "test", args.data)
     if args.n:
         test.images, test.labels = test.images[:args.n], test.labels[:args.n]
-    z, y = extract_features(model, test, device=device_)
+    z, y = extract_features(model, test, device=device)
     if args.prototypes == "head":
         if not model.head.has_prototypes:
             raise HPMError(f"the model's {model.head_type} head has no prototypes; use --prototypes train")
         prototypes, source = model.head.prototypes.detach().cpu(), f"{model.head_type} head prototypes"
     else:
-        z_train, y_train = extract_features(model, load_dataset(dataset, "train", args.data), device=device_)
+        z_train, y_train = extract_features(model, load_dataset(dataset, "train", args.data), device=device)
         from ..heads import class_means
 
         prototypes, _ = class_means(z_train, y_train, model.num_classes)
@@ -66,7 +79,7 @@ def _cmd_analyze(args) -> int:
     result = {"model": args.model, "test_source": test.source, "prototypes": source, **report.summary(),
               "u": report.u, "modelled_cdf": report.modelled_cdf, "empirical_cdf": report.empirical_cdf}
     if args.check_n > 0:
-        result["eq8_check"] = _eq8_check(model, test, prototypes, args.check_n, args.eps, device_)
+        result["eq8_check"] = _eq8_check(model, test, prototypes, args.check_n, args.eps, device)
     (out / "angle_stats.json").write_text(json.dumps(result, indent=2) + "\n")
     figures = {"fig2_isotropic": isotropic_cdf_figure(dims), "fig3_angles": angle_histogram_figure(report),
                "fig3_cdf": cdf_comparison_figure(report)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+
 from ..errors import HPMError
 from ..units import parse_eps
 
@@ -43,8 +44,8 @@ def add_model_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--model-dir", default="./models", help="robustbench: where zoo weights live")
 
 
-def device(name: str | None):
-    """``--device`` as a torch device; default CUDA when available."""
+def resolve_device(name: str | None):
+    """``--device`` as a ``torch.device``; default CUDA when available."""
     import torch
 
     if name is None:
@@ -53,13 +54,6 @@ def device(name: str | None):
         return torch.device(name)
     except RuntimeError:
         raise HPMError(f"--device: unknown device {name!r}") from None
-
-
-def load_model_arg(text: str, model_dir: str = "./models", dataset: str | None = None):
-    """MODEL: a checkpoint directory / Hub id, or a source string wrapped with its own FC head."""
-    from ..model import load_or_wrap
-
-    return load_or_wrap(text, model_dir=model_dir, dataset=dataset)
 
 
 def dataset_of(args: argparse.Namespace, model=None) -> str:
@@ -76,7 +70,7 @@ def uniform_subset(dataset, n: int, seed: int):
                               f"{dataset.source}[uniform {len(idx)}, seed {seed}]")
 
 
-def clean_metrics(model, test_set, n_test: int | None, batch_size: int, device_, modes: dict[str, str]) -> dict:
+def clean_metrics(model, test_set, n_test: int | None, batch_size: int, device, modes: dict[str, str]) -> dict:
     """Clean accuracy on the first ``n_test`` test images per mode (``{metric name: mode}``), printed and
     returned as ``config.json`` metric entries."""
     import torch
@@ -87,7 +81,7 @@ def clean_metrics(model, test_set, n_test: int | None, batch_size: int, device_,
     x, y = test_set.tensors(torch.arange(n))
     metrics = {}
     for label, mode in modes.items():
-        acc = clean_accuracy(model, x, y, batch_size=batch_size, mode=mode, device=device_)
+        acc = clean_accuracy(model, x, y, batch_size=batch_size, mode=mode, device=device)
         metrics[label] = {"value": acc, "protocol": "clean", "split": test_set.source, "n": n,
                           "batch_size": batch_size, "mode": mode}
         print(f"{label} ({mode}, {n} images, batch {batch_size}): {100 * acc:.2f}%")

@@ -5,7 +5,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import HPMError
-from .common import add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg, positive_int
+from .common import (
+    add_data_args,
+    add_device_arg,
+    add_model_arg,
+    dataset_of,
+    eps_arg,
+    positive_int,
+    resolve_device,
+)
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -77,7 +85,14 @@ def register(sub) -> None:
 
 def _cmd_eval(args) -> int:
     from ..data import Subset
-    from ..evaluation import AttackConfig, dist, evaluate_model, load_eval_data, merge_reports
+    from ..evaluation import (
+        AttackConfig,
+        dist,
+        evaluate_model,
+        load_eval_data,
+        merge_reports,
+    )
+    from ..model import load_or_wrap
 
     if args.merge and dist.under_torchrun():
         raise HPMError("--merge runs in one process; run it without torchrun")
@@ -90,8 +105,8 @@ def _cmd_eval(args) -> int:
         return 0
     if not args.model:
         raise HPMError("MODEL is required (unless --merge is given)")
-    device_ = device(args.device)
-    model = load_model_arg(args.model, args.model_dir, args.dataset)
+    device = resolve_device(args.device)
+    model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
     dataset = dataset_of(args, model)
     subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file)
     x, y, idx, info = load_eval_data(dataset, args.split, args.data, subset)
@@ -100,8 +115,8 @@ def _cmd_eval(args) -> int:
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,
-                            check_n=args.check_n, shard=args.shard, device=device_,
-                            command=args.command_line)
+                            check_n=args.check_n, shard=args.shard, device=device,
+                            command=args.command_line, distributed=dist.under_torchrun())
     if report is not None:  # under torchrun only rank 0 has the report
         print(report.to_markdown())
     return 0

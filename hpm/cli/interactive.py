@@ -8,8 +8,15 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import (add_data_args, add_device_arg, add_model_arg, dataset_of, device, eps_arg, load_model_arg,
-                     positive_int)
+from .common import (
+    add_data_args,
+    add_device_arg,
+    add_model_arg,
+    dataset_of,
+    eps_arg,
+    positive_int,
+    resolve_device,
+)
 
 
 def register(sub) -> None:
@@ -50,9 +57,11 @@ def _load(args: argparse.Namespace):
     """``(model, image tensor [1, 3, H, W], context)`` on the chosen device."""
     from .. import interactive
     from ..images import image_to_tensor, open_image
+    from ..model import load_or_wrap
 
     image = open_image(Path(args.image))  # a bad file fails here, before any model is loaded
-    model = load_model_arg(args.model, args.model_dir, args.dataset).to(device(args.device))
+    model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
+    model.to(resolve_device(args.device))
     x = image_to_tensor(image, model.input_size).to(model.device)
     context = interactive.no_context()
     if args.context:
@@ -73,7 +82,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = interactive.classify(model, x, context)
     print(f"classified {context.description}")
     _print_top5("FC", out["fc"])
-    _print_top5(model.head.label, out["hpm"])
+    _print_top5(model.head.label, out["deployed"])
     return 0
 
 
@@ -88,19 +97,21 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     png = interactive.save_png(result.x_adv, out / "adversarial.png")
     saved = interactive.classify(model, png.to(model.device), context)
-    record = {"model": args.model, "image": args.image, "attack": attack, "description": interactive.ATTACKS[attack],
+    description = interactive.attack_description(model, attack)
+    png_label = max(saved["deployed"], key=saved["deployed"].get)
+    record = {"model": args.model, "image": args.image, "attack": attack, "description": description,
               "eps": args.eps, "steps": args.steps, "seed": args.seed, "context": context.description,
               "attacked_label": model.classes[result.label], "clean": result.clean, "adversarial": result.adversarial,
               "surrogate_fooled": result.surrogate_fooled, "deployed_fooled": result.deployed_fooled,
               "linf": result.linf, "l2": result.l2,
               "png": {"path": str(out / "adversarial.png"), "predictions": saved,
                       "linf": float((png - result.x).abs().max()),
-                      "deployed_fooled": max(saved["hpm"], key=saved["hpm"].get) != model.classes[result.label]},
+                      "deployed_fooled": png_label != model.classes[result.label]},
               "command": args.command_line}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{interactive.ATTACKS[attack]}, eps {args.eps * 255:.3g}/255, classified {context.description}")
-    _print_top5(f"{model.head.label}, clean", result.clean["hpm"])
-    _print_top5(f"{model.head.label}, adversarial", result.adversarial["hpm"])
+    print(f"{description}, eps {args.eps * 255:.3g}/255, classified {context.description}")
+    _print_top5(f"{model.head.label}, clean", result.clean["deployed"])
+    _print_top5(f"{model.head.label}, adversarial", result.adversarial["deployed"])
     print(f"deployed model fooled: {'yes' if result.deployed_fooled else 'no'} (8-bit PNG: "
           f"{'yes' if record['png']['deployed_fooled'] else 'no'}); wrote {out}/adversarial.png and result.json")
     return 0

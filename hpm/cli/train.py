@@ -6,8 +6,17 @@ from dataclasses import asdict
 
 from ..errors import HPMError
 from ..heads import HEADS
-from .common import (add_data_args, add_device_arg, add_model_arg, clean_metrics, dataset_of, device, eps_arg,
-                     positive_int, uniform_subset)
+from .common import (
+    add_data_args,
+    add_device_arg,
+    add_model_arg,
+    clean_metrics,
+    dataset_of,
+    eps_arg,
+    positive_int,
+    resolve_device,
+    uniform_subset,
+)
 
 
 def register(sub) -> None:
@@ -62,43 +71,49 @@ def _model_to_train(args: argparse.Namespace):
                 dataset=args.dataset)
 
 
-def _fine_tune(args: argparse.Namespace, model, train_set, device_) -> tuple[dict, dict | None]:
+def _fine_tune(args: argparse.Namespace, model, train_set, device) -> tuple[dict, dict | None]:
     """Run ``--mode`` on the training set; returns the recipe's fields and the training threat model."""
-    from ..train import (AdversarialConfig, CleanConfig, extract_features, finetune_adversarial, finetune_clean,
-                         fit_prototypes)
+    from ..train import (
+        AdversarialConfig,
+        CleanConfig,
+        extract_features,
+        finetune_adversarial,
+        finetune_clean,
+        fit_prototypes,
+    )
 
     if args.mode in ("fit", "clean"):
-        z, y = extract_features(model, train_set, device=device_)
+        z, y = extract_features(model, train_set, device=device)
         if args.mode == "fit":
-            fit_prototypes(model, z.to(device_), y.to(device_))
+            fit_prototypes(model, z.to(device), y.to(device))
             return {}, None
         cfg = CleanConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                           seed=args.seed)
-        finetune_clean(model, z.to(device_), y.to(device_), cfg)
+        finetune_clean(model, z.to(device), y.to(device), cfg)
         return asdict(cfg), None
     if args.momentum is not None and hasattr(model.head, "momentum"):
         model.head.momentum = args.momentum
     cfg = AdversarialConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eps=args.eps,
                             steps=args.steps, attack_uses_wmse=args.attack_wmse, seed=args.seed,
                             save_every=args.save_every, max_steps=args.max_steps)
-    finetune_adversarial(model, train_set, cfg, args.out, device=device_)
+    finetune_adversarial(model, train_set, cfg, args.out, device=device)
     return asdict(cfg), {"norm": "Linf", "eps": args.eps}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..data import load_dataset
 
-    device_ = device(args.device)
+    device = resolve_device(args.device)
     model = _model_to_train(args)
     dataset = dataset_of(args, model)
     train_set = load_dataset(dataset, "train", args.data)
     if args.n_train:
         train_set = uniform_subset(train_set, args.n_train, args.seed)
-    model.to(device_)
-    recipe_fields, threat = _fine_tune(args, model, train_set, device_)
+    model.to(device)
+    recipe_fields, threat = _fine_tune(args, model, train_set, device)
     recipe = {"mode": args.mode, "dataset": dataset, "train_source": train_set.source, "n_train": len(train_set),
               **recipe_fields, "commands": [args.command_line]}
-    metrics = clean_metrics(model, load_dataset(dataset, "test", args.data), args.n_test, args.eval_batch_size, device_,
+    metrics = clean_metrics(model, load_dataset(dataset, "test", args.data), args.n_test, args.eval_batch_size, device,
                             {"clean_accuracy": "hard", "clean_accuracy_fc": "fc"})
     model.save_pretrained(args.out, metrics=metrics, training=recipe, threat_model=threat)
     print(f"saved {args.out}")
@@ -140,7 +155,7 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
     dataset = dataset_of(args)
     if dataset == "imagenet":
         raise HPMError("train-backbone trains 32x32 CIFAR ResNets; use cifar10 or cifar100")
-    device_ = device(args.device)
+    device = resolve_device(args.device)
     train_set = load_dataset(dataset, "train", args.data)
     if args.n_train:
         train_set = uniform_subset(train_set, args.n_train, args.seed)
@@ -150,9 +165,9 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
                             num_classes=len(train_set.classes), epochs=args.epochs, batch_size=args.batch_size,
                             lr=args.lr, weight_decay=args.weight_decay, adversarial=args.adversarial, eps=args.eps,
                             bf16=args.bf16, seed=args.seed)
-    net, history = train_backbone(config, train_set, args.run_dir, device=device_)
-    model = to_hpm(net, config, classes=train_set.classes, dataset=dataset).to(device_)
-    metrics = clean_metrics(model, load_dataset(dataset, "test", args.data), args.n_test, 256, device_,
+    net, history = train_backbone(config, train_set, args.run_dir, device=device)
+    model = to_hpm(net, config, classes=train_set.classes, dataset=dataset).to(device)
+    metrics = clean_metrics(model, load_dataset(dataset, "test", args.data), args.n_test, 256, device,
                             {"clean_accuracy": "hard"})
     training = training_summary(config, history, train_set.source) | {"commands": [args.command_line]}
     threat = {"norm": "Linf", "eps": args.eps} if args.adversarial else None

@@ -8,7 +8,8 @@
 - :mod:`.api`       :func:`evaluate_model`: model + data + config -> report files
 """
 from .api import evaluate_model, load_eval_data, merge_reports
-from .protocol import AttackConfig, clean_accuracy, predict, run_protocol
+from .config import AttackConfig
+from .protocol import clean_accuracy, predict, run_protocol
 from .report import EvalReport
 
 __all__ = ["evaluate_model", "load_eval_data", "merge_reports", "AttackConfig", "clean_accuracy", "predict",

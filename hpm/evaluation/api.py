@@ -11,9 +11,10 @@ from ..data import Subset, load_dataset
 from ..errors import HPMError
 from ..model import HPMClassifier
 from . import dist
-from .checks import Check, check_results, run_checks
-from .protocol import AttackConfig, run_protocol
-from .report import EvalConfig, EvalReport, summarise
+from .checks import check_results, run_checks
+from .config import AttackConfig
+from .protocol import run_protocol
+from .report import Check, EvalConfig, EvalReport, summarise
 from .samples import SampleResults, load_results, save_results
 
 
@@ -38,7 +39,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
                    model_id: str = "model", out: str | Path | None = None, checks: bool = True, check_n: int = 16,
                    shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
                    progress: bool = True, command: str | None = None,
-                   distributed: bool | None = None) -> EvalReport | None:
+                   distributed: bool = False) -> EvalReport | None:
     """Run the MSA protocol (+ Square) on ``x, y`` at every batch size and build the report.
 
     Args:
@@ -50,8 +51,9 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         checks: run the sanity checks (extra small attack runs on the first ``check_n`` samples).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
         command: the command line to record in the report (so model cards can cite it).
-        distributed: share the batches among torchrun's ranks (default: when running under torchrun, see
-            :mod:`hpm.evaluation.dist`); rank 0 gathers the outcomes and returns the one report, other ranks None.
+        distributed: share the batches among the ranks of a torchrun job (:mod:`hpm.evaluation.dist`; every
+            rank must call this); rank 0 gathers the outcomes and returns the one report, other ranks None.
+            ``hpm eval`` sets it when launched by torchrun.
 
     Example:
         >>> report = hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256])
@@ -60,7 +62,6 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
     json_path, md_path, npz_path = output_paths(out) if out is not None else (None, None, None)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-    distributed = dist.under_torchrun() if distributed is None else distributed
     run_device = dist.rank_device(_model_device(model, device)) if distributed else device
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     try:
@@ -109,7 +110,7 @@ def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, resu
     summaries = {str(bs): summarise(results[bs], plan, config.attack.schedule) for bs in sorted(results)}
     found = [c for s in summaries.values() for c in check_results(s)] + list(found)
     return EvalReport(model=model_id, model_info=info, config=config, plan=list(plan), results=summaries,
-                      checks=[c.to_dict() for c in found], command=command)
+                      checks=list(found), command=command)
 
 
 def write_report(report: EvalReport, json_path: Path | None, md_path: Path | None) -> EvalReport:

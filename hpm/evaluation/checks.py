@@ -15,31 +15,19 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .protocol import AttackConfig, run_protocol
-
-if TYPE_CHECKING:
-    from .report import BatchSizeResult
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool | None  # None: not applicable / skipped
-    detail: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .config import AttackConfig
+from .protocol import run_protocol
+from .report import BatchSizeResult, Check
 
 
-def check_results(summary: "BatchSizeResult") -> list[Check]:
+def check_results(summary: BatchSizeResult) -> list[Check]:
     """Checks that read one batch size's numbers."""
     bs = summary.batch_size
     clean, robust = summary.clean_accuracy, summary.robust_accuracy
@@ -54,6 +42,7 @@ def check_results(summary: "BatchSizeResult") -> list[Check]:
 
 @torch.no_grad()
 def check_deterministic(model: nn.Module, x: Tensor) -> Check:
+    """Two forward passes on the same batch agree (no randomness, no EMA drift)."""
     model.eval()
     a, b = model(x), model(x)
     return Check("deterministic_forward", bool(torch.equal(a, b)),
@@ -92,6 +81,7 @@ def ce_saturation(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 2
 
 
 def check_ce_saturation(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device=None) -> Check:
+    """No clean-correct sample leaves APGD-CE without a loss to climb (see :func:`ce_saturation`)."""
     s = ce_saturation(model, x, y, batch_size=batch_size, device=device)
     blind = s["zero_loss"] + s["zero_gradient"] > 0
     return Check("ce_not_saturated", not blind,

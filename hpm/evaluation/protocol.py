@@ -13,7 +13,6 @@ stopped, and runs over different batches (``shard``) merge into one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attacks import NORMS, AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
+from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
 from ..errors import HPMError
 from ..model import HPMClassifier
+from .config import AttackConfig
 from .samples import SampleResults, config_key, load_results, save_results
-
-SCHEDULES = ("cumulative", "independent")
 
 
 @torch.no_grad()
@@ -54,38 +52,8 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 
     return int(correct.sum()) / len(correct)
 
 
-@dataclass
-class AttackConfig:
-    """Threat model and attack budget; the paper's settings are the defaults except ``n_iter`` (AutoAttack 100)."""
-
-    norm: str = "Linf"  # "Linf" or "L2"
-    eps: float = 8 / 255  # radius of the perturbation ball
-    n_iter: int = 40  # APGD iterations (paper: 40; AutoAttack: 100)
-    n_restarts: int = 1  # APGD restarts
-    square_queries: int = 5000  # Square's query budget per sample (AutoAttack's default)
-    attacks: list[str] | None = None  # attack names (None: the default plan for the model)
-    schedule: str = "cumulative"  # "cumulative" (attack survivors) or "independent" (every attack on all)
-    seed: int = 0  # APGD and Square seeds
-
-    def budget(self) -> dict:
-        """The keywords of :func:`hpm.attacks.run_attack`: threat model, budgets and seed."""
-        return {"norm": self.norm, "eps": self.eps, "n_iter": self.n_iter, "n_restarts": self.n_restarts,
-                "square_queries": self.square_queries, "seed": self.seed}
-
-    def validate(self) -> None:
-        if self.norm not in NORMS:
-            raise HPMError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
-        if not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
-            raise HPMError(f"eps must be a positive number; got {self.eps!r}")
-        if self.norm == "Linf" and self.eps > 1:
-            raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps}")
-        if self.n_iter < 1 or self.n_restarts < 1 or self.square_queries < 1:
-            raise HPMError("n_iter, n_restarts and square_queries must all be >= 1")
-        if self.schedule not in SCHEDULES:
-            raise HPMError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-
-
 def resolve_plan(model: nn.Module, config: AttackConfig) -> list[AttackSpec]:
+    """The attacks to run: ``config.attacks`` validated against the model, else its default plan."""
     try:
         return parse_attacks(config.attacks, model) if config.attacks else default_plan(model)
     except ValueError as e:
@@ -93,6 +61,7 @@ def resolve_plan(model: nn.Module, config: AttackConfig) -> list[AttackSpec]:
 
 
 def is_batch_dependent(model: nn.Module) -> bool:
+    """True for a model whose predictions depend on the rest of the batch (its head says so)."""
     return isinstance(model, HPMClassifier) and model.head.batch_dependent
 
 

@@ -13,9 +13,10 @@ from scipy.stats import binomtest
 
 from ..attacks import AttackSpec
 from ..errors import HPMError
-from .protocol import AttackConfig
+from .config import AttackConfig
 from .samples import SampleResults
 
+FORMAT_VERSION = 2  # 1: before per_target was one key for both schedules (hpm reads both)
 ORDER_NOTE = ("samples in subset order, split into consecutive batches of the evaluation batch size; in each "
               "batch the attacked samples share every forward pass with the batch's other samples (clean)")
 
@@ -53,6 +54,18 @@ def _build(cls, data: Any, where: str):
 
 
 @dataclass
+class Check:
+    """One sanity check of an evaluation (:mod:`hpm.evaluation.checks`)."""
+
+    name: str
+    passed: bool | None  # None: not applicable / skipped
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class AttackSummary:
     """What one attack of the plan did at one evaluation batch size."""
 
@@ -78,7 +91,9 @@ class BatchSizeResult:
     robust_accuracy: float  # per-sample worst case over every attack
     robust_ci95: list[float]  # Clopper-Pearson interval of robust_accuracy
     per_attack: list[AttackSummary]
-    per_target: dict[str, float]  # robust accuracy against each APGD target's attacks (Square: "square")
+    # robust accuracy against each target's attacks (Square: "square"): under the independent schedule each
+    # target's attacks alone; under the cumulative one, on the samples earlier attacks of the plan left
+    per_target: dict[str, float]
     broken_only_by_black_box: int  # samples Square broke that no gradient attack did
 
     @classmethod
@@ -114,11 +129,12 @@ class EvalReport:
     config: EvalConfig
     plan: list[AttackSpec]  # the attacks in order
     results: dict[str, BatchSizeResult]  # evaluation batch size -> its numbers
-    checks: list[dict] = field(default_factory=list)  # sanity checks: name, passed, detail
+    checks: list[Check] = field(default_factory=list)  # sanity checks
     command: str | None = None  # the command line that produced the report, when run from the CLI
     versions: dict = field(default_factory=package_versions)
     evaluation_order: str = ORDER_NOTE
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    format_version: int = FORMAT_VERSION
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(asdict(self), indent=2) + "\n"
@@ -128,7 +144,12 @@ class EvalReport:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "report") -> "EvalReport":
+        """A report from its JSON object, validated; reports of format 1 are read too."""
+        d = _upgrade(d) if isinstance(d, dict) else d
+        if isinstance(d, dict) and d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise HPMError(f"{where}: report format {d['format_version']} is newer than this hpm reads; upgrade hpm")
         report = _build(cls, d, where)
+        report.checks = [_build(Check, c, f"{where}.checks[{i}]") for i, c in enumerate(d.get("checks", []))]
         report.config = EvalConfig.from_dict(d["config"], f"{where}.config")
         report.plan = [AttackSpec(p["name"], p["kind"], p["loss"], tuple(p["surrogates"])) for p in d["plan"]]
         report.results = {str(bs): BatchSizeResult.from_dict(r, f"{where}.results[{bs}]")
@@ -164,8 +185,8 @@ class EvalReport:
         if self.checks:
             lines += ["", "## Sanity checks", "", "| check | result | detail |", "| --- | --- | --- |"]
             for ch in self.checks:
-                verdict = {True: "pass", False: "**FLAG**", None: "skipped"}[ch["passed"]]
-                lines.append(f"| {ch['name']} | {verdict} | {ch['detail']} |")
+                verdict = {True: "pass", False: "**FLAG**", None: "skipped"}[ch.passed]
+                lines.append(f"| {ch.name} | {verdict} | {ch.detail} |")
         if self.command:
             lines += ["", f"Command: `{self.command}`"]
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
@@ -198,6 +219,22 @@ def _attack_table(bs: str, r: BatchSizeResult) -> list[str]:
                      f"{100 * a.robust_accuracy_after:.1f}% |"
                      + (f" {100 * a.robust_accuracy_alone:.1f}% |" if alone else "") + f" {a.seconds:.1f} |")
     return lines
+
+
+def _upgrade(d: dict) -> dict:
+    """A format-1 report object in format 2: ``per_target_cumulative`` was the cumulative schedule's name for
+    ``per_target``; ``robust_accuracy_alone`` was left out rather than null; ``model_info`` had a context size."""
+    if d.get("format_version", 1) != 1:
+        return d
+    d = json.loads(json.dumps(d))  # a deep copy
+    d.get("model_info", {}).pop("context_size", None)
+    for r in (d.get("results") or {}).values():
+        if isinstance(r, dict) and "per_target_cumulative" in r:
+            r["per_target"] = r.pop("per_target_cumulative")
+        for a in r.get("per_attack", []) if isinstance(r, dict) else []:
+            a.setdefault("robust_accuracy_alone", None)
+    d["format_version"] = FORMAT_VERSION
+    return d
 
 
 def summarise(r: SampleResults, plan: list[AttackSpec], schedule: str) -> BatchSizeResult:

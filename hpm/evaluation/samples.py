@@ -14,6 +14,7 @@ import numpy as np
 
 from ..attacks import AttackSpec
 from ..errors import HPMError
+from .config import AttackConfig
 
 
 @dataclass
@@ -108,11 +109,9 @@ def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> d
     return merged
 
 
-def config_key(model_id: str, attack, plan: list[AttackSpec], indices: np.ndarray,
+def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indices: np.ndarray,
                batch_sizes: list[int]) -> str:
     """A digest of everything that determines the per-sample results (for resume and merge).
-
-    ``attack`` is the evaluation's :class:`hpm.evaluation.AttackConfig`.
 
     Square's query budget is left out when the plan has no Square, so it cannot invalidate such runs.
     """

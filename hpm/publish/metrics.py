@@ -11,10 +11,9 @@ from pathlib import Path
 from ..checkpoint import read_config, write_config
 from ..errors import HPMError
 from ..evaluation.report import EvalReport
+from ..heads import HEADS
 from ..model_card import model_card
 from ..units import eps_text
-
-__all__ = ["eps_text", "load_report", "protocol_name", "protocol_text", "record_evaluations", "report_metrics"]
 
 APGD_CE_ONLY = "APGD-CE"
 FULL = "full"
@@ -23,7 +22,10 @@ FULL = "full"
 def protocol_name(report: EvalReport) -> str:
     """``"APGD-CE"`` for a single APGD-CE on the deployed model (the paper's Fig. 1 setting), ``"full"`` for
     the model's default plan (MSA surrogates + Square), else the attack names joined by ``+``."""
-    if [(p.kind, p.loss, p.surrogates) for p in report.plan] == [("apgd", "ce", ("hard",))]:
+    head = HEADS.get(report.model_info.get("head"))
+    deployed = head.deployed_modes if head is not None else ("hard",)  # a plain classifier: its only mode
+    if len(report.plan) == 1 and report.plan[0].kind == "apgd" and report.plan[0].loss == "ce" \
+            and set(report.plan[0].surrogates) <= set(deployed):
         return APGD_CE_ONLY
     if report.config.attack.attacks is None:
         return FULL

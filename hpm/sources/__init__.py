@@ -30,6 +30,7 @@ from .external import CIFAR_INPUT, LOADERS
 from .split import split_classifier
 
 SOURCES = (*LOADERS, "hpm", "module")
+DATASET_OF_SOURCE = {"pyautoattack": "cifar10", "timm": "imagenet", "torchvision": "imagenet"}  # when not given
 
 
 @dataclass

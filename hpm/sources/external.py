@@ -21,7 +21,9 @@ IMAGENET_INPUT = (3, 224, 224)
 
 
 def _pyautoattack_resnet18(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, int]]:
-    from pyautoattack.examples.resnet import ResNet18  # the architecture the weights belong to
+    from pyautoattack.examples.resnet import (
+        ResNet18,  # the architecture the weights belong to
+    )
 
     weights = importlib.resources.files("pyautoattack") / "examples" / "model_test.pt"
     model = ResNet18()

@@ -5,8 +5,15 @@
 - :mod:`.losses`    IKL (Cui et al. 2024)
 - :mod:`.pgd`       the l_inf PGD loop the training attacks share
 """
-from .finetune import (AdversarialConfig, CleanConfig, extract_features, finetune_adversarial, finetune_clean,
-                       fit_prototypes, pgd_ikl)
+from .finetune import (
+                       AdversarialConfig,
+                       CleanConfig,
+                       extract_features,
+                       finetune_adversarial,
+                       finetune_clean,
+                       fit_prototypes,
+                       pgd_ikl,
+)
 
 __all__ = ["AdversarialConfig", "CleanConfig", "extract_features", "finetune_adversarial", "finetune_clean",
            "fit_prototypes", "pgd_ikl"]

@@ -217,7 +217,9 @@ def finetune_adversarial(model: HPMClassifier, dataset: ImageTensorDataset, conf
     start_epoch, start_step, losses = _resume_or_initialise(state_path, model, opt, weights, config, dataset,
                                                             init_features, device, progress)
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
-    total = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
     global_step = start_epoch * steps_per_epoch + start_step
     bar = tqdm(total=total, initial=min(global_step, total), desc="IKL adversarial fine-tune", disable=not progress)
     for epoch in range(start_epoch, config.epochs):

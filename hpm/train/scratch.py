@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..data import ImageTensorDataset
@@ -84,11 +84,23 @@ def hardware(device: torch.device) -> str:
     return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def one_cycle_schedule(opt: torch.optim.Optimizer, total: int, config: BackboneConfig) -> OneCycleLR:
-    """torch's one-cycle schedule, linear in both phases: from ~0 up to ``config.lr`` over the first
-    ``config.warmup`` of the ``total`` steps, then down to ~0 (Wong et al.'s piecewise-linear schedule)."""
-    return OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=config.warmup, anneal_strategy="linear",
-                      cycle_momentum=False, div_factor=1e4, final_div_factor=1.0)
+def one_cycle_schedule(opt: torch.optim.Optimizer, total: int, config: BackboneConfig) -> LambdaLR:
+    """Wong et al.'s one-cycle schedule as a torch scheduler: the learning rate climbs linearly from 0 to
+    ``config.lr`` over the first ``config.warmup`` of the ``total`` steps, then falls linearly to 0.
+
+    (torch's ``OneCycleLR`` cannot start at 0 and ends its phases a step earlier; this keeps the schedule
+    the shipped checkpoints were trained with, so their recorded commands reproduce them.)
+    """
+    peak, rise = config.lr, max(1, int(round(config.warmup * total)))
+
+    def rate(step: int) -> float:
+        if step < rise:
+            return peak * step / rise
+        return peak * max(0.0, (total - step) / max(1, total - rise))
+
+    for group in opt.param_groups:
+        group["lr"] = 1.0  # LambdaLR sets lr = 1.0 * rate(step): the rates exactly as computed above
+    return LambdaLR(opt, rate)
 
 
 def augment(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -136,7 +148,7 @@ def load_weights(net: CifarResNet, path: str | Path) -> CifarResNet:
     return net
 
 
-def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, schedule: OneCycleLR, epoch: int,
+def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, schedule: LambdaLR, epoch: int,
                  best_epoch: int, best_guard: float, config: BackboneConfig) -> None:
     state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
              "epoch": epoch, "best_epoch": best_epoch, "best_guard": best_guard,
@@ -152,7 +164,7 @@ class _Run:
 
     net: CifarResNet
     opt: torch.optim.Optimizer
-    schedule: OneCycleLR
+    schedule: LambdaLR
     history: list[dict]
     start: int = 0  # next epoch to run (0-based)
     best_epoch: int = -1  # 1-based epoch with the best guard accuracy
@@ -176,7 +188,12 @@ def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device
                        "directory")
     net.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    run.schedule.load_state_dict(state["schedule"])
+    if "schedule" in state:
+        run.schedule.load_state_dict(state["schedule"])
+    else:  # a run directory from before the schedule was saved: the rate is a function of the step alone
+        run.schedule.last_epoch = state["epoch"] * (total_steps // config.epochs)
+        for group in opt.param_groups:
+            group["lr"] = run.schedule.lr_lambdas[0](run.schedule.last_epoch)
     run.start, run.best_epoch, run.best_guard = state["epoch"], state["best_epoch"], state["best_guard"]
     torch.set_rng_state(state["torch_rng"])
     run.history = history[:run.start]

@@ -1,0 +1,40 @@
+"""The evaluation's settings: threat model, attack budget, plan and schedule."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..attacks import NORMS
+from ..errors import HPMError
+
+SCHEDULES = ("cumulative", "independent")
+
+
+@dataclass
+class AttackConfig:
+    """Threat model and attack budget; the paper's settings are the defaults except ``n_iter`` (AutoAttack 100)."""
+
+    norm: str = "Linf"  # "Linf" or "L2"
+    eps: float = 8 / 255  # radius of the perturbation ball
+    n_iter: int = 40  # APGD iterations (paper: 40; AutoAttack: 100)
+    n_restarts: int = 1  # APGD restarts
+    square_queries: int = 5000  # Square's query budget per sample (AutoAttack's default)
+    attacks: list[str] | None = None  # attack names (None: the default plan for the model)
+    schedule: str = "cumulative"  # "cumulative" (attack survivors) or "independent" (every attack on all)
+    seed: int = 0  # APGD and Square seeds
+
+    def budget(self) -> dict:
+        """The keywords of :func:`hpm.attacks.run_attack`: threat model, budgets and seed."""
+        return {"norm": self.norm, "eps": self.eps, "n_iter": self.n_iter, "n_restarts": self.n_restarts,
+                "square_queries": self.square_queries, "seed": self.seed}
+
+    def validate(self) -> None:
+        if self.norm not in NORMS:
+            raise HPMError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        if not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
+            raise HPMError(f"eps must be a positive number; got {self.eps!r}")
+        if self.norm == "Linf" and self.eps > 1:
+            raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps}")
+        if self.n_iter < 1 or self.n_restarts < 1 or self.square_queries < 1:
+            raise HPMError("n_iter, n_restarts and square_queries must all be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise HPMError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
