@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 Mode = Literal["hard", "soft", "fc"]
 MODES: tuple[str, ...] = ("hard", "soft", "fc")
+MIXERS = ("linear", "mean")  # HPM's mixer: Eq. 17's parameterised one, or the ablation's average
+SCORES = ("l2", "dot")  # HPM's scores: Eq. 18's -l2 distance, or the ablation's inner product
 
 
 def check_mode(mode: str) -> Mode:
@@ -247,6 +249,14 @@ class HPMHead(_PrototypeHead):
 
     Modes: ``"hard"`` (deployed) uses ``P_ste``; ``"soft"`` (soft-hybrid surrogate) uses ``P_soft`` in
     the forward pass; ``"fc"`` returns the FC logits (FC oracle).
+
+    The paper's ablations (Sec. 4.4; its supplement gives no further detail, so the replacements are ours):
+
+    - ``batch_prototypes=False``: dataset-level prototypes only, ``C_hybrid = C_global W_g + b`` (the mixer
+      keeps its global half, initialised to the identity); the head is then per-sample.
+    - ``mixer="mean"``: no parameterised mixer; ``C_hybrid = (C_global + C_batch) / 2``, with ``C_global``
+      standing in for ``C_batch`` in the rows of classes no sample of the batch is assigned to.
+    - ``score="dot"``: inner-product scores ``z_i . C_hybrid[j]`` instead of the negative l2 distance.
     """
 
     head_type = "hpm"
@@ -264,11 +274,27 @@ class HPMHead(_PrototypeHead):
         "deployed": "the deployed model through its straight-through gradient (BPDA)"})
     deployed_modes = ("hard",)
 
-    def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98, eps: float = 1e-8):
+    def __init__(self, num_features: int, num_classes: int, momentum: float = 0.98, eps: float = 1e-8, *,
+                 batch_prototypes: bool = True, mixer: str = "linear", score: str = "l2"):
         super().__init__(num_features, num_classes, momentum)
-        self.eps = eps
-        self.mixer = nn.Linear(2 * num_features, num_features)
-        self.reset_mixer()
+        if mixer not in MIXERS or score not in SCORES:
+            raise ValueError(f"mixer must be one of {', '.join(MIXERS)} and score one of {', '.join(SCORES)}; "
+                             f"got {mixer!r}, {score!r}")
+        if mixer == "mean" and not batch_prototypes:
+            raise ValueError("mixer='mean' averages global and batch prototypes: it needs batch_prototypes=True")
+        self.eps, self.use_batch, self.mixer_kind, self.score = eps, batch_prototypes, mixer, score
+        if mixer == "linear":
+            self.mixer = nn.Linear((2 if batch_prototypes else 1) * num_features, num_features)
+            self.reset_mixer()
+        if not batch_prototypes:  # a per-sample head: attacked like the other prototype heads
+            self.batch_dependent = False
+            self.attack_targets, self.target_descriptions = _PrototypeHead.attack_targets, \
+                _PrototypeHead.target_descriptions
+            self.deployed_modes = Head.deployed_modes
+        ablated = [name for name, on in (("w/o C_batch", not batch_prototypes), ("mean mixer", mixer == "mean"),
+                                         ("dot score", score == "dot")) if on]
+        if ablated:
+            self.label = f"HPM ({', '.join(ablated)})"
 
     @torch.no_grad()
     def reset_mixer(self) -> None:
@@ -280,15 +306,24 @@ class HPMHead(_PrototypeHead):
 
     def hybrid_prototypes(self, z: Tensor, fc_logits: Tensor, mode: Mode) -> Tensor:
         """``C_hybrid [k, d]`` for this batch (Eq. 15-17)."""
+        if not self.use_batch:
+            return self.mixer(self.prototypes.clone())  # [k, d]; a copy: training updates the buffer in place
         assignment = straight_through_assignment(fc_logits, hard=(mode == "hard"))  # [B, k]
         c_batch = batch_prototypes(z, assignment, self.eps)  # [k, d]
+        if self.mixer_kind == "mean":
+            present = (assignment.detach().sum(0) > 0)[:, None]  # [k, 1]
+            return (self.prototypes + torch.where(present, c_batch, self.prototypes)) / 2
         return self.mixer(torch.cat([self.prototypes, c_batch], 1))  # Eq. 17: [k, d]
 
     def scores(self, z, fc_logits, mode):
-        return neg_l2_distance(z, self.hybrid_prototypes(z, fc_logits, mode))
+        prototypes = self.hybrid_prototypes(z, fc_logits, mode)
+        return z @ prototypes.t() if self.score == "dot" else neg_l2_distance(z, prototypes)
 
     def extra_config(self) -> dict:
-        return {"momentum": self.momentum, "eps": self.eps}
+        ablations = {"batch_prototypes": self.use_batch, "mixer": self.mixer_kind, "score": self.score}
+        defaults = {"batch_prototypes": True, "mixer": "linear", "score": "l2"}
+        return {"momentum": self.momentum, "eps": self.eps,
+                **{k: v for k, v in ablations.items() if v != defaults[k]}}  # shipped configs stay as they were
 
 
 HEADS: dict[str, Callable[..., Head]] = {

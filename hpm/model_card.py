@@ -70,7 +70,8 @@ def model_card(config: CheckpointConfig) -> str:
     """The README.md of a checkpoint directory."""
     from huggingface_hub import ModelCardData
 
-    head = HEADS[config.head["type"]]
+    head = HEADS[config.head["type"]](int(config.head["num_features"]), int(config.head["num_classes"]),
+                                      **config.head_options)  # an instance: ablated variants describe themselves
     data = ModelCardData(
         library_name="hpm",
         license="mit",

@@ -154,3 +154,55 @@ def test_head_contract_shapes_gradients_and_finiteness(name, batch):
     loss.backward()
     for pname, p in head.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+# --- the paper's ablations (Sec. 4.4) ------------------------------------------------------------------
+def test_without_batch_prototypes_hpm_is_a_per_sample_prototype_head(batch):
+    z, logits, labels = batch
+    head = HPMHead(z.shape[1], logits.shape[1], batch_prototypes=False)
+    head.init_prototypes(z, labels)
+    assert not head.batch_dependent and set(head.attack_targets) == {"fc", "deployed"}
+    assert torch.allclose(head(z[:1], logits[:1]), head(z, logits)[:1], atol=1e-6)  # the batch no longer matters
+    ncm = NCMHead(z.shape[1], logits.shape[1])
+    ncm.init_prototypes(z, labels)
+    assert torch.allclose(head(z, logits), ncm(z, logits), atol=1e-5)  # identity-initialised: the NCM head
+
+
+def test_the_mean_mixer_averages_global_and_batch_prototypes_and_keeps_global_rows_of_absent_classes(batch):
+    z, logits, labels = batch
+    head = HPMHead(z.shape[1], logits.shape[1], mixer="mean")
+    head.init_prototypes(z, labels)
+    assert not any(True for _ in head.parameters())  # nothing parameterised left
+    predicted = logits[:2].argmax(1)
+    hybrid = head.hybrid_prototypes(z[:2], logits[:2], "hard")
+    for j in range(logits.shape[1]):
+        rows = z[:2][predicted == j]
+        expected = (head.prototypes[j] + rows.mean(0)) / 2 if len(rows) else head.prototypes[j]
+        assert torch.allclose(hybrid[j], expected, atol=1e-5)
+
+
+def test_dot_scores_are_inner_products_with_the_hybrid_prototypes(batch):
+    z, logits, labels = batch
+    head = fitted_hpm(z, labels)
+    dot = HPMHead(z.shape[1], logits.shape[1], score="dot")
+    dot.load_state_dict(head.state_dict())
+    assert torch.allclose(dot(z, logits), z @ head.hybrid_prototypes(z, logits, "hard").t(), atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [{"batch_prototypes": False}, {"mixer": "mean"}, {"score": "dot"}])
+def test_ablated_heads_round_trip_through_their_config(options, batch):
+    z, logits, labels = batch
+    head = HPMHead(z.shape[1], logits.shape[1], **options)
+    head.init_prototypes(z, labels)
+    again = create_head("hpm", z.shape[1], logits.shape[1], **head.extra_config())
+    again.load_state_dict(head.state_dict())
+    assert torch.equal(again(z, logits), head(z, logits)) and again.label == head.label != "HPM"
+    assert HPMHead(z.shape[1], logits.shape[1]).extra_config() == {"momentum": 0.98, "eps": 1e-8}
+
+
+@pytest.mark.parametrize("options, message", [({"mixer": "max"}, "mixer must be one of"),
+                                              ({"score": "cos"}, "score one of"),
+                                              ({"mixer": "mean", "batch_prototypes": False}, "needs batch")])
+def test_unknown_ablation_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        HPMHead(4, 3, **options)

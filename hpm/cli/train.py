@@ -39,6 +39,9 @@ def _add_train(sub) -> None:
     t.add_argument("--batch-size", type=positive_int, default=64, help="training batch size (default 64)")
     t.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (default 5e-5)")
     t.add_argument("--momentum", type=float, default=None, help="EMA lambda of the prototypes (default 0.98)")
+    t.add_argument("--ablation", nargs="*", default=[], choices=["no-batch-prototypes", "mean-mixer", "dot-score"],
+                   help="HPM ablations (Sec. 4.4): dataset-level prototypes only; (C_global + C_batch) / 2 instead "
+                        "of the parameterised mixer; inner-product instead of -l2 scores")
     t.add_argument("--eps", type=eps_arg, default=8 / 255, help="adversarial: l_inf radius (default 8/255)")
     t.add_argument("--steps", type=positive_int, default=10, help="adversarial: PGD steps (default 10)")
     t.add_argument("--attack-wmse", action="store_true",
@@ -62,13 +65,18 @@ def _model_to_train(args: argparse.Namespace):
     from ..heads import create_head
     from ..model import HPMClassifier, load, source_options, wrap
 
+    if args.ablation and args.head != "hpm":
+        raise HPMError(f"--ablation applies to the hpm head, not {args.head!r}")
+    options = {"batch_prototypes": "no-batch-prototypes" not in args.ablation,
+               "mixer": "mean" if "mean-mixer" in args.ablation else "linear",
+               "score": "dot" if "dot-score" in args.ablation else "l2"} if args.head == "hpm" else {}
     if Path(args.model).is_dir():
         base = load(args.model)
-        return HPMClassifier(base.features, base.fc, create_head(args.head, base.num_features, base.num_classes),
-                             backbone_spec=base.backbone_spec, input_size=base.input_size, classes=base.classes,
-                             dataset=base.dataset)
+        head = create_head(args.head, base.num_features, base.num_classes, **options)
+        return HPMClassifier(base.features, base.fc, head, backbone_spec=base.backbone_spec,
+                             input_size=base.input_size, classes=base.classes, dataset=base.dataset)
     return wrap(args.model, head=args.head, source_options=source_options(args.model, args.model_dir, args.dataset),
-                dataset=args.dataset)
+                dataset=args.dataset, **options)
 
 
 def _fine_tune(args: argparse.Namespace, model, train_set, device) -> tuple[dict, dict | None]:

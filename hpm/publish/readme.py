@@ -165,6 +165,31 @@ def saturation_lines(root: Path, sweep: dict) -> list[str]:
     return lines
 
 
+def diagnosis_lines(root: Path, section: dict) -> list[str]:
+    """The clean-accuracy table of a :mod:`hpm.evaluation.diagnosis` results file: per model, its FC view and
+    its accuracy at each evaluation batch size (given order; min-max over shuffled orders where they differ)."""
+    path = root / section["file"]
+    if not path.is_file():
+        return ["_No diagnosis results yet; run the command above._"]
+    data = json.loads(path.read_text())
+    sizes = [str(b) for b in data["batch_sizes"]]
+    lines = ["| model | how it was made | FC view | " + " | ".join(f"bs {b}" for b in sizes)
+             + f" | predictions that change with the order (bs {sizes[1]}) |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " | --- |"]
+    for name, m in data["models"].items():
+        cells = []
+        for b in sizes:
+            c = m["curve"][b]
+            cells.append(pct(c["accuracy"]) + (f" ({pct(c['min'])}–{pct(c['max'])})" if c["min"] != c["max"] else ""))
+        lines.append(f"| {name} | {m['how']} | {pct(m['fc_view_accuracy'])} | " + " | ".join(cells)
+                     + f" | {pct(m['curve'][sizes[1]]['changed'])}% |")
+    return lines + ["", f"Clean accuracy in % on {data['test']['n']} test images "
+                        f"(`{data['test']['source'].split('/')[-1]}`), in the given order; in brackets the range over "
+                        f"that order and {data['n_orders']} shuffled ones. Results: `{section['file']}`, written by "
+                        f"`{data['command']}`. HPM at initialisation equals the NCM head: largest score difference "
+                        f"{data['hpm_at_init_minus_ncm_max_abs_score']:.2g}."]
+
+
 def render(root: Path, manifest: dict) -> str:
     """The results section (between the markers) for ``manifest``; report paths are relative to ``root``."""
     out = [BEGIN, ""]
@@ -187,6 +212,8 @@ def render(root: Path, manifest: dict) -> str:
         elif section["kind"] == "reports":
             out += reports_table(root, section["entries"])
             out += ["", "Reports: " + ", ".join(f"`{e['report']}`" for e in section["entries"]) + "."]
+        elif section["kind"] == "diagnosis":
+            out += diagnosis_lines(root, section)
         elif section["kind"] == "sweep":
             lines = sweep_table(root, section)
             out += lines or ["_No sweep reports yet; run the command above._"]

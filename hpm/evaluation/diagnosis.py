@@ -1,0 +1,124 @@
+"""Why an HPM head on a robust backbone is less accurate than its own FC view: one table of clean accuracies.
+
+    python scripts/diagnose_clean_drop.py checkpoints/cifar10-resnet20w32-fgsmrs-fc --data ../shared/data \\
+        --extra ikl-shipped=checkpoints/cifar10-resnet20w32-fgsmrs-hpm --out results/diagnosis/r20w32.json
+
+(``scripts/diagnose_clean_drop.py`` runs :func:`main`.) On the FC checkpoint's frozen backbone it builds, from
+the clean training features: the l2 NCM head (class means), HPM at initialisation (mixer ``[I; 0]``: the NCM
+head exactly), HPM after clean fine-tuning, and the paper's ablations (Sec. 4.4) after the same clean
+fine-tuning; ``--extra NAME=CKPT`` adds fine-tuned checkpoints of the same backbone (IKL). Every model is
+measured on the same test images at several evaluation batch sizes and shuffled orders
+(:func:`hpm.evaluation.batch_dependence.prediction_curve`), beside its own FC view.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from ..data import load_dataset
+from ..heads import create_head
+from ..model import HPMClassifier, load
+from ..train import CleanConfig, extract_features, finetune_clean
+from .batch_dependence import prediction_curve
+
+ABLATIONS = {  # name -> (HPM head options, how it was made)
+    "hpm, clean FT": ({}, "HPM (Eq. 14-18) after clean fine-tuning"),
+    "hpm w/o C_batch, clean FT": ({"batch_prototypes": False}, "ablation: dataset-level prototypes only"),
+    "hpm mean mixer, clean FT": ({"mixer": "mean"}, "ablation: (C_global + C_batch) / 2, no parameterised mixer"),
+    "hpm dot score, clean FT": ({"score": "dot"}, "ablation: inner-product scores instead of -l2"),
+}
+
+
+def _with_head(base: HPMClassifier, head_type: str, **options) -> HPMClassifier:
+    """The base model's backbone (shared, frozen) and a copy of its FC layer, with a new head."""
+    head = create_head(head_type, base.num_features, base.num_classes, **options)
+    return HPMClassifier(base.features, copy.deepcopy(base.fc), head, backbone_spec=base.backbone_spec,
+                         input_size=base.input_size, classes=base.classes, dataset=base.dataset).eval()
+
+
+def build_variants(base: HPMClassifier, z_train: torch.Tensor, y_train: torch.Tensor,
+                   config: CleanConfig) -> dict[str, tuple[HPMClassifier, str]]:
+    """The models of the table, built from the clean training features ``z_train``: name -> (model, how)."""
+    ncm = _with_head(base, "ncm")
+    ncm.head.init_prototypes(z_train, y_train)
+    init = _with_head(base, "hpm")
+    init.head.init_prototypes(z_train, y_train)
+    variants = {"fc": (base, "the backbone's own FC classifier"),
+                "ncm (clean class means)": (ncm, "l2 nearest class mean of the clean training features"),
+                "hpm at init": (init, "HPM before fine-tuning: mixer [I; 0], C_global = the class means")}
+    for name, (options, how) in ABLATIONS.items():
+        model = _with_head(base, "hpm", **options)
+        finetune_clean(model, z_train, y_train, config, progress=False)
+        variants[name] = (model, f"{how} (1 epoch, batch {config.batch_size}, Adam {config.lr:g}; FC trained too)")
+    return variants
+
+
+def measure(variants: dict[str, tuple[HPMClassifier, str]], z_test: torch.Tensor, y_test: torch.Tensor,
+            batch_sizes: list[int], n_orders: int) -> dict[str, dict]:
+    """Per model: its head, how it was made, its FC view's accuracy and its batch-size/order curve."""
+    out = {}
+    for name, (model, how) in variants.items():
+        with torch.no_grad():
+            fc_view = float((model.fc(z_test).argmax(1) == y_test).float().mean())
+        out[name] = {"how": how, "head": model.head.label, "batch_dependent": model.head.batch_dependent,
+                     "fc_view_accuracy": fc_view,
+                     "curve": {str(bs): v for bs, v in prediction_curve(model, z_test, y_test, batch_sizes,
+                                                                         n_orders=n_orders).items()}}
+    return out
+
+
+def _init_equals_ncm(variants: dict, z_test: torch.Tensor) -> float:
+    """Largest score difference between HPM at initialisation and the NCM head (0 up to rounding)."""
+    with torch.no_grad():
+        a = variants["hpm at init"][0].forward_head(z_test)
+        b = variants["ncm (clean class means)"][0].forward_head(z_test)
+    return float((a - b).abs().max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("backbone", help="an FC checkpoint of the backbone (e.g. checkpoints/...-fgsmrs-fc)")
+    parser.add_argument("--data", default=None, help="local data root (default: $HPM_DATA_DIR)")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="NAME=CKPT", help="fine-tuned checkpoints to add")
+    parser.add_argument("--batch-sizes", default="1,16,250,1000")
+    parser.add_argument("--orders", type=int, default=5, help="shuffled orders per batch size (default 5)")
+    parser.add_argument("--n-train", type=int, default=None, help="first N training images (default: all)")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+    base = load(args.backbone)
+    train, test = load_dataset(base.dataset or "cifar10", "train", args.data), \
+        load_dataset(base.dataset or "cifar10", "test", args.data)
+    if args.n_train:
+        train.images, train.labels = train.images[:args.n_train], train.labels[:args.n_train]
+    z_train, y_train = extract_features(base, train)
+    z_test, y_test = extract_features(base, test, cache=False, progress=False)
+    variants = build_variants(base, z_train, y_train, CleanConfig())
+    for pair in args.extra:
+        name, _, path = pair.partition("=")
+        model = load(path)
+        variants[name] = (model, f"checkpoint {path} ({(model.checkpoint_config.training or {}).get('mode', '?')} "
+                                 f"fine-tuning, {(model.checkpoint_config.training or {}).get('n_train', '?')} images)")
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    result = {"command": "python scripts/diagnose_clean_drop.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+              "backbone": args.backbone, "test": {"source": test.source, "n": len(y_test)},
+              "train": {"source": train.source, "n": len(y_train)}, "batch_sizes": sizes, "n_orders": args.orders,
+              "hpm_at_init_minus_ncm_max_abs_score": _init_equals_ncm(variants, z_test),
+              "models": measure(variants, z_test, y_test, sizes, args.orders)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, m in result["models"].items():
+        print(f"{name:32s} FC view {100 * m['fc_view_accuracy']:5.1f}  " + "  ".join(
+            f"bs{bs} {100 * c['accuracy']:5.1f} [{100 * c['min']:.1f}-{100 * c['max']:.1f}]" for bs, c in m["curve"].items()))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
