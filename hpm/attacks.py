@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from pyautoattack.autopgd_base import APGDAttack
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from pyautoattack.square import SquareAttack
 from torch import Tensor, nn
 
@@ -34,17 +34,19 @@ NORMS = ("Linf", "L2")
 class AttackSpec:
     """One attack of the protocol."""
 
-    name: str  # e.g. "apgd-ce/fc", "apgd-dlr/ensemble", "square"
+    name: str  # e.g. "apgd-ce/fc", "apgd-t/bpda", "batch:apgd-ce/ensemble", "square"
     kind: str  # a key of KINDS: "apgd" or "square"
-    loss: str = "ce"  # APGD loss: "ce" or "dlr"
+    loss: str = "ce"  # APGD loss: "ce", "dlr" or "dlr-targeted" (APGD-T: top wrong classes in turn)
     surrogates: tuple[str, ...] = ("hard",)  # modes whose summed loss APGD follows; "hard" = deployed (BPDA)
+    whole_batch: bool = False  # perturb every image of the evaluation batch jointly (batch-dependent heads)
 
     @property
     def white_box(self) -> bool:
         return self.kind == "apgd"
 
 
-LOSSES = ("ce", "dlr")
+LOSSES = ("ce", "dlr")  # of the default plan; parse_attacks also takes "t", APGD-T (targeted DLR)
+ATTACK_LOSSES = {"ce": "ce", "dlr": "dlr", "t": "dlr-targeted"}  # apgd-NAME -> APGD's loss
 PLAIN_TARGETS = {"deployed": ("hard",)}  # a plain classifier: attacked as it is
 
 
@@ -69,28 +71,37 @@ def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: boo
 
 
 def parse_attacks(names: list[str], model: nn.Module) -> list[AttackSpec]:
-    """``["apgd-ce/fc", "apgd-dlr/ensemble", "square", ...]`` -> specs, validated against the model
-    (targets: :func:`accepted_targets`)."""
-    targets = accepted_targets(model)
-    known = {t for head in HEADS.values() for t in head.attack_targets} | {"deployed", "fc"}
-    plan = []
-    for name in names:
-        if name == "square":
-            plan.append(AttackSpec("square", "square"))
-            continue
-        kind, _, target = name.partition("/")
-        loss = kind.removeprefix("apgd-")
-        if not kind.startswith("apgd-") or loss not in LOSSES or target not in known:
-            raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr}}/TARGET with a TARGET of "
-                             f"{', '.join(sorted(known))}")
-        if target not in targets:
-            head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else "a plain classifier"
-            raise ValueError(f"attack {name!r} does not apply to this model ({head}); its APGD targets are "
-                             f"{', '.join(targets)}")
-        plan.append(AttackSpec(name, "apgd", loss, targets[target]))
+    """``["apgd-ce/fc", "apgd-t/bpda", "batch:apgd-ce/ensemble", "square", ...]`` -> specs, validated against
+    the model (targets: :func:`accepted_targets`).
+
+    ``apgd-t/TARGET`` is AutoAttack's targeted APGD (APGD-T: the targeted DLR loss towards each of the top
+    wrong classes of the deployed model in turn). ``batch:`` perturbs every image of the evaluation batch
+    jointly, and applies only to batch-dependent heads.
+    """
+    plan = [_parse_attack(name, model) for name in names]
     if len({s.name for s in plan}) != len(plan):
         raise ValueError("an attack is listed twice")
     return plan
+
+
+def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
+    targets = accepted_targets(model)
+    known = {t for head in HEADS.values() for t in head.attack_targets} | {"deployed", "fc"}
+    whole_batch = name.startswith("batch:")
+    if whole_batch and not (isinstance(model, HPMClassifier) and model.head.batch_dependent):
+        raise ValueError(f"attack {name!r}: whole-batch attacks apply only to batch-dependent heads")
+    kind, _, target = name.removeprefix("batch:").partition("/")
+    if kind == "square" and not target:
+        return AttackSpec(name, "square", whole_batch=whole_batch)
+    loss = ATTACK_LOSSES.get(kind.removeprefix("apgd-")) if kind.startswith("apgd-") else None
+    if loss is None or target not in known:
+        raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr,t}}/TARGET (optionally after "
+                         f"batch:) with a TARGET of {', '.join(sorted(known))}")
+    if target not in targets:
+        head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else "a plain classifier"
+        raise ValueError(f"attack {name!r} does not apply to this model ({head}); its APGD targets are "
+                         f"{', '.join(targets)}")
+    return AttackSpec(name, "apgd", loss, targets[target], whole_batch)
 
 
 class BatchFeatures:
@@ -151,6 +162,19 @@ class AttackTarget(nn.Module):
         return torch.cat(logits, 1)
 
 
+class SummedLossAPGDT(APGDAttack_targeted):
+    """AutoAttack's targeted APGD (APGD-T), following the sum over surrogates of its targeted DLR loss
+    towards ``self.y_target`` (set per target class by :func:`run_apgd`)."""
+
+    def __init__(self, target: AttackTarget, num_classes: int, **kwargs):
+        super().__init__(target, **kwargs)
+        self.num_classes = num_classes
+
+    def dlr_loss_targeted(self, x: Tensor, y: Tensor) -> Tensor:
+        parts = x.view(x.shape[0], -1, self.num_classes).unbind(1)  # S x [B, k]
+        return sum(APGDAttack_targeted.dlr_loss_targeted(self, p, y) for p in parts)
+
+
 class SummedLossAPGD(APGDAttack):
     """AutoAttack's APGD, unchanged, following the sum over surrogates of its own per-sample loss.
 
@@ -181,22 +205,30 @@ class AttackOutcome:
 
 def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_iter: int,
              n_restarts: int, seed: int, num_classes: int, on_step: Callable[[], None] | None = None,
-             keep_first_break: bool = True) -> AttackOutcome:
+             keep_first_break: bool = True, n_targets: int = 9) -> AttackOutcome:
     """APGD on ``x`` (all rows attacked together), success judged on the deployed model at every iterate.
 
-    ``on_step`` is called after every forward pass of the attack (``n_iter + 1`` per restart).
-    ``keep_first_break=False`` returns APGD's highest-loss iterate for every sample.
+    ``on_step`` is called after every forward pass of the attack (``n_iter + 1`` per restart, and per target
+    class for APGD-T, which attacks the ``n_targets`` top wrong classes in turn).
+    ``keep_first_break=False`` returns APGD's (last run's) highest-loss iterate for every sample.
     """
     x = x.contiguous()  # AutoAttack reshapes gradients with .view
     recorder = BreakRecorder(y)
     target = AttackTarget(batch, spec.surrogates, recorder, on_step)
-    apgd = SummedLossAPGD(target, num_classes, spec.loss, n_iter=n_iter, norm=norm, eps=eps, n_restarts=1,
-                          seed=seed, device=x.device)
+    targeted = spec.loss == "dlr-targeted"
+    common = dict(n_iter=n_iter, norm=norm, eps=eps, n_restarts=1, seed=seed, device=x.device)
+    apgd = SummedLossAPGDT(target, num_classes, n_target_classes=n_targets, **common) if targeted \
+        else SummedLossAPGD(target, num_classes, spec.loss, **common)
     apgd.init_hyperparam(x)
+    with torch.no_grad():  # APGD-T's targets: the deployed model's top wrong classes on the clean batch
+        ranking = batch.scores(batch.features(x), "hard").argsort(1) if targeted else None
     x_best = x
-    for restart in range(n_restarts):
-        torch.manual_seed(seed + restart)
-        x_best, *_ = apgd.attack_single_run(x, y)
+    for target_rank in range(2, n_targets + 2) if targeted else [None]:
+        if targeted:
+            apgd.y_target = ranking[:, -target_rank]
+        for restart in range(n_restarts):
+            torch.manual_seed(seed + restart)
+            x_best, *_ = apgd.attack_single_run(x, y)
     x_adv = x_best.detach().clone()
     if keep_first_break and recorder.witness is not None:
         x_adv[recorder.broken] = recorder.witness[recorder.broken]
@@ -232,7 +264,8 @@ def run_square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
 def _apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: dict, num_classes: int,
           on_step: Callable[[], None] | None) -> AttackOutcome:
     return run_apgd(spec, batch, x, y, norm=budget["norm"], eps=budget["eps"], n_iter=budget["n_iter"],
-                    n_restarts=budget["n_restarts"], seed=budget["seed"], num_classes=num_classes, on_step=on_step)
+                    n_restarts=budget["n_restarts"], seed=budget["seed"], num_classes=num_classes, on_step=on_step,
+                    n_targets=min(budget["n_target_classes"], num_classes - 1))
 
 
 def _square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: dict, num_classes: int,
@@ -245,20 +278,21 @@ KINDS: dict[str, Callable[..., AttackOutcome]] = {"apgd": _apgd, "square": _squa
 
 
 def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float,
-               n_iter: int = 100, n_restarts: int = 1, square_queries: int = 5000, seed: int = 0,
-               num_classes: int, on_step: Callable[[], None] | None = None) -> AttackOutcome:
+               n_iter: int = 100, n_restarts: int = 1, square_queries: int = 5000, n_target_classes: int = 9,
+               seed: int = 0, num_classes: int, on_step: Callable[[], None] | None = None) -> AttackOutcome:
     """Run one attack of a plan on ``x`` (every row attacked together), judged on the deployed model.
 
     Args:
         spec: the attack (:func:`default_plan`, :func:`parse_attacks`); its ``kind`` picks the runner in
             :data:`KINDS`.
         batch: the model and the fixed rows of the evaluation batch.
-        norm, eps: the threat model; n_iter, n_restarts: APGD's budget; square_queries: Square's.
+        norm, eps: the threat model; n_iter, n_restarts: APGD's budget; square_queries: Square's;
+            n_target_classes: how many top wrong classes APGD-T targets in turn (AutoAttack: 9).
         seed: the attack's seed.
         on_step: called after every forward pass (APGD) or query round (Square).
     """
     if spec.kind not in KINDS:
         raise ValueError(f"unknown attack kind {spec.kind!r}; one of {', '.join(KINDS)}")
     budget = {"norm": norm, "eps": eps, "n_iter": n_iter, "n_restarts": n_restarts, "square_queries": square_queries,
-              "seed": seed}
+              "n_target_classes": n_target_classes, "seed": seed}
     return KINDS[spec.kind](spec, batch, x, y, budget, num_classes, on_step)

@@ -289,3 +289,36 @@ def test_the_library_evaluates_in_one_process_unless_asked_to_share(monkeypatch)
     model, x, y = tiny_hpm()
     report = evaluate_model(model, x, y, attack=AttackConfig(**FAST), batch_sizes=[8], checks=False, progress=False)
     assert report.results["8"].n == len(y)
+
+
+# --- attacks beyond the default plan: APGD-T and whole-batch attacks ------------------------------------
+def test_targeted_and_whole_batch_attacks_are_parsed_for_the_heads_they_apply_to():
+    model, _, _ = tiny_hpm()
+    t, = parse_attacks(["apgd-t/bpda"], model)
+    assert (t.kind, t.loss, t.surrogates, t.whole_batch) == ("apgd", "dlr-targeted", ("hard",), False)
+    b, = parse_attacks(["batch:apgd-ce/ensemble"], model)
+    assert b.whole_batch and b.surrogates == ("fc", "soft") and b.name == "batch:apgd-ce/ensemble"
+    net, _, _ = tiny_fc()
+    with pytest.raises(ValueError, match="only to batch-dependent heads"):
+        parse_attacks(["batch:apgd-ce/deployed"], net)
+    with pytest.raises(ValueError, match="unknown attack"):
+        parse_attacks(["apgd-x/fc"], model)
+
+
+@pytest.mark.parametrize("attack", ["apgd-t/fc", "apgd-t/bpda", "batch:apgd-ce/bpda", "batch:apgd-t/ensemble"])
+def test_targeted_and_whole_batch_attacks_only_ever_lower_accuracy(attack):
+    model, x, y = tiny_hpm(seed=1)
+    cfg = AttackConfig(**{**FAST, "eps": 8 / 255, "attacks": [attack], "n_target_classes": 3})
+    _, res, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[8], progress=False)
+    r = res[8]
+    assert r.done.all() and not (r.broken[0] & ~r.attacked[0]).any()  # only attacked samples can be broken
+    assert (r.robust <= r.clean_correct).all() and r.attacked[0].sum() == r.clean_correct.sum()
+
+
+def test_apgd_t_budget_enters_the_resume_key_only_when_the_plan_has_apgd_t():
+    model, x, y = tiny_hpm()
+    idx = np.arange(len(y))
+    plain, targeted = parse_attacks(["apgd-ce/fc"], model), parse_attacks(["apgd-t/fc"], model)
+    a, b = AttackConfig(n_target_classes=9), AttackConfig(n_target_classes=3)
+    assert config_key("m", a, plain, idx, [4]) == config_key("m", b, plain, idx, [4])
+    assert config_key("m", a, targeted, idx, [4]) != config_key("m", b, targeted, idx, [4])

@@ -62,9 +62,14 @@ def register(sub) -> None:
     e.add_argument("--iters", type=positive_int, default=40, help="APGD iterations (paper 40, AutoAttack 100)")
     e.add_argument("--restarts", type=positive_int, default=1, help="APGD restarts")
     e.add_argument("--square-queries", type=positive_int, default=5000, help="Square queries per sample")
+    e.add_argument("--target-classes", type=positive_int, default=9,
+                   help="APGD-T (apgd-t/TARGET attacks): top wrong classes targeted in turn (default 9, AutoAttack's)")
     e.add_argument("--attacks", default=None,
-                   help="comma-separated subset of the plan, e.g. apgd-ce/fc,apgd-dlr/ensemble,square "
-                        "(targets: fc, soft, ensemble, bpda, deployed); default: all that apply to the model")
+                   help="comma-separated attacks, e.g. apgd-ce/fc,apgd-dlr/ensemble,apgd-t/bpda,square: APGD with "
+                        "loss ce, dlr or t (targeted, APGD-T) on a target the model's head offers (fc, soft, "
+                        "ensemble, bpda, deployed); a batch: prefix perturbs the whole evaluation batch jointly "
+                        "(batch-dependent heads); default: the model's plan (APGD-CE and -DLR on every target, "
+                        "Square)")
     e.add_argument("--schedule", default="cumulative", choices=["cumulative", "independent"],
                    help="cumulative: each attack on the survivors (fast); independent: each on every clean-correct "
                         "sample (standalone accuracy per attack)")
@@ -111,7 +116,8 @@ def _cmd_eval(args) -> int:
     subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file)
     x, y, idx, info = load_eval_data(dataset, args.split, args.data, subset)
     attack = AttackConfig(norm=args.norm, eps=args.eps, n_iter=args.iters, n_restarts=args.restarts,
-                          square_queries=args.square_queries, schedule=args.schedule, seed=args.seed,
+                          square_queries=args.square_queries, n_target_classes=args.target_classes,
+                          schedule=args.schedule, seed=args.seed,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,

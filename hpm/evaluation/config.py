@@ -18,6 +18,7 @@ class AttackConfig:
     n_iter: int = 40  # APGD iterations (paper: 40; AutoAttack: 100)
     n_restarts: int = 1  # APGD restarts
     square_queries: int = 5000  # Square's query budget per sample (AutoAttack's default)
+    n_target_classes: int = 9  # APGD-T: top wrong classes targeted in turn (AutoAttack's default)
     attacks: list[str] | None = None  # attack names (None: the default plan for the model)
     schedule: str = "cumulative"  # "cumulative" (attack survivors) or "independent" (every attack on all)
     seed: int = 0  # APGD and Square seeds
@@ -25,7 +26,7 @@ class AttackConfig:
     def budget(self) -> dict:
         """The keywords of :func:`hpm.attacks.run_attack`: threat model, budgets and seed."""
         return {"norm": self.norm, "eps": self.eps, "n_iter": self.n_iter, "n_restarts": self.n_restarts,
-                "square_queries": self.square_queries, "seed": self.seed}
+                "square_queries": self.square_queries, "n_target_classes": self.n_target_classes, "seed": self.seed}
 
     def validate(self) -> None:
         if self.norm not in NORMS:
@@ -34,7 +35,7 @@ class AttackConfig:
             raise HPMError(f"eps must be a positive number; got {self.eps!r}")
         if self.norm == "Linf" and self.eps > 1:
             raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps}")
-        if self.n_iter < 1 or self.n_restarts < 1 or self.square_queries < 1:
-            raise HPMError("n_iter, n_restarts and square_queries must all be >= 1")
+        if min(self.n_iter, self.n_restarts, self.square_queries, self.n_target_classes) < 1:
+            raise HPMError("n_iter, n_restarts, square_queries and n_target_classes must all be >= 1")
         if self.schedule not in SCHEDULES:
             raise HPMError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")

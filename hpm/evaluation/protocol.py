@@ -92,8 +92,7 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
         mask = robust if config.schedule == "cumulative" else correct
         idx = mask.nonzero().flatten()
         if len(idx):
-            batch = BatchFeatures(model, z_clean[~mask] if z_clean is not None else None)
-            hit = run_attack(spec, batch, x[idx], y[idx], num_classes=num_classes, **config.budget()).broken
+            hit = _attack(model, spec, x, y, idx, mask, z_clean, num_classes, config)
             attacked[a, idx.cpu()] = True
             broken[a, idx.cpu()] = hit.cpu()
             robust[idx[hit]] = False
@@ -101,6 +100,21 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
         if on_attack_done is not None:
             on_attack_done(a, len(idx), robust)
     return correct.cpu(), attacked, broken, seconds
+
+
+def _attack(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, idx: Tensor, mask: Tensor,
+            z_clean: Tensor | None, num_classes: int, config: AttackConfig) -> Tensor:
+    """Which of the samples ``idx`` (the rows ``mask`` selects) the attack breaks.
+
+    Normally only those rows are perturbed, the batch's other rows taking part clean (cached features). A
+    whole-batch attack perturbs every row of the batch jointly, with the true labels, and a sample counts as
+    broken when the perturbed batch makes the deployed model misclassify it.
+    """
+    if spec.whole_batch:
+        hit = run_attack(spec, BatchFeatures(model, None), x, y, num_classes=num_classes, **config.budget()).broken
+        return hit[idx]
+    batch = BatchFeatures(model, z_clean[~mask] if z_clean is not None else None)
+    return run_attack(spec, batch, x[idx], y[idx], num_classes=num_classes, **config.budget()).broken
 
 
 def batch_starts(n: int, batch_size: int, part: tuple[int, int] = (0, 1)) -> list[int]:

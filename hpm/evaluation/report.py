@@ -254,7 +254,8 @@ def summarise(r: SampleResults, plan: list[AttackSpec], schedule: str) -> BatchS
         for a, spec in enumerate(plan)]
     targets: dict[str, list[int]] = {}
     for a, spec in enumerate(plan):
-        targets.setdefault(spec.name.split("/", 1)[-1], []).append(a)
+        target = spec.name.split("/", 1)[-1]
+        targets.setdefault(f"batch:{target}" if spec.whole_batch else target, []).append(a)
     white = [a for a, s in enumerate(plan) if s.white_box]
     black = [a for a, s in enumerate(plan) if not s.white_box]
     black_only = (r.broken[black].any(0) & ~r.broken[white].any(0) & done) if black and white else np.zeros_like(done)

@@ -113,11 +113,14 @@ def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indi
                batch_sizes: list[int]) -> str:
     """A digest of everything that determines the per-sample results (for resume and merge).
 
-    Square's query budget is left out when the plan has no Square, so it cannot invalidate such runs.
+    A budget is left out when the plan has no attack that uses it (Square's queries, APGD-T's target classes),
+    so that adding such a setting never invalidates stored runs.
     """
     settings = asdict(attack)
     if not any(s.kind == "square" for s in plan):
         del settings["square_queries"]
+    if not any(s.loss == "dlr-targeted" for s in plan):
+        del settings["n_target_classes"]
     payload = json.dumps({"model": model_id, "attack": settings, "plan": [s.name for s in plan],
                           "indices": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest(),
                           "batch_sizes": sorted(batch_sizes)}, sort_keys=True)
