@@ -322,3 +322,21 @@ def test_apgd_t_budget_enters_the_resume_key_only_when_the_plan_has_apgd_t():
     a, b = AttackConfig(n_target_classes=9), AttackConfig(n_target_classes=3)
     assert config_key("m", a, plain, idx, [4]) == config_key("m", b, plain, idx, [4])
     assert config_key("m", a, targeted, idx, [4]) != config_key("m", b, targeted, idx, [4])
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_hpm_eval_of_a_shipped_checkpoint_reproduces_its_stored_per_sample_results(tmp_path):
+    """The report in results/ was written before the package was re-laid out; the same command today must
+    give the same outcome for every sample."""
+    from conftest import REPO, shared_data_or_skip
+    from hpm.cli import main
+    data = shared_data_or_skip()
+    stored = REPO / "results/eval/sweep/scratchresnet20w16-fc-eps0.25-apgdce.npz"
+    assert main(["eval", str(REPO / "checkpoints/cifar10-resnet20w16-scratch-fc"), "--data", str(data), "--n", "200",
+                 "--eps", "0.25/255", "--iters", "40", "--square-queries", "1000", "--batch-sizes", "200",
+                 "--no-checks", "--attacks", "apgd-ce/deployed", "--out", str(tmp_path / "r.json")]) == 0
+    _, again = load_results(tmp_path / "r.npz")
+    _, before = load_results(stored)
+    for name in ("indices", "labels", "done", "clean_correct", "attacked", "broken"):
+        assert np.array_equal(getattr(again[200], name), getattr(before[200], name)), name

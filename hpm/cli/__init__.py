@@ -20,6 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hpm`` parser: every command group registers its subcommands."""
     parser = _Parser(prog="hpm", description="Hybrid Prototype Mixing: wrap, fine-tune, evaluate and publish "
                                              "l2 re-classifiers for robust models.")
     parser.add_argument("--version", action="version", version=f"hpm {__version__}")
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``hpm`` command; returns its exit status (2 with a one-line message for user errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = "hpm " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in cards/reports

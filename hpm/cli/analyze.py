@@ -17,6 +17,7 @@ from .common import (
 
 
 def register(sub) -> None:
+    """Add this module's commands to the ``hpm`` subparsers ``sub``."""
     a = sub.add_parser(
         "analyze", help="angle statistics of FC vs l2 heads, modelled vs empirical CDF, Fig. 2 and Fig. 3",
         description="Measure the angles between MODEL's test features and its FC class vectors (theta_c) and l2 "

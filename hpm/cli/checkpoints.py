@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 
 def register(sub) -> None:
+    """Add this module's commands to the ``hpm`` subparsers ``sub``."""
     i = sub.add_parser("info", help="print a checkpoint's configuration and measured metrics",
                        description="Print what config.json of a checkpoint directory (or Hub repo) says.")
     i.add_argument("checkpoint", help="checkpoint directory or Hub repo id")

@@ -37,6 +37,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def register(sub) -> None:
+    """Add this module's commands to the ``hpm`` subparsers ``sub``."""
     e = sub.add_parser(
         "eval", help="evaluate robustness with MSA (APGD on surrogates, BPDA) + Square, per-sample worst case",
         description="Attack MODEL (a checkpoint directory, a Hub id, or pyautoattack / robustbench:NAME / timm:NAME "

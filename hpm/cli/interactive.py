@@ -20,6 +20,7 @@ from .common import (
 
 
 def register(sub) -> None:
+    """Add this module's commands to the ``hpm`` subparsers ``sub``."""
     p = sub.add_parser("predict", help="top-5 of the FC head and the deployed head for an image file",
                        description="Classify IMAGE (any format PIL reads; resized on its short side and centre-"
                                    "cropped to the model's input) with MODEL's original FC head and its deployed "

@@ -20,6 +20,7 @@ from .common import (
 
 
 def register(sub) -> None:
+    """Add this module's commands to the ``hpm`` subparsers ``sub``."""
     _add_train(sub)
     _add_train_backbone(sub)
 

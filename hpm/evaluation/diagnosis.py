@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from ..data import load_dataset
+from ..data import ImageTensorDataset, Subset, cache_dir, load_dataset
 from ..heads import create_head
 from ..model import HPMClassifier, load
 from ..train import CleanConfig, extract_features, finetune_clean
+from ..train.pgd import linf_pgd, uniform_start
 from .batch_dependence import prediction_curve
 
 ABLATIONS = {  # name -> (HPM head options, how it was made)
@@ -40,6 +45,31 @@ def _with_head(base: HPMClassifier, head_type: str, **options) -> HPMClassifier:
     head = create_head(head_type, base.num_features, base.num_classes, **options)
     return HPMClassifier(base.features, copy.deepcopy(base.fc), head, backbone_spec=base.backbone_spec,
                          input_size=base.input_size, classes=base.classes, dataset=base.dataset).eval()
+
+
+def adversarial_training_images(base: HPMClassifier, train: ImageTensorDataset, n: int, eps: float = 8 / 255,
+                                steps: int = 10, seed: int = 0) -> ImageTensorDataset:
+    """PGD-``steps`` adversarial examples (l_inf ``eps``, step ``eps / 4``, random start, the FC model's
+    cross-entropy) of a fixed uniform subset of ``n`` training images, stored as 8-bit images (in the eps-ball
+    for eps a multiple of 1/255) and cached on disk, since they take minutes on a CPU."""
+    subset = Subset(n=min(n, len(train)), mode="uniform", seed=seed).indices(len(train))
+    key = hashlib.sha256(json.dumps([base.backbone_spec.to_dict(), train.source, n, eps, steps, seed]).encode())
+    for name, tensor in sorted(base.state_dict().items()):
+        key.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    path = cache_dir() / "adversarial" / f"{key.hexdigest()[:24]}.npz"
+    if not path.exists():
+        generator = torch.Generator().manual_seed(seed)
+        chunks = []
+        for idx in tqdm(subset.split(256), desc="PGD on training images", unit="batch"):
+            x, y = train.tensors(idx)
+            loss = lambda x_adv, y=y: F.cross_entropy(base(x_adv, mode="fc"), y)  # noqa: E731
+            chunks.append(linf_pgd(loss, x, uniform_start(x, eps, generator), eps=eps, step=eps / 4, steps=steps))
+        images = (torch.cat(chunks) * 255).round().to(torch.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=images.numpy(), y=train.labels[subset].numpy())
+    with np.load(path) as f:
+        return ImageTensorDataset(torch.from_numpy(f["x"]), torch.from_numpy(f["y"]), train.classes,
+                                  f"{train.source}[uniform {n}, PGD-{steps} at {eps * 255:g}/255]")
 
 
 def build_variants(base: HPMClassifier, z_train: torch.Tensor, y_train: torch.Tensor,
@@ -89,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,16,250,1000")
     parser.add_argument("--orders", type=int, default=5, help="shuffled orders per batch size (default 5)")
     parser.add_argument("--n-train", type=int, default=None, help="first N training images (default: all)")
+    parser.add_argument("--adv-n", type=int, default=0,
+                        help="add an NCM head on the class means of PGD-10 adversarial features of N training images")
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     base = load(args.backbone)
@@ -99,13 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     z_train, y_train = extract_features(base, train)
     z_test, y_test = extract_features(base, test, cache=False, progress=False)
     variants = build_variants(base, z_train, y_train, CleanConfig())
+    if args.adv_n:
+        adversarial = adversarial_training_images(base, train, args.adv_n)
+        ncm = _with_head(base, "ncm")
+        ncm.head.init_prototypes(*extract_features(base, adversarial))
+        how = f"l2 nearest class mean of the features of {adversarial.source}"
+        variants = {**dict(list(variants.items())[:2]), "ncm (adversarial class means)": (ncm, how),
+                    **dict(list(variants.items())[2:])}
     for pair in args.extra:
         name, _, path = pair.partition("=")
         model = load(path)
         variants[name] = (model, f"checkpoint {path} ({(model.checkpoint_config.training or {}).get('mode', '?')} "
                                  f"fine-tuning, {(model.checkpoint_config.training or {}).get('n_train', '?')} images)")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    result = {"command": "python scripts/diagnose_clean_drop.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    command = "python scripts/diagnose_clean_drop.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command,
               "backbone": args.backbone, "test": {"source": test.source, "n": len(y_test)},
               "train": {"source": train.source, "n": len(y_train)}, "batch_sizes": sizes, "n_orders": args.orders,
               "hpm_at_init_minus_ncm_max_abs_score": _init_equals_ncm(variants, z_test),
@@ -115,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for name, m in result["models"].items():
         print(f"{name:32s} FC view {100 * m['fc_view_accuracy']:5.1f}  " + "  ".join(
-            f"bs{bs} {100 * c['accuracy']:5.1f} [{100 * c['min']:.1f}-{100 * c['max']:.1f}]" for bs, c in m["curve"].items()))
+            f"bs{bs} {100 * c['accuracy']:5.1f} [{100 * c['min']:.1f}-{100 * c['max']:.1f}]"
+            for bs, c in m["curve"].items()))
     print(f"wrote {out}")
     return 0
 

@@ -34,17 +34,22 @@ def pct(v: float) -> str:
 
 
 def comparison_table(root: Path, entries: list[dict]) -> list[str]:
-    """FC vs HPM rows: one per evaluation batch size of the HPM report."""
-    lines = ["| backbone | protocol | ε | n | eval bs | FC clean | FC robust | HPM clean | HPM robust | Δ robust |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """FC vs HPM rows, one per evaluation batch size of the HPM report, with the exact McNemar test of the two
+    heads' per-sample robust outcomes on the same images."""
+    lines = ["| backbone | protocol | ε | n | eval bs | FC clean | FC robust | HPM clean | HPM robust | Δ robust "
+             "| paired test (McNemar p) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in entries:
         fc, hpm_ = load_report(root / e["fc"]), load_report(root / e["hpm"])
         for bs, rh in hpm_.results.items():
-            rf = fc.results.get(bs) or next(iter(fc.results.values()))
+            fc_bs = bs if bs in fc.results else next(iter(fc.results))
+            rf = fc.results[fc_bs]
+            test = mcnemar_exact(paired_robust(root / e["hpm"], int(bs)), paired_robust(root / e["fc"], int(fc_bs)))
             lines.append(f"| {e['label']} | {protocol_name(hpm_)} | {eps_text(hpm_.config.attack.eps)} | "
                          f"{rh.n} | {bs} | {pct(rf.clean_accuracy)} | {pct(rf.robust_accuracy)} | "
                          f"{pct(rh.clean_accuracy)} | {pct(rh.robust_accuracy)} | "
-                         f"{100 * (rh.robust_accuracy - rf.robust_accuracy):+.1f} |")
+                         f"{100 * (rh.robust_accuracy - rf.robust_accuracy):+.1f} | "
+                         f"{test['p_value']:.2g} ({test['a_only']} robust only under HPM, {test['b_only']} only under FC) |")
     return lines
 
 

@@ -9,6 +9,7 @@ from ..errors import HPMError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` for models trained on normalised inputs."""
 
