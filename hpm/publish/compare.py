@@ -40,6 +40,15 @@ def paired_robust(report_json: str | Path, batch_size: int) -> dict[int, bool]:
     return {int(i): bool(v) for i, v, done in zip(r.indices, r.robust, r.done) if done}
 
 
+def combined_robust(report_jsons: list[str | Path], batch_size: int) -> dict[int, bool]:
+    """Per-sample worst case over several evaluations of one model on the same samples (e.g. the default
+    plan and extra attacks run later): robust only where every evaluation left the sample robust."""
+    outcomes = [paired_robust(path, batch_size) for path in report_jsons]
+    if any(o.keys() != outcomes[0].keys() for o in outcomes):
+        raise HPMError(f"{', '.join(map(str, report_jsons))} cover different samples")
+    return {i: all(o[i] for o in outcomes) for i in outcomes[0]}
+
+
 def missed_by_apgd_ce(apgd_ce_json: str | Path, full_json: str | Path, batch_size: int) -> dict[str, int]:
     """Samples that survived APGD-CE alone but not the full protocol, counted per full-protocol attack that
     broke them (a sample broken by several attacks counts for each), from the ``.npz`` beside each report."""
