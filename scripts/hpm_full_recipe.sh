@@ -19,7 +19,20 @@ hpm train "$FC" --head hpm --mode adversarial --data "$DATA" --save-every 50 --n
 rm -rf "$FULL" && mkdir -p "$FULL" && cp "$RUN"/ikl-full-r20w32/{config.json,model.safetensors,README.md} "$FULL"/
 hpm eval "$FULL" --data "$DATA" --n "$N" --eps 8/255 --square-queries "$SQUARE" --batch-sizes 250 \
   --out "$OUT/r20w32-hpm-fullikl-full-eps8.json" > /dev/null 2> "$OUT/r20w32-hpm-fullikl-full-eps8.log"
-hpm card "$FULL" --eval "$OUT/r20w32-hpm-fullikl-full-eps8.json"
+# Attacks beyond the default plan, on the same images: APGD-T towards the 3 top wrong classes (both heads),
+# and whole-batch APGD (HPM: every image of the evaluation batch perturbed jointly). README combines each
+# head's reports per sample (worst case).
+hpm eval "$FC" --data "$DATA" --n "$N" --eps 8/255 --iters 40 --target-classes 3 --batch-sizes 250 --no-checks \
+  --attacks apgd-t/deployed --out "$OUT/r20w32-fc-stronger-eps8.json" > /dev/null 2> "$OUT/r20w32-fc-stronger-eps8.log"
+for pair in "hpm=$SHIPPED" "hpm-fullikl=$FULL"; do
+  name="${pair%%=*}"; ckpt="${pair#*=}"
+  hpm eval "$ckpt" --data "$DATA" --n "$N" --eps 8/255 --iters 40 --target-classes 3 --batch-sizes 250 --no-checks \
+    --attacks apgd-t/fc,apgd-t/bpda,batch:apgd-ce/ensemble,batch:apgd-dlr/bpda \
+    --out "$OUT/r20w32-$name-stronger-eps8.json" > /dev/null 2> "$OUT/r20w32-$name-stronger-eps8.log"
+done
+hpm card "$FC" --eval "$OUT/r20w32-fc-apgd-eps8.json" "$OUT/r20w32-fc-full-eps8.json" "$OUT/r20w32-fc-stronger-eps8.json"
+hpm card "$SHIPPED" --eval "$OUT/r20w32-hpm-full-eps8.json" "$OUT/r20w32-hpm-stronger-eps8.json"
+hpm card "$FULL" --eval "$OUT/r20w32-hpm-fullikl-full-eps8.json" "$OUT/r20w32-hpm-fullikl-stronger-eps8.json"
 python scripts/diagnose_clean_drop.py "$FC" --data "$DATA" --adv-n 5000 \
   --extra "hpm, IKL 1/5 epoch (shipped)=$SHIPPED" "hpm, IKL 1 epoch (paper recipe)=$FULL" \
   --out results/diagnosis/r20w32-fgsmrs.json

@@ -156,3 +156,15 @@ def test_paper_tables_script_runs_on_a_random_init_zoo_checkpoint(tiny_data_root
         assert load_report(tmp_path / "out" / f"cifar10-{name}-{head}.json").results["2"].n == 2
     metrics = json.loads((tmp_path / "run" / f"cifar10-{name}-hpm" / "config.json").read_text())["metrics"]
     assert "robust_accuracy (Linf 8/255, full, n 2, bs 2)" in metrics
+
+
+def test_several_reports_of_one_model_combine_per_sample_into_their_worst_case(checkpoint, tiny_data_root, tmp_path):
+    from hpm.publish.compare import combined_robust
+    _eval(checkpoint, tiny_data_root, tmp_path / "ce.json", "--eps", "2/255", "--attacks", "apgd-ce/deployed")
+    _eval(checkpoint, tiny_data_root, tmp_path / "t.json", "--eps", "2/255", "--attacks", "apgd-t/deployed",
+          "--target-classes", "2")
+    ce, t = paired_robust(tmp_path / "ce.json", 4), paired_robust(tmp_path / "t.json", 4)
+    assert combined_robust([tmp_path / "ce.json", tmp_path / "t.json"], 4) == {i: ce[i] and t[i] for i in ce}
+    _eval(checkpoint, tiny_data_root, tmp_path / "other.json", "--n", "3")
+    with pytest.raises(HPMError, match="different samples"):
+        combined_robust([tmp_path / "ce.json", tmp_path / "other.json"], 4)
