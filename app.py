@@ -27,6 +27,9 @@ CHECKPOINTS = {name: f"checkpoints/{name}" for name in demo.list_checkpoints(os.
 DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),
                                 next(iter(CHECKPOINTS.values()), None))
 DATA = os.environ.get("HPM_DATA_DIR")
+# HPM on the project's robust (FGSM-RS) backbone, fine-tuned with the paper's full IKL recipe: the best HPM
+# checkpoint shipped for a robust comparison (its card holds the protocol's numbers per batch size and order)
+ROBUST_HPM = "cifar10-resnet20w32-fgsmrs-hpm-full"
 
 try:  # ZeroGPU Spaces: run attacks on the GPU when the `spaces` package is present
     import spaces
@@ -171,7 +174,9 @@ Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --
 with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
     gr.Markdown("# Hybrid Prototype Mixing — attack FC vs HPM live")
     with gr.Row():
-        choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint")
+        choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint",
+                             info=f"FC vs HPM on a robust backbone: {ROBUST_HPM}" if ROBUST_HPM in CHECKPOINTS
+                             else None)
         hub_id = gr.Textbox(label="…or a Hub repo id", placeholder="owner/name (needs network)")
         load_btn = gr.Button("Load model")
         model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)

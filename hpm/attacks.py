@@ -63,10 +63,19 @@ def accepted_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
     return {**apgd_targets(model), **{k: v for k, v in extra.items() if k not in apgd_targets(model)}}
 
 
-def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: bool = True) -> list[AttackSpec]:
-    """The paper's attacks for this model: APGD with each loss on each of :func:`apgd_targets`, then Square."""
-    plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, modes) for t, modes in apgd_targets(model).items()
-            for loss in losses]
+TARGETED_ON = ("fc", "bpda", "deployed")  # APGD-T in the default plan: the FC oracle and the deployed model
+
+
+def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: bool = True,
+                 targeted: bool = True) -> list[AttackSpec]:
+    """The attacks for this model: the paper's MSA (APGD with each loss on each of :func:`apgd_targets`), then
+    (``targeted``) APGD-T on the FC oracle and on the deployed model (through BPDA where the head has it), then
+    Square. ``targeted=False`` is the paper's protocol exactly."""
+    targets = apgd_targets(model)
+    plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, modes) for t, modes in targets.items() for loss in losses]
+    if targeted:
+        plan += [AttackSpec(f"apgd-t/{t}", "apgd", ATTACK_LOSSES["t"], targets[t]) for t in TARGETED_ON
+                 if t in targets]
     return plan + ([AttackSpec("square", "square")] if square else [])
 
 

@@ -248,9 +248,18 @@ class Subset:
     mode: str = "first"  # "first" N in dataset order, or "uniform": a fixed random N with `seed`
     seed: int = 0  # seed of the uniform subset
     index_file: str | None = None  # a text/npy file of indices; overrides n/mode
+    order_seed: int | None = None  # evaluate the chosen samples in a seeded random order (None: as chosen)
 
     def indices(self, total: int) -> Tensor:
-        """The chosen indices into a dataset of ``total`` samples (sorted for ``uniform``)."""
+        """The chosen indices into a dataset of ``total`` samples, in evaluation order: as chosen (sorted for
+        ``uniform``, as listed for an index file), or shuffled with ``order_seed``. The order matters to
+        batch-dependent heads only: it decides which samples share an evaluation batch."""
+        chosen = self._chosen(total)
+        if self.order_seed is None:
+            return chosen
+        return chosen[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(self.order_seed))]
+
+    def _chosen(self, total: int) -> Tensor:
         if self.index_file is not None:
             return _read_index_file(Path(self.index_file), total)
         if self.mode not in ("first", "uniform"):

@@ -24,7 +24,7 @@ for pair in $MODELS; do
   for eps in $EPS; do
     for protocol in $PROTOCOLS; do
       report="$OUT/$PREFIX-$name-eps$eps-$protocol.json"
-      attacks=()
+      attacks=(--no-targeted)                # the paper's MSA + Square
       [ "$protocol" = apgdce ] && attacks=(--attacks apgd-ce/deployed)
       hpm eval "$model" --data "$DATA" --n "$N" --eps "$eps/255" --iters "$ITERS" --square-queries "$SQUARE" \
         --batch-sizes "$BS" --no-checks "${attacks[@]}" --out "$report" > /dev/null 2> "${report%.json}.log"

@@ -13,7 +13,7 @@ for eps in 8 1; do
   for model in pyautoattack checkpoints/cifar10-resnet18-hpm-clean; do
     name=$([ "$model" = pyautoattack ] && echo fc || echo hpm-clean)
     hpm eval "$model" --data "$DATA" --n "$N" --eps "$eps/255" --iters 40 --square-queries "$SQUARE" \
-      --batch-sizes 16,200 --out "$OUT/resnet18-$name-eps$eps.json" > /dev/null 2> "$OUT/resnet18-$name-eps$eps.log"
+      --batch-sizes 16,200 --no-targeted --out "$OUT/resnet18-$name-eps$eps.json" > /dev/null 2> "$OUT/resnet18-$name-eps$eps.log"
     echo "done $name eps $eps/255"
   done
 done

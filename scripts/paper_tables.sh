@@ -46,7 +46,7 @@ for ds in $datasets; do
     for head in fc hpm; do
       model=$([ "$head" = fc ] && echo "robustbench:$name" || echo "$RUN/$tag-hpm")
       hpm eval "$model" --dataset "$ds" --model-dir "$MODEL_DIR" --eps "$eps" --n "$n" --subset "$subset" \
-        --iters "$ITERS" --square-queries "$SQUARE" --batch-sizes "$BS" "${data_args[@]}" --device "$DEVICE" \
+        --iters "$ITERS" --square-queries "$SQUARE" --batch-sizes "$BS" --no-targeted "${data_args[@]}" --device "$DEVICE" \
         --out "$OUT/$tag-$head.json" > /dev/null
     done
     hpm card "$RUN/$tag-hpm" --eval "$OUT/$tag-hpm.json"

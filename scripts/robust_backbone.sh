@@ -27,7 +27,7 @@ hpm eval "$FC" --data "$DATA" --eps 8/255 --attacks apgd-ce/deployed,apgd-dlr/de
 # FC vs HPM under the identical full protocol
 for model in fc hpm; do
   ckpt=$([ "$model" = fc ] && echo "$FC" || echo "$HPM")
-  hpm eval "$ckpt" --data "$DATA" --n "$N" --eps 8/255 --square-queries "$SQUARE" --batch-sizes 250 \
+  hpm eval "$ckpt" --data "$DATA" --n "$N" --eps 8/255 --square-queries "$SQUARE" --batch-sizes 250 --no-targeted \
     --out "$OUT/r20w32-$model-full-eps8.json" > /dev/null 2> "$OUT/r20w32-$model-full-eps8.log"
 done
 hpm card "$FC" --eval "$OUT/r20w32-fc-apgd-eps8.json" "$OUT/r20w32-fc-full-eps8.json"

@@ -45,16 +45,21 @@ def test_the_diagnosis_script_writes_every_row(tmp_path, tiny_data_root):
     fc_model = hpm.HPMClassifier(features, fc, hpm.create_head("fc", 16, 10), dataset="cifar10",
                                  backbone_spec=BackboneSpec("hpm", "cifar_resnet", options))
     fc_model.save_pretrained(tmp_path / "fc")
+    tuned = hpm.HPMClassifier(features, fc, hpm.create_head("hpm", 16, 10), dataset="cifar10",
+                              backbone_spec=BackboneSpec("hpm", "cifar_resnet", options))
+    tuned.head.prototypes.normal_()  # stands in for a fine-tuned checkpoint of the same backbone
+    tuned.save_pretrained(tmp_path / "tuned")
     out = tmp_path / "diag.json"
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "diagnose_clean_drop.py"), str(tmp_path / "fc"),
                              "--data", str(tiny_data_root), "--batch-sizes", "1,4,24", "--orders", "2", "--adv-n", "30",
-                             "--out", str(out)],
+                             "--extra", f"tuned={tmp_path / 'tuned'}", "--out", str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
     assert list(data["models"]) == ["fc", "ncm (clean class means)", "ncm (adversarial class means)", "hpm at init",
                                     "hpm, clean FT",
-                                    "hpm w/o C_batch, clean FT", "hpm mean mixer, clean FT", "hpm dot score, clean FT"]
+                                    "hpm w/o C_batch, clean FT", "hpm mean mixer, clean FT", "hpm dot score, clean FT",
+                                    "tuned", "ncm on the C_global of: tuned"]
     assert data["hpm_at_init_minus_ncm_max_abs_score"] < 1e-4 and data["test"]["n"] == 24
     assert all(set(m["curve"]) == {"1", "4", "24"} for m in data["models"].values())
     assert data["command"].startswith("python scripts/diagnose_clean_drop.py ")

@@ -58,6 +58,13 @@ def test_subsets_first_uniform_and_index_file(tmp_path):
     assert Subset(index_file=str(tmp_path / "idx.npy")).indices(10).tolist() == [1, 3]
 
 
+def test_an_order_seed_shuffles_the_chosen_samples_reproducibly():
+    shuffled = Subset(n=20, order_seed=1).indices(100)
+    assert sorted(shuffled.tolist()) == list(range(20)) and shuffled.tolist() != list(range(20))
+    assert shuffled.tolist() == Subset(n=20, order_seed=1).indices(100).tolist()
+    assert shuffled.tolist() != Subset(n=20, order_seed=2).indices(100).tolist()
+
+
 @pytest.mark.parametrize("subset, message", [
     (Subset(n=0), "between 1 and 10"), (Subset(n=11), "between 1 and 10"), (Subset(mode="random"), "first or uniform")])
 def test_bad_subsets_are_rejected(subset, message):

@@ -41,13 +41,17 @@ def tiny_fc(seed=0, n=16):
     return net, x, y
 
 
-def test_default_plans_follow_the_paper():
+def test_default_plans_are_the_papers_msa_plus_targeted_apgd_on_the_fc_oracle_and_the_deployed_model():
     model, _, _ = tiny_hpm()
-    names = [s.name for s in default_plan(model)]
-    assert names == ["apgd-ce/fc", "apgd-dlr/fc", "apgd-ce/soft", "apgd-dlr/soft", "apgd-ce/ensemble",
-                     "apgd-dlr/ensemble", "apgd-ce/bpda", "apgd-dlr/bpda", "square"]
+    msa = ["apgd-ce/fc", "apgd-dlr/fc", "apgd-ce/soft", "apgd-dlr/soft", "apgd-ce/ensemble", "apgd-dlr/ensemble",
+           "apgd-ce/bpda", "apgd-dlr/bpda"]
+    assert [s.name for s in default_plan(model, targeted=False)] == [*msa, "square"]
+    assert [s.name for s in default_plan(model)] == [*msa, "apgd-t/fc", "apgd-t/bpda", "square"]
     net, _, _ = tiny_fc()
-    assert [s.name for s in default_plan(net)] == ["apgd-ce/deployed", "apgd-dlr/deployed", "square"]
+    assert [s.name for s in default_plan(net)] == ["apgd-ce/deployed", "apgd-dlr/deployed", "apgd-t/deployed",
+                                                   "square"]
+    assert [s.name for s in default_plan(net, targeted=False)] == ["apgd-ce/deployed", "apgd-dlr/deployed",
+                                                                   "square"]
 
 
 @pytest.mark.parametrize("attack", ["apgd-ce/fc", "apgd-dlr/fc", "apgd-ce/soft", "apgd-dlr/soft", "apgd-ce/ensemble",
@@ -228,7 +232,7 @@ def test_eval_cli_end_to_end_on_a_plain_fc_model(tiny_data_root, tmp_path, capsy
     assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "4", "--iters", "2",
                  "--square-queries", "5", "--eps", "8/255", "--no-checks", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert [p["name"] for p in data["plan"]] == ["apgd-ce/deployed", "apgd-dlr/deployed", "square"]
+    assert [p["name"] for p in data["plan"]] == ["apgd-ce/deployed", "apgd-dlr/deployed", "apgd-t/deployed", "square"]
     assert data["config"]["data"]["source"].endswith("test-first1000.npz")
 
 
@@ -272,12 +276,24 @@ def test_reports_of_the_first_format_are_still_read(tmp_path):
         r["per_target_cumulative"] = r.pop("per_target")
         for a in r["per_attack"]:
             del a["robust_accuracy_alone"]
+    del old["config"]["attack"]["targeted"]  # reports before APGD-T joined the default plan
     (tmp_path / "old.json").write_text(json.dumps(old))
     again = hpm.EvalReport.from_json(tmp_path / "old.json")
     assert again.results == report.results and again.format_version == report.format_version
+    assert again.config.attack.targeted is False  # their default plans had no APGD-T
     (tmp_path / "bad.json").write_text(json.dumps({**old, "results": {"8": {"n": 1}}}))
     with pytest.raises(HPMError, match="not an hpm evaluation report.*missing keys"):
         hpm.EvalReport.from_json(tmp_path / "bad.json")
+
+
+def test_a_batch_dependent_head_is_evaluated_over_a_curve_of_batch_sizes_unless_told_otherwise():
+    from hpm.evaluation.api import default_batch_sizes
+    model, x, y = tiny_hpm()
+    assert default_batch_sizes(model) == [1, 16, 256] and default_batch_sizes(tiny_fc()[0]) == [256]
+    one = evaluate_model(model, x[:8], y[:8], attack=AttackConfig(attacks=["apgd-ce/fc"], **FAST), batch_sizes=[8],
+                         checks=False, progress=False)
+    assert "holds for its evaluation batch size (8) and dataset order only: one batch size measured" \
+        in one.to_markdown()
 
 
 def test_the_library_evaluates_in_one_process_unless_asked_to_share(monkeypatch):

@@ -12,7 +12,8 @@ from hpm.train.scratch import BackboneConfig, to_hpm
 from hpm.cli import main
 from hpm.errors import HPMError
 from hpm.publish.compare import comparison_rows, mcnemar_exact, missed_by_apgd_ce, paired_robust, protocol_gaps
-from hpm.publish.metrics import load_report, protocol_name
+from hpm.publish.metrics import load_report, protocol_name, report_metrics
+from hpm.publish.readme import compact_plan, reports_table
 from hpm.units import eps_text
 from hpm.sources.zoo import build
 
@@ -40,7 +41,7 @@ def test_eps_is_written_in_units_of_1_over_255():
 
 def test_card_records_report_numbers_with_protocol_and_commands(checkpoint, tiny_data_root, tmp_path, capsys):
     ce = _eval(checkpoint, tiny_data_root, tmp_path / "ce.json", "--attacks", "apgd-ce/deployed", "--eps", "1/255")
-    full = _eval(checkpoint, tiny_data_root, tmp_path / "full.json", "--eps", "8/255")
+    full = _eval(checkpoint, tiny_data_root, tmp_path / "full.json", "--eps", "8/255", "--no-targeted")
     assert protocol_name(ce) == "APGD-CE" and protocol_name(full) == "full"
     assert ce.command.startswith("hpm eval ") and "--attacks apgd-ce/deployed" in ce.command
     assert main(["card", str(checkpoint), "--eval", str(tmp_path / "ce.json"), str(tmp_path / "full.json")]) == 0
@@ -66,6 +67,24 @@ def test_readme_results_section_is_generated_from_the_reports():
     result = subprocess.run([sys.executable, "scripts/results_section.py", "--check"], cwd=REPO, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_shuffled_evaluation_order_is_recorded_and_named_wherever_its_numbers_appear(checkpoint, tiny_data_root,
+                                                                                       tmp_path):
+    given = _eval(checkpoint, tiny_data_root, tmp_path / "given.json", "--attacks", "apgd-ce/deployed")
+    shuffled = _eval(checkpoint, tiny_data_root, tmp_path / "shuffled.json", "--attacks", "apgd-ce/deployed",
+                     "--order-seed", "1")
+    assert shuffled.config.data["subset"]["order_seed"] == 1 and "--order-seed 1" in shuffled.command
+    assert any(name.endswith("bs 4, order seed 1)") for name in report_metrics(shuffled))
+    assert not any("order" in name for name in report_metrics(given))
+    table = reports_table(tmp_path, [{"label": "a", "report": "given.json"}, {"label": "b", "report": "shuffled.json"}])
+    assert "| 4 | dataset |" in table[2] and "| 4 | shuffled (seed 1) |" in table[3]
+
+
+def test_a_plan_is_written_compactly_in_tables_without_losing_an_attack():
+    assert compact_plan(["apgd-ce/fc", "apgd-dlr/fc", "apgd-ce/bpda", "apgd-dlr/bpda", "apgd-t/fc", "square"]) == \
+        "apgd-ce, apgd-dlr on fc, bpda; apgd-t on fc; square"
+    assert compact_plan(["apgd-t/fc", "batch:apgd-ce/ensemble"]) == "apgd-t on fc; batch:apgd-ce on ensemble"
 
 
 def test_sweep_plot_reads_reports(checkpoint, tiny_data_root, tmp_path):

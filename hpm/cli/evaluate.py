@@ -58,6 +58,9 @@ def register(sub) -> None:
                    help="first N in order, or a fixed uniform random N (--subset-seed)")
     e.add_argument("--subset-seed", type=int, default=0)
     e.add_argument("--index-file", default=None, help="text or .npy file of dataset indices (overrides --n/--subset)")
+    e.add_argument("--order-seed", type=int, default=None,
+                   help="evaluate the chosen samples in a random order with this seed (batch-dependent heads: "
+                        "which samples share a batch); default: dataset order")
     e.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     e.add_argument("--eps", type=eps_arg, default=8 / 255, help="radius, e.g. 8/255 (default)")
     e.add_argument("--iters", type=positive_int, default=40, help="APGD iterations (paper 40, AutoAttack 100)")
@@ -70,12 +73,15 @@ def register(sub) -> None:
                         "loss ce, dlr or t (targeted, APGD-T) on a target the model's head offers (fc, soft, "
                         "ensemble, bpda, deployed); a batch: prefix perturbs the whole evaluation batch jointly "
                         "(batch-dependent heads); default: the model's plan (APGD-CE and -DLR on every target, "
-                        "Square)")
+                        "APGD-T on the FC oracle and the deployed model, Square)")
+    e.add_argument("--no-targeted", action="store_true",
+                   help="default plan without APGD-T: the paper's MSA + Square exactly")
     e.add_argument("--schedule", default="cumulative", choices=["cumulative", "independent"],
                    help="cumulative: each attack on the survivors (fast); independent: each on every clean-correct "
                         "sample (standalone accuracy per attack)")
-    e.add_argument("--batch-sizes", type=_batch_sizes, default=[256], metavar="B1,B2,...",
-                   help="evaluation batch sizes, e.g. 1,16,64,256 (HPM depends on the batch; default 256)")
+    e.add_argument("--batch-sizes", type=_batch_sizes, default=None, metavar="B1,B2,...",
+                   help="evaluation batch sizes, e.g. 1,16,64,256; default: 1,16,256 for a batch-dependent head "
+                        "(HPM: accuracy is a curve over the batch size), 256 otherwise")
     e.add_argument("--seed", type=int, default=0, help="attack seed")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks (extra small attack runs)")
     e.add_argument("--check-n", type=positive_int, default=16, help="samples used by the sanity checks")
@@ -114,11 +120,12 @@ def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
     dataset = dataset_of(args, model)
-    subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file)
+    subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file,
+                    order_seed=args.order_seed)
     x, y, idx, info = load_eval_data(dataset, args.split, args.data, subset)
     attack = AttackConfig(norm=args.norm, eps=args.eps, n_iter=args.iters, n_restarts=args.restarts,
                           square_queries=args.square_queries, n_target_classes=args.target_classes,
-                          schedule=args.schedule, seed=args.seed,
+                          schedule=args.schedule, seed=args.seed, targeted=not args.no_targeted,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,

@@ -18,6 +18,16 @@ from .report import Check, EvalConfig, EvalReport, summarise
 from .samples import SampleResults, load_results, save_results
 
 
+PER_SAMPLE_BATCH_SIZES = (256,)  # a per-sample model: the batch size changes the speed only
+BATCH_CURVE = (1, 16, 256)  # a batch-dependent model: its accuracy is a curve over the evaluation batch size
+
+
+def default_batch_sizes(model: nn.Module) -> list[int]:
+    """The evaluation batch sizes of :func:`evaluate_model` when none are given: a curve for batch-dependent
+    heads (whose predictions change with the batch), a single size otherwise."""
+    return list(BATCH_CURVE if model_info(model)["batch_dependent"] else PER_SAMPLE_BATCH_SIZES)
+
+
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     """``report.json`` -> (``report.json``, ``report.md``, ``report.npz``)."""
     out = Path(out)
@@ -35,7 +45,7 @@ def model_info(model: nn.Module) -> dict:
 
 
 def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig = AttackConfig(),
-                   batch_sizes: tuple[int, ...] | list[int] = (256,), indices=None, data_info: dict | None = None,
+                   batch_sizes: tuple[int, ...] | list[int] | None = None, indices=None, data_info: dict | None = None,
                    model_id: str = "model", out: str | Path | None = None, checks: bool = True, check_n: int = 16,
                    shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
                    progress: bool = True, command: str | None = None,
@@ -46,7 +56,8 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         model: an :class:`hpm.HPMClassifier` (any head) or a plain ``images -> logits`` classifier.
         x, y: the evaluation subset in evaluation order (images in [0, 1]).
         attack: threat model, eps, iterations, restarts, attack plan, schedule, seed.
-        batch_sizes: evaluation batch sizes (HPM predictions depend on the batch).
+        batch_sizes: evaluation batch sizes (HPM predictions depend on the batch); default
+            :func:`default_batch_sizes`: 1, 16 and 256 for a batch-dependent head, 256 otherwise.
         out: ``report.json`` path; ``report.md`` and the resumable per-sample ``report.npz`` go beside it.
         checks: run the sanity checks (extra small attack runs on the first ``check_n`` samples).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
@@ -60,6 +71,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         >>> report.worst_case()   # {64: ..., 256: ...}
     """
     json_path, md_path, npz_path = output_paths(out) if out is not None else (None, None, None)
+    batch_sizes = default_batch_sizes(model) if batch_sizes is None else batch_sizes
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
     run_device = dist.rank_device(_model_device(model, device)) if distributed else device

@@ -20,6 +20,7 @@ class AttackConfig:
     square_queries: int = 5000  # Square's query budget per sample (AutoAttack's default)
     n_target_classes: int = 9  # APGD-T: top wrong classes targeted in turn (AutoAttack's default)
     attacks: list[str] | None = None  # attack names (None: the default plan for the model)
+    targeted: bool = True  # the default plan adds APGD-T (False: the paper's MSA + Square exactly)
     schedule: str = "cumulative"  # "cumulative" (attack survivors) or "independent" (every attack on all)
     seed: int = 0  # APGD and Square seeds
 

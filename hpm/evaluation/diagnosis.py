@@ -6,7 +6,8 @@
 (``scripts/diagnose_clean_drop.py`` runs :func:`main`.) On the FC checkpoint's frozen backbone it builds, from
 the clean training features: the l2 NCM head (class means), HPM at initialisation (mixer ``[I; 0]``: the NCM
 head exactly), HPM after clean fine-tuning, and the paper's ablations (Sec. 4.4) after the same clean
-fine-tuning; ``--extra NAME=CKPT`` adds fine-tuned checkpoints of the same backbone (IKL). Every model is
+fine-tuning; ``--extra NAME=CKPT`` adds fine-tuned checkpoints of the same backbone (IKL), each with the NCM
+head on its fine-tuned prototypes (does the EMA drift?). Every model is
 measured on the same test images at several evaluation batch sizes and shuffled orders
 (:func:`hpm.evaluation.batch_dependence.prediction_curve`), beside its own FC view.
 """
@@ -89,6 +90,14 @@ def build_variants(base: HPMClassifier, z_train: torch.Tensor, y_train: torch.Te
     return variants
 
 
+def _ncm_on_prototypes_of(base: HPMClassifier, model: HPMClassifier, path: str) -> tuple[HPMClassifier, str]:
+    """The NCM head on a fine-tuned checkpoint's dataset-level prototypes (after their EMA updates): does the
+    EMA move the prototypes away from the class means (drift), for better or worse?"""
+    ncm = _with_head(base, "ncm")
+    ncm.head.prototypes.copy_(model.head.prototypes)
+    return ncm, f"l2 nearest class mean with the prototypes C_global of {path} after fine-tuning (EMA, Eq. 14)"
+
+
 def measure(variants: dict[str, tuple[HPMClassifier, str]], z_test: torch.Tensor, y_test: torch.Tensor,
             batch_sizes: list[int], n_orders: int) -> dict[str, dict]:
     """Per model: its head, how it was made, its FC view's accuracy and its batch-size/order curve."""
@@ -135,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         adversarial = adversarial_training_images(base, train, args.adv_n)
         ncm = _with_head(base, "ncm")
         ncm.head.init_prototypes(*extract_features(base, adversarial))
-        how = f"l2 nearest class mean of the features of {adversarial.source}"
+        how = (f"l2 nearest class mean of the features of PGD-10 adversarial examples (8/255, against the FC "
+               f"head, stored as 8-bit images) of {len(adversarial)} uniformly drawn training images")
         variants = {**dict(list(variants.items())[:2]), "ncm (adversarial class means)": (ncm, how),
                     **dict(list(variants.items())[2:])}
     for pair in args.extra:
@@ -143,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load(path)
         variants[name] = (model, f"checkpoint {path} ({(model.checkpoint_config.training or {}).get('mode', '?')} "
                                  f"fine-tuning, {(model.checkpoint_config.training or {}).get('n_train', '?')} images)")
+        if model.head.has_prototypes:
+            variants[f"ncm on the C_global of: {name}"] = _ncm_on_prototypes_of(base, model, path)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     command = "python scripts/diagnose_clean_drop.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command,

@@ -55,7 +55,8 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 
 def resolve_plan(model: nn.Module, config: AttackConfig) -> list[AttackSpec]:
     """The attacks to run: ``config.attacks`` validated against the model, else its default plan."""
     try:
-        return parse_attacks(config.attacks, model) if config.attacks else default_plan(model)
+        return parse_attacks(config.attacks, model) if config.attacks else default_plan(
+            model, targeted=config.targeted)
     except ValueError as e:
         raise HPMError(str(e)) from None
 

@@ -113,10 +113,19 @@ class EvalConfig:
     data: dict  # dataset, split, source, n, subset
     device: str
 
+    @property
+    def order_seed(self) -> int | None:
+        """The seed of the shuffled evaluation order, or None for the subset's own order."""
+        subset = self.data.get("subset")
+        return subset.get("order_seed") if isinstance(subset, dict) else None
+
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "EvalConfig":
         config = _build(cls, d, where)
-        config.attack = _build(AttackConfig, d["attack"], f"{where}.attack")
+        attack = d["attack"]
+        if isinstance(attack, dict):  # reports without the setting predate APGD-T in the default plan
+            attack = {"targeted": False} | attack
+        config.attack = _build(AttackConfig, attack, f"{where}.attack")
         return config
 
 
@@ -197,16 +206,27 @@ class EvalReport:
         lines = [f"# Robustness report: `{self.model}`", "",
                  f"- head: **{self.model_info.get('head', 'n/a')}**, "
                  f"backbone: {self.model_info.get('backbone', 'n/a')}",
-                 f"- data: {data['source']}, subset {data['subset']}, n = {data['n']}",
+                 f"- data: {data.get('source', 'tensors passed by the caller')}, subset {data.get('subset', 'all')}, "
+                 f"n = {data.get('n', next(iter(self.results.values())).n_planned if self.results else 0)}",
                  f"- threat model: {a.norm}, eps = {a.eps:.6g} ({a.eps * 255:.3g}/255); APGD {a.n_iter} iterations x "
                  f"{a.n_restarts} restart(s); Square {a.square_queries} queries; schedule: {a.schedule}; seed {a.seed}",
-                 f"- evaluation order: {self.evaluation_order}", "",
+                 f"- evaluation order: {self.evaluation_order}", *self._batch_dependence_note(), "",
                  "| eval batch size | n | clean | robust (worst case) | 95% CI |", "| --- | --- | --- | --- | --- |"]
         for bs, r in self.results.items():
             lo, hi = r.robust_ci95
             lines.append(f"| {bs} | {r.n} | {100 * r.clean_accuracy:.1f}% | {100 * r.robust_accuracy:.1f}% "
                          f"| {100 * lo:.1f}–{100 * hi:.1f}% |")
         return lines
+
+    def _batch_dependence_note(self) -> list[str]:
+        """A batch-dependent head's report says that its numbers hold for its batch sizes and order only."""
+        if not self.model_info.get("batch_dependent"):
+            return []
+        seed = self.config.order_seed
+        order = "dataset order" if seed is None else f"an order shuffled with seed {seed}"
+        sizes = ", ".join(self.results)
+        return [f"- **batch-dependent head**: every number below holds for its evaluation batch size ({sizes}) and "
+                f"{order} only" + (": one batch size measured, not a curve" if len(self.results) == 1 else "")]
 
 
 def _attack_table(bs: str, r: BatchSizeResult) -> list[str]:

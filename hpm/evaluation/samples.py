@@ -114,9 +114,11 @@ def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indi
     """A digest of everything that determines the per-sample results (for resume and merge).
 
     A budget is left out when the plan has no attack that uses it (Square's queries, APGD-T's target classes),
-    so that adding such a setting never invalidates stored runs.
+    and so is the choice of default plan (the plan's names say it), so that adding such a setting never
+    invalidates stored runs.
     """
     settings = asdict(attack)
+    del settings["targeted"]  # the plan says it
     if not any(s.kind == "square" for s in plan):
         del settings["square_queries"]
     if not any(s.loss == "dlr-targeted" for s in plan):

@@ -9,7 +9,7 @@ from scipy.stats import binomtest
 from ..errors import HPMError
 from ..evaluation.report import EvalReport
 from ..evaluation.samples import SampleResults, load_results
-from .metrics import APGD_CE_ONLY, FULL, protocol_name
+from .metrics import APGD_CE_ONLY, FULL, FULL_TARGETED, protocol_name
 
 
 def comparison_rows(reports: list[tuple[str, EvalReport]]) -> list[dict]:
@@ -75,13 +75,15 @@ def mcnemar_exact(a: dict[int, bool], b: dict[int, bool]) -> dict:
 
 
 def protocol_gaps(rows: list[dict]) -> list[dict]:
-    """Pair every APGD-CE-only row with the full-protocol row of the same label, eps, n and batch size.
+    """Pair every APGD-CE-only row with the full-protocol row (with APGD-T where there is one) of the same
+    label, eps, n and batch size.
 
     Each pair gives both robust accuracies, ``gap`` (how much APGD-CE alone overstates robustness), the
     full protocol's first ``breaks`` per attack, and the rows' report paths when they carry one (``path``),
     for :func:`missed_by_apgd_ce`.
     """
-    full = {(r["label"], r["eps"], r["n"], r["batch_size"]): r for r in rows if r["protocol"] == FULL}
+    full = {(r["label"], r["eps"], r["n"], r["batch_size"]): r
+            for protocol in (FULL, FULL_TARGETED) for r in rows if r["protocol"] == protocol}  # the stronger wins
     gaps = []
     for r in rows:
         f = full.get((r["label"], r["eps"], r["n"], r["batch_size"]))

@@ -16,19 +16,21 @@ from ..model_card import model_card
 from ..units import eps_text
 
 APGD_CE_ONLY = "APGD-CE"
-FULL = "full"
+FULL = "full"  # the paper's MSA + Square: the default plan without APGD-T
+FULL_TARGETED = "full + APGD-T"  # the default plan
 
 
 def protocol_name(report: EvalReport) -> str:
     """``"APGD-CE"`` for a single APGD-CE on the deployed model (the paper's Fig. 1 setting), ``"full"`` for
-    the model's default plan (MSA surrogates + Square), else the attack names joined by ``+``."""
+    the paper's plan (MSA surrogates + Square), ``"full + APGD-T"`` for the default plan (the paper's plus
+    APGD-T), else the attack names joined by ``+``."""
     head = HEADS.get(report.model_info.get("head"))
     deployed = head.deployed_modes if head is not None else ("hard",)  # a plain classifier: its only mode
     if len(report.plan) == 1 and report.plan[0].kind == "apgd" and report.plan[0].loss == "ce" \
             and set(report.plan[0].surrogates) <= set(deployed):
         return APGD_CE_ONLY
     if report.config.attack.attacks is None:
-        return FULL
+        return FULL_TARGETED if report.config.attack.targeted else FULL
     return "+".join(p.name for p in report.plan)
 
 
@@ -48,15 +50,18 @@ def load_report(path: str | Path) -> EvalReport:
 
 
 def report_metrics(report: EvalReport, source: str | Path | None = None) -> dict[str, dict]:
-    """``config.json`` metric entries of one report: clean and robust accuracy per evaluation batch size."""
+    """``config.json`` metric entries of one report: clean and robust accuracy per evaluation batch size (and
+    the evaluation order, when the report shuffled it)."""
     a, data = report.config.attack, report.config.data
     proto = protocol_name(report)
     out: dict[str, dict] = {}
+    order_seed = report.config.order_seed
+    order = "" if order_seed is None else f", order seed {order_seed}"
     for bs, r in report.results.items():
         common = {"split": data.get("source"), "n": r.n, "batch_size": int(bs), "report": str(source or ""),
-                  "command": report.command}
-        out[f"clean_accuracy (n {r.n}, bs {bs})"] = {"value": r.clean_accuracy, "protocol": "clean", **common}
-        out[f"robust_accuracy ({a.norm} {eps_text(a.eps)}, {proto}, n {r.n}, bs {bs})"] = {
+                  "command": report.command, **({} if order_seed is None else {"order_seed": order_seed})}
+        out[f"clean_accuracy (n {r.n}, bs {bs}{order})"] = {"value": r.clean_accuracy, "protocol": "clean", **common}
+        out[f"robust_accuracy ({a.norm} {eps_text(a.eps)}, {proto}, n {r.n}, bs {bs}{order})"] = {
             "value": r.robust_accuracy, "ci95": r.robust_ci95, "protocol": protocol_text(report),
             "norm": a.norm, "eps": a.eps, **common}
     return out

@@ -28,6 +28,11 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
+def points(v: float) -> str:
+    """A difference of two accuracies in percentage points, signed."""
+    return f"{100 * v:+.1f}"
+
+
 def _paths(entry: dict, key: str) -> list[str]:
     return entry[key] if isinstance(entry[key], list) else [entry[key]]
 
@@ -54,7 +59,8 @@ def comparison_table(root: Path, entries: list[dict]) -> list[str]:
     for e in entries:
         fc_paths, hpm_paths = _paths(e, "fc"), _paths(e, "hpm")
         fc, hpm_ = load_report(root / fc_paths[0]), load_report(root / hpm_paths[0])
-        protocol = " + ".join(dict.fromkeys(protocol_name(load_report(root / p)) for p in hpm_paths))
+        protocol = e.get("protocol") or " + ".join(dict.fromkeys(protocol_name(load_report(root / p))
+                                                                 for p in hpm_paths))
         for bs, rh in hpm_.results.items():
             fc_bs = _stored_batch_size(root / fc_paths[0], [bs, *fc.results])
             robust_hpm = combined_robust([root / p for p in hpm_paths], int(bs))
@@ -68,15 +74,31 @@ def comparison_table(root: Path, entries: list[dict]) -> list[str]:
     return lines
 
 
+def compact_plan(names: list[str]) -> str:
+    """Attack names grouped for a table cell: ``apgd-ce, apgd-dlr on fc, soft; apgd-t on fc; square``."""
+    targets: dict[str, list[str]] = {}
+    for name in names:
+        kind, _, target = name.rpartition("/") if "/" in name else (name, "", "")
+        targets.setdefault(kind, []).append(target)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for kind, ts in targets.items():
+        groups.setdefault(tuple(ts), []).append(kind)
+    return "; ".join(", ".join(kinds) + (f" on {', '.join(ts)}" if any(ts) else "") for ts, kinds in groups.items())
+
+
 def reports_table(root: Path, entries: list[dict]) -> list[str]:
-    """One row per report and evaluation batch size."""
-    lines = ["| model | attacks | ε | n | eval bs | clean | robust | 95% CI |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """One row per report and evaluation batch size, with the evaluation order (dataset order, or the seed of
+    a shuffled one)."""
+    lines = ["| model | attacks | ε | n | eval bs | order | clean | robust | 95% CI |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in entries:
         rep = load_report(root / e["report"])
-        attacks = " + ".join(p.name for p in rep.plan)
+        attacks = compact_plan([p.name for p in rep.plan])
+        seed = rep.config.order_seed
+        order = "dataset" if seed is None else f"shuffled (seed {seed})"
         for bs, r in rep.results.items():
             lo, hi = r.robust_ci95
-            lines.append(f"| {e['label']} | {attacks} | {eps_text(rep.config.attack.eps)} | {r.n} | {bs} | "
+            lines.append(f"| {e['label']} | {attacks} | {eps_text(rep.config.attack.eps)} | {r.n} | {bs} | {order} | "
                          f"{pct(r.clean_accuracy)} | {pct(r.robust_accuracy)} | {pct(lo)}–{pct(hi)} |")
     return lines
 
@@ -193,16 +215,20 @@ def diagnosis_lines(root: Path, section: dict) -> list[str]:
         return ["_No diagnosis results yet; run the command above._"]
     data = json.loads(path.read_text())
     sizes = [str(b) for b in data["batch_sizes"]]
+    small, large = sizes[0], sizes[-1]
     lines = ["| model | how it was made | FC view | " + " | ".join(f"bs {b}" for b in sizes)
-             + f" | predictions that change with the order (bs {sizes[1]}) |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " | --- |"]
+             + f" | predictions that change with the order (bs {sizes[1]}) | bs {large} − FC view "
+             f"| bs {large} − bs {small} |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " | --- | --- | --- |"]
     for name, m in data["models"].items():
         cells = []
         for b in sizes:
             c = m["curve"][b]
             cells.append(pct(c["accuracy"]) + (f" ({pct(c['min'])}–{pct(c['max'])})" if c["min"] != c["max"] else ""))
+        at_large, at_small = m["curve"][large]["accuracy"], m["curve"][small]["accuracy"]
         lines.append(f"| {name} | {m['how']} | {pct(m['fc_view_accuracy'])} | " + " | ".join(cells)
-                     + f" | {pct(m['curve'][sizes[1]]['changed'])}% |")
+                     + f" | {pct(m['curve'][sizes[1]]['changed'])}% | {points(at_large - m['fc_view_accuracy'])} "
+                     f"| {points(at_large - at_small)} |")
     return lines + ["", f"Clean accuracy in % on {data['test']['n']} test images "
                         f"(`{data['test']['source'].split('/')[-1]}`), in the given order; in brackets the range over "
                         f"that order and {data['n_orders']} shuffled ones. Results: `{section['file']}`, written by "
@@ -219,8 +245,8 @@ def render(root: Path, manifest: dict) -> str:
             out += comparison_table(root, section["entries"])
             out.append("")
             out.append("Clean / robust accuracy in %; robust = per-sample worst case over every attack of the "
-                       "protocol. Reports: " + ", ".join(f"`{p}`" for e in section["entries"] for k in ("fc", "hpm")
-                                                         for p in _paths(e, k))
+                       "protocol. Reports: " + ", ".join(dict.fromkeys(f"`{p}`" for e in section["entries"]
+                                                                       for k in ("fc", "hpm") for p in _paths(e, k)))
                        + ".")
             out += ["", "Protocols, as the reports record them:", ""]
             out += [f"- {t}" for t in dict.fromkeys(protocol_text(load_report(root / p)) + "; data: "
