@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The paper's HPM ablations (Sec. 4.4) under attack, on the FGSM-RS ResNet-20 (width 32): HPM and its three
-# ablations after the same clean fine-tuning (cached features, seconds each), and the FC head, attacked on the
-# first 250 lossless test images at evaluation batch size 250 with the default plan without Square (APGD-CE,
-# APGD-DLR and APGD-T towards the 3 top wrong classes on every target the head offers; the same attacks as the
-# full-recipe head's batch-size curve in scripts/hpm_full_recipe.sh).
+# ablations after the same clean fine-tuning (cached features, seconds each), two of them after the paper's IKL
+# recipe, and the FC head, attacked on the first 250 lossless test images at evaluation batch size 250 with the
+# default plan without Square (APGD-CE, APGD-DLR and APGD-T towards the 3 top wrong classes on every target the
+# head offers; the same attacks as the full-recipe head's batch-size curve in scripts/hpm_full_recipe.sh).
 #   DATA=../shared/data bash scripts/hpm_ablations.sh
 # Fine-tuning resumes from runs/ablation-clean-*/, evaluations from their .npz.
 set -euo pipefail
@@ -24,5 +24,14 @@ for spec in "hpm=" "nobatch=no-batch-prototypes" "mean=mean-mixer" "dot=dot-scor
   plan="$HPM_PLAN"; [ "$name" = nobatch ] && plan="$PER_SAMPLE_PLAN"   # w/o C_batch: a per-sample head
   hpm eval "runs/ablation-clean-$name" "${EVAL[@]}" --attacks "$plan" \
     --out "$OUT/r20w32-ablation-clean-$name-eps8.json" > /dev/null 2> "$OUT/r20w32-ablation-clean-$name-eps8.log"
+done
+# Two ablations with the paper's full IKL recipe too (as checkpoints/cifar10-resnet20w32-fgsmrs-hpm-full;
+# about 50 CPU-minutes each, resumable from runs/ikl-ablation-*/trainer_state.pt).
+for ablation in no-batch-prototypes dot-score; do
+  hpm train "$FC" --head hpm --mode adversarial --data "$DATA" --save-every 50 --n-test 1000 --ablation "$ablation" \
+    --out "runs/ikl-ablation-$ablation"
+  plan="$HPM_PLAN"; [ "$ablation" = no-batch-prototypes ] && plan="$PER_SAMPLE_PLAN"
+  hpm eval "runs/ikl-ablation-$ablation" "${EVAL[@]}" --attacks "$plan" \
+    --out "$OUT/r20w32-ablation-ikl-$ablation-eps8.json" > /dev/null 2> "$OUT/r20w32-ablation-ikl-$ablation-eps8.log"
 done
 python scripts/results_section.py

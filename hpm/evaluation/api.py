@@ -111,9 +111,10 @@ def _evaluate_share(model: nn.Module, x: Tensor, y: Tensor, *, npz_path: Path | 
 
 def _sanity_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, batch_sizes, check_n: int,
                    device) -> list:
-    """The sanity checks' extra attack runs on the first ``check_n`` samples."""
+    """The sanity checks' extra attack runs on the first ``check_n`` samples, in as few batches as the evaluation
+    batch sizes allow (they check the protocol, not the batch dependence)."""
     n = min(check_n, len(y))
-    return run_checks(model, x[:n], y[:n], attack, batch_size=min(min(batch_sizes), n), device=device)
+    return run_checks(model, x[:n], y[:n], attack, batch_size=min(max(batch_sizes), n), device=device)
 
 
 def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, results: dict[int, SampleResults],
