@@ -16,12 +16,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hpm import interactive as demo  # noqa: E402
+from hpm.devices import best_available  # noqa: E402
 from hpm.errors import HPMError  # noqa: E402
 from hpm.images import image_to_tensor, open_image, tensor_to_image  # noqa: E402
 from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                        perturbation_heatmap)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = str(best_available())
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = {name: f"checkpoints/{name}" for name in demo.list_checkpoints(os.path.join(APP_DIR, "checkpoints"))}
 DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),

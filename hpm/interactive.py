@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .attacks import BatchFeatures, apgd_targets, parse_attacks, run_attack
+from .devices import device_of
 from .errors import HPMError
 from .heads import HEADS
 from .images import tensor_to_image
@@ -220,21 +221,21 @@ def gallery_samples(dataset: str = "cifar10", n: int = 24, data: str | None = No
 
 # --- caches shared by all visitors (read-only after creation) -------------------------------------------
 @lru_cache(maxsize=4)
-def load_cached(model_id: str, device: str = "cpu") -> HPMClassifier:
-    """``hpm.load`` once per model id (checkpoint directory or Hub repo id)."""
+def load_cached(model_id: str, device: str | None = None) -> HPMClassifier:
+    """``hpm.load`` once per model id (checkpoint directory or Hub repo id) and device (None: the CPU)."""
     from .model import load
 
     return load(model_id, device=device)
 
 
 @lru_cache(maxsize=16)
-def dataset_context(model_id: str, n: int, device: str = "cpu", data: str | None = None) -> Context:
+def dataset_context(model_id: str, n: int, device: str | None = None, data: str | None = None) -> Context:
     """Features of the first ``n`` test images of the model's dataset, computed once and cached."""
     if not 1 <= n <= CONTEXT_MAX:
         raise HPMError(f"context size must be between 1 and {CONTEXT_MAX}; got {n}")
     model = load_cached(model_id, device)
     x, _, _ = gallery_samples(model.dataset or "cifar10", n, data)
-    return make_context(model, x.to(device), f"inside a batch with the first {len(x)} {model.dataset} test images")
+    return make_context(model, x.to(device_of(model)), f"inside a batch with the first {len(x)} {model.dataset} test images")
 
 
 @torch.no_grad()

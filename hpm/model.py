@@ -18,6 +18,7 @@ from .checkpoint import (
     write_config,
     write_weights,
 )
+from .devices import CPU
 from .errors import CheckpointError
 from .heads import Head, Mode, check_mode, create_head
 from .hub import is_repo_id, push_folder, resolve_checkpoint
@@ -294,7 +295,7 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
     expected = {k for k in model.state_dict() if config.backbone_weights_included or not k.startswith("features.")}
     load_strict(model, state, expected, directory / "model.safetensors")
     model.checkpoint_config = config
-    return model.to(device or "cpu").eval()
+    return model.to(device or CPU).eval()
 
 
 def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None = None) -> HPMClassifier:

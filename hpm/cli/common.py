@@ -48,8 +48,10 @@ def resolve_device(name: str | None):
     """``--device`` as a ``torch.device``; default CUDA when available."""
     import torch
 
+    from ..devices import best_available
+
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return best_available()
     try:
         return torch.device(name)
     except RuntimeError:

@@ -8,13 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Subset, load_dataset
+from ..devices import describe, resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
 from . import dist
 from .checks import check_results, run_checks
 from .config import AttackConfig
 from .protocol import run_protocol
-from .report import Check, EvalConfig, EvalReport, summarise
+from .report import Check, EvalConfig, EvalReport, package_versions, summarise
 from .samples import SampleResults, load_results, save_results
 
 
@@ -74,7 +75,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
     batch_sizes = default_batch_sizes(model) if batch_sizes is None else batch_sizes
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-    run_device = dist.rank_device(_model_device(model, device)) if distributed else device
+    run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     try:
         plan, runs = _evaluate_share(model, x, y, attack=attack, batch_sizes=list(batch_sizes), indices=indices,
@@ -87,17 +88,13 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
             save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
         found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device) if checks else []
         config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
-                            device=str(device or "cpu"))
-        report = build_report(model_id, model_info(model), config, plan, results, found, command)
+                            device=str(run_device))
+        report = build_report(model_id, model_info(model), config, plan, results, found, command,
+                              hardware={k: str(v) for k, v in describe(run_device).items() if k != "device"})
         return write_report(report, json_path, md_path)
     finally:
         if distributed:
             dist.shutdown()
-
-
-def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """``device``, else the device of the model's parameters (CPU for a parameterless model)."""
-    return torch.device(device or next((p.device for p in model.parameters()), "cpu"))
 
 
 def _evaluate_share(model: nn.Module, x: Tensor, y: Tensor, *, npz_path: Path | None, part: tuple[int, int],
@@ -118,12 +115,13 @@ def _sanity_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig,
 
 
 def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, results: dict[int, SampleResults],
-                 found: list[Check], command: str | None) -> EvalReport:
-    """The report of per-sample ``results``: summaries per batch size, and the checks that read them first."""
+                 found: list[Check], command: str | None, hardware: dict | None = None) -> EvalReport:
+    """The report of per-sample ``results``: summaries per batch size, and the checks that read them first;
+    ``hardware`` (GPU name, CUDA and cuDNN versions, determinism settings) joins the package versions."""
     summaries = {str(bs): summarise(results[bs], plan, config.attack.schedule) for bs in sorted(results)}
     found = [c for s in summaries.values() for c in check_results(s)] + list(found)
     return EvalReport(model=model_id, model_info=info, config=config, plan=list(plan), results=summaries,
-                      checks=list(found), command=command)
+                      checks=list(found), command=command, versions=package_versions() | (hardware or {}))
 
 
 def write_report(report: EvalReport, json_path: Path | None, md_path: Path | None) -> EvalReport:

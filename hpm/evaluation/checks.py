@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import resolve
 from .config import AttackConfig
 from .protocol import run_protocol
 from .report import BatchSizeResult, Check
@@ -58,7 +59,7 @@ def ce_saturation(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 2
     whose input gradient of the CE is all zero. Margins are top-1 minus top-2 scores. The gradient of a
     batch-dependent head is taken through its whole batch, as the attacks take it.
     """
-    device = torch.device(device or "cpu")
+    device = resolve(device, model)
     model.eval().to(device)
     correct, zero_loss, zero_grad, margins = [], [], [], []
     for start in range(0, len(y), batch_size):
@@ -102,7 +103,7 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
 
     They use the evaluation's attacks with Square capped at ``square_queries`` (the cap is reported).
     """
-    checks = [check_deterministic(model, x[:batch_size].to(device or "cpu")),
+    checks = [check_deterministic(model, x[:batch_size].to(resolve(device, model))),
               check_ce_saturation(model, x, y, batch_size, device)]
     attack = replace(attack, square_queries=min(attack.square_queries, square_queries))
     budget = f"; n={len(y)}, Square {attack.square_queries} queries"

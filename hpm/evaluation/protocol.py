@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
+from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
 from .config import AttackConfig
@@ -182,7 +183,7 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
         raise HPMError(f"batch sizes must be >= 1; got {batch_sizes}")
     if not 0 <= shard[0] < shard[1]:
         raise HPMError(f"shard must be K/N with 0 <= K < N; got {shard[0]}/{shard[1]}")
-    device = torch.device(device or next((p.device for p in model.parameters()), "cpu"))
+    device = resolve(device, model)
     model.eval().to(device)
     plan = resolve_plan(model, attack)
     indices = np.arange(len(y)) if indices is None else np.asarray(indices)

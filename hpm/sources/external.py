@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import network
+from ..devices import CPU
 from ..errors import HPMError, OfflineError
 from .split import IMAGENET_MEAN, IMAGENET_STD, Normalize, TimmWithNormalize
 
@@ -28,7 +29,7 @@ def _pyautoattack_resnet18(name: str | None, options: dict) -> tuple[nn.Module, 
     weights = importlib.resources.files("pyautoattack") / "examples" / "model_test.pt"
     model = ResNet18()
     with importlib.resources.as_file(weights) as path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=CPU, weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval(), CIFAR_INPUT
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..devices import device_of
 from ..errors import HPMError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +56,7 @@ def split_classifier(model: nn.Module, input_size: tuple[int, int, int]) -> tupl
     was_training = model.training
     model.eval()
     try:
-        probe = torch.rand(2, *input_size, device=_device_of(model))
+        probe = torch.rand(2, *input_size, device=device_of(model))
         expected = model(probe)
         if hasattr(model, "forward_head") and hasattr(model, "get_classifier"):
             fc = model.get_classifier()
@@ -100,9 +101,6 @@ def _verify_split(model: nn.Module, features: nn.Module, fc: nn.Linear, probe: T
                        "layer is not applied last")
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 class TimmWithNormalize(nn.Module):

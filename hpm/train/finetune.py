@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import ImageTensorDataset, cache_dir
+from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
 from .losses import ClassWeights, ikl_loss, soft_cross_entropy, weighted_pairwise_mse
@@ -78,7 +79,7 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
     The key covers the backbone spec, a hash of its weights and a hash of the images and labels
     themselves, so a changed backbone, dataset or subset never reuses stale features.
     """
-    device = torch.device(device or "cpu")
+    device = resolve(device, model)
     content = hashlib.sha256(dataset.images.numpy().tobytes())
     content.update(dataset.labels.numpy().tobytes())
     for name, tensor in sorted(model.features.state_dict().items()):
@@ -208,7 +209,7 @@ def finetune_adversarial(model: HPMClassifier, dataset: ImageTensorDataset, conf
     Returns:
         Training losses of every step run so far (including those before a resume).
     """
-    device = torch.device(device or "cpu")
+    device = resolve(device, model)
     state_path = Path(out_dir) / STATE_FILE
     state_path.parent.mkdir(parents=True, exist_ok=True)
     model.to(device)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..devices import CPU
+
 
 def weighted_pairwise_mse(zn: Tensor, za: Tensor, s: Tensor) -> Tensor:
     """``1/(4B) sum_b sum_jk s_j s_k ((zn_j - zn_k) - (za_j - za_k))^2`` with per-sample weights ``s [B, k]``.
@@ -39,7 +41,7 @@ class ClassWeights:
     weights used in the next epoch.
     """
 
-    def __init__(self, num_classes: int, temperature: float = 4.0, device: torch.device | str = "cpu"):
+    def __init__(self, num_classes: int, temperature: float = 4.0, device: torch.device | str = CPU):
         self.num_classes, self.temperature = num_classes, temperature
         self.weights = torch.full((num_classes, num_classes), 1.0 / num_classes, device=device)
         self.running = torch.zeros(num_classes, num_classes, device=device)

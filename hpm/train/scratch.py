@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..data import ImageTensorDataset
+from ..devices import CPU, bf16_autocast
 from ..errors import HPMError
 from ..sources.zoo import CifarResNet, L2Classifier, build
 from .finetune import seed_everything
@@ -123,7 +124,7 @@ def fgsm_rs(net: CifarResNet, x: Tensor, y: Tensor, eps: float, step: float, gen
     """One FGSM step from a uniform random start in the l_inf ball, projected back (Wong et al. 2020)."""
 
     def loss(x_adv: Tensor) -> Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+        with bf16_autocast(x.device, enabled=bf16):
             return F.cross_entropy(net(x_adv), y)
 
     return linf_pgd(loss, x, uniform_start(x, eps, generator), eps=eps, step=step, steps=1)
@@ -214,7 +215,7 @@ def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDatase
         x, y = augment(x, gen).to(device), y.to(device)
         if config.adversarial == "fgsm-rs":
             x = fgsm_rs(run.net, x, y, config.eps, config.resolved_fgsm_step(), gen, config.bf16)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cpu"):
+        with bf16_autocast(device, enabled=config.bf16):
             logits = run.net(x)
             loss = F.cross_entropy(logits, y)
         run.opt.zero_grad(set_to_none=True)
@@ -257,7 +258,7 @@ def train_backbone(config: BackboneConfig, train_set: ImageTensorDataset, out_di
         The trained network (the best epoch's weights when the overfitting guard fired) and the
         per-epoch history (loss, train accuracy, guard accuracies, seconds).
     """
-    device = torch.device(device or "cpu")
+    device = torch.device(device or CPU)  # a new network: the CPU unless told
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(train_set)

@@ -1,0 +1,49 @@
+"""Where computation runs: a module's device, an explicit choice over it, autocast for that device, and a
+description of it for reports.
+
+Every path that takes ``device=None`` follows the model it is given (its parameters' device), so that a
+model on a GPU is never moved to, or fed from, the CPU behind the caller's back.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CPU = torch.device("cpu")  # where new networks, loaded weights and new tensors go when nothing says otherwise
+
+
+def best_available() -> torch.device:
+    """The first CUDA device when there is one, else the CPU (what the CLI and the app pick by default)."""
+    return torch.device("cuda") if torch.cuda.is_available() else CPU
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU for a module with neither."""
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    return tensor.device if tensor is not None else CPU
+
+
+def resolve(device: torch.device | str | None, module: nn.Module) -> torch.device:
+    """``device`` when given, else :func:`device_of` ``module``."""
+    return torch.device(device) if device is not None else device_of(module)
+
+
+def bf16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bfloat16 autocast on ``device``'s own autocast backend (CPU or CUDA); off when ``enabled`` is False."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def describe(device: torch.device | str) -> dict:
+    """The device an evaluation ran on, for its report: the device, and on CUDA the GPU's name, the CUDA and
+    cuDNN versions and the determinism settings that affect per-sample outcomes."""
+    device = torch.device(device)
+    info: dict = {"device": str(device)}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        info |= {"gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda,
+                 "cudnn": torch.backends.cudnn.version(), "cudnn_deterministic": torch.backends.cudnn.deterministic,
+                 "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+    return info
