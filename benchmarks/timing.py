@@ -12,3 +12,17 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_seconds(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
+    """Time ``fn_a`` and ``fn_b`` in alternation (A, B, A, B, ...) after one warm-up call of each, so that a
+    machine that speeds up or slows down during the run biases neither. Returns the median time of each and
+    the median of the per-round ratios ``b / a``."""
+    fn_a(), fn_b()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, a), (fn_b, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b), statistics.median(tb / ta for ta, tb in zip(a, b))
