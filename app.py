@@ -127,10 +127,10 @@ def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, s
     context = _context(model_id, use_context, context_n)
     progress(0, desc=demo.attack_description(model, attack_name))
     result = demo.attack_image(model, _image_tensor(image, model), attack=attack_name, eps=float(eps_255) / 255,
-                               steps=int(steps), context=context,
+                               steps=steps, context=context,
                                on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}"))
-    amplified, magnitude = demo.perturbation_views(result, min_side=192)
-    heat = perturbation_heatmap(magnitude)
+    amplified, magnitude = demo.perturbation_views(result)
+    heat = perturbation_heatmap(magnitude, result.eps)
     verdict = {True: "yes", False: "no", None: "n/a (black-box attack)"}
     unit = "queries" if attack_name == "square" else "steps"
     summary = (f"**{demo.attack_description(model, attack_name)}**, ε = {eps_255:g}/255, {steps} {unit}, "
@@ -140,7 +140,7 @@ def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, s
                f"Surrogate fooled: **{verdict[result.surrogate_fooled]}** · deployed {model.head.label} fooled: "
                f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
                f"**{verdict[result.transferred]}**")
-    return (tensor_to_image(result.x_adv, 192), amplified, heat, result.clean["fc"], result.clean["deployed"],
+    return (tensor_to_image(result.x_adv), amplified, heat, result.clean["fc"], result.clean["deployed"],
             result.adversarial["fc"], result.adversarial["deployed"], summary)
 
 
@@ -188,9 +188,9 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
                 upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
                 gallery_note = gr.Markdown()
                 gallery = gr.Gallery(label="…or pick a test sample", columns=6, height=260, allow_preview=False,
-                                     elem_id="gallery")
+                                     elem_id="gallery", format="png")
                 preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
-                                   elem_id="current-image")
+                                   elem_id="current-image", format="png")
             with gr.Column(scale=1):
                 first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
                 attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
@@ -209,8 +209,10 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
             fc_adv = gr.Label(num_top_classes=5, label="FC, adversarial")
             hpm_adv = gr.Label(num_top_classes=5, label="HPM, adversarial")
         with gr.Row():
-            adv_image = gr.Image(label="Adversarial image", interactive=False, height=200)
-            pert_image = gr.Image(label="Perturbation (amplified)", interactive=False, height=200)
+            adv_image = gr.Image(label="Adversarial image (as judged, lossless)",
+                                 interactive=False, height=200, format="png", elem_classes="pixels")
+            pert_image = gr.Image(label="Perturbation (amplified)", interactive=False, height=200, format="png",
+                                  elem_classes="pixels")
             heatmap = gr.Plot(label="Perturbation heatmap")
     with gr.Tab("Sensitivity"):
         dims = gr.CheckboxGroup(["2", "8", "32", "128", "512", "2048", "8192"], value=["2", "8", "32", "128", "512",
@@ -236,6 +238,10 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
     app.load(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
 
 app.queue(default_concurrency_limit=2, max_size=32)
+# How the app is launched, for users and for its tests alike: library errors reach the visitor as messages,
+# and small images are enlarged without smoothing, so each pixel the model saw stays a visible square.
+LAUNCH = dict(show_error=True, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
+                                   "height: 100% !important; object-fit: contain; }")
 
 if __name__ == "__main__":
-    app.launch()
+    app.launch(**LAUNCH)

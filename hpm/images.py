@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+import torch
 from torch import Tensor
 
 from .errors import HPMError
@@ -95,3 +96,16 @@ def tensor_to_image(x: Tensor, min_side: int = 0) -> np.ndarray:
     image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     factor = max(1, -(-min_side // min(image.shape[:2])))
     return image.repeat(factor, 0).repeat(factor, 1) if factor > 1 else image
+
+
+def to_8bit(x: Tensor) -> Tensor:
+    """``x`` in [0, 1] rounded to the nearest 8-bit level ``k / 255``: what a PNG of it holds."""
+    return x.clamp(0, 1).mul(255).round().div(255)
+
+
+def to_8bit_within(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """An adversarial image as a PNG can hold it: ``x_adv`` rounded to 8-bit levels and kept within the l_inf
+    ball of radius ``eps`` around the 8-bit image ``x`` (whole levels only, so the ball's edge is not crossed)."""
+    levels = torch.tensor(eps * 255 + 1e-6).floor()
+    base = x.mul(255).round()
+    return torch.minimum(torch.maximum(x_adv.clamp(0, 1).mul(255).round(), base - levels), base + levels).div(255)

@@ -19,7 +19,7 @@ from .attacks import BatchFeatures, apgd_targets, parse_attacks, run_attack
 from .devices import device_of
 from .errors import HPMError
 from .heads import HEADS
-from .images import tensor_to_image
+from .images import tensor_to_image, to_8bit, to_8bit_within
 from .model import HPMClassifier
 
 EPS_MAX = 16 / 255  # l_inf budget offered by the demo
@@ -127,30 +127,34 @@ def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", e
                  on_step: Callable[[int, int], None] | None = None) -> AttackResult:
     """Attack one image (label: the deployed model's clean prediction) and judge it on the deployed model.
 
-    ``on_step(done, total)`` reports progress (APGD iterations or Square queries).
+    The demo works on 8-bit images, so that what it shows and returns is exactly what it judged: ``x`` is
+    rounded to 8-bit levels, and the adversarial image is rounded to them too, within the ε ball
+    (:func:`hpm.images.to_8bit_within`), before it is judged. ``on_step(done, total)`` reports progress: APGD
+    iterations (0 for the starting point, up to ``steps``) or Square queries.
     """
     check_attack_args(attack, eps, steps, model)
     spec, = parse_attacks(["square" if attack == "square" else f"apgd-ce/{attack}"], model)
     context = context or no_context()
-    x = x.to(model.fc.weight.device)
+    x = to_8bit(x.to(device_of(model)))
     batch = BatchFeatures(model, context.features)
     with torch.no_grad():
         z = batch.features(x)
         label = batch.scores(z, "hard").argmax(1)
         clean = _both_heads(model, batch, z)
-    total = steps + 1 if attack != "square" else steps
-    counter = {"n": 0}
+    first = 0 if attack != "square" else 1  # APGD reports its starting point before its first iteration
+    counter = {"n": first - 1}
 
     def step() -> None:
         counter["n"] += 1
         if on_step is not None:
-            on_step(min(counter["n"], total), total)
+            on_step(min(counter["n"], steps), steps)
 
     if eps == 0:
         x_adv = x.clone()
     else:
         x_adv = run_attack(spec, batch, x, label, norm="Linf", eps=eps, n_iter=steps, square_queries=steps, seed=seed,
                            num_classes=model.num_classes, on_step=step).x_adv
+        x_adv = to_8bit_within(x_adv, x, eps)
     with torch.no_grad():
         z_adv = batch.features(x_adv)
         adversarial = _both_heads(model, batch, z_adv)
@@ -246,6 +250,6 @@ def angle_report(model: HPMClassifier, data: str | None = None, n: int = 1000):
     if not model.head.has_prototypes:
         raise HPMError(f"the {model.head_type} head has no l2 prototypes to compare with")
     x, y, _ = gallery_samples(model.dataset or "cifar10", n, data)
-    device = model.fc.weight.device
+    device = device_of(model)
     z = torch.cat([model.forward_features(chunk.to(device)).cpu() for chunk in x.split(200)])
     return angle_statistics(z, y, model.fc.weight.detach().cpu(), model.head.prototypes.detach().cpu())

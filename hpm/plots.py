@@ -89,9 +89,13 @@ def robustness_curve_figure(rows: list[dict], title: str = "Accuracy under attac
     return fig
 
 
-def perturbation_heatmap(magnitude: np.ndarray) -> go.Figure:
-    """Per-pixel perturbation size ``H x W`` as a heatmap (image orientation: row 0 at the top)."""
-    fig = go.Figure(go.Heatmap(z=magnitude[::-1], colorscale="Inferno", colorbar=dict(title="|δ| per pixel")))
+def perturbation_heatmap(magnitude: np.ndarray, eps: float) -> go.Figure:
+    """Per-pixel l2 norm over the colour channels of the perturbation, ``H x W`` in [0, 1] units, as a heatmap
+    in units of 1/255 (image orientation: row 0 at the top). The colour scale is fixed to [0, ε·√3], the
+    largest value an l_inf perturbation of radius ``eps`` can reach, so that equal colours mean equal sizes
+    across attacks and float noise is never stretched into structure."""
+    fig = go.Figure(go.Heatmap(z=255 * magnitude[::-1], colorscale="Inferno", zmin=0, zmax=255 * eps * 3 ** 0.5,
+                               colorbar=dict(title="‖δ‖₂ over RGB<br>(×1/255)")))
     fig.update_layout(title="perturbation magnitude", margin=dict(l=10, r=10, t=40, b=10), height=300,
                       xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
     return fig

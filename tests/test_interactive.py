@@ -115,8 +115,19 @@ def test_single_image_attacks_stay_in_budget_and_report_both_heads(attack, tiny_
                                on_step=lambda done, total: seen.append((done, total)))
     assert result.linf <= 16 / 255 + 1e-6 and 0 <= result.x_adv.min() and result.x_adv.max() <= 1
     assert set(result.clean) == set(result.adversarial) == {"fc", "deployed"} and len(result.clean["deployed"]) == 4
-    assert seen and seen[-1][0] == seen[-1][1]
+    assert seen[-1] == (steps, steps) and all(total == steps for _, total in seen)  # counts what was asked
     assert result.transferred in (None, True, False)
+
+
+@pytest.mark.parametrize("attack", ["ensemble", "square"])
+def test_the_attacked_image_is_an_8bit_image_within_the_budget_and_judged_as_such(attack, tiny_model):
+    """What the app returns is a PNG of exactly the image it judged: 8-bit levels, inside the eps ball."""
+    x = torch.randint(0, 256, (1, 3, 32, 32)).float() / 255
+    eps = 8.5 / 255  # not a whole number of levels: the ball's edge must not be crossed by rounding
+    result = demo.attack_image(tiny_model, x, attack=attack, eps=eps, steps=30 if attack == "square" else 5)
+    levels = result.x_adv * 255
+    assert torch.equal(levels, levels.round()) and (result.x_adv - x).abs().max() <= 8 / 255 + 1e-6
+    assert result.adversarial == demo.classify(tiny_model, result.x_adv, demo.no_context())
 
 
 def test_context_changes_the_batch_but_never_mutates_the_model(tiny_model):

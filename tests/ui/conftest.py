@@ -31,7 +31,7 @@ def app_url():
     import app as app_module
 
     port = _free_port()
-    app_module.app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True)
+    app_module.app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app_module.LAUNCH)
     yield f"http://127.0.0.1:{port}/"
     app_module.app.close()
 

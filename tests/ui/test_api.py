@@ -39,6 +39,30 @@ def test_attack_returns_images_labels_and_a_verdict(client, image):
     assert fc_adv["label"] and hpm_adv["label"]
 
 
+def test_the_adversarial_image_a_client_downloads_is_the_one_the_app_judged(client, tmp_path):
+    """Lossless both ways: the PNG that comes back is at the model's input size, within eps of the clean input
+    and classified, by the same model alone, exactly as the app reported."""
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    import hpm
+    from hpm import images
+    from hpm import interactive as demo
+    path = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    adv_path, _, _, _, _, _, hpm_adv, _ = client.predict(handle_file(str(path)), MODEL, "ensemble", 4, 5, False, 8,
+                                                         api_name="/attack")
+    with Image.open(adv_path) as downloaded:
+        assert downloaded.format == "PNG" and downloaded.size == (32, 32)
+    clean = images.image_to_tensor(images.open_image(path), (3, 32, 32))
+    adv = images.image_to_tensor(images.open_image(adv_path), (3, 32, 32))
+    assert (adv - clean).abs().max() <= 4 / 255 + 1e-6
+    model = hpm.load(MODEL)
+    assert demo.classify(model, adv, demo.no_context())["deployed"] == {
+        c["label"]: c["confidence"] for c in hpm_adv["confidences"]}
+
+
 def test_out_of_range_settings_come_back_as_errors(client, image):
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="maximum"):
