@@ -6,6 +6,7 @@ and any PIL mode is converted to 8-bit RGB; tensors are images in [0, 1] at the 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -106,6 +107,6 @@ def to_8bit(x: Tensor) -> Tensor:
 def to_8bit_within(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """An adversarial image as a PNG can hold it: ``x_adv`` rounded to 8-bit levels and kept within the l_inf
     ball of radius ``eps`` around the 8-bit image ``x`` (whole levels only, so the ball's edge is not crossed)."""
-    levels = torch.tensor(eps * 255 + 1e-6).floor()
+    levels = math.floor(eps * 255 + 1e-6)
     base = x.mul(255).round()
     return torch.minimum(torch.maximum(x_adv.clamp(0, 1).mul(255).round(), base - levels), base + levels).div(255)

@@ -141,8 +141,7 @@ def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", e
         z = batch.features(x)
         label = batch.scores(z, "hard").argmax(1)
         clean = _both_heads(model, batch, z)
-    first = 0 if attack != "square" else 1  # APGD reports its starting point before its first iteration
-    counter = {"n": first - 1}
+    counter = {"n": -1 if attack != "square" else 0}  # APGD reports its starting point (0) before iteration 1
 
     def step() -> None:
         counter["n"] += 1
