@@ -5,6 +5,7 @@ All science lives in the ``hpm`` library; this file only lays it out.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -18,6 +19,7 @@ from PIL import Image  # noqa: E402
 from hpm import interactive as demo  # noqa: E402
 from hpm.devices import best_available  # noqa: E402
 from hpm.errors import HPMError  # noqa: E402
+from hpm.hub import download_checkpoint, is_repo_id  # noqa: E402
 from hpm.images import image_to_tensor, open_image, tensor_to_image  # noqa: E402
 from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                        perturbation_heatmap)
@@ -43,7 +45,6 @@ except ImportError:
 
 def _user_errors(fn):
     """Show library errors (bad uploads, offline Hub, bad settings) as messages, not tracebacks."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -54,17 +55,31 @@ def _user_errors(fn):
     return wrapper
 
 
+def _source(model_id: str) -> str:
+    """What to load for a model field: a shipped checkpoint (``checkpoints/NAME``, relative to this file) or a
+    Hub repo id ``owner/name``. Anything else is refused without saying anything about the server's files."""
+    if model_id in CHECKPOINTS.values():
+        return os.path.join(APP_DIR, model_id)
+    if is_repo_id(model_id) and not model_id.startswith("checkpoints/"):
+        return _hub_snapshot(model_id)
+    raise HPMError("choose a shipped checkpoint or give a Hugging Face Hub repo id of the form owner/name")
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_snapshot(repo_id: str) -> str:
+    """The downloaded (or cached) snapshot of a Hub repo, looked up once; never a server path of that name."""
+    return str(download_checkpoint(repo_id))
+
+
 def _model(model_id: str):
-    """A shipped checkpoint (``checkpoints/NAME``, relative to this file) or a Hub repo id, loaded once."""
-    local = os.path.join(APP_DIR, model_id)
-    return demo.load_cached(local if os.path.isdir(local) else model_id, DEVICE)
+    """The model of a model field, loaded once."""
+    return demo.load_cached(_source(model_id), DEVICE)
 
 
 def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
     if not use_context:
         return demo.no_context()
-    local = os.path.join(APP_DIR, model_id)
-    return demo.dataset_context(local if os.path.isdir(local) else model_id, int(n), DEVICE, DATA)
+    return demo.dataset_context(_source(model_id), int(n), DEVICE, DATA)
 
 
 def _image_tensor(image: np.ndarray | None, model) -> torch.Tensor:

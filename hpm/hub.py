@@ -32,6 +32,15 @@ def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = No
         raise CheckpointError(f"{text} is a file; a checkpoint is a directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
     if not is_repo_id(text):
         raise CheckpointError(f"{text}: no such checkpoint directory (and not a Hub repo id of the form owner/name)")
+    return download_checkpoint(text, revision=revision, token=token)
+
+
+def download_checkpoint(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:
+    """The local snapshot of Hub repo ``owner/name`` (from the cache when offline), never a local path of that
+    name: for callers that must not let a request name files on their machine (the app)."""
+    text = repo_id
+    if not is_repo_id(text):
+        raise CheckpointError(f"{text!r} is not a Hub repo id of the form owner/name")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,

@@ -161,3 +161,13 @@ def test_model_card_has_hub_metadata_and_a_generated_results_table(tmp_path):
     assert card.startswith("---\n") and "library_name: hpm" in card and "- cifar10" in card
     assert "| robust_accuracy | 42.1% |  | MSA+Square, Linf 8/255 | 200 | 64 |" in card
     assert "hpm train pyautoattack --out x" in card
+
+
+def test_a_hub_only_lookup_never_reads_a_local_folder_of_the_same_name(tmp_path, monkeypatch):
+    from hpm.hub import download_checkpoint
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OfflineError, match="cannot reach the Hugging Face Hub"):
+        download_checkpoint("owner/name")  # a local directory of that name exists, and is ignored
+    with pytest.raises(CheckpointError, match="not a Hub repo id"):
+        download_checkpoint("./owner/name")

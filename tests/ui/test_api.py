@@ -63,6 +63,22 @@ def test_the_adversarial_image_a_client_downloads_is_the_one_the_app_judged(clie
         c["label"]: c["confidence"] for c in hpm_adv["confidences"]}
 
 
+@pytest.mark.parametrize("model_field", ["", "/etc", "../../etc/passwd", "checkpoints", "checkpoints/nope"])
+def test_the_model_field_takes_only_shipped_checkpoints_and_hub_ids_and_reveals_no_server_path(client, image,
+                                                                                                model_field):
+    import sys
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="shipped checkpoint or give a Hugging Face Hub repo id") as failure:
+        client.predict(image, model_field, False, 8, api_name="/predict")
+    assert sys.modules["app"].APP_DIR not in str(failure.value)
+
+
+def test_a_hub_id_that_names_a_server_directory_is_looked_up_on_the_hub_only(client, image):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="cannot reach the Hugging Face Hub to download 'tests/ui'"):
+        client.predict(image, "tests/ui", False, 8, api_name="/predict")  # a folder of this repository
+
+
 def test_out_of_range_settings_come_back_as_errors(client, image):
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="maximum"):
