@@ -91,14 +91,17 @@ def _image_tensor(image: np.ndarray | None, model) -> torch.Tensor:
 @_user_errors
 def load_model(choice: str, hub_id: str):
     """Load a shipped checkpoint or a Hub repo id; returns the model id, its card facts, the attacks that
-    apply to its head and the labels of the deployed head's outputs."""
+    apply to its head, the deployed head's output panels (hidden when the deployed head is the FC layer, whose
+    panels are already shown) and the context controls (shown only for a batch-dependent head)."""
     model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
     model = _model(model_id)
     choices = demo.attack_choices(model)
-    head = model.head.label
+    head, separate = model.head.label, "fc" not in model.head.deployed_modes
+    batch_dependent = model.head.batch_dependent
     return (model_id, demo.card_facts(model),
             gr.Radio(choices=choices, value=demo.default_attack(choices)),
-            gr.Label(label=f"{head}, clean"), gr.Label(label=f"{head}, adversarial"))
+            gr.Label(label=f"{head}, clean", visible=separate), gr.Label(label=f"{head}, adversarial", visible=separate),
+            gr.Checkbox(value=batch_dependent, visible=batch_dependent), gr.Slider(visible=batch_dependent))
 
 
 @_user_errors
@@ -240,7 +243,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
     with gr.Tab("About"):
         gr.Markdown(ABOUT)
 
-    load_btn.click(load_model, [choice, hub_id], [model_id, card, attack_name, hpm_clean, hpm_adv],
+    load_btn.click(load_model, [choice, hub_id], [model_id, card, attack_name, hpm_clean, hpm_adv, use_context,
+                                                  context_n],
                    api_name="load_model")
     upload.upload(use_upload, upload, preview, api_visibility="private")
     gallery.select(use_gallery, model_id, preview, api_visibility="private")

@@ -27,6 +27,18 @@ def test_upload_and_attack_shows_both_heads_and_a_verdict(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "attack.png"), full_page=True)
 
 
+def test_controls_and_panels_follow_the_loaded_head(page):
+    """An FC-head checkpoint has no batch dependence and no second head: no context controls, one pair of panels."""
+    page.get_by_text("Classify inside a context batch").wait_for(timeout=30_000)
+    page.get_by_label("Shipped checkpoint").click()
+    page.get_by_role("option", name="cifar10-resnet20w32-fgsmrs-fc").click()
+    page.get_by_role("button", name="Load model").click()
+    page.get_by_text("Classify inside a context batch").wait_for(state="hidden", timeout=60_000)
+    assert not page.get_by_text("Context size N (test images)").is_visible()
+    assert sum(label.is_visible() for label in page.get_by_text("FC, clean", exact=True).all()) == 1
+    page.screenshot(path=str(ARTIFACTS / "fc-head.png"), full_page=True)
+
+
 def test_gallery_sample_classified_alone_and_in_context(page):
     gallery = page.locator("#gallery")
     thumbs = page.locator("#gallery .thumbnail-item")
