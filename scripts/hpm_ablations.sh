@@ -34,4 +34,14 @@ for ablation in no-batch-prototypes dot-score; do
   hpm eval "runs/ikl-ablation-$ablation" "${EVAL[@]}" --attacks "$plan" \
     --out "$OUT/r20w32-ablation-ikl-$ablation-eps8.json" > /dev/null 2> "$OUT/r20w32-ablation-ikl-$ablation-eps8.log"
 done
+# More attacks on the same images for the inner-product ablation (the most robust row) and for FC: APGD-T towards
+# the 9 top wrong classes on every target, whole-batch APGD (HPM), Square with 1000 queries.
+STRONGER=(--data "$DATA" --n 250 --eps 8/255 --iters 40 --target-classes 9 --square-queries 1000 --batch-sizes 250
+          --no-checks)
+hpm eval "$FC" "${STRONGER[@]}" --attacks apgd-t/deployed,square \
+  --out "$OUT/r20w32-fc-n250-stronger-eps8.json" > /dev/null 2> "$OUT/r20w32-fc-n250-stronger-eps8.log"
+hpm eval runs/ikl-ablation-dot-score "${STRONGER[@]}" \
+  --attacks apgd-t/fc,apgd-t/bpda,apgd-t/soft,apgd-t/ensemble,batch:apgd-ce/ensemble,batch:apgd-dlr/bpda,square \
+  --out "$OUT/r20w32-ablation-ikl-dot-score-stronger-eps8.json" > /dev/null \
+  2> "$OUT/r20w32-ablation-ikl-dot-score-stronger-eps8.log"
 python scripts/results_section.py
