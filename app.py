@@ -14,13 +14,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from hpm import interactive as demo  # noqa: E402
 from hpm.devices import best_available  # noqa: E402
 from hpm.errors import HPMError  # noqa: E402
 from hpm.hub import download_checkpoint, is_repo_id  # noqa: E402
-from hpm.images import image_to_tensor, open_image, tensor_to_image  # noqa: E402
+from hpm.images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
 from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                        perturbation_heatmap)
 
@@ -82,10 +81,36 @@ def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
     return demo.dataset_context(_source(model_id), int(n), DEVICE, DATA)
 
 
-def _image_tensor(image: np.ndarray | None, model) -> torch.Tensor:
-    if image is None:
+def _image_tensor(path: str | None, model) -> torch.Tensor:
+    """The current image file, decoded by the one guarded path every entry point shares (limits checked on the
+    file and its header before any pixel is decoded), at the model's input size."""
+    if path is None:
         raise HPMError("choose an image first: upload one or click a gallery sample")
-    return image_to_tensor(Image.fromarray(np.asarray(image, dtype=np.uint8)), model.input_size)
+    if not os.path.isfile(path):  # removed by the upload cache's clean-up; the server path is not shown
+        raise HPMError(f"the current image is no longer on the server (files are kept for {CACHE_HOURS} h): "
+                       "upload it or pick it again")
+    return image_to_tensor(open_image(path), model.input_size)
+
+
+class Setting(gr.Slider):
+    """A slider whose value, from the page or an API client, is checked before Gradio's own range check, so that
+    null, text, NaN and fractional counts get a message naming the setting."""
+
+    is_template = True  # Gradio's mechanism for a subclass drawn by its base component (the slider)
+
+    def __init__(self, *, integer: bool = False, **kwargs):
+        super().__init__(precision=0 if integer else None, **kwargs)
+        self.integer = integer
+
+    def get_config(self, cls=None) -> dict:
+        return super().get_config(gr.Slider)  # the slider's properties, for the slider that draws it
+
+    def preprocess(self, payload):
+        try:
+            value = demo.setting(payload, self.label, self.minimum, self.maximum, integer=self.integer)
+        except HPMError as e:
+            raise gr.Error(str(e)) from None
+        return super().preprocess(value)
 
 
 @_user_errors
@@ -105,11 +130,12 @@ def load_model(choice: str, hub_id: str):
 
 
 @_user_errors
-def use_upload(path: str | None) -> np.ndarray:
-    """Decode an uploaded file (any format PIL reads; bad files get a message) into the current image."""
+def use_upload(path: str | None) -> tuple[np.ndarray, str]:
+    """Make an uploaded file the current image (any format PIL reads; bad files get a message): the decoded
+    pixels to show, and the file itself, which Classify and Run attack decode again by the same path."""
     if path is None:
         raise HPMError("no file received")
-    return np.asarray(open_image(path))
+    return np.asarray(open_image(path)), path
 
 
 def gallery_items(model_id: str | None) -> tuple[list, str]:
@@ -122,13 +148,14 @@ def gallery_items(model_id: str | None) -> tuple[list, str]:
     return [(tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], ""
 
 
-def use_gallery(model_id: str, evt: gr.SelectData) -> np.ndarray:
-    items, _ = gallery_items(model_id)
-    return items[evt.index][0]
+def use_gallery(evt: gr.SelectData) -> tuple[str, str]:
+    """Make a gallery sample the current image: the lossless PNG the gallery shows, as file and as preview."""
+    path = evt.value["image"]["path"]
+    return path, path
 
 
 @_user_errors
-def predict(image: np.ndarray, model_id: str, use_context: bool, context_n: int):
+def predict(image: str | None, model_id: str, use_context: bool, context_n: int):
     """Top-5 of the FC and the HPM head for the current image, alone or inside the context batch."""
     model = _model(model_id)
     context = _context(model_id, use_context, context_n)
@@ -138,20 +165,22 @@ def predict(image: np.ndarray, model_id: str, use_context: bool, context_n: int)
 
 @gpu
 @_user_errors
-def attack(image: np.ndarray, model_id: str, attack_name: str, eps_255: float, steps: int, use_context: bool,
-           context_n: int, progress=gr.Progress()):
-    """Run one attack and show clean vs adversarial predictions of both heads."""
+def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, steps: int, queries: int,
+           use_context: bool, context_n: int, progress=gr.Progress()):
+    """Run one attack and show clean vs adversarial predictions of both heads (Square spends ``queries``, the
+    white-box attacks ``steps``)."""
     model = _model(model_id)
     context = _context(model_id, use_context, context_n)
     progress(0, desc=demo.attack_description(model, attack_name))
-    result = demo.attack_image(model, _image_tensor(image, model), attack=attack_name, eps=float(eps_255) / 255,
-                               steps=steps, context=context,
+    budget = queries if attack_name == "square" else steps
+    result = demo.attack_image(model, _image_tensor(image, model), attack=attack_name, eps=eps_255 / 255,
+                               steps=budget, context=context,
                                on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}"))
     amplified, magnitude = demo.perturbation_views(result)
     heat = perturbation_heatmap(magnitude, result.eps)
     verdict = {True: "yes", False: "no", None: "n/a (black-box attack)"}
     unit = "queries" if attack_name == "square" else "steps"
-    summary = (f"**{demo.attack_description(model, attack_name)}**, ε = {eps_255:g}/255, {steps} {unit}, "
+    summary = (f"**{demo.attack_description(model, attack_name)}**, ε = {eps_255:g}/255, {budget} {unit}, "
                f"classified {context.description}.\n\n"
                f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
                f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
@@ -190,7 +219,9 @@ deployed model. Each button here runs one of those attacks on your image.
 Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --help`).
 """
 
-with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
+CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
+
+with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_HOURS * 3600)) as app:
     gr.Markdown("# Hybrid Prototype Mixing — attack FC vs HPM live")
     with gr.Row():
         choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint",
@@ -209,14 +240,20 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
                                      elem_id="gallery", format="png")
                 preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
                                    elem_id="current-image", format="png")
+                # the current image as a file: what Classify and Run attack (and API clients) send
+                image_file = gr.File(visible=False, type="filepath")
             with gr.Column(scale=1):
                 first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
                 attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
                                        info="APGD-CE on a surrogate or the model; square: black box")
-                eps = gr.Slider(0, 16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
-                steps = gr.Slider(1, 100, value=20, step=1, label="APGD steps (Square: queries)")
+                eps = Setting(minimum=0, maximum=16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
+                steps = Setting(minimum=1, maximum=demo.STEPS_MAX, value=20, step=1, integer=True, label="APGD steps")
+                queries = Setting(minimum=1, maximum=demo.QUERIES_MAX, value=500, step=1, integer=True,
+                                  label="Square queries",
+                                  info="one forward pass each; AutoAttack's evaluations use 5000")
                 use_context = gr.Checkbox(value=True, label="Classify inside a context batch")
-                context_n = gr.Slider(1, demo.CONTEXT_MAX, value=64, step=1, label="Context size N (test images)")
+                context_n = Setting(minimum=1, maximum=demo.CONTEXT_MAX, value=64, step=1, integer=True,
+                                    label="Context size N (test images)")
                 with gr.Row():
                     predict_btn = gr.Button("Classify")
                     attack_btn = gr.Button("Run attack", variant="primary")
@@ -246,11 +283,11 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
     load_btn.click(load_model, [choice, hub_id], [model_id, card, attack_name, hpm_clean, hpm_adv, use_context,
                                                   context_n],
                    api_name="load_model")
-    upload.upload(use_upload, upload, preview, api_visibility="private")
-    gallery.select(use_gallery, model_id, preview, api_visibility="private")
-    predict_btn.click(predict, [preview, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],
+    upload.upload(use_upload, upload, [preview, image_file], api_visibility="private")
+    gallery.select(use_gallery, None, [preview, image_file], api_visibility="private")
+    predict_btn.click(predict, [image_file, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],
                       api_name="predict")
-    attack_btn.click(attack, [preview, model_id, attack_name, eps, steps, use_context, context_n],
+    attack_btn.click(attack, [image_file, model_id, attack_name, eps, steps, queries, use_context, context_n],
                      [adv_image, pert_image, heatmap, fc_clean, hpm_clean, fc_adv, hpm_adv, summary], api_name="attack")
     dims.change(isotropic_plot, dims, iso, api_name="isotropic_cdf")
     angles_btn.click(angle_plots, model_id, [hist, cdf], api_name="angle_statistics")
@@ -258,8 +295,9 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing") as app:
 
 app.queue(default_concurrency_limit=2, max_size=32)
 # How the app is launched, for users and for its tests alike: library errors reach the visitor as messages,
-# and small images are enlarged without smoothing, so each pixel the model saw stays a visible square.
-LAUNCH = dict(show_error=True, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
+# uploads are refused above the size the image decoder accepts, and small images are enlarged without
+# smoothing, so each pixel the model saw stays a visible square.
+LAUNCH = dict(show_error=True, max_file_size=MAX_UPLOAD_BYTES, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
                                    "height: 100% !important; object-fit: contain; }")
 
 if __name__ == "__main__":

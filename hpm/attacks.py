@@ -12,11 +12,16 @@ Nothing here re-implements an attack. The adapters only decide *what* an attack 
   test (on the surrogate) and its "return the clean image when not fooled" rule are bypassed.
 - For batch-dependent heads, samples not under attack still take part in every forward pass through
   their cached clean features, so the deployed model always sees the full evaluation batch.
+- AutoAttack's attacks draw their random numbers from PyTorch's process-wide generator. Every run is
+  therefore made a pure function of its inputs and seed by :func:`seeded`: one attack run at a time seeds
+  that generator and gives the caller's generator state back afterwards (concurrent app requests queue here).
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +209,21 @@ class SummedLossAPGD(APGDAttack):
         return sum(APGDAttack.dlr_loss(self, p, y) for p in parts)
 
 
+_GLOBAL_RNG = threading.Lock()  # held by the one seeded attack run that owns PyTorch's global generator
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the body with PyTorch's global generator (and ``device``'s, on CUDA) seeded with ``seed``, alone.
+
+    The lock keeps concurrent threads from drawing from, or reseeding, the generator mid-run; the caller's
+    generator state is restored on exit, so attacks neither depend on nor change the caller's random stream.
+    """
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 @dataclass
 class AttackOutcome:
     """What one attack found: which samples fool the deployed model, and an adversarial image per sample."""
@@ -236,8 +256,8 @@ def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, no
         if targeted:
             apgd.y_target = ranking[:, -target_rank]
         for restart in range(n_restarts):
-            torch.manual_seed(seed + restart)
-            x_best, *_ = apgd.attack_single_run(x, y)
+            with seeded(seed + restart, x.device):
+                x_best, *_ = apgd.attack_single_run(x, y)
     x_adv = x_best.detach().clone()
     if keep_first_break and recorder.witness is not None:
         x_adv[recorder.broken] = recorder.witness[recorder.broken]
@@ -263,8 +283,7 @@ def run_square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
     square = SquareAttack(predict, norm=norm, n_queries=n_queries, eps=eps, p_init=p_init, n_restarts=1,
                           seed=seed, device=x.device, loss="margin")
     square.init_hyperparam(x)
-    torch.manual_seed(seed)
-    with torch.no_grad():
+    with seeded(seed, x.device), torch.no_grad():
         _, x_best = square.attack_single_run(x, y)
         broken = batch.scores(batch.features(x_best), "hard").argmax(1) != y  # the whole batch at once: a witness
     return AttackOutcome(broken, x_best)

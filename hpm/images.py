@@ -36,13 +36,7 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
             raise HPMError("the file is empty (0 bytes)")
         if len(data) > MAX_UPLOAD_BYTES:
             raise HPMError(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.size  # noqa: B018 — header parsed, nothing decoded yet
-        except UnidentifiedImageError:
-            raise HPMError("not an image file that can be read (PNG, JPEG, GIF, WebP, BMP, TIFF ...)") from None
-        except (OSError, ValueError, SyntaxError) as e:  # a header that starts like an image, then breaks
-            raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
+        image = _open_header(data)
     w, h = image.size
     if w < 1 or h < 1 or max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
         raise HPMError(f"image dimensions {w}x{h} are outside the accepted range (1 to {MAX_SIDE} px a side, "
@@ -54,6 +48,20 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
             frame = ImageOps.exif_transpose(frame)
             return _to_rgb(frame)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Parse the header only (size and mode known, no pixel decoded)."""
+    try:
+        with warnings.catch_warnings():  # our own limits, checked next, are stricter than PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise HPMError("not an image file that can be read (PNG, JPEG, GIF, WebP, BMP, TIFF ...)") from None
+    except Image.DecompressionBombError as e:  # PIL refuses headers beyond twice its pixel limit outright
+        raise HPMError(f"refused as a decompression bomb: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # a header that starts like an image, then breaks
         raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
 
 

@@ -6,6 +6,7 @@ batch with the same adapters the evaluation uses (:mod:`hpm.attacks`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,7 @@ from .model import HPMClassifier
 
 EPS_MAX = 16 / 255  # l_inf budget offered by the demo
 STEPS_MAX = 200  # APGD iterations
-QUERIES_MAX = 2000  # Square queries
+QUERIES_MAX = 5000  # Square queries (AutoAttack's standard budget)
 CONTEXT_MAX = 256
 SQUARE_TEXT = "Square attack on the deployed model (black box)"
 KNOWN_ATTACKS = (*dict.fromkeys(t for head in HEADS.values() for t in head.attack_targets), "square")
@@ -109,17 +110,35 @@ class AttackResult:
         return None if self.surrogate_fooled is None else bool(self.surrogate_fooled and self.deployed_fooled)
 
 
+def setting(value: object, name: str, low: float, high: float, *, integer: bool = False) -> int | float:
+    """A numeric setting as a form or an API client sent it, checked: a number (not null, text, a boolean or NaN),
+    within ``[low, high]``, and whole where ``integer``. Returns it as an ``int`` or a ``float``.
+
+    Raises:
+        HPMError: naming the setting, its range and what was received.
+    """
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise HPMError(f"{name} must be {kind} from {low:g} to {high:g}; got {value!r}")
+    if not low <= value <= high:
+        raise HPMError(f"{name} must be from {low:g} to {high:g}; got {value:g}")
+    if integer and value != int(value):
+        raise HPMError(f"{name} must be a whole number; got {value:g}")
+    return int(value) if integer else float(value)
+
+
 def check_attack_args(attack: str, eps: float, steps: int, model: HPMClassifier) -> None:
     if attack not in KNOWN_ATTACKS:
         raise HPMError(f"attack must be one of {', '.join(attack_choices(model))}; got {attack!r}")
     if attack not in attack_choices(model):
         raise HPMError(f"the {attack!r} attack does not apply to this model's {model.head_type!r} head; choose one "
                        f"of {', '.join(attack_choices(model))}")
-    if not 0 <= eps <= EPS_MAX + 1e-12:
-        raise HPMError(f"eps must be between 0 and 16/255; got {eps * 255:.3g}/255")
-    limit = QUERIES_MAX if attack == "square" else STEPS_MAX
-    if int(steps) != steps or not 1 <= steps <= limit:
-        raise HPMError(f"{'queries' if attack == 'square' else 'steps'} must be an integer from 1 to {limit}; got {steps}")
+    eps_255 = eps * 255 if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps
+    setting(eps_255, "eps in units of 1/255", 0, EPS_MAX * 255 + 1e-9)
+    if attack == "square":
+        setting(steps, "queries", 1, QUERIES_MAX, integer=True)
+    else:
+        setting(steps, "steps", 1, STEPS_MAX, integer=True)
 
 
 def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", eps: float = 8 / 255, steps: int = 20,
@@ -234,8 +253,7 @@ def load_cached(model_id: str, device: str | None = None) -> HPMClassifier:
 @lru_cache(maxsize=16)
 def dataset_context(model_id: str, n: int, device: str | None = None, data: str | None = None) -> Context:
     """Features of the first ``n`` test images of the model's dataset, computed once and cached."""
-    if not 1 <= n <= CONTEXT_MAX:
-        raise HPMError(f"context size must be between 1 and {CONTEXT_MAX}; got {n}")
+    setting(n, "context size", 1, CONTEXT_MAX, integer=True)
     model = load_cached(model_id, device)
     x, _, _ = gallery_samples(model.dataset or "cifar10", n, data)
     return make_context(model, x.to(device_of(model)), f"inside a batch with the first {len(x)} {model.dataset} test images")

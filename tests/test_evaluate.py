@@ -356,3 +356,29 @@ def test_hpm_eval_of_a_shipped_checkpoint_reproduces_its_stored_per_sample_resul
     _, before = load_results(stored)
     for name in ("indices", "labels", "done", "clean_correct", "attacked", "broken"):
         assert np.array_equal(getattr(again[200], name), getattr(before[200], name)), name
+
+
+def test_attacks_are_pure_functions_of_inputs_and_seed_even_from_concurrent_threads():
+    """Square and APGD restarts draw from PyTorch's global generator; runs in threads at once must still give
+    exactly what each gives alone, and the caller's random stream must be left where it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hpm.attacks import run_attack
+
+    model, x, y = tiny_hpm(seed=3, n=4)
+    batch = BatchFeatures(model, None)  # the attacked rows are the whole batch
+    specs = parse_attacks(["square", "apgd-ce/bpda"], model)
+    budget = dict(norm="Linf", eps=8 / 255, n_iter=5, n_restarts=2, square_queries=60, num_classes=4)
+
+    def attack(job):
+        spec, seed = job
+        return run_attack(spec, batch, x, y, seed=seed, **budget).x_adv
+
+    jobs = [(spec, seed) for spec in specs for seed in (0, 1)] * 3
+    before = torch.get_rng_state()
+    alone = [attack(job) for job in jobs]
+    assert torch.equal(torch.get_rng_state(), before)
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(attack, jobs))
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
+    assert not torch.equal(alone[0], alone[1])  # the seed matters

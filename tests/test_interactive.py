@@ -75,6 +75,8 @@ BAD = {
     "truncated_jpeg": (png_bytes(Image.new("RGB", (64, 64), (1, 2, 3)), format="JPEG")[:200], "could not be decoded"),
     "decompression_bomb": (bomb(), "outside the accepted range"),
     "too_wide": (png_bytes(Image.new("L", (13_000, 1))), "outside the accepted range"),
+    # beyond twice PIL's own limit, opening the header alone raises DecompressionBombError
+    "pil_decompression_bomb": (png_bytes(Image.new("1", (20_000, 10_000))), "decompression bomb"),
 }
 
 
@@ -141,8 +143,11 @@ def test_context_changes_the_batch_but_never_mutates_the_model(tiny_model):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"eps": 17 / 255}, "between 0 and 16/255"), ({"steps": 0}, "from 1 to"), ({"steps": 2.5}, "integer"),
-    ({"attack": "fgsm"}, "must be one of")])
+    ({"eps": 17 / 255}, "eps in units of 1/255 must be from 0 to 16; got 17"), ({"steps": 0}, "from 1 to"),
+    ({"steps": 2.5}, "steps must be a whole number; got 2.5"), ({"attack": "fgsm"}, "must be one of"),
+    ({"eps": None}, "eps in units of 1/255 must be a number .* got None"),
+    ({"eps": float("nan")}, "got nan"), ({"steps": "20"}, "steps must be a whole number .* got '20'"),
+    ({"attack": "square", "steps": 5001}, "queries must be from 1 to 5000")])
 def test_out_of_range_settings_are_rejected(kwargs, message, tiny_model):
     with pytest.raises(HPMError, match=message):
         demo.attack_image(tiny_model, torch.rand(1, 3, 32, 32), **{"attack": "fc", "eps": 8 / 255, "steps": 5,

@@ -33,7 +33,7 @@ def test_predict_alone_and_in_context(client, image):
 
 
 def test_attack_returns_images_labels_and_a_verdict(client, image):
-    out = client.predict(image, MODEL, "fc", 4, 3, False, 8, api_name="/attack")
+    out = client.predict(image, MODEL, "fc", 4, 3, 100, False, 8, api_name="/attack")
     adv, pert, heat, fc_clean, hpm_clean, fc_adv, hpm_adv, summary = out
     assert adv and pert and "deployed HPM fooled" in summary and "ε = 4/255" in summary
     assert fc_adv["label"] and hpm_adv["label"]
@@ -51,7 +51,7 @@ def test_the_adversarial_image_a_client_downloads_is_the_one_the_app_judged(clie
     from hpm import interactive as demo
     path = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-    adv_path, _, _, _, _, _, hpm_adv, _ = client.predict(handle_file(str(path)), MODEL, "ensemble", 4, 5, False, 8,
+    adv_path, _, _, _, _, _, hpm_adv, _ = client.predict(handle_file(str(path)), MODEL, "ensemble", 4, 5, 100, False, 8,
                                                          api_name="/attack")
     with Image.open(adv_path) as downloaded:
         assert downloaded.format == "PNG" and downloaded.size == (32, 32)
@@ -81,8 +81,8 @@ def test_a_hub_id_that_names_a_server_directory_is_looked_up_on_the_hub_only(cli
 
 def test_out_of_range_settings_come_back_as_errors(client, image):
     from gradio_client.exceptions import AppError
-    with pytest.raises(AppError, match="maximum"):
-        client.predict(image, MODEL, "fc", 40, 3, False, 8, api_name="/attack")
+    with pytest.raises(AppError, match=r"ε \(×1/255, ℓ∞\) must be from 0 to 16; got 40"):
+        client.predict(image, MODEL, "fc", 40, 3, 100, False, 8, api_name="/attack")
 
 
 def test_unknown_hub_model_fails_fast_with_a_message(client, image):
@@ -115,3 +115,142 @@ def test_angle_statistics_endpoint_draws_fig3(client):
         pytest.skip("needs the local data root")
     hist, cdf = client.predict(MODEL, api_name="/angle_statistics")
     assert hist and cdf
+
+
+def _bomb(path):
+    """13000 x 13000 pixels in a few hundred kB: 500 MB of RGB once decoded."""
+    from PIL import Image
+    Image.new("1", (13_000, 13_000)).save(path)
+    return path
+
+
+class PeakRSS:
+    """The peak resident memory of this process (the app runs in it) while the block runs, sampled every 5 ms."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+        self.process, self.start, self.peak = psutil.Process(), psutil.Process().memory_info().rss, 0
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        import time
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+@pytest.mark.parametrize("endpoint", ["/predict", "/attack"])
+def test_an_oversized_image_is_refused_by_the_api_before_it_is_decoded(client, tmp_path, endpoint):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    args = {"/predict": (MODEL, False, 8), "/attack": (MODEL, "fc", 4, 3, 100, False, 8)}[endpoint]
+    with PeakRSS() as memory, pytest.raises(AppError, match="outside the accepted range"):
+        client.predict(handle_file(str(_bomb(tmp_path / "bomb.png"))), *args, api_name=endpoint)
+    assert memory.growth_mb < 300
+
+
+def test_an_oversized_upload_in_the_page_is_refused_before_it_is_decoded(tmp_path):
+    import sys
+
+    import gradio as gr
+    with PeakRSS() as memory, pytest.raises(gr.Error, match="outside the accepted range"):
+        sys.modules["app"].use_upload(str(_bomb(tmp_path / "bomb.png")))
+    assert memory.growth_mb < 300
+
+
+def test_a_file_over_the_upload_limit_is_refused_by_the_client_and_by_the_server(client, app_url, tmp_path):
+    import httpx
+    from gradio_client import handle_file
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG" + b"\0" * (20 * 2**20 + 1))
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):
+        client.predict(handle_file(str(path)), MODEL, False, 8, api_name="/predict")
+    with path.open("rb") as f:  # a client that ignores the advertised limit
+        response = httpx.post(f"{app_url}gradio_api/upload", files={"files": ("huge.png", f)}, timeout=60)
+    assert response.status_code == 413 and "exceeded maximum allowed size of 20971520 bytes" in response.text
+
+
+def test_an_animated_gif_is_classified_by_its_first_frame(client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+    frames = [Image.new("P", (40, 40), i) for i in range(3)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    fc, deployed, note = client.predict(handle_file(str(path)), MODEL, False, 8, api_name="/predict")
+    assert len(fc["confidences"]) == 5 and "alone" in note
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("eps", None, "must be a number from 0 to 16; got None"), ("eps", "a lot", "got 'a lot'"),
+    ("steps", 2.5, "APGD steps must be a whole number; got 2.5"),
+    ("queries", None, "Square queries must be a whole number from 1 to 5000; got None"),
+    ("context", "64", "Context size N .* got '64'")])
+def test_bad_numeric_settings_get_a_message_naming_the_setting(client, image, field, value, message):
+    from gradio_client.exceptions import AppError
+    settings = {"eps": 4, "steps": 3, "queries": 100, "context": 8, field: value}
+    with pytest.raises(AppError, match=message):
+        client.predict(image, MODEL, "fc", settings["eps"], settings["steps"], settings["queries"], True,
+                       settings["context"], api_name="/attack")
+
+
+def test_nan_which_gradio_client_cannot_send_but_raw_json_can_gets_the_same_message():
+    import sys
+
+    import gradio as gr
+    with pytest.raises(gr.Error, match="must be a number from 0 to 16; got nan"):
+        sys.modules["app"].eps.preprocess(float("nan"))
+
+
+def test_integer_settings_are_typed_as_integers_for_api_clients(client):
+    params = {p["parameter_name"]: p["type"]["type"] for p in
+              client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/attack"]["parameters"]}
+    assert params["steps"] == params["queries"] == params["context_n"] == "integer" and params["eps_255"] == "number"
+
+
+def test_sixteen_concurrent_clients_mixing_apgd_and_square_get_their_solo_results(app_url, tmp_path):
+    """Every request is a pure function of its inputs: attacks seed their own run, alone, so visitors at the
+    same time do not change each other's random starts or Square's random squares."""
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(handle_file(str(path)))
+    jobs = [(paths[i % 4], "square" if i % 2 else "ensemble") for i in range(16)]
+
+    def run(client, job):
+        image, attack = job
+        return client.submit(image, MODEL, attack, 8, 4, 60, False, 8, api_name="/attack")
+
+    solo_client = Client(app_url, verbose=False)
+    solo = [run(solo_client, job).result() for job in jobs]
+    clients = [Client(app_url, verbose=False) for _ in jobs]
+    together = [job.result() for job in [run(c, j) for c, j in zip(clients, jobs)]]
+    for alone, crowd in zip(solo, together):
+        assert alone[5:] == crowd[5:]  # adversarial top-5 of both heads, and the summary
+        assert Image.open(alone[0]).tobytes() == Image.open(crowd[0]).tobytes()  # the adversarial image itself
+
+
+def test_an_image_removed_by_the_cache_clean_up_gets_a_message_without_the_server_path(tmp_path):
+    import sys
+
+    import gradio as gr
+    gone = str(tmp_path / "gradio-cache" / "upload.png")
+    with pytest.raises(gr.Error, match="no longer on the server") as failure:
+        sys.modules["app"].predict(gone, MODEL, False, 8)
+    assert str(tmp_path) not in str(failure.value)

@@ -57,12 +57,31 @@ def test_gallery_sample_classified_alone_and_in_context(page):
     page.screenshot(path=str(ARTIFACTS / "gallery-classify.png"), full_page=True)
 
 
-def test_bad_upload_shows_a_message_and_the_app_keeps_working(page, tmp_path):
-    path = tmp_path / "not-an-image.png"
+def _text(path):
     path.write_text("this is text, not a PNG")
+
+
+def _bomb(size):
+    def write(path):
+        from PIL import Image
+        Image.new("1", size).save(path)  # a few kB that decode to hundreds of MB
+    return write
+
+
+BAD_UPLOADS = {"text": (_text, "not an image file that can be read"),
+               "bomb": (_bomb((13_000, 13_000)), "outside the accepted range"),
+               "pil-bomb": (_bomb((20_000, 10_000)), "refused as a decompression bomb")}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_UPLOADS))
+def test_bad_upload_shows_a_message_and_the_app_keeps_working(page, tmp_path, name):
+    write, message = BAD_UPLOADS[name]
+    path = tmp_path / "upload.png"
+    write(path)
     upload(page, path)
-    page.get_by_text("not an image file that can be read").first.wait_for(timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "bad-upload.png"))  # viewport: the error toast is fixed-position
+    page.get_by_text(message).first.wait_for(timeout=30_000)
+    page.wait_for_timeout(800)  # the toast fades in
+    page.screenshot(path=str(ARTIFACTS / f"bad-upload-{name}.png"))  # viewport: the error toast is fixed-position
     assert page.get_by_role("button", name="Run attack").is_enabled()
 
 

@@ -1,0 +1,309 @@
+"""hpm demo: attack FC vs HPM live, see batch dependence and the sensitivity analysis.
+
+Run locally with ``python app.py`` (or as a Hugging Face Space: this file is the Space's app_file).
+All science lives in the ``hpm`` library; this file only lays it out.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hpm import interactive as demo  # noqa: E402
+from hpm.devices import best_available  # noqa: E402
+from hpm.errors import HPMError  # noqa: E402
+from hpm.hub import download_checkpoint, is_repo_id  # noqa: E402
+from hpm.images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
+from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
+                       perturbation_heatmap)
+
+DEVICE = str(best_available())
+APP_DIR = os.path.dirname(os.path.abspath(__file__))
+CHECKPOINTS = {name: f"checkpoints/{name}" for name in demo.list_checkpoints(os.path.join(APP_DIR, "checkpoints"))}
+DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),
+                                next(iter(CHECKPOINTS.values()), None))
+DATA = os.environ.get("HPM_DATA_DIR")
+# HPM on the project's robust (FGSM-RS) backbone, fine-tuned with the paper's full IKL recipe: the best HPM
+# checkpoint shipped for a robust comparison (its card holds the protocol's numbers per batch size and order)
+ROBUST_HPM = "cifar10-resnet20w32-fgsmrs-hpm-full"
+
+try:  # ZeroGPU Spaces: run attacks on the GPU when the `spaces` package is present
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn):
+        return fn
+
+
+def _user_errors(fn):
+    """Show library errors (bad uploads, offline Hub, bad settings) as messages, not tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HPMError as e:
+            raise gr.Error(str(e)) from None
+    return wrapper
+
+
+def _source(model_id: str) -> str:
+    """What to load for a model field: a shipped checkpoint (``checkpoints/NAME``, relative to this file) or a
+    Hub repo id ``owner/name``. Anything else is refused without saying anything about the server's files."""
+    if model_id in CHECKPOINTS.values():
+        return os.path.join(APP_DIR, model_id)
+    if is_repo_id(model_id) and not model_id.startswith("checkpoints/"):
+        return _hub_snapshot(model_id)
+    raise HPMError("choose a shipped checkpoint or give a Hugging Face Hub repo id of the form owner/name")
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_snapshot(repo_id: str) -> str:
+    """The downloaded (or cached) snapshot of a Hub repo, looked up once; never a server path of that name."""
+    return str(download_checkpoint(repo_id))
+
+
+def _model(model_id: str):
+    """The model of a model field, loaded once."""
+    return demo.load_cached(_source(model_id), DEVICE)
+
+
+def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
+    if not use_context:
+        return demo.no_context()
+    return demo.dataset_context(_source(model_id), int(n), DEVICE, DATA)
+
+
+def _image_tensor(path: str | None, model) -> torch.Tensor:
+    """The current image file, decoded by the one guarded path every entry point shares (limits checked on the
+    file and its header before any pixel is decoded), at the model's input size."""
+    if path is None:
+        raise HPMError("choose an image first: upload one or click a gallery sample")
+    if not os.path.isfile(path):  # removed by the upload cache's clean-up; the server path is not shown
+        raise HPMError(f"the current image is no longer on the server (files are kept for {CACHE_HOURS} h): "
+                       "upload it or pick it again")
+    return image_to_tensor(open_image(path), model.input_size)
+
+from gradio.events import Dependency
+
+class Setting(gr.Slider):
+    """A slider whose value, from the page or an API client, is checked before Gradio's own range check, so that
+    null, text, NaN and fractional counts get a message naming the setting."""
+
+    is_template = True  # Gradio's mechanism for a subclass drawn by its base component (the slider)
+
+    def __init__(self, *, integer: bool = False, **kwargs):
+        super().__init__(precision=0 if integer else None, **kwargs)
+        self.integer = integer
+
+    def get_config(self, cls=None) -> dict:
+        return super().get_config(gr.Slider)  # the slider's properties, for the slider that draws it
+
+    def preprocess(self, payload):
+        try:
+            value = demo.setting(payload, self.label, self.minimum, self.maximum, integer=self.integer)
+        except HPMError as e:
+            raise gr.Error(str(e)) from None
+        return super().preprocess(value)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+@_user_errors
+def load_model(choice: str, hub_id: str):
+    """Load a shipped checkpoint or a Hub repo id; returns the model id, its card facts, the attacks that
+    apply to its head, the deployed head's output panels (hidden when the deployed head is the FC layer, whose
+    panels are already shown) and the context controls (shown only for a batch-dependent head)."""
+    model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
+    model = _model(model_id)
+    choices = demo.attack_choices(model)
+    head, separate = model.head.label, "fc" not in model.head.deployed_modes
+    batch_dependent = model.head.batch_dependent
+    return (model_id, demo.card_facts(model),
+            gr.Radio(choices=choices, value=demo.default_attack(choices)),
+            gr.Label(label=f"{head}, clean", visible=separate), gr.Label(label=f"{head}, adversarial", visible=separate),
+            gr.Checkbox(value=batch_dependent, visible=batch_dependent), gr.Slider(visible=batch_dependent))
+
+
+@_user_errors
+def use_upload(path: str | None) -> tuple[np.ndarray, str]:
+    """Make an uploaded file the current image (any format PIL reads; bad files get a message): the decoded
+    pixels to show, and the file itself, which Classify and Run attack decode again by the same path."""
+    if path is None:
+        raise HPMError("no file received")
+    return np.asarray(open_image(path)), path
+
+
+def gallery_items(model_id: str | None) -> tuple[list, str]:
+    try:
+        model = _model(model_id or DEFAULT_MODEL)
+        x, y, classes = demo.gallery_samples(model.dataset or "cifar10", 24, DATA)
+    except (HPMError, TypeError) as e:
+        return [], (f"Gallery unavailable: {e}. Set `HPM_DATA_DIR` to a local data root (e.g. `../shared/data`) "
+                    "or run online to download the test set; uploads still work.")
+    return [(tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], ""
+
+
+def use_gallery(evt: gr.SelectData) -> tuple[str, str]:
+    """Make a gallery sample the current image: the lossless PNG the gallery shows, as file and as preview."""
+    path = evt.value["image"]["path"]
+    return path, path
+
+
+@_user_errors
+def predict(image: str | None, model_id: str, use_context: bool, context_n: int):
+    """Top-5 of the FC and the HPM head for the current image, alone or inside the context batch."""
+    model = _model(model_id)
+    context = _context(model_id, use_context, context_n)
+    out = demo.classify(model, _image_tensor(image, model).to(DEVICE), context)
+    return out["fc"], out["deployed"], f"Classified {context.description}."
+
+
+@gpu
+@_user_errors
+def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, steps: int, queries: int,
+           use_context: bool, context_n: int, progress=gr.Progress()):
+    """Run one attack and show clean vs adversarial predictions of both heads (Square spends ``queries``, the
+    white-box attacks ``steps``)."""
+    model = _model(model_id)
+    context = _context(model_id, use_context, context_n)
+    progress(0, desc=demo.attack_description(model, attack_name))
+    budget = queries if attack_name == "square" else steps
+    result = demo.attack_image(model, _image_tensor(image, model), attack=attack_name, eps=eps_255 / 255,
+                               steps=budget, context=context,
+                               on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}"))
+    amplified, magnitude = demo.perturbation_views(result)
+    heat = perturbation_heatmap(magnitude, result.eps)
+    verdict = {True: "yes", False: "no", None: "n/a (black-box attack)"}
+    unit = "queries" if attack_name == "square" else "steps"
+    summary = (f"**{demo.attack_description(model, attack_name)}**, ε = {eps_255:g}/255, {budget} {unit}, "
+               f"classified {context.description}.\n\n"
+               f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
+               f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
+               f"Surrogate fooled: **{verdict[result.surrogate_fooled]}** · deployed {model.head.label} fooled: "
+               f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
+               f"**{verdict[result.transferred]}**")
+    return (tensor_to_image(result.x_adv), amplified, heat, result.clean["fc"], result.clean["deployed"],
+            result.adversarial["fc"], result.adversarial["deployed"], summary)
+
+
+@_user_errors
+def angle_plots(model_id: str):
+    """Fig. 3 for the loaded model: angles of test features to its FC vectors and its l2 prototypes."""
+    report = demo.angle_report(_model(model_id), DATA)
+    return angle_histogram_figure(report), cdf_comparison_figure(report)
+
+
+def isotropic_plot(dims: list[str]):
+    return isotropic_cdf_figure([int(d) for d in dims] or [512])
+
+
+ABOUT = """
+**Sensitivity as a Double-Edged Sword.** A fully connected (FC) classifier's logits are very sensitive to
+feature perturbations — that makes it discriminative, and vulnerable. An l2 distance classifier is less
+sensitive — robust, but less discriminative. **Hybrid Prototype Mixing (HPM)** re-classifies with the l2
+distance to prototypes that mix stable, EMA dataset-level class means with batch-level class means built
+from the FC prediction through a straight-through estimator (Eq. 14-18). Because the batch prototypes
+come from the whole batch, **a prediction depends on the other images in the batch** — this demo lets you
+classify an image alone or inside a fixed context batch.
+
+Such a dynamic, discontinuous model masks gradients, so it must be evaluated with the **Mixed Surrogate
+Attack**: APGD on the FC oracle, on the soft-hybrid surrogate and on their ensemble, APGD through the
+straight-through gradient (BPDA), and the black-box Square attack, every adversarial image judged on the
+deployed model. Each button here runs one of those attacks on your image.
+
+Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --help`).
+"""
+
+CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
+
+with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_HOURS * 3600)) as app:
+    gr.Markdown("# Hybrid Prototype Mixing — attack FC vs HPM live")
+    with gr.Row():
+        choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint",
+                             info=f"FC vs HPM on a robust backbone: {ROBUST_HPM}" if ROBUST_HPM in CHECKPOINTS
+                             else None)
+        hub_id = gr.Textbox(label="…or a Hub repo id", placeholder="owner/name (needs network)")
+        load_btn = gr.Button("Load model")
+        model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)
+    card = gr.Markdown(demo.card_facts(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.")
+    with gr.Tab("Attack"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
+                gallery_note = gr.Markdown()
+                gallery = gr.Gallery(label="…or pick a test sample", columns=6, height=260, allow_preview=False,
+                                     elem_id="gallery", format="png")
+                preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
+                                   elem_id="current-image", format="png")
+                # the current image as a file: what Classify and Run attack (and API clients) send
+                image_file = gr.File(visible=False, type="filepath")
+            with gr.Column(scale=1):
+                first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
+                attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
+                                       info="APGD-CE on a surrogate or the model; square: black box")
+                eps = Setting(0, 16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
+                steps = Setting(1, demo.STEPS_MAX, value=20, step=1, integer=True, label="APGD steps")
+                queries = Setting(1, demo.QUERIES_MAX, value=500, step=1, integer=True, label="Square queries",
+                                  info="AutoAttack uses 5000; 500 take a few seconds on a CPU")
+                use_context = gr.Checkbox(value=True, label="Classify inside a context batch")
+                context_n = Setting(1, demo.CONTEXT_MAX, value=64, step=1, integer=True,
+                                    label="Context size N (test images)")
+                with gr.Row():
+                    predict_btn = gr.Button("Classify")
+                    attack_btn = gr.Button("Run attack", variant="primary")
+        summary = gr.Markdown(elem_id="attack-summary")
+        with gr.Row():
+            fc_clean = gr.Label(num_top_classes=5, label="FC, clean")
+            hpm_clean = gr.Label(num_top_classes=5, label="HPM, clean")
+            fc_adv = gr.Label(num_top_classes=5, label="FC, adversarial")
+            hpm_adv = gr.Label(num_top_classes=5, label="HPM, adversarial")
+        with gr.Row():
+            adv_image = gr.Image(label="Adversarial image (as judged, lossless)",
+                                 interactive=False, height=200, format="png", elem_classes="pixels")
+            pert_image = gr.Image(label="Perturbation (amplified)", interactive=False, height=200, format="png",
+                                  elem_classes="pixels")
+            heatmap = gr.Plot(label="Perturbation heatmap")
+    with gr.Tab("Sensitivity"):
+        dims = gr.CheckboxGroup(["2", "8", "32", "128", "512", "2048", "8192"], value=["2", "8", "32", "128", "512",
+                                "2048"], label="Feature dimensions d")
+        iso = gr.Plot(value=isotropic_plot(["2", "8", "32", "128", "512", "2048"]), label="Fig. 2")
+        angles_btn = gr.Button("Measure the loaded model's angle statistics (Fig. 3)")
+        with gr.Row():
+            hist = gr.Plot(label="angle histograms")
+            cdf = gr.Plot(label="modelled vs empirical CDF")
+    with gr.Tab("About"):
+        gr.Markdown(ABOUT)
+
+    load_btn.click(load_model, [choice, hub_id], [model_id, card, attack_name, hpm_clean, hpm_adv, use_context,
+                                                  context_n],
+                   api_name="load_model")
+    upload.upload(use_upload, upload, [preview, image_file], api_visibility="private")
+    gallery.select(use_gallery, None, [preview, image_file], api_visibility="private")
+    predict_btn.click(predict, [image_file, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],
+                      api_name="predict")
+    attack_btn.click(attack, [image_file, model_id, attack_name, eps, steps, queries, use_context, context_n],
+                     [adv_image, pert_image, heatmap, fc_clean, hpm_clean, fc_adv, hpm_adv, summary], api_name="attack")
+    dims.change(isotropic_plot, dims, iso, api_name="isotropic_cdf")
+    angles_btn.click(angle_plots, model_id, [hist, cdf], api_name="angle_statistics")
+    app.load(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
+
+app.queue(default_concurrency_limit=2, max_size=32)
+# How the app is launched, for users and for its tests alike: library errors reach the visitor as messages,
+# uploads are refused above the size the image decoder accepts, and small images are enlarged without
+# smoothing, so each pixel the model saw stays a visible square.
+LAUNCH = dict(show_error=True, max_file_size=MAX_UPLOAD_BYTES, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
+                                   "height: 100% !important; object-fit: contain; }")
+
+if __name__ == "__main__":
+    app.launch(**LAUNCH)
