@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from hpm import interactive as demo  # noqa: E402
 from hpm.devices import best_available  # noqa: E402
 from hpm.errors import HPMError  # noqa: E402
-from hpm.hub import download_checkpoint, is_repo_id  # noqa: E402
+from hpm.hub import download_checkpoint, is_repo_id, split_revision  # noqa: E402
 from hpm.images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
 from hpm.plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                        perturbation_heatmap)
@@ -56,18 +56,21 @@ def _user_errors(fn):
 
 def _source(model_id: str) -> str:
     """What to load for a model field: a shipped checkpoint (``checkpoints/NAME``, relative to this file) or a
-    Hub repo id ``owner/name``. Anything else is refused without saying anything about the server's files."""
+    Hub repo id ``owner/name``, optionally pinned to a revision (``owner/name@REVISION``: a branch, tag or commit).
+    Anything else is refused without saying anything about the server's files."""
     if model_id in CHECKPOINTS.values():
         return os.path.join(APP_DIR, model_id)
-    if is_repo_id(model_id) and not model_id.startswith("checkpoints/"):
-        return _hub_snapshot(model_id)
+    repo_id = model_id.partition("@")[0]
+    if is_repo_id(repo_id) and not repo_id.startswith("checkpoints/"):
+        return _hub_snapshot(*split_revision(model_id))
     raise HPMError("choose a shipped checkpoint or give a Hugging Face Hub repo id of the form owner/name")
 
 
 @functools.lru_cache(maxsize=8)
-def _hub_snapshot(repo_id: str) -> str:
-    """The downloaded (or cached) snapshot of a Hub repo, looked up once; never a server path of that name."""
-    return str(download_checkpoint(repo_id))
+def _hub_snapshot(repo_id: str, revision: str | None) -> str:
+    """The downloaded (or cached) snapshot of a Hub repo at a revision, looked up once; never a server path of
+    that name."""
+    return str(download_checkpoint(repo_id, revision=revision))
 
 
 def _model(model_id: str):
@@ -227,7 +230,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
         choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint",
                              info=f"FC vs HPM on a robust backbone: {ROBUST_HPM}" if ROBUST_HPM in CHECKPOINTS
                              else None)
-        hub_id = gr.Textbox(label="…or a Hub repo id", placeholder="owner/name (needs network)")
+        hub_id = gr.Textbox("", label="…or a Hub repo id",
+                            placeholder="owner/name or owner/name@revision (needs network)")
         load_btn = gr.Button("Load model")
         model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)
     card = gr.Markdown(demo.card_facts(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.")

@@ -21,24 +21,38 @@ def is_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and not text.startswith((".", "/", "~"))
 
 
+def split_revision(text: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``owner/name@revision`` -> ``("owner/name", "revision")`` (a branch, tag or commit pinned in the id);
+    without ``@`` the ``revision`` argument (None: the default branch)."""
+    name, at, pinned = text.partition("@")
+    if not at:
+        return text, revision
+    if not pinned or "@" in pinned:
+        raise CheckpointError(f"{text!r}: a pinned revision is written owner/name@REVISION")
+    if revision is not None and revision != pinned:
+        raise CheckpointError(f"{text!r} pins revision {pinned!r} but revision={revision!r} was passed")
+    return name, pinned
+
+
 def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = None,
                        token: str | None = None) -> Path:
-    """A local checkpoint directory, downloading ``owner/name`` from the Hub when it is not a local path."""
+    """A local checkpoint directory, downloading ``owner/name`` (or ``owner/name@revision``) from the Hub when it
+    is not a local path."""
     path = Path(path_or_repo_id).expanduser()
     if path.is_dir():
         return path
     text = str(path_or_repo_id)
     if path.exists():
         raise CheckpointError(f"{text} is a file; a checkpoint is a directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
-    if not is_repo_id(text):
+    if not is_repo_id(split_revision(text)[0]):
         raise CheckpointError(f"{text}: no such checkpoint directory (and not a Hub repo id of the form owner/name)")
     return download_checkpoint(text, revision=revision, token=token)
 
 
 def download_checkpoint(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:
-    """The local snapshot of Hub repo ``owner/name`` (from the cache when offline), never a local path of that
-    name: for callers that must not let a request name files on their machine (the app)."""
-    text = repo_id
+    """The local snapshot of Hub repo ``owner/name`` or ``owner/name@revision`` (from the cache when offline),
+    never a local path of that name: for callers that must not let a request name files on their machine (the app)."""
+    text, revision = split_revision(repo_id, revision)
     if not is_repo_id(text):
         raise CheckpointError(f"{text!r} is not a Hub repo id of the form owner/name")
     from huggingface_hub import snapshot_download
@@ -55,7 +69,8 @@ def download_checkpoint(repo_id: str, *, revision: str | None = None, token: str
         raise CheckpointError(f"Hub repo {text!r} does not exist or is private (pass token=...); for a local "
                               f"checkpoint give a directory path such as ./checkpoints/NAME") from None
     except LocalEntryNotFoundError:
-        raise OfflineError(f"cannot reach the Hugging Face Hub to download {text!r} and it is not in the local "
+        at = f" at revision {revision!r}" if revision else ""
+        raise OfflineError(f"cannot reach the Hugging Face Hub to download {text!r}{at} and it is not in the local "
                            f"cache; pass a local checkpoint directory instead (e.g. ./checkpoints/NAME)") from None
     except (HfHubHTTPError, OSError) as e:
         raise OfflineError(f"downloading {text!r} from the Hub failed ({type(e).__name__}: {e}); pass a local "

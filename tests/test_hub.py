@@ -171,3 +171,38 @@ def test_a_hub_only_lookup_never_reads_a_local_folder_of_the_same_name(tmp_path,
         download_checkpoint("owner/name")  # a local directory of that name exists, and is ignored
     with pytest.raises(CheckpointError, match="not a Hub repo id"):
         download_checkpoint("./owner/name")
+
+
+def _two_revisions(tmp_path):
+    """A Hub cache holding ``someone/hpm-demo``: ``main`` has an HPM head, tag ``v1`` (an older commit) an NCM head."""
+    from hub_cache import write_hub_cache
+    old, new = tmp_path / "v1", tmp_path / "main"
+    hpm.wrap("pyautoattack", head="ncm").save_pretrained(old)
+    hpm.wrap("pyautoattack", head="hpm").save_pretrained(new)
+    commits = {"1" * 40: old, "2" * 40: new}
+    write_hub_cache(tmp_path / "hub", "someone/hpm-demo", commits, {"main": "2" * 40, "v1": "1" * 40})
+    return tmp_path / "hub"
+
+
+def test_a_checkpoint_in_the_hub_cache_loads_offline_by_repo_id_and_at_a_pinned_revision(tmp_path):
+    """The success path as users meet it: HF_HUB_CACHE and HF_HUB_OFFLINE=1 set, nothing monkeypatched."""
+    import os
+    import subprocess
+    import sys
+    cache = _two_revisions(tmp_path)
+    script = ("import hpm; heads = [hpm.load('someone/hpm-demo').head_type, "
+              "hpm.load('someone/hpm-demo', revision='v1').head_type, hpm.load('someone/hpm-demo@v1').head_type, "
+              f"hpm.load('someone/hpm-demo', revision='{'1' * 40}').head_type]; print(heads)")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['hpm', 'ncm', 'ncm', 'ncm']"
+
+
+def test_a_revision_missing_from_the_cache_fails_fast_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(_two_revisions(tmp_path)))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(OfflineError, match="'someone/hpm-demo' at revision 'v2'"):
+        hpm.load("someone/hpm-demo@v2")
+    with pytest.raises(CheckpointError, match="pins revision 'v1' but revision='main'"):
+        hpm.load("someone/hpm-demo@v1", revision="main")

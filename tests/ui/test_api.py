@@ -214,10 +214,12 @@ def test_nan_which_gradio_client_cannot_send_but_raw_json_can_gets_the_same_mess
         sys.modules["app"].eps.preprocess(float("nan"))
 
 
-def test_integer_settings_are_typed_as_integers_for_api_clients(client):
-    params = {p["parameter_name"]: p["type"]["type"] for p in
-              client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/attack"]["parameters"]}
+def test_integer_settings_are_typed_as_integers_and_the_hub_id_is_optional_for_api_clients(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    params = {p["parameter_name"]: p["type"]["type"] for p in api["/attack"]["parameters"]}
     assert params["steps"] == params["queries"] == params["context_n"] == "integer" and params["eps_255"] == "number"
+    hub_id, = (p for p in api["/load_model"]["parameters"] if p["parameter_name"] == "hub_id")
+    assert hub_id["parameter_has_default"] and hub_id["parameter_default"] == ""
 
 
 def test_sixteen_concurrent_clients_mixing_apgd_and_square_get_their_solo_results(app_url, tmp_path):
@@ -254,3 +256,21 @@ def test_an_image_removed_by_the_cache_clean_up_gets_a_message_without_the_serve
     with pytest.raises(gr.Error, match="no longer on the server") as failure:
         sys.modules["app"].predict(gone, MODEL, False, 8)
     assert str(tmp_path) not in str(failure.value)
+
+
+def test_the_hub_field_loads_a_checkpoint_from_the_hub_cache_at_a_pinned_revision(client, image, tmp_path,
+                                                                                   monkeypatch):
+    import hpm
+    from hub_cache import write_hub_cache
+    main, v1 = tmp_path / "main", tmp_path / "v1"
+    hpm.wrap("pyautoattack", head="hpm").save_pretrained(main)
+    hpm.wrap("pyautoattack", head="ncm").save_pretrained(v1)
+    write_hub_cache(tmp_path / "hub", "someone/hpm-app-demo", {"1" * 40: v1, "2" * 40: main},
+                    {"main": "2" * 40, "v1": "1" * 40})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # the app runs in-process
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    for hub_id, head in [("someone/hpm-app-demo", "hpm"), ("someone/hpm-app-demo@v1", "ncm")]:
+        loaded, card, *_ = client.predict("cifar10-resnet18-hpm-clean", hub_id, api_name="/load_model")
+        assert loaded == hub_id and f"**head:** `{head}`" in card
+        fc, deployed, note = client.predict(image, hub_id, False, 8, api_name="/predict")
+        assert len(deployed["confidences"]) == 5 and "alone" in note

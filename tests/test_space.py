@@ -1,0 +1,29 @@
+"""The repository is a Hugging Face Space: README's front matter and requirements.txt are what the Space needs."""
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def front_matter() -> dict:
+    text = (REPO / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_the_front_matter_names_the_gradio_sdk_version_the_app_is_pinned_to_and_an_existing_app_file():
+    meta = front_matter()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert meta["sdk"] == "gradio" and f"gradio=={meta['sdk_version']}" in project["optional-dependencies"]["app"]
+    assert (REPO / meta["app_file"]).is_file() and meta["app_file"] == "app.py"
+    major, minor = map(int, str(meta["python_version"]).split("."))
+    assert (major, minor) >= (3, 10)  # pyproject: requires-python >= 3.10
+    assert {"title", "emoji", "colorFrom", "colorTo", "pinned", "license"} <= set(meta)
+
+
+def test_requirements_are_the_packages_dependencies_since_the_space_imports_hpm_from_its_root():
+    lines = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert (REPO / "hpm" / "__init__.py").is_file()
