@@ -29,6 +29,8 @@ CHECKPOINTS = {name: f"checkpoints/{name}" for name in demo.list_checkpoints(os.
 DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),
                                 next(iter(CHECKPOINTS.values()), None))
 DATA = os.environ.get("HPM_DATA_DIR")
+GALLERY_SIZE = 24  # test samples offered in the gallery
+CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
 # HPM on the project's robust (FGSM-RS) backbone, fine-tuned with the paper's full IKL recipe: the best HPM
 # checkpoint shipped for a robust comparison (its card holds the protocol's numbers per batch size and order)
 ROBUST_HPM = "cifar10-resnet20w32-fgsmrs-hpm-full"
@@ -78,9 +80,35 @@ def _model(model_id: str):
     return demo.load_cached(_source(model_id), DEVICE)
 
 
+def _dataset(model) -> str:
+    return model.dataset or "cifar10"
+
+
+@functools.lru_cache(maxsize=8)
+def _missing_samples(dataset: str) -> str:
+    """Empty when this server has test images of ``dataset`` (a local data root, or a download when online);
+    otherwise what that means, written for a web visitor."""
+    try:
+        demo.gallery_samples(dataset, GALLERY_SIZE, DATA)
+    except HPMError:
+        return (f"This server has no {dataset} test images, so the sample gallery and the context batch are off: "
+                "upload an image of your own to classify and attack it.")
+    return ""
+
+
+def _context_controls(model) -> tuple[dict, dict]:
+    """The context checkbox and size: shown and on for a batch-dependent head when test images exist."""
+    shown = model.head.batch_dependent and not _missing_samples(_dataset(model))
+    return dict(value=shown, visible=shown), dict(visible=shown)
+
+
 def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
     if not use_context:
         return demo.no_context()
+    dataset = _dataset(_model(model_id))
+    if _missing_samples(dataset):
+        raise HPMError(f"a context batch needs {dataset} test images, which this server does not have: classify "
+                       "the image alone (untick the context box; API: use_context=false)")
     return demo.dataset_context(_source(model_id), int(n), DEVICE, DATA)
 
 
@@ -120,16 +148,17 @@ class Setting(gr.Slider):
 def load_model(choice: str, hub_id: str):
     """Load a shipped checkpoint or a Hub repo id; returns the model id, its card facts, the attacks that
     apply to its head, the deployed head's output panels (hidden when the deployed head is the FC layer, whose
-    panels are already shown) and the context controls (shown only for a batch-dependent head)."""
+    panels are already shown) and the context controls (shown only for a batch-dependent head, and only when the
+    server has test images to build the context from)."""
     model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
     model = _model(model_id)
     choices = demo.attack_choices(model)
     head, separate = model.head.label, "fc" not in model.head.deployed_modes
-    batch_dependent = model.head.batch_dependent
+    checkbox, size = _context_controls(model)
     return (model_id, demo.card_facts(model),
             gr.Radio(choices=choices, value=demo.default_attack(choices)),
             gr.Label(label=f"{head}, clean", visible=separate), gr.Label(label=f"{head}, adversarial", visible=separate),
-            gr.Checkbox(value=batch_dependent, visible=batch_dependent), gr.Slider(visible=batch_dependent))
+            gr.Checkbox(**checkbox), gr.Slider(**size))
 
 
 @_user_errors
@@ -141,14 +170,16 @@ def use_upload(path: str | None) -> tuple[np.ndarray, str]:
     return np.asarray(open_image(path)), path
 
 
-def gallery_items(model_id: str | None) -> tuple[list, str]:
-    try:
-        model = _model(model_id or DEFAULT_MODEL)
-        x, y, classes = demo.gallery_samples(model.dataset or "cifar10", 24, DATA)
-    except (HPMError, TypeError) as e:
-        return [], (f"Gallery unavailable: {e}. Set `HPM_DATA_DIR` to a local data root (e.g. `../shared/data`) "
-                    "or run online to download the test set; uploads still work.")
-    return [(tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], ""
+def gallery_items(model_id: str | None):
+    """The loaded model's test samples for the gallery, or, when the server has none, the gallery hidden and a
+    note saying so."""
+    if model_id is None:
+        return gr.Gallery(visible=False), "No model."
+    dataset = _dataset(_model(model_id))
+    if missing := _missing_samples(dataset):
+        return gr.Gallery(visible=False), missing
+    x, y, classes = demo.gallery_samples(dataset, GALLERY_SIZE, DATA)
+    return gr.Gallery([(tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], visible=True), ""
 
 
 def use_gallery(evt: gr.SelectData) -> tuple[str, str]:
@@ -222,7 +253,6 @@ deployed model. Each button here runs one of those attacks on your image.
 Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --help`).
 """
 
-CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
 
 with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_HOURS * 3600)) as app:
     gr.Markdown("# Hybrid Prototype Mixing — attack FC vs HPM live")
@@ -230,8 +260,7 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
         choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint",
                              info=f"FC vs HPM on a robust backbone: {ROBUST_HPM}" if ROBUST_HPM in CHECKPOINTS
                              else None)
-        hub_id = gr.Textbox("", label="…or a Hub repo id",
-                            placeholder="owner/name or owner/name@revision (needs network)")
+        hub_id = gr.Textbox("", label="…or a Hub repo id", placeholder="owner/name[@revision] (needs network)")
         load_btn = gr.Button("Load model")
         model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)
     card = gr.Markdown(demo.card_facts(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.")
@@ -255,8 +284,9 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
                 queries = Setting(minimum=1, maximum=demo.QUERIES_MAX, value=500, step=1, integer=True,
                                   label="Square queries",
                                   info="one forward pass each; AutoAttack's evaluations use 5000")
-                use_context = gr.Checkbox(value=True, label="Classify inside a context batch")
-                context_n = Setting(minimum=1, maximum=demo.CONTEXT_MAX, value=64, step=1, integer=True,
+                checkbox, size = _context_controls(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else ({}, {})
+                use_context = gr.Checkbox(label="Classify inside a context batch", **checkbox)
+                context_n = Setting(minimum=1, maximum=demo.CONTEXT_MAX, value=64, step=1, integer=True, **size,
                                     label="Context size N (test images)")
                 with gr.Row():
                     predict_btn = gr.Button("Classify")

@@ -192,8 +192,8 @@ def _torchvision_download(name: str, split: str) -> ImageTensorDataset:
     from . import network
 
     if name == "imagenet":
-        raise HPMError("ImageNet cannot be downloaded automatically; put its validation set under "
-                       "DATA/imagenet (torchvision.datasets.ImageNet layout) or samples under DATA/imagenet-samples")
+        raise HPMError("ImageNet is not downloaded automatically: put its validation set under DATA/imagenet "
+                       "(torchvision.datasets.ImageNet layout) or samples under DATA/imagenet-samples")
     host = _HOSTS[name]
     folder = cache_dir() / "torchvision"
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
@@ -201,8 +201,7 @@ def _torchvision_download(name: str, split: str) -> ImageTensorDataset:
         ds = cls(str(folder), train=(split == "train"), download=False)
     except RuntimeError:
         if not network.network_available(host):
-            raise OfflineError(f"{name} is not in {folder} and {host} is unreachable: pass --data DIR or set "
-                               f"${DATA_ENV} to a local data root (see hpm.data)") from None
+            raise OfflineError(f"{name} is not in {folder} and {host} is unreachable to download it") from None
         ds = cls(str(folder), train=(split == "train"), download=True)
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return ImageTensorDataset(x, torch.tensor(ds.targets), list(ds.classes), f"torchvision:{folder}")
@@ -237,7 +236,21 @@ def load_dataset(name: str = "cifar10", split: str = "test", data: str | os.Path
                                        torch.tensor(ds.targets), list(ds.classes), str(root / "cifar100"))
         if found is not None:
             return found
-    return _torchvision_download(name, split)
+    try:
+        return _torchvision_download(name, split)
+    except HPMError as e:
+        where = (f"{root} has no {name} {split} data (looked for {_expected(root, name, split)})" if root is not None
+                 else f"no local data root was given (--data DIR or ${DATA_ENV}; see hpm.data)")
+        raise type(e)(f"{where}; {e}") from None
+
+
+def _expected(root: Path, name: str, split: str) -> str:
+    """The files :func:`load_dataset` reads under a data root for ``name`` and ``split``."""
+    cifar10 = root / "cifar10"
+    return {"cifar10": (f"{cifar10 / 'test-first1000.npz'} or " if split == "test" else "")
+                       + str(cifar10 / "cifar10-jpeg.tar.gz"),
+            "cifar100": f"{root / 'cifar100'} (torchvision's CIFAR-100 layout)",
+            "imagenet": f"{root / 'imagenet-samples'}/*.jpg"}[name]
 
 
 @dataclass

@@ -9,12 +9,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import HPMError
+
 CPU = torch.device("cpu")  # where new networks, loaded weights and new tensors go when nothing says otherwise
 
 
 def best_available() -> torch.device:
     """The first CUDA device when there is one, else the CPU (what the CLI and the app pick by default)."""
     return torch.device("cuda") if torch.cuda.is_available() else CPU
+
+
+def require(device: torch.device) -> torch.device:
+    """``device`` when this machine has it; otherwise :class:`HPMError` saying what is missing."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise HPMError(f"device {device}: PyTorch sees no CUDA GPU on this machine (torch {torch.__version__}, "
+                           f"{build}); use the CPU (--device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HPMError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                           f"numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise HPMError(f"device {device}: Apple's MPS backend is not available here; use the CPU (--device cpu)")
+    return device
 
 
 def device_of(module: nn.Module) -> torch.device:

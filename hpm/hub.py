@@ -44,9 +44,17 @@ def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = No
     text = str(path_or_repo_id)
     if path.exists():
         raise CheckpointError(f"{text} is a file; a checkpoint is a directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    parent = path.parent
+    if parent != Path(".") and parent.is_dir():  # ``checkpoints/typo``: its folder exists, so it is a path
+        raise CheckpointError(f"{text}: no such checkpoint directory; checkpoints in {parent}: "
+                              f"{', '.join(_checkpoints_in(parent)) or 'none'}")
     if not is_repo_id(split_revision(text)[0]):
         raise CheckpointError(f"{text}: no such checkpoint directory (and not a Hub repo id of the form owner/name)")
     return download_checkpoint(text, revision=revision, token=token)
+
+
+def _checkpoints_in(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if (d / CONFIG_NAME).is_file())
 
 
 def download_checkpoint(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:

@@ -86,3 +86,30 @@ def test_analyze_rejects_bad_dims(tiny_data_root, tmp_path, capsys):
     assert main(["analyze", "pyautoattack", "--data", str(tiny_data_root), "--out", str(tmp_path), "--dims",
                  "1,8"]) == 2
     assert "--dims must all be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_asking_for_a_gpu_the_machine_lacks_gets_one_line(tiny_data_root, tmp_path, capsys):
+    assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "2", "--device", "cuda",
+                 "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "device cuda: PyTorch sees no CUDA GPU on this machine" in err and "--device cpu" in err
+
+
+def test_a_data_root_without_the_dataset_names_the_files_it_looked_for(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HPM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("hpm.network.network_available", lambda host, timeout=3.0: False)
+    assert main(["eval", "pyautoattack", "--data", str(tmp_path), "--n", "2", "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (f"{tmp_path} has no cifar10 test data (looked for {tmp_path}/cifar10/test-first1000.npz or "
+            f"{tmp_path}/cifar10/cifar10-jpeg.tar.gz)") in err and "--data DIR" not in err
+
+
+def test_the_quickstart_example_reports_a_bad_data_root_in_one_line(tmp_path):
+    from conftest import REPO
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "quickstart.py"), "--data",
+                             str(tmp_path / "missing")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"quickstart: error: data root {tmp_path / 'missing'} (from --data) is not a directory"

@@ -206,3 +206,12 @@ def test_a_revision_missing_from_the_cache_fails_fast_naming_it(tmp_path, monkey
         hpm.load("someone/hpm-demo@v2")
     with pytest.raises(CheckpointError, match="pins revision 'v1' but revision='main'"):
         hpm.load("someone/hpm-demo@v1", revision="main")
+
+
+def test_a_mistyped_path_whose_folder_exists_is_a_path_and_the_message_lists_the_checkpoints_there(tmp_path,
+                                                                                                   monkeypatch):
+    hpm.wrap("pyautoattack", head="ncm").save_pretrained(tmp_path / "checkpoints" / "real-one")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoints/typo: no such checkpoint directory; checkpoints in "
+                                              "checkpoints: real-one$"):
+        hpm.load("checkpoints/typo")

@@ -48,14 +48,15 @@ def resolve_device(name: str | None):
     """``--device`` as a ``torch.device``; default CUDA when available."""
     import torch
 
-    from ..devices import best_available
+    from ..devices import best_available, require
 
     if name is None:
         return best_available()
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise HPMError(f"--device: unknown device {name!r}") from None
+    return require(device)
 
 
 def dataset_of(args: argparse.Namespace, model=None) -> str:

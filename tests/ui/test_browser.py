@@ -92,3 +92,55 @@ def test_sensitivity_tab_draws_the_isotropic_cdfs(page):
     page.get_by_text("Isotropic features: P(S_c >= sup S_d) (Eq. 11)").wait_for(timeout=30_000)
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() == 6
     page.screenshot(path=str(ARTIFACTS / "sensitivity.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def app_without_data(tmp_path_factory):
+    """``python app.py`` as a newcomer starts it: no HPM_DATA_DIR and no cached test set (the Hub and the dataset
+    hosts are unreachable here, as on an offline machine)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from .conftest import REPO, _free_port
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HPM_DATA_DIR"}
+    env.update(HPM_CACHE_DIR=str(tmp_path_factory.mktemp("empty-cache")), GRADIO_SERVER_PORT=str(port),
+               GRADIO_SERVER_NAME="127.0.0.1")
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"app.py exited: {server.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_without_a_data_directory_an_upload_is_classified_and_attacked_with_the_default_settings(
+        browser, app_without_data, tmp_path):
+    from PIL import Image
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(app_without_data)
+    page.get_by_text("This server has no cifar10 test images").wait_for(timeout=60_000)
+    assert not page.get_by_text("Classify inside a context batch").is_visible()
+    assert not page.locator("#gallery").is_visible()
+    path = tmp_path / "green.png"
+    Image.new("RGB", (40, 40), (30, 180, 60)).save(path)
+    upload(page, path)
+    page.locator("#current-image img").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Classify").click()
+    page.locator("#attack-summary").get_by_text("alone (batch of 1)").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Run attack").click()
+    page.locator("#attack-summary").get_by_text("deployed HPM fooled").wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "no-data.png"), full_page=True)
+    page.context.close()
