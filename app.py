@@ -263,12 +263,12 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
         hub_id = gr.Textbox("", label="…or a Hub repo id", placeholder="owner/name[@revision] (needs network)")
         load_btn = gr.Button("Load model")
         model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)
-    card = gr.Markdown(demo.card_facts(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.")
+    card = gr.Markdown(demo.card_facts(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.", label="Model card")
     with gr.Tab("Attack"):
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
-                gallery_note = gr.Markdown()
+                gallery_note = gr.Markdown(label="Gallery note")
                 gallery = gr.Gallery(label="…or pick a test sample", columns=6, height=260, allow_preview=False,
                                      elem_id="gallery", format="png")
                 preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
@@ -291,7 +291,7 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
                 with gr.Row():
                     predict_btn = gr.Button("Classify")
                     attack_btn = gr.Button("Run attack", variant="primary")
-        summary = gr.Markdown(elem_id="attack-summary")
+        summary = gr.Markdown(elem_id="attack-summary", label="Result")
         with gr.Row():
             fc_clean = gr.Label(num_top_classes=5, label="FC, clean")
             hpm_clean = gr.Label(num_top_classes=5, label="HPM, clean")

@@ -113,3 +113,19 @@ def test_the_quickstart_example_reports_a_bad_data_root_in_one_line(tmp_path):
                              str(tmp_path / "missing")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"quickstart: error: data root {tmp_path / 'missing'} (from --data) is not a directory"
+
+
+def test_help_version_and_argument_errors_never_import_torch():
+    """They answer in a fraction of a second (benchmarks/bench_cli.py times them) because nothing imports torch."""
+    code = ("import sys\nfrom hpm.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['eval', '--help'], ['eval', 'x', '--eps', 'abc']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "import hpm\nprint('torch' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stderr.strip().splitlines()[-1] == "False"
+
+
+def test_the_head_choices_of_the_command_line_are_the_library_heads():
+    from hpm.cli.common import HEAD_TYPES
+    from hpm.heads import HEADS
+    assert HEAD_TYPES == tuple(HEADS)

@@ -5,8 +5,8 @@ import argparse
 from dataclasses import asdict
 
 from ..errors import HPMError
-from ..heads import HEADS
 from .common import (
+    HEAD_TYPES,
     add_data_args,
     add_device_arg,
     add_model_arg,
@@ -31,7 +31,7 @@ def _add_train(sub) -> None:
                                    "checkpoint directory) with a head, fine-tune FC + head on the frozen backbone, "
                                    "report clean test accuracy and save a checkpoint.")
     add_model_arg(t)
-    t.add_argument("--head", default="hpm", choices=list(HEADS), help="head type (default hpm)")
+    t.add_argument("--head", default="hpm", choices=HEAD_TYPES, help="head type (default hpm)")
     t.add_argument("--mode", default="clean", choices=["clean", "adversarial", "fit"],
                    help="clean: cached features, seconds; adversarial: IKL + PGD (paper recipe); fit: prototypes "
                         "= class means of the training features, nothing trained (e.g. an l2 NCM head)")

@@ -214,12 +214,14 @@ def test_nan_which_gradio_client_cannot_send_but_raw_json_can_gets_the_same_mess
         sys.modules["app"].eps.preprocess(float("nan"))
 
 
-def test_integer_settings_are_typed_as_integers_and_the_hub_id_is_optional_for_api_clients(client):
+def test_api_clients_see_integer_types_an_optional_hub_id_and_a_name_for_every_output(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     params = {p["parameter_name"]: p["type"]["type"] for p in api["/attack"]["parameters"]}
     assert params["steps"] == params["queries"] == params["context_n"] == "integer" and params["eps_255"] == "number"
     hub_id, = (p for p in api["/load_model"]["parameters"] if p["parameter_name"] == "hub_id")
     assert hub_id["parameter_has_default"] and hub_id["parameter_default"] == ""
+    for endpoint in api.values():  # every output has a name (Gradio calls unnamed ones value_N)
+        assert all(r["label"] and not r["label"].startswith("value_") for r in endpoint["returns"])
 
 
 def test_sixteen_concurrent_clients_mixing_apgd_and_square_get_their_solo_results(app_url, tmp_path):
