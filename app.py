@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -14,6 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from hpm import interactive as demo  # noqa: E402
 from hpm.devices import best_available  # noqa: E402
@@ -78,6 +80,18 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str:
 def _model(model_id: str):
     """The model of a model field, loaded once."""
     return demo.load_cached(_source(model_id), DEVICE)
+
+
+def _png(image: np.ndarray, name: str) -> str:
+    """``image`` as a PNG file of its own, for an image output. Gradio writes arrays of equal content to one shared
+    cache file, in place, so two requests returning the same image at once could serve it half-written; a file
+    returned by path is copied into the cache atomically. The folder lies in Gradio's cache, which
+    ``delete_cache`` cleans."""
+    os.makedirs(gr.utils.get_upload_folder(), exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="hpm-", dir=gr.utils.get_upload_folder())
+    path = os.path.join(folder, name)
+    Image.fromarray(image).save(path, format="PNG")
+    return path
 
 
 def _dataset(model) -> str:
@@ -146,8 +160,8 @@ class Setting(gr.Slider):
 
 @_user_errors
 def load_model(choice: str, hub_id: str):
-    """Load a shipped checkpoint or a Hub repo id; returns the model id, its card facts, the attacks that
-    apply to its head, the deployed head's output panels (hidden when the deployed head is the FC layer, whose
+    """Load a shipped checkpoint or a Hub repo id; returns the model id, its card (summary and all metrics), the
+    radius it was trained for, the attacks that apply to its head, the deployed head's output panels (hidden when the deployed head is the FC layer, whose
     panels are already shown) and the context controls (shown only for a batch-dependent head, and only when the
     server has test images to build the context from)."""
     model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
@@ -155,19 +169,19 @@ def load_model(choice: str, hub_id: str):
     choices = demo.attack_choices(model)
     head, separate = model.head.label, "fc" not in model.head.deployed_modes
     checkbox, size = _context_controls(model)
-    return (model_id, demo.card_facts(model),
+    return (model_id, demo.card_summary(model), demo.card_metrics(model), round(demo.default_eps(model) * 255, 2),
             gr.Radio(choices=choices, value=demo.default_attack(choices)),
             gr.Label(label=f"{head}, clean", visible=separate), gr.Label(label=f"{head}, adversarial", visible=separate),
             gr.Checkbox(**checkbox), gr.Slider(**size))
 
 
 @_user_errors
-def use_upload(path: str | None) -> tuple[np.ndarray, str]:
+def use_upload(path: str | None) -> tuple[str, str]:
     """Make an uploaded file the current image (any format PIL reads; bad files get a message): the decoded
     pixels to show, and the file itself, which Classify and Run attack decode again by the same path."""
     if path is None:
         raise HPMError("no file received")
-    return np.asarray(open_image(path)), path
+    return _png(np.asarray(open_image(path)), "current.png"), path
 
 
 def gallery_items(model_id: str | None):
@@ -221,7 +235,8 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
                f"Surrogate fooled: **{verdict[result.surrogate_fooled]}** · deployed {model.head.label} fooled: "
                f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
                f"**{verdict[result.transferred]}**")
-    return (tensor_to_image(result.x_adv), amplified, heat, result.clean["fc"], result.clean["deployed"],
+    return (_png(tensor_to_image(result.x_adv), "adversarial.png"), _png(amplified, "perturbation.png"), heat,
+            result.clean["fc"], result.clean["deployed"],
             result.adversarial["fc"], result.adversarial["deployed"], summary)
 
 
@@ -235,6 +250,17 @@ def angle_plots(model_id: str):
 def isotropic_plot(dims: list[str]):
     return isotropic_cdf_figure([int(d) for d in dims] or [512])
 
+
+INTRO = """
+**What this does:** attacks an image with AutoAttack's own APGD or Square and shows how a model's FC head and its
+HPM head (the paper's l2 re-classifier) classify it before and after. **Try this first:** (1) click a test sample
+in the gallery (or upload an image); (2) press **Run attack** with the defaults; (3) compare the four panels, then
+load the robust comparison checkpoint from the menu and attack the same image again.
+"""
+ATTACK_INFO = ("what the white-box APGD attack follows: fc = the FC head (an oracle of HPM's prediction) · "
+               "soft = HPM made differentiable · ensemble = both at once (the paper's Mixed Surrogate Attack) · "
+               "bpda = straight through HPM's own hard choice · deployed = the model itself · "
+               "square = black box, scores only")
 
 ABOUT = """
 **Sensitivity as a Double-Edged Sword.** A fully connected (FC) classifier's logits are very sensitive to
@@ -263,7 +289,11 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
         hub_id = gr.Textbox("", label="…or a Hub repo id", placeholder="owner/name[@revision] (needs network)")
         load_btn = gr.Button("Load model")
         model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)
-    card = gr.Markdown(demo.card_facts(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.", label="Model card")
+    gr.Markdown(INTRO)
+    card = gr.Markdown(demo.card_summary(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.", label="Model card")
+    with gr.Accordion("Everything this checkpoint's card records", open=False):
+        metrics = gr.Markdown(demo.card_metrics(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "",
+                              label="Measured metrics")
     with gr.Tab("Attack"):
         with gr.Row():
             with gr.Column(scale=1):
@@ -278,8 +308,10 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
             with gr.Column(scale=1):
                 first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
                 attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
-                                       info="APGD-CE on a surrogate or the model; square: black box")
-                eps = Setting(minimum=0, maximum=16, value=8, step=0.25, label="ε (×1/255, ℓ∞)")
+                                       info=ATTACK_INFO)
+                eps = Setting(minimum=0, maximum=16, step=0.25, label="ε (×1/255, ℓ∞)",
+                              value=round(demo.default_eps(_model(DEFAULT_MODEL)) * 255, 2) if DEFAULT_MODEL else 8,
+                              info="how far each pixel may move, in 8-bit levels")
                 steps = Setting(minimum=1, maximum=demo.STEPS_MAX, value=20, step=1, integer=True, label="APGD steps")
                 queries = Setting(minimum=1, maximum=demo.QUERIES_MAX, value=500, step=1, integer=True,
                                   label="Square queries",
@@ -314,9 +346,9 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
     with gr.Tab("About"):
         gr.Markdown(ABOUT)
 
-    load_btn.click(load_model, [choice, hub_id], [model_id, card, attack_name, hpm_clean, hpm_adv, use_context,
-                                                  context_n],
-                   api_name="load_model")
+    load_btn.click(load_model, [choice, hub_id], [model_id, card, metrics, eps, attack_name, hpm_clean, hpm_adv,
+                                                  use_context, context_n],
+                   api_name="load_model").then(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
     upload.upload(use_upload, upload, [preview, image_file], api_visibility="private")
     gallery.select(use_gallery, None, [preview, image_file], api_visibility="private")
     predict_btn.click(predict, [image_file, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],

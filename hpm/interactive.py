@@ -212,18 +212,66 @@ def list_checkpoints(root: str | Path = "checkpoints") -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()} if root.is_dir() else {}
 
 
-def card_facts(model: HPMClassifier) -> str:
-    """A short Markdown summary of a loaded checkpoint: backbone, head, data and measured metrics."""
+def _threat_eps(model: HPMClassifier) -> float | None:
+    cfg = getattr(model, "checkpoint_config", None)
+    threat = cfg.threat_model if cfg is not None else None
+    return float(threat["eps"]) if threat and threat.get("eps") is not None else None
+
+
+def default_eps(model: HPMClassifier) -> float:
+    """The radius the demo starts at: the one the checkpoint was trained for, else the usual one of its dataset
+    (ImageNet 4/255, CIFAR 8/255)."""
+    return _threat_eps(model) or (4 / 255 if model.dataset == "imagenet" else 8 / 255)
+
+
+def _key_robust_metric(metrics: dict, eps: float | None) -> dict | None:
+    """The robust accuracy to lead with: at the trained radius (else the largest measured one), the lowest
+    recorded there (the most conservative; on more images when tied)."""
+    robust = [m for name, m in metrics.items() if name.startswith("robust_accuracy") and isinstance(m, dict)
+              and m.get("eps") is not None]
+    if not robust:
+        return None
+    radius = eps if eps is not None and any(abs(m["eps"] - eps) < 1e-9 for m in robust) else max(m["eps"] for m in robust)
+    at_radius = [m for m in robust if abs(m["eps"] - radius) < 1e-9]
+    return min(at_radius, key=lambda m: (m["value"], -(m.get("n") or 0)))
+
+
+def card_summary(model: HPMClassifier) -> str:
+    """A loaded checkpoint in three lines of Markdown: what it is, what it knows, and its key measured numbers
+    (clean accuracy, and the lowest recorded robust accuracy with its attacks, radius, images and batch size)."""
+    from .units import eps_text
+
+    spec, (_, h, w) = model.backbone_spec, model.input_size
+    eps = _threat_eps(model)
+    trained = (f"adversarially trained for ℓ∞ ε = {eps_text(eps)}" if eps is not None
+               else "**not adversarially trained**: expect a tiny ε to fool it")
+    lines = [f"**Backbone:** `{spec.source}:{spec.name}` · **head:** {model.head.label} · {trained}",
+             f"Knows the {model.num_classes} {model.dataset} classes; every image is resized (short side) and "
+             f"centre-cropped to {h}×{w} and put in one of them."]
+    cfg = getattr(model, "checkpoint_config", None)
+    metrics = cfg.metrics if cfg is not None else {}
+    numbers = []
+    if isinstance(metrics.get("clean_accuracy"), dict):
+        clean = metrics["clean_accuracy"]
+        numbers.append(f"clean {100 * clean['value']:.1f}% (n {clean.get('n')}, batch {clean.get('batch_size')})")
+    if (robust := _key_robust_metric(metrics, eps)) is not None:
+        numbers.append(f"robust {100 * robust['value']:.1f}% at ε = {eps_text(robust['eps'])} (n {robust.get('n')}, "
+                       f"batch {robust.get('batch_size')}; {_attacks_of(robust.get('protocol', ''))})")
+    lines.append("**Measured:** " + (" · ".join(numbers) if numbers else "nothing recorded yet"))
+    return "\n\n".join(lines)
+
+
+def _attacks_of(protocol: str) -> str:
+    """``"Linf eps 8/255: apgd-ce/fc, square (APGD 40 iterations ...)"`` -> ``"apgd-ce/fc, square"``."""
+    return protocol.split(": ", 1)[-1].split(" (", 1)[0]
+
+
+def card_metrics(model: HPMClassifier) -> str:
+    """Every metric the checkpoint's card records, as a Markdown table."""
     from .model_card import metrics_table
 
     cfg = getattr(model, "checkpoint_config", None)
-    spec = model.backbone_spec
-    lines = [f"**Backbone:** `{spec.source}:{spec.name}` · **head:** `{model.head_type}` · "
-             f"**dataset:** {model.dataset} · **input:** {model.input_size[1]}×{model.input_size[2]}, "
-             "resized (short side) and centre-cropped"]
-    if cfg is not None:
-        lines.append(metrics_table(cfg.metrics, protocol=False))
-    return "\n\n".join(lines)
+    return metrics_table(cfg.metrics if cfg is not None else {}, protocol=False)
 
 
 @lru_cache(maxsize=8)

@@ -26,3 +26,21 @@ def write_hub_cache(cache: Path, repo_id: str, commits: dict[str, Path], refs: d
     (repo / "refs").mkdir(exist_ok=True)
     for name, commit in refs.items():
         (repo / "refs" / name).write_text(commit)
+
+
+def write_tiny_imagenet_checkpoint(path: Path) -> Path:
+    """An ImageNet-shaped checkpoint written from scratch: 224x224 inputs, the 1000 ImageNet classes, a random-init
+    CIFAR ResNet-8 (width 4) with its FC head, so the whole ImageNet path runs offline in seconds."""
+    from hpm.data import dataset_classes
+    from hpm.heads import create_head
+    from hpm.model import HPMClassifier
+    from hpm.sources import BackboneSpec
+    from hpm.sources.zoo import build, split
+
+    options = {"depth": 8, "width": 4, "num_classes": 1000, "classifier": "fc"}
+    features, fc = split(build("cifar_resnet", options))
+    model = HPMClassifier(features, fc, create_head("fc", fc.in_features, 1000),
+                          backbone_spec=BackboneSpec("hpm", "cifar_resnet", options), input_size=(3, 224, 224),
+                          classes=dataset_classes("imagenet"), dataset="imagenet")
+    model.eval().save_pretrained(path)
+    return path

@@ -177,8 +177,22 @@ def test_shipped_checkpoints_are_listed_with_their_facts():
     from conftest import REPO
     found = demo.list_checkpoints(REPO / "checkpoints")
     assert "cifar10-resnet18-hpm-clean" in found
-    facts = demo.card_facts(hpm.load(found["cifar10-resnet18-hpm-clean"]))
-    assert "pyautoattack:resnet18" in facts and "| clean_accuracy |" in facts
+    model = hpm.load(found["cifar10-resnet18-hpm-clean"])
+    summary = demo.card_summary(model)
+    assert "pyautoattack:resnet18" in summary and "**not adversarially trained**" in summary
+    assert "Measured:** clean 93.6% (n 1000, batch 256)" in summary
+    assert "| clean_accuracy |" in demo.card_metrics(model)
+
+
+def test_the_card_summary_leads_with_the_lowest_robust_accuracy_at_the_trained_radius_and_its_batch_size():
+    from conftest import REPO
+    model = hpm.load(REPO / "checkpoints" / "cifar10-resnet20w32-fgsmrs-hpm-full")
+    summary = demo.card_summary(model)
+    lowest = min(m["value"] for name, m in model.checkpoint_config.metrics.items()
+                 if name.startswith("robust_accuracy") and abs(m["eps"] - 8 / 255) < 1e-9)
+    assert "adversarially trained for ℓ∞ ε = 8/255" in summary
+    assert f"robust {100 * lowest:.1f}% at ε = 8/255 (n " in summary and "batch " in summary
+    assert demo.default_eps(model) == pytest.approx(8 / 255)
 
 
 def test_small_images_are_enlarged_for_display_without_blurring():

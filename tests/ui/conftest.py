@@ -60,3 +60,14 @@ def page(browser, app_url):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield page
     context.close()
+
+
+@pytest.fixture
+def imagenet_hub_id(tmp_path, monkeypatch):
+    """An ImageNet-shaped checkpoint served from a Hub cache (the app takes Hub ids and shipped names only)."""
+    from hub_cache import write_hub_cache, write_tiny_imagenet_checkpoint
+    write_hub_cache(tmp_path / "hub", "someone/tiny-imagenet", {"3" * 40: write_tiny_imagenet_checkpoint(
+        tmp_path / "ckpt")}, {"main": "3" * 40})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    return "someone/tiny-imagenet"

@@ -271,8 +271,33 @@ def test_the_hub_field_loads_a_checkpoint_from_the_hub_cache_at_a_pinned_revisio
                     {"main": "2" * 40, "v1": "1" * 40})
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # the app runs in-process
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    for hub_id, head in [("someone/hpm-app-demo", "hpm"), ("someone/hpm-app-demo@v1", "ncm")]:
+    for hub_id, head in [("someone/hpm-app-demo", "HPM"), ("someone/hpm-app-demo@v1", "l2 (NCM)")]:
         loaded, card, *_ = client.predict("cifar10-resnet18-hpm-clean", hub_id, api_name="/load_model")
-        assert loaded == hub_id and f"**head:** `{head}`" in card
+        assert loaded == hub_id and f"**head:** {head}" in card
         fc, deployed, note = client.predict(image, hub_id, False, 8, api_name="/predict")
         assert len(deployed["confidences"]) == 5 and "alone" in note
+
+
+def test_an_imagenet_checkpoint_classifies_and_attacks_an_imagenet_photo(client, imagenet_hub_id, tmp_path):
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    from conftest import REPO
+    from hpm.data import dataset_classes
+    samples = sorted((REPO.parent / "shared" / "data" / "imagenet-samples").glob("*.jpg"))
+    photo = samples[0] if samples else tmp_path / "photo.jpg"
+    if not samples:
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo)
+    loaded, card, metrics, eps, *_ = client.predict("cifar10-resnet18-hpm-clean", imagenet_hub_id,
+                                                    api_name="/load_model")
+    assert "Knows the 1000 imagenet classes" in card and "224×224" in card and "not adversarially trained" in card
+    assert eps == 4  # ImageNet's usual radius, as the model records none
+    names = set(dataset_classes("imagenet"))
+    fc, deployed, _ = client.predict(handle_file(str(photo)), imagenet_hub_id, False, 8, api_name="/predict")
+    assert len(fc["confidences"]) == 5 and {c["label"] for c in fc["confidences"]} <= names
+    adv, *_, summary = client.predict(handle_file(str(photo)), imagenet_hub_id, "deployed", 4, 2, 10, False, 8,
+                                      api_name="/attack")
+    with Image.open(adv) as image:
+        assert image.size == (224, 224)
+    assert "ε = 4/255" in summary

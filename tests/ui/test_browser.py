@@ -144,3 +144,20 @@ def test_without_a_data_directory_an_upload_is_classified_and_attacked_with_the_
     page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "no-data.png"), full_page=True)
     page.context.close()
+
+
+def test_an_imagenet_model_from_the_hub_field_gets_its_own_gallery_and_radius(page, imagenet_hub_id):
+    page.get_by_label("…or a Hub repo id").fill(imagenet_hub_id)
+    page.get_by_role("button", name="Load model").click()
+    page.get_by_text("Knows the 1000 imagenet classes").wait_for(timeout=60_000)
+    assert page.get_by_label("ε (×1/255, ℓ∞)").first.input_value() == "4"
+    thumbs = page.locator("#gallery .thumbnail-item")
+    if thumbs.count() == 0 and page.get_by_text("This server has no imagenet test images").is_visible():
+        pytest.skip("no local ImageNet samples: gallery hidden (message shown)")
+    thumbs.first.wait_for(timeout=60_000)
+    thumbs.first.click()
+    page.locator("#current-image img").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Run attack").click()
+    page.locator("#attack-summary").get_by_text("ε = 4/255").wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "imagenet.png"), full_page=True)
