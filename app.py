@@ -216,7 +216,7 @@ def predict(image: str | None, model_id: str, use_context: bool, context_n: int)
 def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, steps: int, queries: int,
            use_context: bool, context_n: int, progress=gr.Progress()):
     """Run one attack and show clean vs adversarial predictions of both heads (Square spends ``queries``, the
-    white-box attacks ``steps``)."""
+    white-box attacks ``steps``), the adversarial image beside the clean model input, at the same size."""
     model = _model(model_id)
     context = _context(model_id, use_context, context_n)
     progress(0, desc=demo.attack_description(model, attack_name))
@@ -237,13 +237,27 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
                f"**{verdict[result.transferred]}**")
     return (_png(tensor_to_image(result.x_adv), "adversarial.png"), _png(amplified, "perturbation.png"), heat,
             result.clean["fc"], result.clean["deployed"],
-            result.adversarial["fc"], result.adversarial["deployed"], summary)
+            result.adversarial["fc"], result.adversarial["deployed"], summary,
+            _png(tensor_to_image(result.x), "clean-input.png"))
+
+
+_ANGLE_REPORTS: dict[str, object] = {}  # model id -> its Fig. 3 statistics, measured once (the last few models)
 
 
 @_user_errors
-def angle_plots(model_id: str):
-    """Fig. 3 for the loaded model: angles of test features to its FC vectors and its l2 prototypes."""
-    report = demo.angle_report(_model(model_id), DATA)
+def angle_plots(model_id: str, progress=gr.Progress()):
+    """Fig. 3 for the loaded model: angles of test features to its FC vectors and its l2 prototypes (measured on
+    the first click for a model, then kept)."""
+    report = _ANGLE_REPORTS.get(model_id)
+    if report is None:
+        model = _model(model_id)
+        if missing := _missing_samples(_dataset(model)):
+            raise HPMError(f"Fig. 3 is measured on test images. {missing}")
+        report = demo.angle_report(model, DATA, on_step=lambda done, total: progress(
+            done / total, desc=f"features of {done}/{total} test images"))
+        _ANGLE_REPORTS[model_id] = report
+        while len(_ANGLE_REPORTS) > 4:
+            _ANGLE_REPORTS.pop(next(iter(_ANGLE_REPORTS)))
     return angle_histogram_figure(report), cdf_comparison_figure(report)
 
 
@@ -261,6 +275,16 @@ ATTACK_INFO = ("what the white-box APGD attack follows: fc = the FC head (an ora
                "soft = HPM made differentiable · ensemble = both at once (the paper's Mixed Surrogate Attack) · "
                "bpda = straight through HPM's own hard choice · deployed = the model itself · "
                "square = black box, scores only")
+
+SENSITIVITY = """
+**P(S_c ≥ sup S_d)** is the probability that a random feature perturbation moves the FC score of a class
+(its relative sensitivity S_c, Eq. 3) at least as much as it can possibly move the l2 distance to a prototype
+(sup S_d, Eq. 5): how much more sensitive, and so more discriminative and more vulnerable, the FC head is than
+an l2 head. It holds whenever |cos θ_c| / |sin θ_d| ≤ |cos γ| (Eq. 8), γ being the angle between the
+perturbation and the class vector. **Fig. 2** gives its probability for features spread evenly in d dimensions
+(Eq. 11); **Fig. 3** measures the angles θ_c (to the FC vectors) and θ_d (to the prototypes) on the loaded
+model's test features and compares the modelled probability (Eq. 13) with the measured one.
+"""
 
 ABOUT = """
 **Sensitivity as a Double-Edged Sword.** A fully connected (FC) classifier's logits are very sensitive to
@@ -330,12 +354,15 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
             fc_adv = gr.Label(num_top_classes=5, label="FC, adversarial")
             hpm_adv = gr.Label(num_top_classes=5, label="HPM, adversarial")
         with gr.Row():
+            clean_input = gr.Image(label="Clean model input (what the model sees)", interactive=False, height=200,
+                                   format="png", elem_classes="pixels")
             adv_image = gr.Image(label="Adversarial image (as judged, lossless)",
                                  interactive=False, height=200, format="png", elem_classes="pixels")
             pert_image = gr.Image(label="Perturbation (amplified)", interactive=False, height=200, format="png",
                                   elem_classes="pixels")
             heatmap = gr.Plot(label="Perturbation heatmap")
     with gr.Tab("Sensitivity"):
+        gr.Markdown(SENSITIVITY)
         dims = gr.CheckboxGroup(["2", "8", "32", "128", "512", "2048", "8192"], value=["2", "8", "32", "128", "512",
                                 "2048"], label="Feature dimensions d")
         iso = gr.Plot(value=isotropic_plot(["2", "8", "32", "128", "512", "2048"]), label="Fig. 2")
@@ -354,7 +381,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
     predict_btn.click(predict, [image_file, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],
                       api_name="predict")
     attack_btn.click(attack, [image_file, model_id, attack_name, eps, steps, queries, use_context, context_n],
-                     [adv_image, pert_image, heatmap, fc_clean, hpm_clean, fc_adv, hpm_adv, summary], api_name="attack")
+                     [adv_image, pert_image, heatmap, fc_clean, hpm_clean, fc_adv, hpm_adv, summary, clean_input],
+                     api_name="attack", show_progress_on=summary)  # earlier results stay visible meanwhile
     dims.change(isotropic_plot, dims, iso, api_name="isotropic_cdf")
     angles_btn.click(angle_plots, model_id, [hist, cdf], api_name="angle_statistics")
     app.load(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")

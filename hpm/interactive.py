@@ -308,13 +308,19 @@ def dataset_context(model_id: str, n: int, device: str | None = None, data: str 
 
 
 @torch.no_grad()
-def angle_report(model: HPMClassifier, data: str | None = None, n: int = 1000):
-    """Fig. 3 statistics of a loaded model on its first ``n`` test images, l2 prototypes = its head's."""
+def angle_report(model: HPMClassifier, data: str | None = None, n: int = 1000,
+                 on_step: Callable[[int, int], None] | None = None):
+    """Fig. 3 statistics of a loaded model on its first ``n`` test images, l2 prototypes = its head's.
+
+    ``on_step(done, total)`` reports progress in images whose features are computed (the slow part)."""
     from .sensitivity import angle_statistics
 
     if not model.head.has_prototypes:
         raise HPMError(f"the {model.head_type} head has no l2 prototypes to compare with")
     x, y, _ = gallery_samples(model.dataset or "cifar10", n, data)
-    device = device_of(model)
-    z = torch.cat([model.forward_features(chunk.to(device)).cpu() for chunk in x.split(200)])
-    return angle_statistics(z, y, model.fc.weight.detach().cpu(), model.head.prototypes.detach().cpu())
+    device, parts = device_of(model), []
+    for chunk in x.split(100):
+        parts.append(model.forward_features(chunk.to(device)).cpu())
+        if on_step is not None:
+            on_step(sum(len(p) for p in parts), len(x))
+    return angle_statistics(torch.cat(parts), y, model.fc.weight.detach().cpu(), model.head.prototypes.detach().cpu())

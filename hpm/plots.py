@@ -39,8 +39,11 @@ def angle_histogram_figure(report: AngleReport, bins: int = 90) -> go.Figure:
                                      name=f"{name} {part} fit: μ={mu:.2f}°, σ={sigma:.2f}°",
                                      legendgroup=f"{name}{part}"), row=1, col=col)
         fig.update_xaxes(title_text="angle (degrees)", row=1, col=col)
+        fig.update_yaxes(title_text="probability density", row=1, col=col)
     fig.update_layout(title=f"Angle statistics ({report.n_samples} samples, d = {report.num_features}, "
-                            f"k = {report.num_classes})", barmode="overlay", template="plotly_white")
+                            f"k = {report.num_classes})", barmode="overlay", template="plotly_white",
+                      margin=dict(t=110), legend=dict(orientation="h", y=-0.25, x=0))  # legend below: plots full width
+    fig.update_annotations(yshift=8)  # the subplot titles, clear of the figure title
     return fig
 
 

@@ -34,7 +34,7 @@ def test_predict_alone_and_in_context(client, image):
 
 def test_attack_returns_images_labels_and_a_verdict(client, image):
     out = client.predict(image, MODEL, "fc", 4, 3, 100, False, 8, api_name="/attack")
-    adv, pert, heat, fc_clean, hpm_clean, fc_adv, hpm_adv, summary = out
+    adv, pert, heat, fc_clean, hpm_clean, fc_adv, hpm_adv, summary, clean_input = out
     assert adv and pert and "deployed HPM fooled" in summary and "ε = 4/255" in summary
     assert fc_adv["label"] and hpm_adv["label"]
 
@@ -51,10 +51,11 @@ def test_the_adversarial_image_a_client_downloads_is_the_one_the_app_judged(clie
     from hpm import interactive as demo
     path = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-    adv_path, _, _, _, _, _, hpm_adv, _ = client.predict(handle_file(str(path)), MODEL, "ensemble", 4, 5, 100, False, 8,
-                                                         api_name="/attack")
-    with Image.open(adv_path) as downloaded:
-        assert downloaded.format == "PNG" and downloaded.size == (32, 32)
+    adv_path, _, _, _, _, _, hpm_adv, _, clean_path = client.predict(handle_file(str(path)), MODEL, "ensemble", 4, 5,
+                                                                     100, False, 8, api_name="/attack")
+    with Image.open(adv_path) as downloaded, Image.open(clean_path) as clean_input:
+        assert downloaded.format == clean_input.format == "PNG" and downloaded.size == clean_input.size == (32, 32)
+        assert np.array_equal(np.asarray(clean_input), np.asarray(Image.open(path).convert("RGB")))
     clean = images.image_to_tensor(images.open_image(path), (3, 32, 32))
     adv = images.image_to_tensor(images.open_image(adv_path), (3, 32, 32))
     assert (adv - clean).abs().max() <= 4 / 255 + 1e-6
@@ -246,7 +247,7 @@ def test_sixteen_concurrent_clients_mixing_apgd_and_square_get_their_solo_result
     clients = [Client(app_url, verbose=False) for _ in jobs]
     together = [job.result() for job in [run(c, j) for c, j in zip(clients, jobs)]]
     for alone, crowd in zip(solo, together):
-        assert alone[5:] == crowd[5:]  # adversarial top-5 of both heads, and the summary
+        assert alone[5:8] == crowd[5:8]  # adversarial top-5 of both heads, and the summary
         assert Image.open(alone[0]).tobytes() == Image.open(crowd[0]).tobytes()  # the adversarial image itself
 
 
@@ -296,8 +297,8 @@ def test_an_imagenet_checkpoint_classifies_and_attacks_an_imagenet_photo(client,
     names = set(dataset_classes("imagenet"))
     fc, deployed, _ = client.predict(handle_file(str(photo)), imagenet_hub_id, False, 8, api_name="/predict")
     assert len(fc["confidences"]) == 5 and {c["label"] for c in fc["confidences"]} <= names
-    adv, *_, summary = client.predict(handle_file(str(photo)), imagenet_hub_id, "deployed", 4, 2, 10, False, 8,
-                                      api_name="/attack")
+    adv, *_, summary, _ = client.predict(handle_file(str(photo)), imagenet_hub_id, "deployed", 4, 2, 10, False, 8,
+                                         api_name="/attack")
     with Image.open(adv) as image:
         assert image.size == (224, 224)
     assert "ε = 4/255" in summary
