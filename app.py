@@ -232,7 +232,8 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
                f"classified {context.description}.\n\n"
                f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
                f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
-               f"Surrogate fooled: **{verdict[result.surrogate_fooled]}** · deployed {model.head.label} fooled: "
+               f"Surrogate (the model the attack followed) fooled: **{verdict[result.surrogate_fooled]}** · "
+               f"deployed {model.head.label} fooled: "
                f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
                f"**{verdict[result.transferred]}**")
     return (_png(tensor_to_image(result.x_adv), "adversarial.png"), _png(amplified, "perturbation.png"), heat,

@@ -20,7 +20,7 @@ def test_upload_and_attack_shows_both_heads_and_a_verdict(page, tmp_path):
     summary = page.locator("#attack-summary")
     summary.get_by_text("deployed HPM fooled").wait_for(timeout=120_000)
     text = summary.inner_text()
-    assert "ε = 8/255" in text and "Surrogate fooled" in text and "transferred to HPM" in text
+    assert "ε = 8/255" in text and "Surrogate (the model the attack followed) fooled" in text and "transferred to HPM" in text
     for label in ("FC, clean", "HPM, clean", "FC, adversarial", "HPM, adversarial"):
         assert page.get_by_text(label, exact=True).first.is_visible()
     page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
@@ -92,6 +92,9 @@ def test_sensitivity_tab_draws_the_isotropic_cdfs(page):
     page.get_by_text("Isotropic features: P(S_c >= sup S_d) (Eq. 11)").wait_for(timeout=30_000)
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() == 6
     page.screenshot(path=str(ARTIFACTS / "sensitivity.png"), full_page=True)
+    page.get_by_role("tab", name="About").click()
+    page.get_by_text("Sensitivity as a Double-Edged Sword.").wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "about.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")
