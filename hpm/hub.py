@@ -34,14 +34,34 @@ def split_revision(text: str, revision: str | None = None) -> tuple[str, str | N
     return name, pinned
 
 
+def shipped_root() -> Path | None:
+    """Where the checkpoints shipped with hpm are: ``hpm/checkpoints`` in an installed wheel, or the repository's
+    ``checkpoints/`` in a clone (or an editable install of one)."""
+    package = Path(__file__).resolve().parent
+    if (package / "checkpoints").is_dir():
+        return package / "checkpoints"
+    if (package.parent / "pyproject.toml").is_file() and (package.parent / "checkpoints").is_dir():
+        return package.parent / "checkpoints"
+    return None
+
+
+def shipped_checkpoints() -> dict[str, Path]:
+    """The shipped checkpoints by name (``cifar10-resnet18-hpm-clean`` -> its directory)."""
+    root = shipped_root()
+    return {} if root is None else {d.name: d for d in sorted(root.iterdir()) if (d / CONFIG_NAME).is_file()}
+
+
 def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = None,
                        token: str | None = None) -> Path:
-    """A local checkpoint directory, downloading ``owner/name`` (or ``owner/name@revision``) from the Hub when it
-    is not a local path."""
+    """A local checkpoint directory; else a shipped checkpoint by name (``NAME`` or ``checkpoints/NAME``, as the
+    README writes them); else ``owner/name`` (or ``owner/name@revision``) downloaded from the Hub."""
     path = Path(path_or_repo_id).expanduser()
     if path.is_dir():
         return path
     text = str(path_or_repo_id)
+    shipped = shipped_checkpoints().get(text.removeprefix("checkpoints/"))
+    if shipped is not None:
+        return shipped
     if path.exists():
         raise CheckpointError(f"{text} is a file; a checkpoint is a directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
     parent = path.parent

@@ -206,12 +206,6 @@ def perturbation_views(result: AttackResult, gain: float | None = None,
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------
-def list_checkpoints(root: str | Path = "checkpoints") -> dict[str, Path]:
-    """Checkpoint directories under ``root`` (those with a config.json), by name."""
-    root = Path(root)
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()} if root.is_dir() else {}
-
-
 def _threat_eps(model: HPMClassifier) -> float | None:
     cfg = getattr(model, "checkpoint_config", None)
     threat = cfg.threat_model if cfg is not None else None

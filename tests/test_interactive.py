@@ -173,11 +173,12 @@ def test_an_l2_head_is_attacked_directly():
     assert result.surrogate_fooled is not None and result.linf <= 16 / 255 + 1e-6
 
 
-def test_shipped_checkpoints_are_listed_with_their_facts():
+def test_shipped_checkpoints_are_listed_and_load_by_name_with_their_facts():
     from conftest import REPO
-    found = demo.list_checkpoints(REPO / "checkpoints")
-    assert "cifar10-resnet18-hpm-clean" in found
-    model = hpm.load(found["cifar10-resnet18-hpm-clean"])
+    from hpm.hub import shipped_checkpoints
+    found = shipped_checkpoints()
+    assert found["cifar10-resnet18-hpm-clean"] == REPO / "checkpoints" / "cifar10-resnet18-hpm-clean"
+    model = hpm.load("cifar10-resnet18-hpm-clean")
     summary = demo.card_summary(model)
     assert "pyautoattack:resnet18" in summary and "**not adversarially trained**" in summary
     assert "Measured:** clean 93.6% (n 1000, batch 256)" in summary

@@ -22,6 +22,7 @@ LAYERS = [
     {"hpm.attacks", "hpm.train"},
     {"hpm.evaluation"},
     {"hpm.publish", "hpm.interactive"},
+    {"hpm.webapp"},
     {"hpm.cli", "hpm"},
 ]
 
@@ -114,3 +115,11 @@ def test_no_function_is_longer_than_a_screen():
     assert not long, "\n".join(long)
 
 
+
+
+def test_the_wheel_lists_every_subpackage_and_carries_the_shipped_checkpoints():
+    import tomllib
+    setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    subpackages = {module_name(p.parent) for p in PACKAGE.rglob("__init__.py")}
+    assert set(setuptools["packages"]) == subpackages | {"hpm.checkpoints"}
+    assert setuptools["package-dir"] == {"hpm.checkpoints": "checkpoints"}

@@ -1,4 +1,4 @@
-"""``hpm predict`` and ``hpm attack``: what the app does to one image, from the command line.
+"""``hpm predict`` and ``hpm attack``: what the app does to one image, from the command line; ``hpm app``: the app.
 
 Images are decoded by the same guarded function as the app's uploads, so a bad file gets the same message.
 """
@@ -43,6 +43,14 @@ def register(sub) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", required=True, metavar="DIR", help="directory for adversarial.png and result.json")
     a.set_defaults(func=_cmd_attack)
+
+    w = sub.add_parser("app", help="serve the web demo (needs gradio: pip install 'hpm[app]')",
+                       description="Serve the web demo on http://HOST:PORT with the shipped checkpoints; --data "
+                                   "(or $HPM_DATA_DIR) fills its sample gallery and context batch.")
+    w.add_argument("--data", default=None, metavar="DIR", help="local data root (default: $HPM_DATA_DIR)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    w.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    w.set_defaults(func=_cmd_app)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -115,4 +123,23 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     _print_top5(f"{model.head.label}, adversarial", result.adversarial["deployed"])
     print(f"deployed model fooled: {'yes' if result.deployed_fooled else 'no'} (8-bit PNG: "
           f"{'yes' if record['png']['deployed_fooled'] else 'no'}); wrote {out}/adversarial.png and result.json")
+    return 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    import os
+
+    from ..errors import HPMError
+
+    if args.data is not None:
+        if not Path(args.data).is_dir():
+            raise HPMError(f"--data {args.data}: not a directory")
+        os.environ["HPM_DATA_DIR"] = args.data  # read when the app is built, on import
+    try:
+        from ..webapp import LAUNCH, app
+    except ImportError as e:
+        if e.name not in ("gradio", "gradio_client"):
+            raise
+        raise HPMError("the app needs gradio: pip install 'hpm[app]'") from None
+    app.launch(server_name=args.host, server_port=args.port, **LAUNCH)
     return 0

@@ -71,7 +71,8 @@ def test_the_model_field_takes_only_shipped_checkpoints_and_hub_ids_and_reveals_
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="shipped checkpoint or give a Hugging Face Hub repo id") as failure:
         client.predict(image, model_field, False, 8, api_name="/predict")
-    assert sys.modules["app"].APP_DIR not in str(failure.value)
+    from hpm.hub import shipped_root
+    assert str(shipped_root()) not in str(failure.value) and str(shipped_root().parent) not in str(failure.value)
 
 
 def test_a_hub_id_that_names_a_server_directory_is_looked_up_on_the_hub_only(client, image):
@@ -112,7 +113,7 @@ def test_concurrent_visitors_do_not_share_batches(client, tmp_path):
 
 def test_angle_statistics_endpoint_draws_fig3(client):
     import sys
-    if not sys.modules["app"].DATA:  # the data root the app was started with
+    if not sys.modules["hpm.webapp"].DATA:  # the data root the app was started with
         pytest.skip("needs the local data root")
     hist, cdf = client.predict(MODEL, api_name="/angle_statistics")
     assert hist and cdf
@@ -168,7 +169,7 @@ def test_an_oversized_upload_in_the_page_is_refused_before_it_is_decoded(tmp_pat
 
     import gradio as gr
     with PeakRSS() as memory, pytest.raises(gr.Error, match="outside the accepted range"):
-        sys.modules["app"].use_upload(str(_bomb(tmp_path / "bomb.png")))
+        sys.modules["hpm.webapp"].use_upload(str(_bomb(tmp_path / "bomb.png")))
     assert memory.growth_mb < 300
 
 
@@ -212,7 +213,7 @@ def test_nan_which_gradio_client_cannot_send_but_raw_json_can_gets_the_same_mess
 
     import gradio as gr
     with pytest.raises(gr.Error, match="must be a number from 0 to 16; got nan"):
-        sys.modules["app"].eps.preprocess(float("nan"))
+        sys.modules["hpm.webapp"].eps.preprocess(float("nan"))
 
 
 def test_api_clients_see_integer_types_an_optional_hub_id_and_a_name_for_every_output(client):
@@ -257,7 +258,7 @@ def test_an_image_removed_by_the_cache_clean_up_gets_a_message_without_the_serve
     import gradio as gr
     gone = str(tmp_path / "gradio-cache" / "upload.png")
     with pytest.raises(gr.Error, match="no longer on the server") as failure:
-        sys.modules["app"].predict(gone, MODEL, False, 8)
+        sys.modules["hpm.webapp"].predict(gone, MODEL, False, 8)
     assert str(tmp_path) not in str(failure.value)
 
 

@@ -168,9 +168,9 @@ def test_an_imagenet_model_from_the_hub_field_gets_its_own_gallery_and_radius(pa
 
 def test_fig3_is_measured_with_progress_and_drawn_once_per_model(page):
     import sys
-    if not sys.modules["app"].DATA:
+    if not sys.modules["hpm.webapp"].DATA:
         pytest.skip("needs the local data root")
-    sys.modules["app"]._ANGLE_REPORTS.clear()  # measured afresh, as on a first visit
+    sys.modules["hpm.webapp"]._ANGLE_REPORTS.clear()  # measured afresh, as on a first visit
     page.get_by_role("tab", name="Sensitivity").click()
     page.get_by_role("button", name="Measure the loaded model's angle statistics (Fig. 3)").click()
     import re
@@ -178,7 +178,7 @@ def test_fig3_is_measured_with_progress_and_drawn_once_per_model(page):
     page.get_by_text("modelled vs empirical (max gap").wait_for(timeout=180_000)
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "fig3.png"), full_page=True)
-    assert sys.modules["app"]._ANGLE_REPORTS  # kept: a second click draws without measuring again
+    assert sys.modules["hpm.webapp"]._ANGLE_REPORTS  # kept: a second click draws without measuring again
 
 
 def test_on_a_phone_the_page_fits_the_screen_and_an_attack_runs(browser, app_url, tmp_path):

@@ -1,0 +1,397 @@
+"""The web demo: attack FC vs HPM live, see batch dependence and the sensitivity analysis (Gradio Blocks).
+
+Started by ``python app.py`` in a clone (also the Hugging Face Space's app file) or ``hpm app`` after a pip
+install. All science lives in the rest of the library (:mod:`hpm.interactive` above all); this module only lays
+it out. Importing it builds the app: ``gradio`` must be installed (``pip install "hpm[app]"``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from . import interactive as demo  # noqa: E402
+from .devices import best_available  # noqa: E402
+from .errors import HPMError  # noqa: E402
+from .hub import download_checkpoint, is_repo_id, shipped_checkpoints, split_revision  # noqa: E402
+from .images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
+from .plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
+                    perturbation_heatmap)
+
+DEVICE = str(best_available())
+SHIPPED = shipped_checkpoints()  # name -> directory (the repository's checkpoints/, or the installed package's)
+CHECKPOINTS = {name: f"checkpoints/{name}" for name in SHIPPED}  # menu name -> model id
+DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),
+                                next(iter(CHECKPOINTS.values()), None))
+DATA = os.environ.get("HPM_DATA_DIR")
+GALLERY_SIZE = 24  # test samples offered in the gallery
+CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
+# HPM on the project's robust (FGSM-RS) backbone, fine-tuned with the paper's full IKL recipe: the best HPM
+# checkpoint shipped for a robust comparison (its card holds the protocol's numbers per batch size and order)
+ROBUST_HPM = "cifar10-resnet20w32-fgsmrs-hpm-full"
+
+try:  # ZeroGPU Spaces: run attacks on the GPU when the `spaces` package is present
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn):
+        return fn
+
+
+def _user_errors(fn):
+    """Show library errors (bad uploads, offline Hub, bad settings) as messages, not tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HPMError as e:
+            raise gr.Error(str(e)) from None
+    return wrapper
+
+
+def _source(model_id: str) -> str:
+    """What to load for a model field: a shipped checkpoint (``checkpoints/NAME``) or a Hub repo id
+    ``owner/name``, optionally pinned to a revision (``owner/name@REVISION``: a branch, tag or commit).
+    Anything else is refused without saying anything about the server's files."""
+    if model_id in CHECKPOINTS.values():
+        return str(SHIPPED[model_id.removeprefix("checkpoints/")])
+    repo_id = model_id.partition("@")[0]
+    if is_repo_id(repo_id) and not repo_id.startswith("checkpoints/"):
+        return _hub_snapshot(*split_revision(model_id))
+    raise HPMError("choose a shipped checkpoint or give a Hugging Face Hub repo id of the form owner/name")
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_snapshot(repo_id: str, revision: str | None) -> str:
+    """The downloaded (or cached) snapshot of a Hub repo at a revision, looked up once; never a server path of
+    that name."""
+    return str(download_checkpoint(repo_id, revision=revision))
+
+
+def _model(model_id: str):
+    """The model of a model field, loaded once."""
+    return demo.load_cached(_source(model_id), DEVICE)
+
+
+def _png(image: np.ndarray, name: str) -> str:
+    """``image`` as a PNG file of its own, for an image output. Gradio writes arrays of equal content to one shared
+    cache file, in place, so two requests returning the same image at once could serve it half-written; a file
+    returned by path is copied into the cache atomically. The folder lies in Gradio's cache, which
+    ``delete_cache`` cleans."""
+    os.makedirs(gr.utils.get_upload_folder(), exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="hpm-", dir=gr.utils.get_upload_folder())
+    path = os.path.join(folder, name)
+    Image.fromarray(image).save(path, format="PNG")
+    return path
+
+
+def _dataset(model) -> str:
+    return model.dataset or "cifar10"
+
+
+@functools.lru_cache(maxsize=8)
+def _missing_samples(dataset: str) -> str:
+    """Empty when this server has test images of ``dataset`` (a local data root, or a download when online);
+    otherwise what that means, written for a web visitor."""
+    try:
+        demo.gallery_samples(dataset, GALLERY_SIZE, DATA)
+    except HPMError:
+        return (f"This server has no {dataset} test images, so the sample gallery and the context batch are off: "
+                "upload an image of your own to classify and attack it.")
+    return ""
+
+
+def _context_controls(model) -> tuple[dict, dict]:
+    """The context checkbox and size: shown and on for a batch-dependent head when test images exist."""
+    shown = model.head.batch_dependent and not _missing_samples(_dataset(model))
+    return dict(value=shown, visible=shown), dict(visible=shown)
+
+
+def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
+    if not use_context:
+        return demo.no_context()
+    dataset = _dataset(_model(model_id))
+    if _missing_samples(dataset):
+        raise HPMError(f"a context batch needs {dataset} test images, which this server does not have: classify "
+                       "the image alone (untick the context box; API: use_context=false)")
+    return demo.dataset_context(_source(model_id), int(n), DEVICE, DATA)
+
+
+def _image_tensor(path: str | None, model) -> torch.Tensor:
+    """The current image file, decoded by the one guarded path every entry point shares (limits checked on the
+    file and its header before any pixel is decoded), at the model's input size."""
+    if path is None:
+        raise HPMError("choose an image first: upload one or click a gallery sample")
+    if not os.path.isfile(path):  # removed by the upload cache's clean-up; the server path is not shown
+        raise HPMError(f"the current image is no longer on the server (files are kept for {CACHE_HOURS} h): "
+                       "upload it or pick it again")
+    return image_to_tensor(open_image(path), model.input_size)
+
+
+class Setting(gr.Slider):
+    """A slider whose value, from the page or an API client, is checked before Gradio's own range check, so that
+    null, text, NaN and fractional counts get a message naming the setting."""
+
+    is_template = True  # Gradio's mechanism for a subclass drawn by its base component (the slider)
+
+    def __init__(self, *, integer: bool = False, **kwargs):
+        super().__init__(precision=0 if integer else None, **kwargs)
+        self.integer = integer
+
+    def get_config(self, cls=None) -> dict:
+        return super().get_config(gr.Slider)  # the slider's properties, for the slider that draws it
+
+    def preprocess(self, payload):
+        try:
+            value = demo.setting(payload, self.label, self.minimum, self.maximum, integer=self.integer)
+        except HPMError as e:
+            raise gr.Error(str(e)) from None
+        return super().preprocess(value)
+
+
+@_user_errors
+def load_model(choice: str, hub_id: str):
+    """Load a shipped checkpoint or a Hub repo id; returns the model id, its card (summary and all metrics), the
+    radius it was trained for, the attacks that apply to its head, the deployed head's output panels (hidden when the deployed head is the FC layer, whose
+    panels are already shown) and the context controls (shown only for a batch-dependent head, and only when the
+    server has test images to build the context from)."""
+    model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
+    model = _model(model_id)
+    choices = demo.attack_choices(model)
+    head, separate = model.head.label, "fc" not in model.head.deployed_modes
+    checkbox, size = _context_controls(model)
+    return (model_id, demo.card_summary(model), demo.card_metrics(model), round(demo.default_eps(model) * 255, 2),
+            gr.Radio(choices=choices, value=demo.default_attack(choices)),
+            gr.Label(label=f"{head}, clean", visible=separate), gr.Label(label=f"{head}, adversarial", visible=separate),
+            gr.Checkbox(**checkbox), gr.Slider(**size))
+
+
+@_user_errors
+def use_upload(path: str | None) -> tuple[str, str]:
+    """Make an uploaded file the current image (any format PIL reads; bad files get a message): the decoded
+    pixels to show, and the file itself, which Classify and Run attack decode again by the same path."""
+    if path is None:
+        raise HPMError("no file received")
+    return _png(np.asarray(open_image(path)), "current.png"), path
+
+
+def gallery_items(model_id: str | None):
+    """The loaded model's test samples for the gallery, or, when the server has none, the gallery hidden and a
+    note saying so."""
+    if model_id is None:
+        return gr.Gallery(visible=False), "No model."
+    dataset = _dataset(_model(model_id))
+    if missing := _missing_samples(dataset):
+        return gr.Gallery(visible=False), missing
+    x, y, classes = demo.gallery_samples(dataset, GALLERY_SIZE, DATA)
+    return gr.Gallery([(tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], visible=True), ""
+
+
+def use_gallery(evt: gr.SelectData) -> tuple[str, str]:
+    """Make a gallery sample the current image: the lossless PNG the gallery shows, as file and as preview."""
+    path = evt.value["image"]["path"]
+    return path, path
+
+
+@_user_errors
+def predict(image: str | None, model_id: str, use_context: bool, context_n: int):
+    """Top-5 of the FC and the HPM head for the current image, alone or inside the context batch."""
+    model = _model(model_id)
+    context = _context(model_id, use_context, context_n)
+    out = demo.classify(model, _image_tensor(image, model).to(DEVICE), context)
+    return out["fc"], out["deployed"], f"Classified {context.description}."
+
+
+@gpu
+@_user_errors
+def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, steps: int, queries: int,
+           use_context: bool, context_n: int, progress=gr.Progress()):
+    """Run one attack and show clean vs adversarial predictions of both heads (Square spends ``queries``, the
+    white-box attacks ``steps``), the adversarial image beside the clean model input, at the same size."""
+    model = _model(model_id)
+    context = _context(model_id, use_context, context_n)
+    progress(0, desc=demo.attack_description(model, attack_name))
+    budget = queries if attack_name == "square" else steps
+    result = demo.attack_image(model, _image_tensor(image, model), attack=attack_name, eps=eps_255 / 255,
+                               steps=budget, context=context,
+                               on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}"))
+    amplified, magnitude = demo.perturbation_views(result)
+    heat = perturbation_heatmap(magnitude, result.eps)
+    verdict = {True: "yes", False: "no", None: "n/a (black-box attack)"}
+    unit = "queries" if attack_name == "square" else "steps"
+    summary = (f"**{demo.attack_description(model, attack_name)}**, ε = {eps_255:g}/255, {budget} {unit}, "
+               f"classified {context.description}.\n\n"
+               f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
+               f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
+               f"Surrogate (the model the attack followed) fooled: **{verdict[result.surrogate_fooled]}** · "
+               f"deployed {model.head.label} fooled: "
+               f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
+               f"**{verdict[result.transferred]}**")
+    return (_png(tensor_to_image(result.x_adv), "adversarial.png"), _png(amplified, "perturbation.png"), heat,
+            result.clean["fc"], result.clean["deployed"],
+            result.adversarial["fc"], result.adversarial["deployed"], summary,
+            _png(tensor_to_image(result.x), "clean-input.png"))
+
+
+_ANGLE_REPORTS: dict[str, object] = {}  # model id -> its Fig. 3 statistics, measured once (the last few models)
+
+
+@_user_errors
+def angle_plots(model_id: str, progress=gr.Progress()):
+    """Fig. 3 for the loaded model: angles of test features to its FC vectors and its l2 prototypes (measured on
+    the first click for a model, then kept)."""
+    report = _ANGLE_REPORTS.get(model_id)
+    if report is None:
+        model = _model(model_id)
+        if missing := _missing_samples(_dataset(model)):
+            raise HPMError(f"Fig. 3 is measured on test images. {missing}")
+        report = demo.angle_report(model, DATA, on_step=lambda done, total: progress(
+            done / total, desc=f"features of {done}/{total} test images"))
+        _ANGLE_REPORTS[model_id] = report
+        while len(_ANGLE_REPORTS) > 4:
+            _ANGLE_REPORTS.pop(next(iter(_ANGLE_REPORTS)))
+    return angle_histogram_figure(report), cdf_comparison_figure(report)
+
+
+def isotropic_plot(dims: list[str]):
+    return isotropic_cdf_figure([int(d) for d in dims] or [512])
+
+
+INTRO = """
+**What this does:** attacks an image with AutoAttack's own APGD or Square and shows how a model's FC head and its
+HPM head (the paper's l2 re-classifier) classify it before and after. **Try this first:** (1) click a test sample
+in the gallery (or upload an image); (2) press **Run attack** with the defaults; (3) compare the four panels, then
+load the robust comparison checkpoint from the menu and attack the same image again.
+"""
+ATTACK_INFO = ("what the white-box APGD attack follows: fc = the FC head (an oracle of HPM's prediction) · "
+               "soft = HPM made differentiable · ensemble = both at once (the paper's Mixed Surrogate Attack) · "
+               "bpda = straight through HPM's own hard choice · deployed = the model itself · "
+               "square = black box, scores only")
+
+SENSITIVITY = """
+**P(S_c ≥ sup S_d)** is the probability that a random feature perturbation moves the FC score of a class
+(its relative sensitivity S_c, Eq. 3) at least as much as it can possibly move the l2 distance to a prototype
+(sup S_d, Eq. 5): how much more sensitive, and so more discriminative and more vulnerable, the FC head is than
+an l2 head. It holds whenever |cos θ_c| / |sin θ_d| ≤ |cos γ| (Eq. 8), γ being the angle between the
+perturbation and the class vector. **Fig. 2** gives its probability for features spread evenly in d dimensions
+(Eq. 11); **Fig. 3** measures the angles θ_c (to the FC vectors) and θ_d (to the prototypes) on the loaded
+model's test features and compares the modelled probability (Eq. 13) with the measured one.
+"""
+
+ABOUT = """
+**Sensitivity as a Double-Edged Sword.** A fully connected (FC) classifier's logits are very sensitive to
+feature perturbations — that makes it discriminative, and vulnerable. An l2 distance classifier is less
+sensitive — robust, but less discriminative. **Hybrid Prototype Mixing (HPM)** re-classifies with the l2
+distance to prototypes that mix stable, EMA dataset-level class means with batch-level class means built
+from the FC prediction through a straight-through estimator (Eq. 14-18). Because the batch prototypes
+come from the whole batch, **a prediction depends on the other images in the batch** — this demo lets you
+classify an image alone or inside a fixed context batch.
+
+Such a dynamic, discontinuous model masks gradients, so it must be evaluated with the **Mixed Surrogate
+Attack**: APGD on the FC oracle, on the soft-hybrid surrogate and on their ensemble, APGD through the
+straight-through gradient (BPDA), and the black-box Square attack, every adversarial image judged on the
+deployed model. Each button here runs one of those attacks on your image.
+
+Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --help`).
+"""
+
+
+with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_HOURS * 3600)) as app:
+    gr.Markdown("# Hybrid Prototype Mixing — attack FC vs HPM live")
+    with gr.Row():
+        choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint",
+                             info=f"FC vs HPM on a robust backbone: {ROBUST_HPM}" if ROBUST_HPM in CHECKPOINTS
+                             else None)
+        hub_id = gr.Textbox("", label="…or a Hub repo id", placeholder="owner/name[@revision] (needs network)")
+        load_btn = gr.Button("Load model")
+        model_id = gr.Textbox(DEFAULT_MODEL, label="Loaded model", interactive=False)
+    gr.Markdown(INTRO)
+    card = gr.Markdown(demo.card_summary(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "No model.", label="Model card")
+    with gr.Accordion("Everything this checkpoint's card records", open=False):
+        metrics = gr.Markdown(demo.card_metrics(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else "",
+                              label="Measured metrics")
+    with gr.Tab("Attack"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
+                gallery_note = gr.Markdown(label="Gallery note")
+                gallery = gr.Gallery(label="…or pick a test sample", columns=6, height=260, allow_preview=False,
+                                     elem_id="gallery", format="png")
+                preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
+                                   elem_id="current-image", format="png")
+                # the current image as a file: what Classify and Run attack (and API clients) send
+                image_file = gr.File(visible=False, type="filepath")
+            with gr.Column(scale=1):
+                first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
+                attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
+                                       info=ATTACK_INFO)
+                eps = Setting(minimum=0, maximum=16, step=0.25, label="ε (×1/255, ℓ∞)",
+                              value=round(demo.default_eps(_model(DEFAULT_MODEL)) * 255, 2) if DEFAULT_MODEL else 8,
+                              info="how far each pixel may move, in 8-bit levels")
+                steps = Setting(minimum=1, maximum=demo.STEPS_MAX, value=20, step=1, integer=True, label="APGD steps")
+                queries = Setting(minimum=1, maximum=demo.QUERIES_MAX, value=500, step=1, integer=True,
+                                  label="Square queries",
+                                  info="one forward pass each; AutoAttack's evaluations use 5000")
+                checkbox, size = _context_controls(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else ({}, {})
+                use_context = gr.Checkbox(label="Classify inside a context batch", **checkbox)
+                context_n = Setting(minimum=1, maximum=demo.CONTEXT_MAX, value=64, step=1, integer=True, **size,
+                                    label="Context size N (test images)")
+                with gr.Row():
+                    predict_btn = gr.Button("Classify")
+                    attack_btn = gr.Button("Run attack", variant="primary")
+        summary = gr.Markdown(elem_id="attack-summary", label="Result")
+        with gr.Row():
+            fc_clean = gr.Label(num_top_classes=5, label="FC, clean")
+            hpm_clean = gr.Label(num_top_classes=5, label="HPM, clean")
+            fc_adv = gr.Label(num_top_classes=5, label="FC, adversarial")
+            hpm_adv = gr.Label(num_top_classes=5, label="HPM, adversarial")
+        with gr.Row():
+            clean_input = gr.Image(label="Clean model input (what the model sees)", interactive=False, height=200,
+                                   format="png", elem_classes="pixels")
+            adv_image = gr.Image(label="Adversarial image (as judged, lossless)",
+                                 interactive=False, height=200, format="png", elem_classes="pixels")
+            pert_image = gr.Image(label="Perturbation (amplified)", interactive=False, height=200, format="png",
+                                  elem_classes="pixels")
+            heatmap = gr.Plot(label="Perturbation heatmap")
+    with gr.Tab("Sensitivity"):
+        gr.Markdown(SENSITIVITY)
+        dims = gr.CheckboxGroup(["2", "8", "32", "128", "512", "2048", "8192"], value=["2", "8", "32", "128", "512",
+                                "2048"], label="Feature dimensions d")
+        iso = gr.Plot(value=isotropic_plot(["2", "8", "32", "128", "512", "2048"]), label="Fig. 2")
+        angles_btn = gr.Button("Measure the loaded model's angle statistics (Fig. 3)")
+        with gr.Row():
+            hist = gr.Plot(label="angle histograms")
+            cdf = gr.Plot(label="modelled vs empirical CDF")
+    with gr.Tab("About"):
+        gr.Markdown(ABOUT)
+
+    load_btn.click(load_model, [choice, hub_id], [model_id, card, metrics, eps, attack_name, hpm_clean, hpm_adv,
+                                                  use_context, context_n],
+                   api_name="load_model").then(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
+    upload.upload(use_upload, upload, [preview, image_file], api_visibility="private")
+    gallery.select(use_gallery, None, [preview, image_file], api_visibility="private")
+    predict_btn.click(predict, [image_file, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],
+                      api_name="predict")
+    attack_btn.click(attack, [image_file, model_id, attack_name, eps, steps, queries, use_context, context_n],
+                     [adv_image, pert_image, heatmap, fc_clean, hpm_clean, fc_adv, hpm_adv, summary, clean_input],
+                     api_name="attack", show_progress_on=summary)  # earlier results stay visible meanwhile
+    dims.change(isotropic_plot, dims, iso, api_name="isotropic_cdf")
+    angles_btn.click(angle_plots, model_id, [hist, cdf], api_name="angle_statistics")
+    app.load(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
+
+app.queue(default_concurrency_limit=2, max_size=32)
+# How the app is launched, for users and for its tests alike: library errors reach the visitor as messages,
+# uploads are refused above the size the image decoder accepts, and small images are enlarged without
+# smoothing, so each pixel the model saw stays a visible square.
+LAUNCH = dict(show_error=True, max_file_size=MAX_UPLOAD_BYTES, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
+                                   "height: 100% !important; object-fit: contain; }")
