@@ -236,6 +236,33 @@ def test_eval_cli_end_to_end_on_a_plain_fc_model(tiny_data_root, tmp_path, capsy
     assert data["config"]["data"]["source"].endswith("test-first1000.npz")
 
 
+def test_quick_fills_in_what_the_command_line_left_at_its_default_and_an_estimate_comes_first(tiny_data_root,
+                                                                                              tmp_path, capsys):
+    from hpm.cli import main
+    out = tmp_path / "quick.json"
+    assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--quick", "--n", "4", "--iters", "2",
+                 "--square-queries", "5", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    attack = data["config"]["attack"]
+    assert attack["n_iter"] == 2 and attack["square_queries"] == 5  # given: kept
+    assert attack["n_target_classes"] == 3 and data["results"]["256"]["n"] == 4  # quick
+    assert not any(check["name"] == "monotone_in_eps" for check in data["checks"])  # no extra check runs
+    err = capsys.readouterr().err
+    assert "a first look, not a number to publish" in err
+    assert err.index("attacks take at most") < err.index("apgd-ce/deployed")  # said before the attacks start
+    assert "own=" in err  # each attack's own time, not the run's
+
+
+def test_the_estimate_counts_every_pass_of_every_attack_and_times_a_step_per_batch_size():
+    from hpm.evaluation.estimate import estimate_seconds, forward_passes_per_image
+    net, x, _ = tiny_fc()
+    config = AttackConfig(n_iter=5, n_restarts=2, square_queries=7, n_target_classes=3)
+    plan = default_plan(net)  # APGD-CE, APGD-DLR, APGD-T (3 targets), Square
+    assert forward_passes_per_image(plan, config, num_classes=10) == (6 * 2 * (1 + 1 + 3), 7)
+    seconds, basis = estimate_seconds(net, x, plan, config, [4, 8], True, torch.device("cpu"))
+    assert seconds > 0 and "batch 4: step" in basis and "batch 8: step" in basis
+
+
 def test_attacks_accept_non_contiguous_inputs():
     model, x, y = tiny_hpm()
     x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # same values, channels-last strides

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import HPMError
@@ -84,6 +85,8 @@ def register(sub) -> None:
                         "(HPM: accuracy is a curve over the batch size), 256 otherwise")
     e.add_argument("--seed", type=int, default=0, help="attack seed")
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks (extra small attack runs)")
+    e.add_argument("--quick", action="store_true",
+                   help=f"a first look in minutes, not a number to publish: {QUICK_TEXT} where not given")
     e.add_argument("--check-n", type=positive_int, default=16, help="samples used by the sanity checks")
     e.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="evaluate every N-th batch from K (independent processes or machines; under torchrun the "
@@ -92,7 +95,18 @@ def register(sub) -> None:
                    help="merge shards' per-sample results instead of attacking (needs one shard's .json beside it); "
                         "the same merge rank 0 does under torchrun")
     add_device_arg(e)
-    e.set_defaults(func=_cmd_eval)
+    e.set_defaults(func=_cmd_eval, defaults={name: e.get_default(name) for name in QUICK})
+
+
+QUICK = {"n": 100, "iters": 20, "square_queries": 500, "target_classes": 3, "no_checks": True}
+QUICK_TEXT = "--n 100 --iters 20 --square-queries 500 --target-classes 3 --no-checks"
+
+
+def _apply_quick(args, parser_defaults: dict) -> None:
+    """``--quick``: the QUICK settings, for every one the command line left at its default."""
+    for name, value in QUICK.items():
+        if getattr(args, name) == parser_defaults[name]:
+            setattr(args, name, value)
 
 
 def _cmd_eval(args) -> int:
@@ -117,6 +131,10 @@ def _cmd_eval(args) -> int:
         return 0
     if not args.model:
         raise HPMError("MODEL is required (unless --merge is given)")
+    if args.quick:
+        _apply_quick(args, args.defaults)
+        print(f"hpm eval --quick: {QUICK_TEXT} (unless given): a first look, not a number to publish",
+              file=sys.stderr)
     device = resolve_device(args.device)
     model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
     dataset = dataset_of(args, model)
@@ -127,6 +145,8 @@ def _cmd_eval(args) -> int:
                           square_queries=args.square_queries, n_target_classes=args.target_classes,
                           schedule=args.schedule, seed=args.seed, targeted=not args.no_targeted,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
+    if not dist.under_torchrun():
+        _print_estimate(model, x, attack, args.batch_sizes, device)
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,
                             check_n=args.check_n, shard=args.shard, device=device,
@@ -134,3 +154,16 @@ def _cmd_eval(args) -> int:
     if report is not None:  # under torchrun only rank 0 has the report
         print(report.to_markdown())
     return 0
+
+
+def _print_estimate(model, x, attack, batch_sizes, device) -> None:
+    """Say up front how long the attacks take at most on this device (one timed step per batch size)."""
+    from ..evaluation.api import default_batch_sizes, model_info
+    from ..evaluation.estimate import describe_estimate, estimate_seconds
+    from ..evaluation.protocol import resolve_plan
+
+    sizes = batch_sizes or default_batch_sizes(model)
+    seconds, basis = estimate_seconds(model, x, resolve_plan(model, attack), attack, sizes,
+                                      model_info(model)["batch_dependent"], device)
+    print(f"hpm eval: attacks take at most {describe_estimate(seconds)} on {device} ({len(x)} images, every attack "
+          f"on every image; timed here: {basis}); survivors only are attacked, so usually less", file=sys.stderr)

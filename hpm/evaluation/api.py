@@ -86,7 +86,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         key, results = dist.merge_runs(runs)
         if npz_path is not None and world > 1:
             save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
-        found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device) if checks else []
+        found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress) if checks else []
         config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                             device=str(run_device))
         report = build_report(model_id, model_info(model), config, plan, results, found, command,
@@ -107,11 +107,12 @@ def _evaluate_share(model: nn.Module, x: Tensor, y: Tensor, *, npz_path: Path | 
 
 
 def _sanity_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, batch_sizes, check_n: int,
-                   device) -> list:
+                   device, progress: bool) -> list:
     """The sanity checks' extra attack runs on the first ``check_n`` samples, in as few batches as the evaluation
     batch sizes allow (they check the protocol, not the batch dependence)."""
     n = min(check_n, len(y))
-    return run_checks(model, x[:n], y[:n], attack, batch_size=min(max(batch_sizes), n), device=device)
+    return run_checks(model, x[:n], y[:n], attack, batch_size=min(max(batch_sizes), n), device=device,
+                      progress=progress)
 
 
 def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, results: dict[int, SampleResults],

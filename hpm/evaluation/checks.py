@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..devices import resolve
 from .config import AttackConfig
@@ -103,14 +104,18 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
 
     They use the evaluation's attacks with Square capped at ``square_queries`` (the cap is reported).
     """
+    bar = tqdm(total=len(eps_factors) + 3, desc=f"sanity checks on {len(y)} images", unit="run",
+               disable=not progress)
     checks = [check_deterministic(model, x[:batch_size].to(resolve(device, model))),
               check_ce_saturation(model, x, y, batch_size, device)]
+    bar.update()
     attack = replace(attack, square_queries=min(attack.square_queries, square_queries))
     budget = f"; n={len(y)}, Square {attack.square_queries} queries"
 
     def robust_mask(eps: float) -> np.ndarray:
         _, res, _ = run_protocol(model, x, y, attack=replace(attack, eps=eps), batch_sizes=[batch_size],
-                                 device=device, progress=progress)
+                                 device=device, progress=False)
+        bar.update()
         return res[batch_size].robust
 
     grid = sorted(attack.eps * f for f in eps_factors)
@@ -127,4 +132,5 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
     same = bool(np.array_equal(again, masks[attack.eps]))
     checks.append(Check("repeatable", same, ("same seed, same per-sample outcomes" if same
                         else f"{int((again != masks[attack.eps]).sum())} sample(s) differ between two runs") + budget))
+    bar.close()
     return checks

@@ -132,23 +132,31 @@ def _progress_bars(r: SampleResults, starts: list[int], n: int, progress: bool) 
     total = sum(min(bs, n - s) for s in starts)
     done = sum(int(r.done[s:s + bs].sum()) for s in starts)
     return [tqdm(total=total, initial=done, desc=f"bs={bs} {name}", position=i, leave=True, disable=not progress,
-                 unit="img") for i, name in enumerate(r.attack_names)]
+                 unit="img", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} img{postfix}")  # own time in the postfix
+            for i, name in enumerate(r.attack_names)]
 
 
 def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResults, plan: list[AttackSpec],
                          attack: AttackConfig, starts: list[int], device: torch.device, save, progress: bool) -> None:
     """Fill ``r`` for the batches starting at ``starts`` (skipping those already done); ``save()`` after each."""
     bars = _progress_bars(r, starts, len(y), progress)
+    own = np.zeros(len(bars))  # each attack's own seconds in this run (the bars' clocks all start together)
     for start in starts:
         sl = slice(start, min(start + r.batch_size, len(y)))
         if r.done[sl].all():
             continue
+        last = [time.perf_counter()]
 
         def show(a: int, n_attacked: int, robust_now: Tensor, _sl: slice = sl) -> None:
-            """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one)."""
+            """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one) and the
+            attack's own time."""
+            now = time.perf_counter()
+            own[a] += now - last[0]
+            last[0] = now
             seen = int(r.done.sum()) + (_sl.stop - _sl.start)
             bars[a].update(_sl.stop - _sl.start)
-            bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%")
+            bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%",
+                                own=f"{own[a]:.0f}s")
 
         correct, attacked, broken, seconds = attack_batch(model, x[sl].to(device), y[sl].to(device), plan, attack,
                                                           show)
