@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .errors import HPMError, OfflineError
 
@@ -115,7 +116,8 @@ def _extract_once(archive: Path) -> Path:
     if not marker.exists():
         tmp = target.with_name(target.name + ".partial")
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            for member in tqdm(tar, desc=f"extracting {archive.name} (once)", unit="file", leave=False):
+                tar.extract(member, tmp, filter="data")
         if target.exists():
             import shutil
 
@@ -134,7 +136,8 @@ def _image_folder_tensors(folder: Path, classes: list[str]) -> tuple[Tensor, Ten
     from PIL import Image
 
     xs, ys = [], []
-    for label, name in enumerate(classes):
+    for label, name in enumerate(tqdm(classes, desc=f"decoding {folder.name} images (once)", unit="class",
+                                      leave=False)):
         files = sorted((folder / name).glob("*.jpg"))
         if not files:
             raise HPMError(f"{folder / name}: no JPEG files")
