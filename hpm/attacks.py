@@ -214,12 +214,13 @@ _GLOBAL_RNG = threading.Lock()  # held by the one seeded attack run that owns Py
 
 @contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the body with PyTorch's global generator (and ``device``'s, on CUDA) seeded with ``seed``, alone.
+    """Run the body with PyTorch's global generator (and the CUDA ones, on CUDA) seeded with ``seed``, alone.
 
     The lock keeps concurrent threads from drawing from, or reseeding, the generator mid-run; the caller's
     generator state is restored on exit, so attacks neither depend on nor change the caller's random stream.
     """
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda = range(torch.cuda.device_count()) if device.type == "cuda" else []  # manual_seed seeds them all
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
 

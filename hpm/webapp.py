@@ -79,20 +79,23 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str:
 
 
 def _model(model_id: str):
-    """The model of a model field, loaded once."""
-    return demo.load_cached(_source(model_id), DEVICE)
+    """The model of a model field, loaded once. Errors name the model field, never the server's copy of it."""
+    source = _source(model_id)
+    try:
+        return demo.load_cached(source, DEVICE)
+    except HPMError as e:
+        raise HPMError(str(e).replace(source, model_id)) from None
 
 
-def _png(image: np.ndarray, name: str) -> str:
+def _png(image: np.ndarray, stem: str) -> str:
     """``image`` as a PNG file of its own, for an image output. Gradio writes arrays of equal content to one shared
     cache file, in place, so two requests returning the same image at once could serve it half-written; a file
-    returned by path is copied into the cache atomically. The folder lies in Gradio's cache, which
-    ``delete_cache`` cleans."""
-    os.makedirs(gr.utils.get_upload_folder(), exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="hpm-", dir=gr.utils.get_upload_folder())
-    path = os.path.join(folder, name)
-    Image.fromarray(image).save(path, format="PNG")
-    return path
+    returned by path is not rewritten. It lies in Gradio's cache folder, which ``delete_cache`` cleans."""
+    folder = os.path.join(gr.utils.get_upload_folder(), "hpm-outputs")
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix=f"{stem}-", suffix=".png", dir=folder, delete=False) as file:
+        Image.fromarray(image).save(file, format="PNG")
+    return file.name
 
 
 def _dataset(model) -> str:
@@ -127,36 +130,38 @@ def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
     return demo.dataset_context(_source(model_id), int(n), DEVICE, DATA)
 
 
-def _image_tensor(path: str | None, model) -> torch.Tensor:
-    """The current image file, decoded by the one guarded path every entry point shares (limits checked on the
-    file and its header before any pixel is decoded), at the model's input size."""
+def _decoded(path: str | None, missing: str) -> Image.Image:
+    """An image file of this app (an upload, a gallery sample), decoded by the one guarded path every entry point
+    shares: limits checked on the file and its header before any pixel is decoded."""
     if path is None:
-        raise HPMError("choose an image first: upload one or click a gallery sample")
+        raise HPMError(missing)
     if not os.path.isfile(path):  # removed by the upload cache's clean-up; the server path is not shown
-        raise HPMError(f"the current image is no longer on the server (files are kept for {CACHE_HOURS} h): "
-                       "upload it or pick it again")
-    return image_to_tensor(open_image(path), model.input_size)
+        raise HPMError(f"the image is no longer on the server (files are kept for {CACHE_HOURS} h): upload it "
+                       "or pick it again")
+    return open_image(path)
 
 
-class Setting(gr.Slider):
-    """A slider whose value, from the page or an API client, is checked before Gradio's own range check, so that
-    null, text, NaN and fractional counts get a message naming the setting."""
+def _image_tensor(path: str | None, model) -> torch.Tensor:
+    """The current image at the model's input size."""
+    return image_to_tensor(_decoded(path, "choose an image first: upload one or click a gallery sample"),
+                           model.input_size)
 
-    is_template = True  # Gradio's mechanism for a subclass drawn by its base component (the slider)
 
-    def __init__(self, *, integer: bool = False, **kwargs):
-        super().__init__(precision=0 if integer else None, **kwargs)
-        self.integer = integer
+def _checked(slider: gr.Slider, *, integer: bool = False) -> gr.Slider:
+    """``slider`` with its value, from the page or an API client, checked before Gradio's own range check, so that
+    null, text, NaN and fractional counts get a message naming the setting. (The check wraps the instance's
+    ``preprocess``: a subclass of a Gradio component would make Gradio write a stub file beside this module.)"""
+    gradio_preprocess = slider.preprocess
 
-    def get_config(self, cls=None) -> dict:
-        return super().get_config(gr.Slider)  # the slider's properties, for the slider that draws it
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            value = demo.setting(payload, self.label, self.minimum, self.maximum, integer=self.integer)
+            value = demo.setting(payload, slider.label, slider.minimum, slider.maximum, integer=integer)
         except HPMError as e:
             raise gr.Error(str(e)) from None
-        return super().preprocess(value)
+        return gradio_preprocess(value)
+
+    slider.preprocess = preprocess
+    return slider
 
 
 @_user_errors
@@ -180,9 +185,7 @@ def load_model(choice: str, hub_id: str):
 def use_upload(path: str | None) -> tuple[str, str]:
     """Make an uploaded file the current image (any format PIL reads; bad files get a message): the decoded
     pixels to show, and the file itself, which Classify and Run attack decode again by the same path."""
-    if path is None:
-        raise HPMError("no file received")
-    return _png(np.asarray(open_image(path)), "current.png"), path
+    return _png(np.asarray(_decoded(path, "no file received")), "current"), path
 
 
 def gallery_items(model_id: str | None):
@@ -237,10 +240,10 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
                f"deployed {model.head.label} fooled: "
                f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
                f"**{verdict[result.transferred]}**")
-    return (_png(tensor_to_image(result.x_adv), "adversarial.png"), _png(amplified, "perturbation.png"), heat,
+    return (_png(tensor_to_image(result.x_adv), "adversarial"), _png(amplified, "perturbation"), heat,
             result.clean["fc"], result.clean["deployed"],
             result.adversarial["fc"], result.adversarial["deployed"], summary,
-            _png(tensor_to_image(result.x), "clean-input.png"))
+            _png(tensor_to_image(result.x), "clean-input"))
 
 
 _ANGLE_REPORTS: dict[str, object] = {}  # model id -> its Fig. 3 statistics, measured once (the last few models)
@@ -258,12 +261,13 @@ def angle_plots(model_id: str, progress=gr.Progress()):
         report = demo.angle_report(model, DATA, on_step=lambda done, total: progress(
             done / total, desc=f"features of {done}/{total} test images"))
         _ANGLE_REPORTS[model_id] = report
-        while len(_ANGLE_REPORTS) > 4:
-            _ANGLE_REPORTS.pop(next(iter(_ANGLE_REPORTS)))
+        for old in list(_ANGLE_REPORTS)[:-4]:  # the four measured last stay
+            _ANGLE_REPORTS.pop(old, None)
     return angle_histogram_figure(report), cdf_comparison_figure(report)
 
 
 def isotropic_plot(dims: list[str]):
+    """Fig. 2 for the ticked feature dimensions (512 when none is ticked)."""
     return isotropic_cdf_figure([int(d) for d in dims] or [512])
 
 
@@ -335,17 +339,18 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
                 first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
                 attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
                                        info=ATTACK_INFO)
-                eps = Setting(minimum=0, maximum=16, step=0.25, label="ε (×1/255, ℓ∞)",
-                              value=round(demo.default_eps(_model(DEFAULT_MODEL)) * 255, 2) if DEFAULT_MODEL else 8,
-                              info="how far each pixel may move, in 8-bit levels")
-                steps = Setting(minimum=1, maximum=demo.STEPS_MAX, value=20, step=1, integer=True, label="APGD steps")
-                queries = Setting(minimum=1, maximum=demo.QUERIES_MAX, value=500, step=1, integer=True,
-                                  label="Square queries",
-                                  info="one forward pass each; AutoAttack's evaluations use 5000")
+                eps = _checked(gr.Slider(0, 16, step=0.25, label="ε (×1/255, ℓ∞)",
+                                         value=round(demo.default_eps(_model(DEFAULT_MODEL)) * 255, 2)
+                                         if DEFAULT_MODEL else 8, info="how far each pixel may move, in 8-bit levels"))
+                steps = _checked(gr.Slider(1, demo.STEPS_MAX, value=20, step=1, precision=0, label="APGD steps"),
+                                 integer=True)
+                queries = _checked(gr.Slider(1, demo.QUERIES_MAX, value=500, step=1, precision=0, label="Square queries",
+                                             info="one forward pass each; AutoAttack's evaluations use 5000"),
+                                   integer=True)
                 checkbox, size = _context_controls(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else ({}, {})
                 use_context = gr.Checkbox(label="Classify inside a context batch", **checkbox)
-                context_n = Setting(minimum=1, maximum=demo.CONTEXT_MAX, value=64, step=1, integer=True, **size,
-                                    label="Context size N (test images)")
+                context_n = _checked(gr.Slider(1, demo.CONTEXT_MAX, value=64, step=1, precision=0, **size,
+                                               label="Context size N (test images)"), integer=True)
                 with gr.Row():
                     predict_btn = gr.Button("Classify")
                     attack_btn = gr.Button("Run attack", variant="primary")
@@ -390,8 +395,9 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
     app.load(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
 
 app.queue(default_concurrency_limit=2, max_size=32)
-# How the app is launched, for users and for its tests alike: library errors reach the visitor as messages,
-# uploads are refused above the size the image decoder accepts, and small images are enlarged without
-# smoothing, so each pixel the model saw stays a visible square.
-LAUNCH = dict(show_error=True, max_file_size=MAX_UPLOAD_BYTES, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
-                                   "height: 100% !important; object-fit: contain; }")
+# How the app is launched, for users and for its tests alike. Library errors reach the visitor as messages
+# (gr.Error); any other exception shows only Gradio's generic notice, so no server detail leaks. Uploads are
+# refused above the size the image decoder accepts, and small images are enlarged without smoothing, so each
+# pixel the model saw stays a visible square.
+LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
+                                                   "height: 100% !important; object-fit: contain; }")

@@ -241,11 +241,11 @@ def test_quick_fills_in_what_the_command_line_left_at_its_default_and_an_estimat
     from hpm.cli import main
     out = tmp_path / "quick.json"
     assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--quick", "--n", "4", "--iters", "2",
-                 "--square-queries", "5", "--out", str(out)]) == 0
+                 "--target-classes", "9", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     attack = data["config"]["attack"]
-    assert attack["n_iter"] == 2 and attack["square_queries"] == 5  # given: kept
-    assert attack["n_target_classes"] == 3 and data["results"]["256"]["n"] == 4  # quick
+    assert attack["n_iter"] == 2 and attack["n_target_classes"] == 9  # given (9 is also the default): kept
+    assert attack["square_queries"] == 500 and data["results"]["256"]["n"] == 4  # left out: --quick's
     assert not any(check["name"] == "monotone_in_eps" for check in data["checks"])  # no extra check runs
     err = capsys.readouterr().err
     assert "a first look, not a number to publish" in err

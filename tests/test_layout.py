@@ -123,3 +123,11 @@ def test_the_wheel_lists_every_subpackage_and_carries_the_shipped_checkpoints():
     subpackages = {module_name(p.parent) for p in PACKAGE.rglob("__init__.py")}
     assert set(setuptools["packages"]) == subpackages | {"hpm.checkpoints"}
     assert setuptools["package-dir"] == {"hpm.checkpoints": "checkpoints"}
+
+
+def test_importing_the_app_writes_no_file_into_the_package():
+    """Gradio writes a .pyi stub beside any module that subclasses one of its components; an installed package
+    may be read-only, and a stub would shadow the module for type checkers."""
+    subprocess.run([sys.executable, "-c", "import hpm.webapp"], check=True, capture_output=True,
+                   cwd=PACKAGE.parent)
+    assert sorted(PACKAGE.parent.glob("*.pyi")) + sorted(PACKAGE.rglob("*.pyi")) == []

@@ -55,8 +55,9 @@ def test_hpm_app_serves_the_demo_from_the_wheel(venv):
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
     env.pop("HPM_DATA_DIR", None)
+    log = outside / "app.log"
     server = subprocess.Popen([str(bin_dir / "hpm"), "app", "--port", str(port)], cwd=outside, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log.open("w"))
     try:
         for _ in range(240):
             try:
@@ -64,7 +65,7 @@ def test_hpm_app_serves_the_demo_from_the_wheel(venv):
                     assert page.status == 200 and b"Hybrid Prototype Mixing" in page.read()
                     return
             except OSError:
-                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert server.poll() is None, log.read_text()[-2000:]
                 time.sleep(0.5)
         pytest.fail("hpm app served no page within two minutes")
     finally:

@@ -64,10 +64,11 @@ def register(sub) -> None:
                         "which samples share a batch); default: dataset order")
     e.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     e.add_argument("--eps", type=eps_arg, default=8 / 255, help="radius, e.g. 8/255 (default)")
-    e.add_argument("--iters", type=positive_int, default=40, help="APGD iterations (paper 40, AutoAttack 100)")
+    e.add_argument("--iters", type=positive_int, default=None, help="APGD iterations (default 40; AutoAttack 100)")
     e.add_argument("--restarts", type=positive_int, default=1, help="APGD restarts")
-    e.add_argument("--square-queries", type=positive_int, default=5000, help="Square queries per sample")
-    e.add_argument("--target-classes", type=positive_int, default=9,
+    e.add_argument("--square-queries", type=positive_int, default=None,
+                   help="Square queries per sample (default 5000)")
+    e.add_argument("--target-classes", type=positive_int, default=None,
                    help="APGD-T (apgd-t/TARGET attacks): top wrong classes targeted in turn (default 9, AutoAttack's)")
     e.add_argument("--attacks", default=None,
                    help="comma-separated attacks, e.g. apgd-ce/fc,apgd-dlr/ensemble,apgd-t/bpda,square: APGD with "
@@ -95,22 +96,25 @@ def register(sub) -> None:
                    help="merge shards' per-sample results instead of attacking (needs one shard's .json beside it); "
                         "the same merge rank 0 does under torchrun")
     add_device_arg(e)
-    e.set_defaults(func=_cmd_eval, defaults={name: e.get_default(name) for name in QUICK})
+    e.set_defaults(func=_cmd_eval)
 
 
-QUICK = {"n": 100, "iters": 20, "square_queries": 500, "target_classes": 3, "no_checks": True}
-QUICK_TEXT = "--n 100 --iters 20 --square-queries 500 --target-classes 3 --no-checks"
+DEFAULTS = {"iters": 40, "square_queries": 5000, "target_classes": 9}  # options whose parser default is None
+QUICK = {"n": 100, "iters": 20, "square_queries": 500, "target_classes": 3}  # --quick, plus --no-checks
+QUICK_TEXT = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in QUICK.items()) + " --no-checks"
 
 
-def _apply_quick(args, parser_defaults: dict) -> None:
-    """``--quick``: the QUICK settings, for every one the command line left at its default."""
-    for name, value in QUICK.items():
-        if getattr(args, name) == parser_defaults[name]:
+def _fill_defaults(args) -> None:
+    """The budget options the command line left out: ``--quick``'s values with it, the defaults without."""
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
             setattr(args, name, value)
+    args.no_checks = args.no_checks or args.quick
 
 
 def _cmd_eval(args) -> int:
     from ..data import Subset
+    from ..evaluation.api import output_paths
     from ..evaluation import (
         AttackConfig,
         dist,
@@ -131,10 +135,11 @@ def _cmd_eval(args) -> int:
         return 0
     if not args.model:
         raise HPMError("MODEL is required (unless --merge is given)")
+    _fill_defaults(args)
     if args.quick:
-        _apply_quick(args, args.defaults)
         print(f"hpm eval --quick: {QUICK_TEXT} (unless given): a first look, not a number to publish",
               file=sys.stderr)
+    output_paths(args.out)  # a bad --out is refused before anything runs
     device = resolve_device(args.device)
     model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
     dataset = dataset_of(args, model)

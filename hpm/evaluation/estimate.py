@@ -24,30 +24,37 @@ def forward_passes_per_image(plan: list[AttackSpec], attack: AttackConfig, num_c
     return steps, queries
 
 
-def _seconds(fn, repeats: int = 2) -> float:
-    fn()  # warm-up
+def _seconds(fn, device: torch.device, repeats: int = 2) -> float:
+    """Mean wall time of ``fn()`` after a warm-up call, waiting for the device's queued work."""
+    def timed() -> None:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    timed()
     start = time.perf_counter()
     for _ in range(repeats):
-        fn()
+        timed()
     return (time.perf_counter() - start) / repeats
 
 
 def _step_seconds(model: nn.Module, x: Tensor) -> tuple[float, float]:
-    """Seconds of one forward+backward (an APGD step) and of one forward (a Square query) on the batch ``x``."""
+    """Seconds of one forward+backward (an APGD step: the gradient to the input only, so the model's parameters
+    keep no gradient) and of one forward (a Square query) on the batch ``x``."""
     def step():
         xg = x.clone().requires_grad_(True)
-        model(xg).sum().backward()
+        torch.autograd.grad(model(xg).sum(), xg)
 
     def query():
         with torch.no_grad():
             model(x)
-    return _seconds(step), _seconds(query)
+    return _seconds(step, x.device), _seconds(query, x.device)
 
 
 def estimate_seconds(model: nn.Module, x: Tensor, plan: list[AttackSpec], attack: AttackConfig,
                      batch_sizes: list[int], batch_dependent: bool, device: torch.device) -> tuple[float, str]:
     """An upper bound of the attacks' wall time (every attack on every image; the cumulative schedule attacks
-    only the survivors), and how it was obtained. Each batch size's step is timed once on this device."""
+    only the survivors), and how it was obtained. Each batch size's step is timed once on this device, where the
+    model is put in eval mode, as the evaluation puts it."""
     model = model.eval().to(device)
     n, num_classes = len(x), None
     total, basis = 0.0, []

@@ -100,7 +100,7 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
             robust[idx[hit]] = False
         seconds[a] = time.perf_counter() - start
         if on_attack_done is not None:
-            on_attack_done(a, len(idx), robust)
+            on_attack_done(a, len(idx), robust, seconds[a])
     return correct.cpu(), attacked, broken, seconds
 
 
@@ -145,14 +145,11 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
         sl = slice(start, min(start + r.batch_size, len(y)))
         if r.done[sl].all():
             continue
-        last = [time.perf_counter()]
 
-        def show(a: int, n_attacked: int, robust_now: Tensor, _sl: slice = sl) -> None:
+        def show(a: int, n_attacked: int, robust_now: Tensor, seconds: float, _sl: slice = sl) -> None:
             """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one) and the
             attack's own time."""
-            now = time.perf_counter()
-            own[a] += now - last[0]
-            last[0] = now
+            own[a] += seconds
             seen = int(r.done.sum()) + (_sl.stop - _sl.start)
             bars[a].update(_sl.stop - _sl.start)
             bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%",

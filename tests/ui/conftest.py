@@ -70,4 +70,5 @@ def imagenet_hub_id(tmp_path, monkeypatch):
         tmp_path / "ckpt")}, {"main": "3" * 40})
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    sys.modules["hpm.webapp"]._hub_snapshot.cache_clear()  # looked up in this test's cache, not an earlier one's
     return "someone/tiny-imagenet"
