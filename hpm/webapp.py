@@ -313,7 +313,8 @@ Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --
 with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_HOURS * 3600)) as app:
     gr.Markdown("# Hybrid Prototype Mixing — attack FC vs HPM live")
     with gr.Row():
-        choice = gr.Dropdown(list(CHECKPOINTS), value=next(iter(CHECKPOINTS), None), label="Shipped checkpoint",
+        choice = gr.Dropdown(list(CHECKPOINTS), value=DEFAULT_MODEL and DEFAULT_MODEL.removeprefix("checkpoints/"),
+                             label="Shipped checkpoint",
                              info=f"FC vs HPM on a robust backbone: {ROBUST_HPM}" if ROBUST_HPM in CHECKPOINTS
                              else None)
         hub_id = gr.Textbox("", label="…or a Hub repo id", placeholder="owner/name[@revision] (needs network)")
