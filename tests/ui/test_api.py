@@ -312,3 +312,12 @@ def test_an_imagenet_checkpoint_classifies_and_attacks_an_imagenet_photo(client,
     with Image.open(adv) as image:
         assert image.size == (224, 224)
     assert "ε = 4/255" in summary
+
+
+def test_a_file_that_is_not_an_image_gets_the_decoders_message_as_the_app_is_launched_for_users(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    path = tmp_path / "notes.png"
+    path.write_text("this is text, not a PNG")
+    with pytest.raises(AppError, match="not an image file that can be read"):
+        client.predict(handle_file(str(path)), MODEL, False, 8, api_name="/predict")
