@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -34,6 +35,7 @@ DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-res
 DATA = os.environ.get("HPM_DATA_DIR")
 GALLERY_SIZE = 24  # test samples offered in the gallery
 CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
+HUB_RECHECK_SECONDS = 600  # how often a Hub id (a branch may move) is looked up again
 # HPM on the project's robust (FGSM-RS) backbone, fine-tuned with the paper's full IKL recipe: the best HPM
 # checkpoint shipped for a robust comparison (its card holds the protocol's numbers per batch size and order)
 ROBUST_HPM = "cifar10-resnet20w32-fgsmrs-hpm-full"
@@ -67,14 +69,14 @@ def _source(model_id: str) -> str:
         return str(SHIPPED[model_id.removeprefix("checkpoints/")])
     repo_id = model_id.partition("@")[0]
     if is_repo_id(repo_id) and not repo_id.startswith("checkpoints/"):
-        return _hub_snapshot(*split_revision(model_id))
+        return _hub_snapshot(*split_revision(model_id), int(time.time() // HUB_RECHECK_SECONDS))
     raise HPMError("choose a shipped checkpoint or give a Hugging Face Hub repo id of the form owner/name")
 
 
 @functools.lru_cache(maxsize=8)
-def _hub_snapshot(repo_id: str, revision: str | None) -> str:
-    """The downloaded (or cached) snapshot of a Hub repo at a revision, looked up once; never a server path of
-    that name."""
+def _hub_snapshot(repo_id: str, revision: str | None, period: int) -> str:
+    """The downloaded (or cached) snapshot of a Hub repo at a revision, never a server path of that name. Looked
+    up once per ``period`` (a branch may move on the Hub; a model loaded from a snapshot stays cached by path)."""
     return str(download_checkpoint(repo_id, revision=revision))
 
 

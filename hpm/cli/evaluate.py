@@ -171,4 +171,5 @@ def _print_estimate(model, x, attack, batch_sizes, device) -> None:
     seconds, basis = estimate_seconds(model, x, resolve_plan(model, attack), attack, sizes,
                                       model_info(model)["batch_dependent"], device)
     print(f"hpm eval: attacks take at most {describe_estimate(seconds)} on {device} ({len(x)} images, every attack "
-          f"on every image; timed here: {basis}); survivors only are attacked, so usually less", file=sys.stderr)
+          f"on every image; timed here: {basis}); survivors only are attacked, so usually less (and a --shard or "
+          f"a resumed run does only part of it)", file=sys.stderr)
