@@ -214,14 +214,18 @@ _GLOBAL_RNG = threading.Lock()  # held by the one seeded attack run that owns Py
 
 @contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the body with PyTorch's global generator (and the CUDA ones, on CUDA) seeded with ``seed``, alone.
+    """Run the body with PyTorch's global generator (and ``device``'s, on CUDA) in the state of a fresh
+    ``torch.Generator`` seeded with ``seed``, alone.
 
-    The lock keeps concurrent threads from drawing from, or reseeding, the generator mid-run; the caller's
-    generator state is restored on exit, so attacks neither depend on nor change the caller's random stream.
+    AutoAttack draws from the global generators and takes none of its own, so the run's seeded state is put there:
+    the lock keeps concurrent threads from drawing from, or resetting, them mid-run, and the caller's states are
+    restored on exit, so attacks neither depend on nor change the caller's random stream.
     """
-    cuda = range(torch.cuda.device_count()) if device.type == "cuda" else []  # manual_seed seeds them all
+    cuda = [device] if device.type == "cuda" else []
     with _GLOBAL_RNG, torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+        torch.set_rng_state(torch.Generator().manual_seed(seed).get_state())
+        for gpu in cuda:
+            torch.cuda.set_rng_state(torch.Generator(device=gpu).manual_seed(seed).get_state(), gpu)
         yield
 
 
