@@ -2,7 +2,6 @@
 checkpoint by name and serves the app with ``hpm app``."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,14 +10,9 @@ import urllib.request
 import pytest
 
 from conftest import REPO
+from ui.conftest import _free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +27,9 @@ def venv(tmp_path_factory):
                     str(root / "dist"), str(source)], check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], check=True)
     wheel, = (root / "dist").glob("hpm-*.whl")
-    subprocess.run([str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
-                   check=True, capture_output=True)
+    # --ignore-installed: an hpm in the system site-packages (CI installs one) must not count as this wheel
+    subprocess.run([str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                    "--ignore-installed", str(wheel)], check=True, capture_output=True)
     outside = root / "elsewhere"
     outside.mkdir()
     return root / "venv" / "bin", outside
