@@ -48,7 +48,7 @@ def shipped_root() -> Path | None:
 def shipped_checkpoints() -> dict[str, Path]:
     """The shipped checkpoints by name (``cifar10-resnet18-hpm-clean`` -> its directory)."""
     root = shipped_root()
-    return {} if root is None else {d.name: d for d in sorted(root.iterdir()) if (d / CONFIG_NAME).is_file()}
+    return {} if root is None else _checkpoints_in(root)
 
 
 def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = None,
@@ -73,8 +73,9 @@ def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = No
     return download_checkpoint(text, revision=revision, token=token)
 
 
-def _checkpoints_in(folder: Path) -> list[str]:
-    return sorted(d.name for d in folder.iterdir() if (d / CONFIG_NAME).is_file())
+def _checkpoints_in(folder: Path) -> dict[str, Path]:
+    """The checkpoint directories in ``folder`` (those with a config.json), by name, sorted."""
+    return {d.name: d for d in sorted(folder.iterdir()) if (d / CONFIG_NAME).is_file()}
 
 
 def download_checkpoint(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:

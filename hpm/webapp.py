@@ -67,9 +67,9 @@ def _source(model_id: str) -> str:
     Anything else is refused without saying anything about the server's files."""
     if model_id in CHECKPOINTS.values():
         return str(SHIPPED[model_id.removeprefix("checkpoints/")])
-    repo_id = model_id.partition("@")[0]
+    repo_id, revision = split_revision(model_id)
     if is_repo_id(repo_id) and not repo_id.startswith("checkpoints/"):
-        return _hub_snapshot(*split_revision(model_id), int(time.time() // HUB_RECHECK_SECONDS))
+        return _hub_snapshot(repo_id, revision, int(time.time() // HUB_RECHECK_SECONDS))
     raise HPMError("choose a shipped checkpoint or give a Hugging Face Hub repo id of the form owner/name")
 
 

@@ -140,7 +140,6 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
                          attack: AttackConfig, starts: list[int], device: torch.device, save, progress: bool) -> None:
     """Fill ``r`` for the batches starting at ``starts`` (skipping those already done); ``save()`` after each."""
     bars = _progress_bars(r, starts, len(y), progress)
-    own = np.zeros(len(bars))  # each attack's own seconds in this run (the bars' clocks all start together)
     for start in starts:
         sl = slice(start, min(start + r.batch_size, len(y)))
         if r.done[sl].all():
@@ -148,12 +147,11 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
 
         def show(a: int, n_attacked: int, robust_now: Tensor, seconds: float, _sl: slice = sl) -> None:
             """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one) and the
-            attack's own time."""
-            own[a] += seconds
+            attack's own time (done batches, as the report counts it, + this one)."""
             seen = int(r.done.sum()) + (_sl.stop - _sl.start)
             bars[a].update(_sl.stop - _sl.start)
             bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%",
-                                own=f"{own[a]:.0f}s")
+                                own=f"{r.seconds[a] + seconds:.0f}s")
 
         correct, attacked, broken, seconds = attack_batch(model, x[sl].to(device), y[sl].to(device), plan, attack,
                                                           show)
