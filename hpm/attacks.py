@@ -90,12 +90,22 @@ def parse_attacks(names: list[str], model: nn.Module) -> list[AttackSpec]:
 
     ``apgd-t/TARGET`` is AutoAttack's targeted APGD (APGD-T: the targeted DLR loss towards each of the top
     wrong classes of the deployed model in turn). ``batch:`` perturbs every image of the evaluation batch
-    jointly, and applies only to batch-dependent heads.
+    jointly, and applies only to batch-dependent heads. ``apgd-t`` (``apgd-ce``, ``apgd-dlr``) without a target
+    stands for that attack on every target the model's default plan runs it on.
     """
-    plan = [_parse_attack(name, model) for name in names]
+    plan = [_parse_attack(one, model) for name in names for one in _on_default_targets(name, model)]
     if len({s.name for s in plan}) != len(plan):
         raise ValueError("an attack is listed twice")
     return plan
+
+
+def _on_default_targets(name: str, model: nn.Module) -> list[str]:
+    """``apgd-KIND`` without a target -> ``apgd-KIND/TARGET`` for each target of the default plan that runs it;
+    any other name as it is."""
+    if name.startswith("apgd-") and "/" not in name:
+        names = [s.name for s in default_plan(model, square=False) if s.name.partition("/")[0] == name]
+        return names or [name]
+    return [name]
 
 
 def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
@@ -109,8 +119,9 @@ def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
         return AttackSpec(name, "square", whole_batch=whole_batch)
     loss = ATTACK_LOSSES.get(kind.removeprefix("apgd-")) if kind.startswith("apgd-") else None
     if loss is None or target not in known:
-        raise ValueError(f"unknown attack {name!r}; use square or apgd-{{ce,dlr,t}}/TARGET (optionally after "
-                         f"batch:) with a TARGET of {', '.join(sorted(known))}")
+        raise ValueError(f"unknown attack {name!r}; use square, apgd-{{ce,dlr,t}} (on the default plan's targets) "
+                         f"or apgd-{{ce,dlr,t}}/TARGET (optionally after batch:) with a TARGET of "
+                         f"{', '.join(sorted(known))}")
     if target not in targets:
         head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else "a plain classifier"
         raise ValueError(f"attack {name!r} does not apply to this model ({head}); its APGD targets are "

@@ -50,8 +50,11 @@ def evaluation_commands(metrics: dict) -> list[str]:
     seen: dict[str, None] = {}
     for key in ("command", "recorded_with"):
         for m in metrics.values():
-            if isinstance(m, dict) and m.get(key):
-                seen.setdefault(m[key], None)
+            if not isinstance(m, dict):
+                continue
+            for command in (m.get("commands") or [m.get(key)]) if key == "command" else [m.get(key)]:
+                if command:
+                    seen.setdefault(command, None)
     return list(seen)
 
 

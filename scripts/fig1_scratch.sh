@@ -20,5 +20,10 @@ python scripts/ce_saturation.py "fc=checkpoints/cifar10-$tag-scratch-fc" "l2=che
 python scripts/plot_sweep.py "results/eval/sweep/scratch$tag-*-eps*.json" --out "results/figures/scratch$tag-sweep" \
   --title "CIFAR ResNet-$DEPTH (width $WIDTH) trained from scratch: FC vs l2 classifier"
 for classifier in fc l2; do
-  hpm card "checkpoints/cifar10-$tag-scratch-$classifier" --eval "results/eval/sweep/scratch$tag-$classifier-eps"*.json
+  worst=()
+  for full in "results/eval/sweep/scratch$tag-$classifier-eps"*-full.json; do
+    worst+=(--worst-case "$full" "${full%-full.json}-targeted.json")
+  done
+  hpm card "checkpoints/cifar10-$tag-scratch-$classifier" \
+    --eval "results/eval/sweep/scratch$tag-$classifier-eps"*-{apgdce,full}.json "${worst[@]}"
 done

@@ -25,9 +25,9 @@ for spec in "hpm=" "nobatch=no-batch-prototypes" "mean=mean-mixer" "dot=dot-scor
   hpm eval "runs/ablation-clean-$name" "${EVAL[@]}" --attacks "$plan" \
     --out "$OUT/r20w32-ablation-clean-$name-eps8.json" > /dev/null 2> "$OUT/r20w32-ablation-clean-$name-eps8.log"
 done
-# Two ablations with the paper's full IKL recipe too (as checkpoints/cifar10-resnet20w32-fgsmrs-hpm-full;
+# The three ablations with the paper's full IKL recipe too (as checkpoints/cifar10-resnet20w32-fgsmrs-hpm-full;
 # about 50 CPU-minutes each, resumable from runs/ikl-ablation-*/trainer_state.pt).
-for ablation in no-batch-prototypes dot-score; do
+for ablation in no-batch-prototypes dot-score mean-mixer; do
   hpm train "$FC" --head hpm --mode adversarial --data "$DATA" --save-every 50 --n-test 1000 --ablation "$ablation" \
     --out "runs/ikl-ablation-$ablation"
   plan="$HPM_PLAN"; [ "$ablation" = no-batch-prototypes ] && plan="$PER_SAMPLE_PLAN"

@@ -253,6 +253,26 @@ def test_quick_fills_in_what_the_command_line_left_at_its_default_and_an_estimat
     assert "own=" in err  # each attack's own time, not the run's
 
 
+def test_estimate_only_prints_the_bound_as_json_and_attacks_and_writes_nothing(tiny_data_root, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from hpm.cli import main
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "4", "--estimate-only"]) == 0
+    out, err = capsys.readouterr()
+    said = json.loads(out)
+    assert said["attack_seconds_at_most"] > 0 and said["n"] == 4 and said["device"] == "cpu"
+    assert "attacks take at most" in err and "apgd-ce" not in err  # nothing attacked
+    assert list(work.iterdir()) == []  # nothing written
+
+
+def test_a_report_path_is_required_unless_only_the_estimate_is_asked(tiny_data_root, capsys):
+    from hpm.cli import main
+    assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "4"]) == 2
+    assert "--out REPORT.json is required (unless --estimate-only is given)" in capsys.readouterr().err
+
+
 def test_the_estimate_counts_every_pass_of_every_attack_and_times_a_step_per_batch_size():
     from hpm.evaluation.estimate import estimate_seconds, forward_passes_per_image
     net, x, _ = tiny_fc()
@@ -409,3 +429,13 @@ def test_attacks_are_pure_functions_of_inputs_and_seed_even_from_concurrent_thre
         together = list(pool.map(attack, jobs))
     assert all(torch.equal(a, b) for a, b in zip(alone, together))
     assert not torch.equal(alone[0], alone[1])  # the seed matters
+
+
+def test_an_attack_without_a_target_runs_on_every_target_the_default_plan_gives_it():
+    hpm_model, _, _ = tiny_hpm()
+    fc_net, _, _ = tiny_fc()
+    assert [s.name for s in parse_attacks(["apgd-t"], hpm_model)] == ["apgd-t/fc", "apgd-t/bpda"]
+    assert [s.name for s in parse_attacks(["apgd-t", "square"], fc_net)] == ["apgd-t/deployed", "square"]
+    assert len(parse_attacks(["apgd-ce"], hpm_model)) == len(hpm_model.head.attack_targets)
+    with pytest.raises(ValueError, match="unknown attack 'apgd-x'"):
+        parse_attacks(["apgd-x"], hpm_model)

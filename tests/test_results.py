@@ -11,7 +11,8 @@ import torch
 from hpm.train.scratch import BackboneConfig, to_hpm
 from hpm.cli import main
 from hpm.errors import HPMError
-from hpm.publish.compare import comparison_rows, mcnemar_exact, missed_by_apgd_ce, paired_robust, protocol_gaps
+from hpm.publish.compare import (combined_robust, comparison_rows, mcnemar_exact, missed_by_apgd_ce, paired_robust,
+                                 protocol_gaps)
 from hpm.publish.metrics import load_report, protocol_name, report_metrics
 from hpm.publish.readme import compact_plan, reports_table
 from hpm.units import eps_text
@@ -178,7 +179,6 @@ def test_paper_tables_script_runs_on_a_random_init_zoo_checkpoint(tiny_data_root
 
 
 def test_several_reports_of_one_model_combine_per_sample_into_their_worst_case(checkpoint, tiny_data_root, tmp_path):
-    from hpm.publish.compare import combined_robust
     _eval(checkpoint, tiny_data_root, tmp_path / "ce.json", "--eps", "2/255", "--attacks", "apgd-ce/deployed")
     _eval(checkpoint, tiny_data_root, tmp_path / "t.json", "--eps", "2/255", "--attacks", "apgd-t/deployed",
           "--target-classes", "2")
@@ -187,3 +187,56 @@ def test_several_reports_of_one_model_combine_per_sample_into_their_worst_case(c
     _eval(checkpoint, tiny_data_root, tmp_path / "other.json", "--n", "3")
     with pytest.raises(HPMError, match="different samples"):
         combined_robust([tmp_path / "ce.json", tmp_path / "other.json"], 4)
+
+
+def test_a_sweeps_extra_apgd_t_report_joins_its_full_report_per_sample_in_tables_and_cards(checkpoint,
+                                                                                          tiny_data_root, tmp_path):
+    from hpm.publish.sweeps import sweep_rows
+    full, extra = tmp_path / "tiny-fc-eps2-full.json", tmp_path / "tiny-fc-eps2-targeted.json"
+    _eval(checkpoint, tiny_data_root, full, "--eps", "2/255", "--no-targeted")
+    _eval(checkpoint, tiny_data_root, extra, "--eps", "2/255", "--attacks", "apgd-t", "--target-classes", "2")
+    _, rows = sweep_rows({"fc": [full, extra]})
+    assert [r["protocol"] for r in rows] == ["full", "full + APGD-T"]  # the extra report: no row of its own
+    worst = combined_robust([full, extra], 4)
+    assert rows[1]["robust"] == sum(worst.values()) / 4 <= rows[0]["robust"]
+    assert main(["card", str(checkpoint), "--eval", str(full), "--worst-case", str(full), str(extra)]) == 0
+    metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
+    joined = metrics["robust_accuracy (Linf 2/255, full + APGD-T, n 4, bs 4)"]
+    assert joined["value"] == rows[1]["robust"] and joined["protocol"].startswith("per-sample worst case of ")
+    card = (checkpoint / "README.md").read_text()
+    assert load_report(extra).command in card and load_report(full).command in card  # both, to reproduce it
+
+
+def test_readme_timed_examples_are_commands_hpm_eval_accepts():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from time_examples import readme_examples, with_options
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    from hpm.cli import build_parser
+    examples = readme_examples(REPO / "README.md")
+    assert len(examples) >= 2 and any("--quick" in e for e in examples)
+    for argv in examples:
+        args = build_parser().parse_args(with_options(argv, out="x.json", device="cpu")[1:])
+        assert args.func.__module__ == "hpm.cli.evaluate"
+    assert with_options(["hpm", "eval", "m", "--out", "a", "--n", "3"], out=None, data="d") == \
+        ["hpm", "eval", "m", "--n", "3", "--data", "d"]
+
+
+def test_readme_time_per_example_shows_each_device_measured_and_says_which_is_not(tmp_path):
+    from hpm.publish.readme import timing_lines
+    timing = {"command": "python scripts/time_examples.py", "device": "cpu", "created": "2026-01-02T03:04:05+00:00",
+              "machine": {"processor": "Some CPU", "cores": 2, "torch_threads": 2, "torch": "2.x"},
+              "examples": [{"command": "hpm eval m --quick", "estimate": {"attack_seconds_at_most": 1800.0},
+                            "run": {"wall_seconds": 76.0, "attack_seconds": 67.0}},
+                           {"command": "hpm eval m --n 200", "estimate": {"attack_seconds_at_most": 18000.0}}],
+              "quickstart": {"command": "python examples/quickstart.py", "wall_seconds": 700.0}}
+    (tmp_path / "cpu.json").write_text(json.dumps(timing))
+    lines = timing_lines(tmp_path, {"files": {"CPU": "cpu.json", "GPU": "cuda.json"}})
+    table = "\n".join(lines)
+    assert "| `hpm eval m --quick` | ≈ 30 min | ≈ 76 s (attacks ≈ 67 s) | not measured | not measured |" in table
+    assert "| `hpm eval m --n 200` | ≈ 5.0 h | not run | not measured | not measured |" in table
+    quickstart = ("| `python examples/quickstart.py` (a first run: empty cache) | – | ≈ 12 min | – "
+                  "| not measured |")
+    assert quickstart in table
+    assert "- CPU: Some CPU, 2 cores" in table and "- GPU: not measured (no results file `cuda.json`)." in table

@@ -21,6 +21,9 @@ def register(sub) -> None:
     c.add_argument("checkpoint", help="checkpoint directory")
     c.add_argument("--eval", nargs="*", default=[], metavar="REPORT.json",
                    help="reports written by hpm eval (none: only regenerate the card from config.json)")
+    c.add_argument("--worst-case", nargs="+", action="append", default=[], metavar="REPORT.json",
+                   help="reports of the same samples (e.g. the paper's protocol, then --attacks apgd-t): records "
+                        "their per-sample worst case as one robust accuracy; may be repeated")
     c.set_defaults(func=_cmd_card)
 
     p = sub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub",
@@ -54,9 +57,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_card(args: argparse.Namespace) -> int:
     from ..model_card import metrics_table
-    from ..publish.metrics import record_evaluations
+    from ..publish.cards import record_evaluations
 
-    metrics = record_evaluations(args.checkpoint, args.eval, command=args.command_line)
+    metrics = record_evaluations(args.checkpoint, args.eval, worst_cases=args.worst_case, command=args.command_line)
     print(metrics_table(metrics), end="")
     return 0
 

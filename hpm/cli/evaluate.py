@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -37,19 +38,8 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def register(sub) -> None:
-    """Add this module's commands to the ``hpm`` subparsers ``sub``."""
-    e = sub.add_parser(
-        "eval", help="evaluate robustness with MSA (APGD on surrogates, BPDA) + Square, per-sample worst case",
-        description="Attack MODEL (a checkpoint directory, a Hub id, or pyautoattack / robustbench:NAME / timm:NAME "
-                    "/ torchvision:NAME for the original FC model) with APGD-CE and APGD-DLR on the FC oracle, the "
-                    "soft-hybrid surrogate, their ensemble and the deployed model (BPDA), then Square on the deployed "
-                    "model; every adversarial batch is judged on the deployed model. Writes OUT (.json), OUT.md and "
-                    "the resumable per-sample OUT.npz. Under torchrun the ranks share the batches (each resumable from "
-                    "OUT.rankR-of-W.npz) and rank 0 writes the one report.")
-    add_model_arg(e, required=False)
-    e.add_argument("--out", required=True, metavar="REPORT.json", help="report path; .md and .npz are written beside it")
-    add_data_args(e)
+def _add_sample_args(e: argparse.ArgumentParser) -> None:
+    """Which images are attacked, and in which order."""
     e.add_argument("--split", default="test", choices=["test", "test-jpeg", "train"],
                    help="default test (CIFAR-10: the lossless first-1000 subset when the data root has it)")
     e.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=None,
@@ -62,6 +52,23 @@ def register(sub) -> None:
     e.add_argument("--order-seed", type=int, default=None,
                    help="evaluate the chosen samples in a random order with this seed (batch-dependent heads: "
                         "which samples share a batch); default: dataset order")
+
+
+def register(sub) -> None:
+    """Add this module's commands to the ``hpm`` subparsers ``sub``."""
+    e = sub.add_parser(
+        "eval", help="evaluate robustness with MSA (APGD on surrogates, BPDA) + Square, per-sample worst case",
+        description="Attack MODEL (a checkpoint directory, a Hub id, or pyautoattack / robustbench:NAME / timm:NAME "
+                    "/ torchvision:NAME for the original FC model) with APGD-CE and APGD-DLR on the FC oracle, the "
+                    "soft-hybrid surrogate, their ensemble and the deployed model (BPDA), then Square on the deployed "
+                    "model; every adversarial batch is judged on the deployed model. Writes OUT (.json), OUT.md and "
+                    "the resumable per-sample OUT.npz. Under torchrun the ranks share the batches (each resumable from "
+                    "OUT.rankR-of-W.npz) and rank 0 writes the one report.")
+    add_model_arg(e, required=False)
+    e.add_argument("--out", default=None, metavar="REPORT.json",
+                   help="report path (required unless --estimate-only); .md and .npz are written beside it")
+    add_data_args(e)
+    _add_sample_args(e)
     e.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     e.add_argument("--eps", type=eps_arg, default=8 / 255, help="radius, e.g. 8/255 (default)")
     e.add_argument("--iters", type=positive_int, default=None, help="APGD iterations (default 40; AutoAttack 100)")
@@ -73,8 +80,9 @@ def register(sub) -> None:
     e.add_argument("--attacks", default=None,
                    help="comma-separated attacks, e.g. apgd-ce/fc,apgd-dlr/ensemble,apgd-t/bpda,square: APGD with "
                         "loss ce, dlr or t (targeted, APGD-T) on a target the model's head offers (fc, soft, "
-                        "ensemble, bpda, deployed); a batch: prefix perturbs the whole evaluation batch jointly "
-                        "(batch-dependent heads); default: the model's plan (APGD-CE and -DLR on every target, "
+                        "ensemble, bpda, deployed; no target: on each target of the default plan, e.g. apgd-t "
+                        "for the default plan's APGD-T runs); a batch: prefix perturbs the whole evaluation batch "
+                        "jointly (batch-dependent heads); default: the model's plan (APGD-CE and -DLR on every target, "
                         "APGD-T on the FC oracle and the deployed model, Square)")
     e.add_argument("--no-targeted", action="store_true",
                    help="default plan without APGD-T: the paper's MSA + Square exactly")
@@ -88,6 +96,9 @@ def register(sub) -> None:
     e.add_argument("--no-checks", action="store_true", help="skip the sanity checks (extra small attack runs)")
     e.add_argument("--quick", action="store_true",
                    help=f"a first look in minutes, not a number to publish: {QUICK_TEXT} where not given")
+    e.add_argument("--estimate-only", action="store_true",
+                   help="only say how long the attacks would take at most on this device (one timed step per batch "
+                        "size), print it as JSON on stdout and exit: nothing is attacked or written")
     e.add_argument("--check-n", type=positive_int, default=16, help="samples used by the sanity checks")
     e.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="evaluate every N-th batch from K (independent processes or machines; under torchrun the "
@@ -124,6 +135,10 @@ def _cmd_eval(args) -> int:
     )
     from ..model import load_or_wrap
 
+    if not args.out and not args.estimate_only:
+        raise HPMError("--out REPORT.json is required (unless --estimate-only is given)")
+    if args.merge and args.estimate_only:
+        raise HPMError("--merge attacks nothing, so there is nothing to estimate: drop --estimate-only")
     if args.merge and dist.under_torchrun():
         raise HPMError("--merge runs in one process; run it without torchrun")
     if args.merge:
@@ -139,7 +154,8 @@ def _cmd_eval(args) -> int:
     if args.quick:
         print(f"hpm eval --quick: {QUICK_TEXT} (unless given): a first look, not a number to publish",
               file=sys.stderr)
-    output_paths(args.out)  # a bad --out is refused before anything runs
+    if args.out:
+        output_paths(args.out)  # a bad --out is refused before anything runs
     device = resolve_device(args.device)
     model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
     dataset = dataset_of(args, model)
@@ -150,6 +166,9 @@ def _cmd_eval(args) -> int:
                           square_queries=args.square_queries, n_target_classes=args.target_classes,
                           schedule=args.schedule, seed=args.seed, targeted=not args.no_targeted,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
+    if args.estimate_only:
+        print(json.dumps(_print_estimate(model, x, attack, args.batch_sizes, device)))
+        return 0
     if not dist.under_torchrun():
         _print_estimate(model, x, attack, args.batch_sizes, device)
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
@@ -161,8 +180,9 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _print_estimate(model, x, attack, batch_sizes, device) -> None:
-    """Say up front how long the attacks take at most on this device (one timed step per batch size)."""
+def _print_estimate(model, x, attack, batch_sizes, device) -> dict:
+    """Say up front how long the attacks take at most on this device (one timed step per batch size); returns
+    what was said, for ``--estimate-only``."""
     from ..evaluation.api import default_batch_sizes, model_info
     from ..evaluation.estimate import describe_estimate, estimate_seconds
     from ..evaluation.protocol import resolve_plan
@@ -173,3 +193,5 @@ def _print_estimate(model, x, attack, batch_sizes, device) -> None:
     print(f"hpm eval: attacks take at most {describe_estimate(seconds)} on {device} ({len(x)} images, every attack "
           f"on every image; timed here: {basis}); survivors only are attacked, so usually less (and a --shard or "
           f"a resumed run does only part of it)", file=sys.stderr)
+    return {"attack_seconds_at_most": round(seconds, 1), "device": str(device), "n": len(x),
+            "batch_sizes": sizes, "basis": basis}

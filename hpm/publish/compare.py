@@ -7,9 +7,9 @@ import numpy as np
 from scipy.stats import binomtest
 
 from ..errors import HPMError
-from ..evaluation.report import EvalReport
+from ..evaluation.report import EvalReport, clopper_pearson
 from ..evaluation.samples import SampleResults, load_results
-from .metrics import APGD_CE_ONLY, FULL, FULL_TARGETED, protocol_name
+from .metrics import APGD_CE_ONLY, FULL, FULL_TARGETED, load_report, protocol_name, worst_case_protocol_name
 
 
 def comparison_rows(reports: list[tuple[str, EvalReport]]) -> list[dict]:
@@ -47,6 +47,20 @@ def combined_robust(report_jsons: list[str | Path], batch_size: int) -> dict[int
     if any(o.keys() != outcomes[0].keys() for o in outcomes):
         raise HPMError(f"{', '.join(map(str, report_jsons))} cover different samples")
     return {i: all(o[i] for o in outcomes) for i in outcomes[0]}
+
+
+def worst_case_rows(label: str, paths: list[Path]) -> list[dict]:
+    """Rows (as :func:`comparison_rows`) of the per-sample worst case of several reports of one model on the same
+    samples, one per evaluation batch size of the first; ``paths`` are kept for paired tests."""
+    reports = [load_report(p) for p in paths]
+    rows = []
+    for bs, r in reports[0].results.items():
+        robust = combined_robust(paths, int(bs))
+        k, n = sum(robust.values()), len(robust)
+        rows.append({"label": label, "protocol": worst_case_protocol_name(reports),
+                     "eps": reports[0].config.attack.eps, "n": n, "batch_size": int(bs), "clean": r.clean_accuracy,
+                     "robust": k / n, "ci95": clopper_pearson(k, n), "breaks": {}, "path": paths[0], "paths": paths})
+    return rows
 
 
 def missed_by_apgd_ce(apgd_ce_json: str | Path, full_json: str | Path, batch_size: int) -> dict[str, int]:

@@ -1,18 +1,15 @@
 """From evaluation reports to the numbers checkpoints, model cards and the README show.
 
 Nothing here measures anything: it reads :class:`hpm.EvalReport` JSON files and turns them into
-``config.json`` metrics (``hpm card``), so every published number can be traced to a report and the
-command that wrote it.
+``config.json`` metrics (recorded by :mod:`.cards`), so every published number can be traced to a report and
+the command that wrote it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import read_config, write_config
-from ..errors import HPMError
 from ..evaluation.report import EvalReport
 from ..heads import HEADS
-from ..model_card import model_card
 from ..units import eps_text
 
 APGD_CE_ONLY = "APGD-CE"
@@ -67,22 +64,10 @@ def report_metrics(report: EvalReport, source: str | Path | None = None) -> dict
     return out
 
 
-def record_evaluations(checkpoint: str | Path, reports: list[str | Path], *,
-                       command: str | None = None) -> dict[str, dict]:
-    """Add the metrics of ``reports`` to a checkpoint's ``config.json`` and regenerate its model card.
-
-    The weights are not touched. A metric of the same name is replaced (a rerun supersedes). ``command``
-    (the ``hpm card`` call) is stored beside each new metric so the card can cite it. Returns the checkpoint's metrics after the update.
-    """
-    directory = Path(checkpoint)
-    if not directory.is_dir():
-        raise HPMError(f"{directory}: not a checkpoint directory")
-    config = read_config(directory)
-    for path in reports:
-        report = load_report(path)
-        for name, metric in report_metrics(report, path).items():
-            config.metrics[name] = metric | ({"recorded_with": command} if command else {})
-    write_config(directory, config, model_card(config))
-    return config.metrics
-
-
+def worst_case_protocol_name(reports: list[EvalReport]) -> str:
+    """The protocol of several reports' per-sample worst case: ``"full + APGD-T"`` for the paper's plan plus
+    APGD-T runs only (the default plan, in two reports), else their protocol names joined by ``" + "``."""
+    names = [protocol_name(r) for r in reports]
+    if names[0] == FULL and all(p.loss == "dlr-targeted" for r in reports[1:] for p in r.plan):
+        return FULL_TARGETED
+    return " + ".join(names)

@@ -12,11 +12,30 @@ import re
 import sys
 from pathlib import Path
 
+from ..evaluation.report import EvalReport
 from ..plots import robustness_curve_figure, write_png
-from .compare import comparison_rows
+from .compare import comparison_rows, worst_case_rows
 from .metrics import load_report
 
 NAME = re.compile(r"^(?P<prefix>.+?)-(?P<model>[^-]+)-eps[\d.]+-(?P<protocol>\w+)\.json$")
+EXTRA, JOINS = "-targeted.json", "-full.json"  # extra APGD-T runs on the samples of a full-protocol report
+
+
+def sweep_rows(paths: dict[str, list[Path]]) -> tuple[list[tuple[str, EvalReport]], list[dict]]:
+    """The reports and table rows of an eps sweep (``scripts/eps_sweep.sh``), ``{label: report paths}``. A
+    ``-targeted`` report (the default plan's APGD-T runs on the images of the ``-full`` report beside it) gives
+    no row of its own: it joins its full report in a row of their per-sample worst case ("full + APGD-T")."""
+    reports, rows = [], []
+    for label, label_paths in paths.items():
+        for path in label_paths:
+            reports.append((label, load_report(path)))
+            if path.name.endswith(EXTRA):
+                continue
+            rows += [{**row, "path": path} for row in comparison_rows(reports[-1:])]
+            extra = path.with_name(path.name.removesuffix(JOINS) + EXTRA)
+            if path.name.endswith(JOINS) and extra.is_file():
+                rows += worst_case_rows(label, [path, extra])
+    return reports, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"no reports match {args.pattern}", file=sys.stderr)
         return 1
-    reports = []
+    by_label: dict[str, list[Path]] = {}
     for p in paths:
         m = NAME.match(Path(p).name)
-        reports.append((m["model"] if m else Path(p).stem, load_report(p)))
-    rows = comparison_rows(reports)
+        by_label.setdefault(m["model"] if m else Path(p).stem, []).append(Path(p))
+    _, rows = sweep_rows(by_label)
     title = args.title or f"Accuracy under attack vs ε ({Path(paths[0]).name.split('-')[0]})"
     fig = robustness_curve_figure(rows, title=title)
     out = Path(args.out)

@@ -67,7 +67,6 @@ def test_the_adversarial_image_a_client_downloads_is_the_one_the_app_judged(clie
 @pytest.mark.parametrize("model_field", ["", "/etc", "../../etc/passwd", "checkpoints", "checkpoints/nope"])
 def test_the_model_field_takes_only_shipped_checkpoints_and_hub_ids_and_reveals_no_server_path(client, image,
                                                                                                 model_field):
-    import sys
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="shipped checkpoint or give a Hugging Face Hub repo id") as failure:
         client.predict(image, model_field, False, 8, api_name="/predict")
