@@ -94,8 +94,9 @@ def parse_attacks(names: list[str], model: nn.Module) -> list[AttackSpec]:
     stands for that attack on every target the model's default plan runs it on.
     """
     plan = [_parse_attack(one, model) for name in names for one in _on_default_targets(name, model)]
-    if len({s.name for s in plan}) != len(plan):
-        raise ValueError("an attack is listed twice")
+    twice = sorted({s.name for s in plan if sum(t.name == s.name for t in plan) > 1})
+    if twice:
+        raise ValueError(f"an attack is listed twice: {', '.join(twice)}")
     return plan
 
 

@@ -47,15 +47,10 @@ def metrics_table(metrics: dict, *, protocol: bool = True) -> str:
 def evaluation_commands(metrics: dict) -> list[str]:
     """The distinct commands that produced the metrics (evaluations, then the ``hpm card`` calls that
     recorded them), in order of first appearance."""
-    seen: dict[str, None] = {}
-    for key in ("command", "recorded_with"):
-        for m in metrics.values():
-            if not isinstance(m, dict):
-                continue
-            for command in (m.get("commands") or [m.get(key)]) if key == "command" else [m.get(key)]:
-                if command:
-                    seen.setdefault(command, None)
-    return list(seen)
+    measured = [m for m in metrics.values() if isinstance(m, dict)]
+    evaluations = [c for m in measured for c in (m.get("commands") or [m.get("command")])]  # a joined metric: several
+    recorded = [m.get("recorded_with") for m in measured]
+    return list(dict.fromkeys(c for c in evaluations + recorded if c))
 
 
 def _threat_text(threat: dict | None) -> str:

@@ -61,11 +61,15 @@ def cdf_comparison_figure(report: AngleReport) -> go.Figure:
     return fig
 
 
+DASHES = {"APGD-CE": "dash", "full + APGD-T": "dot"}  # line style per protocol name; others solid
+
+
 def robustness_curve_figure(rows: list[dict], title: str = "Accuracy under attack") -> go.Figure:
     """Fig. 1-style curves: robust accuracy vs eps, one line per model and protocol.
 
     ``rows`` are :func:`hpm.publish.compare.comparison_rows` entries (label, protocol, eps, robust, ci95, ...);
-    APGD-CE-only lines are dashed, full-protocol lines solid, 95% Clopper-Pearson intervals as error bars.
+    APGD-CE-only lines are dashed, full-protocol lines solid, full + APGD-T dotted, 95% Clopper-Pearson intervals
+    as error bars.
     """
     fig = go.Figure()
     groups: dict[tuple[str, str, int], list[dict]] = {}
@@ -82,7 +86,7 @@ def robustness_curve_figure(rows: list[dict], title: str = "Accuracy under attac
         err_lo = [100 * (r["robust"] - r["ci95"][0]) for r in pts]
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="lines+markers", name=f"{label}, {protocol}" + (f", bs {bs}" if many_bs else ""),
-            line=dict(color=colours[label], dash="dash" if protocol == "APGD-CE" else "solid"),
+            line=dict(color=colours[label], dash=DASHES.get(protocol, "solid")),
             marker=dict(symbol="circle-open", size=11) if protocol == "APGD-CE" else dict(symbol="circle", size=7),
             error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True, thickness=1)))
     ticks = sorted({255 * r["eps"] for r in rows})

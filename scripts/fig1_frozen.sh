@@ -6,7 +6,8 @@
 # protocol in README and the cards). Writes results/eval/sweep/resnet18-*.json and results/figures/resnet18-sweep.{html,png}.
 # CPU budget: N defaults to 100 (the first 100 lossless test images) and Square to 500 queries here. At eps
 # 0.25/255 most samples survive the gradient attacks, and Square on them (one ResNet-18 forward per query) is
-# most of a full-protocol run: about 15 core-minutes per model at 500 queries. On a GPU, raise both.
+# most of a full-protocol run: about 15 core-minutes per model at 500 queries. The APGD-T runs (3 target
+# classes, TARGETS) attack every clean-correct image again, once per target class. On a GPU, raise them all.
 #   DATA=../shared/data N=100 SQUARE=500 bash scripts/fig1_frozen.sh
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
@@ -21,6 +22,9 @@ python scripts/plot_sweep.py "results/eval/sweep/resnet18-*-eps*.json" --out res
   --title "Standard ResNet-18, frozen features: FC vs l2 (NCM) vs HPM"
 for pair in "ncm=$NCM" hpm=checkpoints/cifar10-resnet18-hpm-clean; do
   name="${pair%%=*}"; worst=()
-  for full in results/eval/sweep/resnet18-$name-eps*-full.json; do worst+=(--worst-case "$full" "${full%-full.json}-targeted.json"); done
+  for full in results/eval/sweep/resnet18-$name-eps*-full.json; do
+    extra="${full%-full.json}-targeted.json"
+    if [ -f "$extra" ]; then worst+=(--worst-case "$full" "$extra"); fi
+  done
   hpm card "${pair#*=}" --eval results/eval/sweep/resnet18-$name-eps*-{apgdce,full}.json "${worst[@]}"
 done

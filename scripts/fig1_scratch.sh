@@ -22,7 +22,8 @@ python scripts/plot_sweep.py "results/eval/sweep/scratch$tag-*-eps*.json" --out 
 for classifier in fc l2; do
   worst=()
   for full in "results/eval/sweep/scratch$tag-$classifier-eps"*-full.json; do
-    worst+=(--worst-case "$full" "${full%-full.json}-targeted.json")
+    extra="${full%-full.json}-targeted.json"
+    if [ -f "$extra" ]; then worst+=(--worst-case "$full" "$extra"); fi
   done
   hpm card "checkpoints/cifar10-$tag-scratch-$classifier" \
     --eval "results/eval/sweep/scratch$tag-$classifier-eps"*-{apgdce,full}.json "${worst[@]}"

@@ -5,8 +5,8 @@
 
 For every `hpm eval` command of README's block marked `<!-- timed examples -->`, exactly as written but with its
 report in a temporary folder: the upper bound `hpm eval ... --estimate-only` prints (every attack on every image,
-one attack step timed per batch size on this device), then the wall time of the command run in full (with
-`--estimate-only` here: the bounds only). Results go to results/timing/examples-DEVICE.json;
+one attack step and one query timed per batch size on this device), then the wall time of the command run in
+full (`--estimate-only`: only the bounds, printed). Results go to results/timing/examples-DEVICE.json;
 `python scripts/results_section.py` renders them into README.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- timed examples -->"
+QUICKSTART = "python examples/quickstart.py --data ../shared/data"  # as README gives it
 
 
 def readme_examples(readme: Path) -> list[list[str]]:
@@ -43,14 +44,15 @@ def readme_examples(readme: Path) -> list[list[str]]:
 
 def with_options(argv: list[str], **options: str | None) -> list[str]:
     """``argv`` with the given options' values replaced (``None``: the option and its value removed);
-    ``out="x"`` stands for ``--out x``."""
+    ``out="x"`` stands for ``--out x``. Only for options that take a value (``--out x`` or ``--out=x``)."""
     flags = {"--" + name.replace("_", "-"): value for name, value in options.items()}
     kept, i = [], 0
     while i < len(argv):
         if argv[i] in flags:
             i += 2
             continue
-        kept.append(argv[i])
+        if argv[i].partition("=")[0] not in flags:
+            kept.append(argv[i])
         i += 1
     return kept + [part for flag, value in flags.items() if value is not None for part in (flag, value)]
 
@@ -86,9 +88,9 @@ def run(argv: list[str], data: str, device: str) -> dict:
 
 
 def quickstart(data: str) -> dict:
-    """Wall time of ``examples/quickstart.py`` as a first run does it (empty cache: the training archive is
-    extracted and decoded, the features computed)."""
-    cmd = [sys.executable, "examples/quickstart.py", "--data", data]
+    """Wall time of README's ``examples/quickstart.py`` command as a first run does it (empty cache: the training
+    archive is extracted and decoded, the features computed)."""
+    cmd = [sys.executable, *with_options(shlex.split(QUICKSTART)[1:], data=data)]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         done = subprocess.run(cmd + ["--out", str(Path(tmp) / "checkpoint")], cwd=ROOT, capture_output=True,
@@ -96,8 +98,7 @@ def quickstart(data: str) -> dict:
         wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed:\n{done.stderr}")
-    return {"command": "python examples/quickstart.py --data ../shared/data",
-            "wall_seconds": round(wall, 1)}
+    return {"command": QUICKSTART, "wall_seconds": round(wall, 1)}
 
 
 def machine(device: str) -> dict:
@@ -110,7 +111,8 @@ def machine(device: str) -> dict:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    info = {"processor": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"processor": cpu, "cores": cores, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -121,24 +123,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data", help="data root the examples read (README's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:K]")
-    parser.add_argument("--estimate-only", action="store_true", help="only the bounds: run no example in full")
-    parser.add_argument("--quickstart", action="store_true", help="also time examples/quickstart.py")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="only the bounds, printed: run no example in full, write no results file unless --out")
+    parser.add_argument("--quickstart", action="store_true", help="also time examples/quickstart.py (CPU only)")
     parser.add_argument("--out", default=None, help="default: results/timing/examples-{cpu,cuda}.json")
     args = parser.parse_args(argv)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    out = Path(args.out) if args.out else ROOT / "results" / "timing" / f"examples-{kind}.json"
+    if args.quickstart and kind != "cpu":
+        parser.error("examples/quickstart.py runs on the CPU only: time it without --device")
+    data = str(Path(args.data).resolve())  # the examples run from the repository root
     examples = []
-    for argv_ in readme_examples(ROOT / "README.md"):
-        entry = {"command": shlex.join(with_options(argv_, out=None)),
-                 "estimate": estimate(argv_, args.data, args.device)}
+    for example in readme_examples(ROOT / "README.md"):
+        entry = {"command": shlex.join(with_options(example, out=None)),
+                 "estimate": estimate(example, data, args.device)}
         if not args.estimate_only:
-            entry["run"] = run(argv_, args.data, args.device)
+            entry["run"] = run(example, data, args.device)
         examples.append(entry)
         print(json.dumps(entry), flush=True)
+    if args.estimate_only and not args.out:
+        return 0
+    out = Path(args.out) if args.out else ROOT / "results" / "timing" / f"examples-{kind}.json"
     result = {"command": shlex.join(["python", "scripts/time_examples.py", *(argv if argv is not None else
                                                                              sys.argv[1:])]),
               "device": kind, "machine": machine(args.device), "examples": examples,
-              "quickstart": quickstart(args.data) if args.quickstart else None,
+              "quickstart": quickstart(data) if args.quickstart else None,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -253,18 +253,19 @@ def test_quick_fills_in_what_the_command_line_left_at_its_default_and_an_estimat
     assert "own=" in err  # each attack's own time, not the run's
 
 
-def test_estimate_only_prints_the_bound_as_json_and_attacks_and_writes_nothing(tiny_data_root, tmp_path, capsys,
-                                                                                 monkeypatch):
+def test_estimate_only_prints_the_bound_as_json_and_neither_attacks_nor_writes(tiny_data_root, tmp_path, capsys):
     from hpm.cli import main
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "4", "--estimate-only"]) == 0
-    out, err = capsys.readouterr()
-    said = json.loads(out)
+    out = tmp_path / "work" / "report.json"
+    out.parent.mkdir()
+    assert main(["eval", "pyautoattack", "--data", str(tiny_data_root), "--n", "4", "--estimate-only",
+                 "--out", str(out)]) == 0
+    stdout, err = capsys.readouterr()
+    said = json.loads(stdout)
     assert said["attack_seconds_at_most"] > 0 and said["n"] == 4 and said["device"] == "cpu"
     assert "attacks take at most" in err and "apgd-ce" not in err  # nothing attacked
-    assert list(work.iterdir()) == []  # nothing written
+    assert list(out.parent.iterdir()) == []  # no report, .md or .npz
+    assert main(["eval", "--merge", str(tmp_path / "a.npz"), "--out", str(out), "--estimate-only"]) == 2
+    assert "drop it for --merge" in capsys.readouterr().err
 
 
 def test_a_report_path_is_required_unless_only_the_estimate_is_asked(tiny_data_root, capsys):

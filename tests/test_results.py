@@ -1,6 +1,7 @@
 """Published numbers come from reports: hpm card, the README results section, sweep plots, paper scripts."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -192,27 +193,60 @@ def test_several_reports_of_one_model_combine_per_sample_into_their_worst_case(c
 def test_a_sweeps_extra_apgd_t_report_joins_its_full_report_per_sample_in_tables_and_cards(checkpoint,
                                                                                           tiny_data_root, tmp_path):
     from hpm.publish.sweeps import sweep_rows
-    full, extra = tmp_path / "tiny-fc-eps2-full.json", tmp_path / "tiny-fc-eps2-targeted.json"
+    ce, full = tmp_path / "tiny-hpm-eps2-apgdce.json", tmp_path / "tiny-hpm-eps2-full.json"
+    extra = tmp_path / "tiny-hpm-eps2-targeted.json"
+    _eval(checkpoint, tiny_data_root, ce, "--eps", "2/255", "--attacks", "apgd-ce/deployed")
     _eval(checkpoint, tiny_data_root, full, "--eps", "2/255", "--no-targeted")
+    assert [r["protocol"] for r in sweep_rows({"hpm": [ce, full]})[1]] == ["APGD-CE", "full"]  # nothing to join yet
     _eval(checkpoint, tiny_data_root, extra, "--eps", "2/255", "--attacks", "apgd-t", "--target-classes", "2")
-    _, rows = sweep_rows({"fc": [full, extra]})
-    assert [r["protocol"] for r in rows] == ["full", "full + APGD-T"]  # the extra report: no row of its own
+    _, rows = sweep_rows({"hpm": [ce, full, extra]})
+    assert [r["protocol"] for r in rows] == ["APGD-CE", "full", "full + APGD-T"]  # the extra report: no own row
     worst = combined_robust([full, extra], 4)
-    assert rows[1]["robust"] == sum(worst.values()) / 4 <= rows[0]["robust"]
+    assert rows[2]["robust"] == sum(worst.values()) / 4 <= rows[1]["robust"]
+    [gap] = protocol_gaps(rows)
+    assert gap["full_path"] == full and gap["full"] == rows[1]["robust"]  # which attack broke what: one report's
     assert main(["card", str(checkpoint), "--eval", str(full), "--worst-case", str(full), str(extra)]) == 0
     metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
-    joined = metrics["robust_accuracy (Linf 2/255, full + APGD-T, n 4, bs 4)"]
-    assert joined["value"] == rows[1]["robust"] and joined["protocol"].startswith("per-sample worst case of ")
+    joined = metrics["robust_accuracy (Linf 2/255, full + APGD-T (worst case of 2 reports), n 4, bs 4)"]
+    assert joined["value"] == rows[2]["robust"] and joined["protocol"].startswith("per-sample worst case of ")
+    assert "APGD-T towards the 2 top wrong classes" in joined["protocol"]
     card = (checkpoint / "README.md").read_text()
     assert load_report(extra).command in card and load_report(full).command in card  # both, to reproduce it
 
 
-def test_readme_timed_examples_are_commands_hpm_eval_accepts():
+def test_reports_of_different_radii_or_a_single_report_have_no_per_sample_worst_case(checkpoint, tiny_data_root,
+                                                                                     tmp_path, capsys):
+    _eval(checkpoint, tiny_data_root, tmp_path / "eps1.json", "--eps", "1/255")
+    _eval(checkpoint, tiny_data_root, tmp_path / "eps2.json", "--eps", "2/255", "--attacks", "apgd-t")
+    before = (checkpoint / "config.json").read_text()
+    eps1, eps2 = str(tmp_path / "eps1.json"), str(tmp_path / "eps2.json")
+    assert main(["card", str(checkpoint), "--worst-case", eps1, eps2]) == 2
+    assert "differ in eps" in capsys.readouterr().err
+    assert main(["card", str(checkpoint), "--worst-case", eps1]) == 2
+    assert "needs two or more reports" in capsys.readouterr().err
+    assert (checkpoint / "config.json").read_text() == before  # nothing recorded
+
+
+def _time_examples_script():
+    """``scripts/time_examples.py`` as a module."""
     sys.path.insert(0, str(REPO / "scripts"))
     try:
-        from time_examples import readme_examples, with_options
+        import time_examples
     finally:
         sys.path.remove(str(REPO / "scripts"))
+    return time_examples
+
+
+def test_readme_time_per_example_was_measured_on_the_examples_readme_gives_now():
+    script = _time_examples_script()
+    timed = json.loads((REPO / "results/timing/examples-cpu.json").read_text())
+    assert [e["command"] for e in timed["examples"]] == [shlex.join(script.with_options(argv, out=None))
+                                                         for argv in script.readme_examples(REPO / "README.md")]
+
+
+def test_readme_timed_examples_are_commands_hpm_eval_accepts():
+    script = _time_examples_script()
+    readme_examples, with_options = script.readme_examples, script.with_options
     from hpm.cli import build_parser
     examples = readme_examples(REPO / "README.md")
     assert len(examples) >= 2 and any("--quick" in e for e in examples)
@@ -221,6 +255,8 @@ def test_readme_timed_examples_are_commands_hpm_eval_accepts():
         assert args.func.__module__ == "hpm.cli.evaluate"
     assert with_options(["hpm", "eval", "m", "--out", "a", "--n", "3"], out=None, data="d") == \
         ["hpm", "eval", "m", "--n", "3", "--data", "d"]
+    assert with_options(["hpm", "eval", "m", "--out=a", "--data", "x"], out="b") == \
+        ["hpm", "eval", "m", "--data", "x", "--out", "b"]
 
 
 def test_readme_time_per_example_shows_each_device_measured_and_says_which_is_not(tmp_path):

@@ -97,8 +97,9 @@ def register(sub) -> None:
     e.add_argument("--quick", action="store_true",
                    help=f"a first look in minutes, not a number to publish: {QUICK_TEXT} where not given")
     e.add_argument("--estimate-only", action="store_true",
-                   help="only say how long the attacks would take at most on this device (one timed step per batch "
-                        "size), print it as JSON on stdout and exit: nothing is attacked or written")
+                   help="only say how long the attacks would take at most on this device (one attack step and one "
+                        "query timed per batch size), print it as JSON on stdout and exit: nothing is attacked or "
+                        "written")
     e.add_argument("--check-n", type=positive_int, default=16, help="samples used by the sanity checks")
     e.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="evaluate every N-th batch from K (independent processes or machines; under torchrun the "
@@ -137,8 +138,8 @@ def _cmd_eval(args) -> int:
 
     if not args.out and not args.estimate_only:
         raise HPMError("--out REPORT.json is required (unless --estimate-only is given)")
-    if args.merge and args.estimate_only:
-        raise HPMError("--merge attacks nothing, so there is nothing to estimate: drop --estimate-only")
+    if args.estimate_only and (args.merge or dist.under_torchrun()):
+        raise HPMError("--estimate-only runs in one process and before attacks: drop it for --merge or torchrun")
     if args.merge and dist.under_torchrun():
         raise HPMError("--merge runs in one process; run it without torchrun")
     if args.merge:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from ..checkpoint import read_config, write_config
 from ..errors import HPMError
@@ -15,20 +16,23 @@ def worst_case_metrics(paths: list[str | Path]) -> dict[str, dict]:
     """``config.json`` robust-accuracy entries of several reports of one model on the same samples (a report,
     then extra attacks run later): their per-sample worst case, per evaluation batch size of the first."""
     reports = [load_report(p) for p in paths]
-    a = reports[0].config.attack
+    a, order_seed = reports[0].config.attack, reports[0].config.order_seed
+    order = "" if order_seed is None else f", order seed {order_seed}"
     out = {}
     for row in worst_case_rows("", [Path(p) for p in paths]):
-        name = f"robust_accuracy ({a.norm} {eps_text(a.eps)}, {row['protocol']}, n {row['n']}, bs {row['batch_size']})"
+        name = (f"robust_accuracy ({a.norm} {eps_text(a.eps)}, {row['protocol']} (worst case of "
+                f"{len(paths)} reports), n {row['n']}, bs {row['batch_size']}{order})")
         out[name] = {
             "value": row["robust"], "ci95": row["ci95"], "norm": a.norm, "eps": a.eps,
             "protocol": "per-sample worst case of " + "; and ".join(protocol_text(r) for r in reports),
             "split": reports[0].config.data.get("source"), "n": row["n"], "batch_size": row["batch_size"],
-            "report": " + ".join(map(str, paths)), "commands": [r.command for r in reports]}
+            "report": " + ".join(map(str, paths)), "commands": [r.command for r in reports],
+            **({} if order_seed is None else {"order_seed": order_seed})}
     return out
 
 
-def record_evaluations(checkpoint: str | Path, reports: list[str | Path], *, worst_cases: list[list[str | Path]] = (),
-                       command: str | None = None) -> dict[str, dict]:
+def record_evaluations(checkpoint: str | Path, reports: Sequence[str | Path], *,
+                       worst_cases: Sequence[Sequence[str | Path]] = (), command: str | None = None) -> dict[str, dict]:
     """Add the metrics of ``reports`` (and of each group of ``worst_cases``: reports of the same samples, whose
     per-sample worst case is recorded as one robust accuracy) to a checkpoint's ``config.json`` and regenerate
     its model card.

@@ -49,10 +49,23 @@ def combined_robust(report_jsons: list[str | Path], batch_size: int) -> dict[int
     return {i: all(o[i] for o in outcomes) for i in outcomes[0]}
 
 
+SAME_EVALUATION = {"model": lambda r: r.model, "norm": lambda r: r.config.attack.norm,
+                   "eps": lambda r: r.config.attack.eps, "data": lambda r: r.config.data.get("source"),
+                   "evaluation order": lambda r: r.config.order_seed}  # what reports joined per sample share
+
+
 def worst_case_rows(label: str, paths: list[Path]) -> list[dict]:
     """Rows (as :func:`comparison_rows`) of the per-sample worst case of several reports of one model on the same
-    samples, one per evaluation batch size of the first; ``paths`` are kept for paired tests."""
+    samples (two or more; same model, norm, eps, data and evaluation order), one per evaluation batch size of the
+    first; ``paths`` are kept for paired tests. :class:`hpm.HPMError` for reports that do not share those."""
+    if len(paths) < 2:
+        raise HPMError(f"a per-sample worst case needs two or more reports of the same samples; got {len(paths)}")
     reports = [load_report(p) for p in paths]
+    for path, report in zip(paths[1:], reports[1:]):
+        for what, value in SAME_EVALUATION.items():
+            if value(report) != value(reports[0]):
+                raise HPMError(f"{path} and {paths[0]} differ in {what} ({value(report)!r} vs "
+                               f"{value(reports[0])!r}): their per-sample worst case would mean nothing")
     rows = []
     for bs, r in reports[0].results.items():
         robust = combined_robust(paths, int(bs))
@@ -96,8 +109,9 @@ def protocol_gaps(rows: list[dict]) -> list[dict]:
     full protocol's first ``breaks`` per attack, and the rows' report paths when they carry one (``path``),
     for :func:`missed_by_apgd_ce`.
     """
-    full = {(r["label"], r["eps"], r["n"], r["batch_size"]): r
-            for protocol in (FULL, FULL_TARGETED) for r in rows if r["protocol"] == protocol}  # the stronger wins
+    full = {(r["label"], r["eps"], r["n"], r["batch_size"]): r  # the stronger wins; one report only (its .npz
+            for protocol in (FULL, FULL_TARGETED) for r in rows  # says which attack broke each sample)
+            if r["protocol"] == protocol and len(r.get("paths", [r.get("path")])) == 1}
     gaps = []
     for r in rows:
         f = full.get((r["label"], r["eps"], r["n"], r["batch_size"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..attacks import TARGETED_ON
 from ..evaluation.report import EvalReport
 from ..heads import HEADS
 from ..units import eps_text
@@ -36,9 +37,11 @@ def protocol_text(report: EvalReport, *, with_eps: bool = True) -> str:
     a = report.config.attack
     attacks = ", ".join(p.name for p in report.plan)
     square = f", Square {a.square_queries} queries" if any(p.kind == "square" for p in report.plan) else ""
+    targeted = (f", APGD-T towards the {a.n_target_classes} top wrong classes"
+                if any(p.loss == "dlr-targeted" for p in report.plan) else "")
     radius = f"{a.norm} eps {eps_text(a.eps)}: " if with_eps else f"{a.norm}: "
     return (f"{radius}{attacks} (APGD {a.n_iter} iterations x {a.n_restarts} "
-            f"restart(s){square}; per-sample worst case, {a.schedule} schedule)")
+            f"restart(s){targeted}{square}; per-sample worst case, {a.schedule} schedule)")
 
 
 def load_report(path: str | Path) -> EvalReport:
@@ -65,9 +68,12 @@ def report_metrics(report: EvalReport, source: str | Path | None = None) -> dict
 
 
 def worst_case_protocol_name(reports: list[EvalReport]) -> str:
-    """The protocol of several reports' per-sample worst case: ``"full + APGD-T"`` for the paper's plan plus
-    APGD-T runs only (the default plan, in two reports), else their protocol names joined by ``" + "``."""
+    """The protocol of several reports' per-sample worst case: ``"full + APGD-T"`` for the paper's plan, then
+    exactly the default plan's APGD-T runs on its targets (the default plan, in two reports); else the reports'
+    protocol names joined by ``" + "``."""
     names = [protocol_name(r) for r in reports]
-    if names[0] == FULL and all(p.loss == "dlr-targeted" for r in reports[1:] for p in r.plan):
+    targets = {p.name.partition("/")[2] for p in reports[0].plan if p.kind == "apgd"}
+    default_targeted = {f"apgd-t/{t}" for t in TARGETED_ON if t in targets}
+    if names[0] == FULL and {p.name for r in reports[1:] for p in r.plan} == default_targeted:
         return FULL_TARGETED
     return " + ".join(names)

@@ -136,6 +136,9 @@ def sweep_table(root: Path, sweep: dict) -> list[str]:
     lines.append(f"Accuracy under attack in %, first {', '.join(map(str, ns))} lossless test images. "
                  f"Figure: [{sweep['figure']}]({sweep['figure']}).")
     lines += [""] + [f"- {name}: {text}" for name, text in protocols.items()]
+    lines += [f"- {r['label']}, {r['protocol']}: per-sample worst case of the {len(r['paths'])} reports of "
+              f"{r['label']} above at this ε (same images)" for r in {(r["label"], r["protocol"]): r for r in rows
+                                                                       if len(r.get("paths", ())) > 1}.values()]
     return lines + versus_lines(rows) + gap_lines(rows) + saturation_lines(root, sweep)
 
 

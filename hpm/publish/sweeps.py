@@ -18,7 +18,7 @@ from .compare import comparison_rows, worst_case_rows
 from .metrics import load_report
 
 NAME = re.compile(r"^(?P<prefix>.+?)-(?P<model>[^-]+)-eps[\d.]+-(?P<protocol>\w+)\.json$")
-EXTRA, JOINS = "-targeted.json", "-full.json"  # extra APGD-T runs on the samples of a full-protocol report
+TARGETED_SUFFIX, FULL_SUFFIX = "-targeted.json", "-full.json"  # extra APGD-T runs on the samples of a full-protocol report
 
 
 def sweep_rows(paths: dict[str, list[Path]]) -> tuple[list[tuple[str, EvalReport]], list[dict]]:
@@ -29,11 +29,11 @@ def sweep_rows(paths: dict[str, list[Path]]) -> tuple[list[tuple[str, EvalReport
     for label, label_paths in paths.items():
         for path in label_paths:
             reports.append((label, load_report(path)))
-            if path.name.endswith(EXTRA):
+            if path.name.endswith(TARGETED_SUFFIX):
                 continue
             rows += [{**row, "path": path} for row in comparison_rows(reports[-1:])]
-            extra = path.with_name(path.name.removesuffix(JOINS) + EXTRA)
-            if path.name.endswith(JOINS) and extra.is_file():
+            extra = path.with_name(path.name.removesuffix(FULL_SUFFIX) + TARGETED_SUFFIX)
+            if path.name.endswith(FULL_SUFFIX) and extra.is_file():
                 rows += worst_case_rows(label, [path, extra])
     return reports, rows
 
