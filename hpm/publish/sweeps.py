@@ -18,7 +18,8 @@ from .compare import comparison_rows, worst_case_rows
 from .metrics import load_report
 
 NAME = re.compile(r"^(?P<prefix>.+?)-(?P<model>[^-]+)-eps[\d.]+-(?P<protocol>\w+)\.json$")
-TARGETED_SUFFIX, FULL_SUFFIX = "-targeted.json", "-full.json"  # extra APGD-T runs on the samples of a full-protocol report
+FULL_SUFFIX = "-full.json"  # a sweep report of the full protocol
+TARGETED_SUFFIX = "-targeted.json"  # the default plan's APGD-T runs on the samples of the full report beside it
 
 
 def sweep_rows(paths: dict[str, list[Path]]) -> tuple[list[tuple[str, EvalReport]], list[dict]]:
