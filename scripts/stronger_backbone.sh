@@ -49,7 +49,8 @@ hpm card "$OLD" --eval "$OUT/r20w32-fc-apgd-eps8.json" "$OUT/r20w32-fc-full-eps8
   "$OUT/r20w32-fc-apgdt-eps8.json"
 hpm card "$FC" --eval "$OUT/r20w32e20-fc-apgdt-eps8.json" "$OUT/r20w32e20-fc-full-eps8.json"
 hpm card "$HPM" --eval "$OUT/r20w32e20-hpm-full-eps8.json" "$OUT/r20w32e20-hpm-wholebatch-eps8.json" \
-  "$OUT/r20w32e20-hpm-curve-eps8.json" "$OUT/r20w32e20-hpm-curve-order1-eps8.json"
+  "$OUT/r20w32e20-hpm-curve-eps8.json" "$OUT/r20w32e20-hpm-curve-order1-eps8.json" \
+  --worst-case "$OUT/r20w32e20-hpm-full-eps8.json" "$OUT/r20w32e20-hpm-wholebatch-eps8.json"
 python scripts/diagnose_clean_drop.py "$FC" --data "$DATA" --adv-n 5000 \
   --extra "hpm, IKL 1 epoch (paper recipe)=$HPM" --out results/diagnosis/r20w32e20-fgsmrs.json
 python scripts/results_section.py
