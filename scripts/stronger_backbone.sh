@@ -45,6 +45,9 @@ quiet "$OUT/r20w32e20-hpm-curve-eps8.json" hpm eval "$HPM" --data "$DATA" --n 25
   --batch-sizes 1,16,250 --no-checks --attacks "$CURVE"
 quiet "$OUT/r20w32e20-hpm-curve-order1-eps8.json" hpm eval "$HPM" --data "$DATA" --n 250 --eps 8/255 \
   --target-classes 3 --batch-sizes 16,250 --order-seed 1 --no-checks --attacks "$CURVE"
+# FC on the curve's images with the same APGD attacks, for the paired tests per batch size
+quiet "$OUT/r20w32e20-fc-n250-eps8.json" hpm eval "$FC" --data "$DATA" --n 250 --eps 8/255 --target-classes 3 \
+  --batch-sizes 250 --no-checks --attacks apgd-ce/deployed,apgd-dlr/deployed,apgd-t/deployed
 hpm card "$OLD" --eval "$OUT/r20w32-fc-apgd-eps8.json" "$OUT/r20w32-fc-full-eps8.json" "$OUT/r20w32-fc-stronger-eps8.json" \
   "$OUT/r20w32-fc-apgdt-eps8.json"
 hpm card "$FC" --eval "$OUT/r20w32e20-fc-apgdt-eps8.json" "$OUT/r20w32e20-fc-full-eps8.json"
