@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The paper's HPM ablations (Sec. 4.4) under attack, on the FGSM-RS ResNet-20 (width 32): HPM and its three
-# ablations after the same clean fine-tuning (cached features, seconds each), two of them after the paper's IKL
+# ablations after the same clean fine-tuning (cached features, seconds each), each also after the paper's IKL
 # recipe, and the FC head, attacked on the first 250 lossless test images at evaluation batch size 250 with the
 # default plan without Square (APGD-CE, APGD-DLR and APGD-T towards the 3 top wrong classes on every target the
 # head offers; the same attacks as the full-recipe head's batch-size curve in scripts/hpm_full_recipe.sh).
 #   DATA=../shared/data bash scripts/hpm_ablations.sh
-# Fine-tuning resumes from runs/ablation-clean-*/, evaluations from their .npz.
+# Fine-tuning resumes from runs/ablation-clean-*/ and runs/ikl-ablation-*/, evaluations from their .npz.
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
 FC=checkpoints/cifar10-resnet20w32-fgsmrs-fc
