@@ -13,15 +13,13 @@ Nothing here re-implements an attack. The adapters only decide *what* an attack 
 - For batch-dependent heads, samples not under attack still take part in every forward pass through
   their cached clean features, so the deployed model always sees the full evaluation batch.
 - AutoAttack's attacks draw their random numbers from PyTorch's process-wide generator. Every run is
-  therefore made a pure function of its inputs and seed by :func:`seeded`: one attack run at a time seeds
+  therefore made a pure function of its inputs and seed by :func:`hpm.rng.seeded`: one attack run at a time seeds
   that generator and gives the caller's generator state back afterwards (concurrent app requests queue here).
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +29,7 @@ from torch import Tensor, nn
 
 from .heads import HEADS
 from .model import HPMClassifier
+from .rng import seeded
 
 NORMS = ("Linf", "L2")
 
@@ -219,26 +218,6 @@ class SummedLossAPGD(APGDAttack):
         if self.objective == "ce":
             return sum(F.cross_entropy(p, y, reduction="none") for p in parts)
         return sum(APGDAttack.dlr_loss(self, p, y) for p in parts)
-
-
-_GLOBAL_RNG = threading.Lock()  # held by the one seeded attack run that owns PyTorch's global generator
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the body with PyTorch's global generator (and ``device``'s, on CUDA) in the state of a fresh
-    ``torch.Generator`` seeded with ``seed``, alone.
-
-    AutoAttack draws from the global generators and takes none of its own, so the run's seeded state is put there:
-    the lock keeps concurrent threads from drawing from, or resetting, them mid-run, and the caller's states are
-    restored on exit, so attacks neither depend on nor change the caller's random stream.
-    """
-    cuda = [device] if device.type == "cuda" else []
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=cuda):
-        torch.set_rng_state(torch.Generator().manual_seed(seed).get_state())
-        for gpu in cuda:
-            torch.cuda.set_rng_state(torch.Generator(device=gpu).manual_seed(seed).get_state(), gpu)
-        yield
 
 
 @dataclass

@@ -116,6 +116,16 @@ def test_adversarial_finetune_resumes_exactly_where_it_was_interrupted(tmp_path,
         assert torch.allclose(model.state_dict()[k], v, atol=1e-6), k
 
 
+def test_fine_tuning_neither_reseeds_nor_draws_from_the_process_wide_generator(tmp_path, tiny_setup):
+    model, data = tiny_setup
+    z, y = extract_features(model, data, progress=False, cache=False)
+    before = torch.get_rng_state()
+    finetune_clean(model, z, y, CleanConfig(batch_size=8), progress=False)
+    finetune_adversarial(model, data, AdversarialConfig(batch_size=8, steps=2, max_steps=2), tmp_path,
+                         init_features=(z, y), progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_resume_with_a_different_recipe_is_refused(tmp_path, tiny_setup):
     model, data = tiny_setup
     finetune_adversarial(model, data, AdversarialConfig(batch_size=8, steps=1, max_steps=1), tmp_path, progress=False)

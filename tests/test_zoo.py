@@ -101,3 +101,15 @@ def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
     with pytest.raises(HPMError, match="different recipe"):
         train_backbone(BackboneConfig(**{**cfg.__dict__, "epochs": 3}), data, tmp_path / "run", progress=False)
+
+
+def test_backbone_training_neither_reseeds_nor_draws_from_the_process_wide_generator(tmp_path):
+    cfg = BackboneConfig(depth=8, width=4, epochs=1, batch_size=16, adversarial="fgsm-rs", guard_images=8,
+                         guard_steps=2, bf16=False)
+    before = torch.get_rng_state()
+    first, _ = train_backbone(cfg, _images(), tmp_path / "a", progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(3)  # another stream position: the same seed still gives the same network
+    again, _ = train_backbone(cfg, _images(), tmp_path / "b", progress=False)
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)

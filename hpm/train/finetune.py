@@ -11,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -62,12 +60,6 @@ class AdversarialConfig:
 
     def resolved_step_size(self) -> float:
         return self.step_size if self.step_size is not None else self.eps / 4
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()
@@ -120,7 +112,6 @@ def finetune_clean(model: HPMClassifier, features: Tensor, labels: Tensor, confi
 
     Returns the per-step training losses. Heads without parameters (NCM) only fit their prototypes.
     """
-    seed_everything(config.seed)
     if config.momentum is not None and hasattr(model.head, "momentum"):
         model.head.momentum = config.momentum
     fit_prototypes(model, features, labels)
@@ -149,8 +140,13 @@ def finetune_clean(model: HPMClassifier, features: Tensor, labels: Tensor, confi
 
 
 def pgd_ikl(model: HPMClassifier, x: Tensor, zn: Tensor, labels: Tensor, config: AdversarialConfig,
-            class_weights: ClassWeights) -> Tensor:
-    """Inner maximisation: signed-gradient l_inf PGD on sCE (plus wMSE if configured), model in eval mode."""
+            class_weights: ClassWeights, *, generator: torch.Generator | None = None) -> Tensor:
+    """Inner maximisation: signed-gradient l_inf PGD on sCE (plus wMSE if configured), model in eval mode.
+
+    The start's small Gaussian noise is drawn from ``generator`` (default: a new one seeded with ``config.seed``).
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(config.seed)
     was_training = model.training
     model.eval()
     zn = zn.detach()
@@ -162,7 +158,8 @@ def pgd_ikl(model: HPMClassifier, x: Tensor, zn: Tensor, labels: Tensor, config:
             value = value + weighted_pairwise_mse(zn, za, class_weights.for_labels(labels))
         return value
 
-    x_adv = linf_pgd(loss, x, (x + 0.001 * torch.randn_like(x)).clamp(0, 1), eps=config.eps,
+    start = (x + 0.001 * torch.randn(x.shape, generator=generator).to(x)).clamp(0, 1)
+    x_adv = linf_pgd(loss, x, start, eps=config.eps,
                      step=config.resolved_step_size(), steps=config.steps)
     model.train(was_training)
     return x_adv
@@ -178,14 +175,14 @@ def _recipe_key(config: AdversarialConfig) -> str:
 
 
 def _save_state(path: Path, model: HPMClassifier, opt: torch.optim.Optimizer, weights: ClassWeights,
-                epoch: int, step: int, losses: list[float], config: AdversarialConfig) -> None:
+                noise: torch.Generator, epoch: int, step: int, losses: list[float], config: AdversarialConfig) -> None:
     state = {
         "trainable": {k: v for k, v in model.state_dict().items() if not k.startswith("features.")},
         "optimizer": opt.state_dict(),
         "class_weights": weights.state_dict(),
         "epoch": epoch, "step": step, "losses": losses,
         "config": _recipe_key(config),
-        "torch_rng": torch.get_rng_state(),
+        "torch_rng": noise.get_state(),  # the PGD noise's generator (the name predates its own generator)
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -215,8 +212,8 @@ def finetune_adversarial(model: HPMClassifier, dataset: ImageTensorDataset, conf
     model.to(device)
     weights = ClassWeights(model.num_classes, config.temperature, device)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
-    start_epoch, start_step, losses = _resume_or_initialise(state_path, model, opt, weights, config, dataset,
-                                                            init_features, device, progress)
+    start_epoch, start_step, losses, noise = _resume_or_initialise(state_path, model, opt, weights, config,
+                                                                   dataset, init_features, device, progress)
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
@@ -228,20 +225,20 @@ def finetune_adversarial(model: HPMClassifier, dataset: ImageTensorDataset, conf
             .split(config.batch_size)
         for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
             if global_step >= total:
-                _save_state(state_path, model, opt, weights, epoch, step, losses, config)  # stopped by max_steps
+                _save_state(state_path, model, opt, weights, noise, epoch, step, losses, config)  # stopped by max_steps
                 bar.close()
                 return _finish(model, losses)
             x, y = dataset.tensors(batches[step])
-            losses.append(_ikl_step(model, opt, weights, x.to(device), y.to(device), config))
+            losses.append(_ikl_step(model, opt, weights, noise, x.to(device), y.to(device), config))
             global_step += 1
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
             if on_step is not None:
                 on_step(global_step, losses[-1])
             if global_step % config.save_every == 0:
-                _save_state(state_path, model, opt, weights, epoch, step + 1, losses, config)
+                _save_state(state_path, model, opt, weights, noise, epoch, step + 1, losses, config)
         weights.end_epoch()
-        _save_state(state_path, model, opt, weights, epoch + 1, 0, losses, config)
+        _save_state(state_path, model, opt, weights, noise, epoch + 1, 0, losses, config)
     bar.close()
     return _finish(model, losses)
 
@@ -254,16 +251,16 @@ def _finish(model: HPMClassifier, losses: list[float]) -> list[float]:
 def _resume_or_initialise(state_path: Path, model: HPMClassifier, opt: torch.optim.Optimizer, weights: ClassWeights,
                           config: AdversarialConfig, dataset: ImageTensorDataset,
                           init_features: tuple[Tensor, Tensor] | None, device: torch.device,
-                          progress: bool) -> tuple[int, int, list[float]]:
-    """Load the saved training state (same recipe only), or seed and fit the prototypes to clean features.
+                          progress: bool) -> tuple[int, int, list[float], torch.Generator]:
+    """Load the saved training state (same recipe only), or fit the prototypes to clean features.
 
-    Returns ``(epoch, step within the epoch, losses so far)`` to continue from.
+    Returns ``(epoch, step within the epoch, losses so far, the PGD noise's generator)`` to continue from.
     """
+    noise = torch.Generator()
     if not state_path.exists():
-        seed_everything(config.seed)
         z, y = init_features or extract_features(model, dataset, device=device, progress=progress)
         fit_prototypes(model, z, y)
-        return 0, 0, []
+        return 0, 0, [], noise.manual_seed(config.seed)
     state = torch.load(state_path, map_location=device, weights_only=True)
     if state["config"] != _recipe_key(config):
         raise HPMError(f"{state_path} was written with a different training config; use a new --out "
@@ -271,16 +268,16 @@ def _resume_or_initialise(state_path: Path, model: HPMClassifier, opt: torch.opt
     model.load_state_dict({**model.state_dict(), **state["trainable"]}, strict=True)
     opt.load_state_dict(state["optimizer"])
     weights.load_state_dict(state["class_weights"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["epoch"], state["step"], list(state["losses"])
+    noise.set_state(state["torch_rng"].cpu())
+    return state["epoch"], state["step"], list(state["losses"]), noise
 
 
-def _ikl_step(model: HPMClassifier, opt: torch.optim.Optimizer, weights: ClassWeights, x: Tensor, y: Tensor,
-              config: AdversarialConfig) -> float:
+def _ikl_step(model: HPMClassifier, opt: torch.optim.Optimizer, weights: ClassWeights, noise: torch.Generator,
+              x: Tensor, y: Tensor, config: AdversarialConfig) -> float:
     """One optimisation step: PGD on the natural logits, then IKL on (clean, adversarial); returns the loss."""
     with torch.no_grad():
         zn_eval = model(x, mode="hard")
-    x_adv = pgd_ikl(model, x, zn_eval, y, config, weights)
+    x_adv = pgd_ikl(model, x, zn_eval, y, config, weights, generator=noise)
     model.train()
     zn = model(x, mode="hard", labels=y)  # EMA update from clean features (Eq. 14)
     za = model(x_adv, mode="hard")

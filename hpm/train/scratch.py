@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from ..data import ImageTensorDataset
 from ..devices import CPU, bf16_autocast
 from ..errors import HPMError
+from ..rng import seeded
 from ..sources.zoo import CifarResNet, L2Classifier, build
-from .finetune import seed_everything
 from .pgd import linf_pgd, uniform_start
 
 STATE_FILE = "state.pt"
@@ -153,7 +153,7 @@ def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, sched
                  best_epoch: int, best_guard: float, config: BackboneConfig) -> None:
     state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
              "epoch": epoch, "best_epoch": best_epoch, "best_guard": best_guard,
-             "config": json.dumps(asdict(config), sort_keys=True), "torch_rng": torch.get_rng_state()}
+             "config": json.dumps(asdict(config), sort_keys=True)}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a kill while saving keeps the previous epoch's state
@@ -173,8 +173,9 @@ class _Run:
 
 
 def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device: torch.device) -> _Run:
-    seed_everything(config.seed)
-    net = build("cifar_resnet", config.architecture()).to(device)
+    with seeded(config.seed, CPU):  # PyTorch's layer initialisation draws from the global generator only
+        net = build("cifar_resnet", config.architecture())
+    net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                           weight_decay=config.weight_decay)
     history: list[dict] = json.loads((out / HISTORY_FILE).read_text()) if (out / HISTORY_FILE).exists() else []
@@ -196,7 +197,6 @@ def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device
         for group in opt.param_groups:
             group["lr"] = run.schedule.lr_lambdas[0](run.schedule.last_epoch)
     run.start, run.best_epoch, run.best_guard = state["epoch"], state["best_epoch"], state["best_guard"]
-    torch.set_rng_state(state["torch_rng"])
     run.history = history[:run.start]
     return run
 
