@@ -2,6 +2,8 @@
 import statistics
 import time
 
+import torch
+
 
 def median_seconds(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
@@ -26,3 +28,15 @@ def interleaved_seconds(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
             fn()
             times.append(time.perf_counter() - start)
     return statistics.median(a), statistics.median(b), statistics.median(tb / ta for ta, tb in zip(a, b))
+
+
+def waited(fn, device):
+    """``fn`` followed by waiting for ``device`` (a CUDA device runs asynchronously; a CPU needs no wait), so that
+    timing it measures the work and not only its launch."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize(device)
+    return run

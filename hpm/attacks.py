@@ -55,9 +55,12 @@ PLAIN_TARGETS = {"deployed": ("hard",)}  # a plain classifier: attacked as it is
 
 
 def apgd_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """What APGD attacks on this model, as its head declares (:attr:`hpm.heads.Head.attack_targets`):
+    """What APGD attacks on this model, as its head declares (:attr:`hpm.heads.Head.attack_targets`) or, for a
+    model with modes of its own (e.g. :class:`hpm.mixed.MixedClassifier`), the model's ``attack_targets``:
     target name -> the forward modes whose summed loss APGD follows. A plain classifier: the model itself."""
-    return dict(model.head.attack_targets) if isinstance(model, HPMClassifier) else dict(PLAIN_TARGETS)
+    if isinstance(model, HPMClassifier):
+        return dict(model.head.attack_targets)
+    return dict(getattr(model, "attack_targets", PLAIN_TARGETS))
 
 
 def accepted_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
@@ -110,7 +113,7 @@ def _on_default_targets(name: str, model: nn.Module) -> list[str]:
 
 def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
     targets = accepted_targets(model)
-    known = {t for head in HEADS.values() for t in head.attack_targets} | {"deployed", "fc"}
+    known = {t for head in HEADS.values() for t in head.attack_targets} | {"deployed", "fc"} | set(targets)
     whole_batch = name.startswith("batch:")
     if whole_batch and not (isinstance(model, HPMClassifier) and model.head.batch_dependent):
         raise ValueError(f"attack {name!r}: whole-batch attacks apply only to batch-dependent heads")
@@ -123,7 +126,7 @@ def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
                          f"or apgd-{{ce,dlr,t}}/TARGET (optionally after batch:) with a TARGET of "
                          f"{', '.join(sorted(known))}")
     if target not in targets:
-        head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else "a plain classifier"
+        head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else f"a {type(model).__name__}"
         raise ValueError(f"attack {name!r} does not apply to this model ({head}); its APGD targets are "
                          f"{', '.join(targets)}")
     return AttackSpec(name, "apgd", loss, targets[target], whole_batch)
@@ -137,6 +140,7 @@ class BatchFeatures:
         self.model = model
         self.fixed = fixed_features if fixed_features is not None and len(fixed_features) else None
         self.hpm = isinstance(model, HPMClassifier)
+        self.modal = not self.hpm and hasattr(model, "attack_targets")  # a model with forward modes of its own
 
     def features(self, x: Tensor) -> Tensor:
         return self.model.forward_features(x) if self.hpm else x
@@ -144,7 +148,7 @@ class BatchFeatures:
     def scores(self, z: Tensor, mode: str) -> Tensor:
         """Scores of the attacked rows, computed inside the full batch (attacked + fixed rows)."""
         if not self.hpm:
-            return self.model(z)
+            return self.model(z, mode=mode) if self.modal else self.model(z)
         return self.model.forward_head(z, mode=mode, context=self.fixed)
 
 

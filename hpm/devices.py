@@ -6,6 +6,9 @@ model on a GPU is never moved to, or fed from, the CPU behind the caller's back.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -52,6 +55,19 @@ def bf16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+@contextmanager
+def fp32_judging() -> Iterator[None]:
+    """Plain IEEE float32 arithmetic while robustness is judged: TF32 off in cuDNN convolutions (PyTorch lets
+    cuDNN use TF32, a 10-bit mantissa, by default on Ampere and later GPUs) and in cuBLAS matrix products;
+    the caller's settings are restored afterwards. A no-op on the CPU, which has no TF32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def describe(device: torch.device | str) -> dict:
     """The device an evaluation ran on, for its report: the device, and on CUDA the GPU's name, the CUDA and
     cuDNN versions and the determinism settings that affect per-sample outcomes."""
@@ -62,5 +78,5 @@ def describe(device: torch.device | str) -> dict:
         info |= {"gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda,
                  "cudnn": torch.backends.cudnn.version(), "cudnn_deterministic": torch.backends.cudnn.deterministic,
                  "cudnn_benchmark": torch.backends.cudnn.benchmark,
-                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+                 "tf32_conv": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
     return info

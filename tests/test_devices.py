@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpm.devices import CPU, bf16_autocast, describe, device_of, resolve
+from hpm.devices import CPU, bf16_autocast, describe, device_of, fp32_judging, resolve
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hpm"
 
@@ -40,3 +40,14 @@ def test_autocast_runs_on_the_backend_of_the_device_it_is_given():
 
 def test_a_report_describes_the_device_it_ran_on():
     assert describe(CPU) == {"device": "cpu"}
+
+
+def test_robustness_is_judged_in_plain_float32_and_the_callers_tf32_settings_come_back():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with fp32_judging():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

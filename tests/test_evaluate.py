@@ -440,3 +440,18 @@ def test_an_attack_without_a_target_runs_on_every_target_the_default_plan_gives_
     assert len(parse_attacks(["apgd-ce"], hpm_model)) == len(hpm_model.head.attack_targets)
     with pytest.raises(ValueError, match="unknown attack 'apgd-x'"):
         parse_attacks(["apgd-x"], hpm_model)
+
+
+def test_attacks_run_in_plain_float32_whatever_the_callers_tf32_settings(monkeypatch):
+    from hpm.evaluation import api
+    model, x, y = tiny_hpm()
+    seen, real = [], api.run_protocol
+
+    def spy(*args, **kwargs):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "run_protocol", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    evaluate_model(model, x, y, attack=AttackConfig(**FAST), batch_sizes=[8], checks=False, progress=False)
+    assert seen == [(False, False)] and torch.backends.cudnn.allow_tf32

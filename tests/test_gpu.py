@@ -1,11 +1,15 @@
-"""The whole pipeline on a CUDA device with tiny models: wrap, fine-tune, save/load, evaluate with checks, the
-app's classify and attack. Skipped where no GPU is present (CI has none); run with ``pytest -m gpu``."""
+"""The whole pipeline on a CUDA device with tiny models: wrap, fine-tune, save/load, evaluate with checks (library
+and ``hpm eval``), the app's classify and attack (library and the app's endpoints). Skipped where no GPU is present
+(CI has none); run with ``pytest -m gpu``."""
+import json
+
 import pytest
 import torch
 
 import hpm
 from hpm import interactive as demo
 from hpm.data import ImageTensorDataset
+from hpm.cli import main
 from hpm.devices import device_of
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.sources import BackboneSpec
@@ -63,3 +67,37 @@ def test_the_apps_classify_and_attack_run_on_the_gpu(cuda_model):
     assert set(demo.classify(model, x[8:9], context)) == {"fc", "deployed"}
     result = demo.attack_image(model, x[8:9], attack="ensemble", eps=8 / 255, steps=5, context=context)
     assert result.x_adv.shape == (1, 3, 32, 32) and (result.x_adv - result.x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_hpm_eval_on_the_gpu_runs_its_checks_there_and_records_the_gpu(tiny_data_root, tmp_path):
+    from hpm.data import CIFAR10_CLASSES
+
+    options = {"depth": 8, "width": 4, "num_classes": 10, "classifier": "fc"}
+    features, fc = split(build("cifar_resnet", options))
+    model = hpm.HPMClassifier(features, fc, hpm.create_head("hpm", 16, 10), classes=CIFAR10_CLASSES,
+                              dataset="cifar10", backbone_spec=BackboneSpec("hpm", "cifar_resnet", options)).eval()
+    x = torch.rand(40, 3, 32, 32)
+    model.head.init_prototypes(model.forward_features(x).detach(), torch.arange(40) % 10)
+    model.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "report.json"
+    assert main(["eval", str(tmp_path / "ckpt"), "--data", str(tiny_data_root), "--n", "8", "--iters", "3",
+                 "--square-queries", "20", "--batch-sizes", "8", "--device", "cuda", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["device"].startswith("cuda") and report["versions"]["gpu"]
+    assert report["versions"]["tf32_conv"] == "False"  # judged in plain float32
+    assert all(c["passed"] in (True, None) for c in report["checks"]), report["checks"]
+
+
+def test_the_apps_endpoints_classify_and_attack_on_the_gpu(tmp_path):
+    from PIL import Image
+
+    from hpm import webapp
+
+    name = "checkpoints/cifar10-resnet20w32-fgsmrs-20ep-hpm-full"  # weights shipped in the repository
+    image = tmp_path / "upload.png"
+    Image.new("RGB", (32, 32), (120, 60, 200)).save(image)
+    fc, deployed, _ = webapp.predict(str(image), name, False, 8)
+    assert len(fc) == len(deployed) == 5 and webapp.DEVICE == "cuda"  # top-5 of each head
+    assert device_of(webapp._model(name)).type == "cuda"
+    out = webapp.attack(str(image), name, "ensemble", 8, 5, 100, False, 8, progress=lambda *a, **k: None)
+    assert "deployed HPM fooled" in out[7]

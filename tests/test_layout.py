@@ -18,7 +18,7 @@ LAYERS = [
     {"hpm.version", "hpm.errors", "hpm._compat", "hpm.units", "hpm.network", "hpm.devices", "hpm.rng"},
     {"hpm.heads", "hpm.data", "hpm.images", "hpm.sensitivity"},
     {"hpm.checkpoint", "hpm.model_card", "hpm.hub", "hpm.sources", "hpm.plots"},
-    {"hpm.model"},
+    {"hpm.model", "hpm.mixed"},
     {"hpm.attacks", "hpm.train"},
     {"hpm.evaluation"},
     {"hpm.publish", "hpm.interactive"},

@@ -276,3 +276,32 @@ def test_readme_time_per_example_shows_each_device_measured_and_says_which_is_no
                   "| not measured |")
     assert quickstart in table
     assert "- CPU: Some CPU, 2 cores" in table and "- GPU: not measured (no results file `cuda.json`)." in table
+
+
+def test_readme_benchmark_table_reads_what_the_benchmarks_write_and_says_what_is_not_measured(tmp_path):
+    """bench_protocol's own measurement of a tiny model feeds the table: a schema change breaks this test."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_protocol
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from hpm import AttackConfig
+    from hpm.publish.benchmarks import benchmark_lines
+    from test_evaluate import tiny_hpm
+
+    model, x, y = tiny_hpm(n=4)
+    attack = AttackConfig(n_iter=2, square_queries=5, n_target_classes=1)
+    measured = bench_protocol.overhead(model, x, y, attack, 4, torch.device("cpu"), repeats=1)
+    assert measured["passes_forward"] >= 1 and measured["passes_backward"] >= 2 and measured["ratio"] > 0
+    protocol = {"model": "checkpoints/tiny", "n": 4, "batch_size": 4, "hardware": {"device": "cpu"},
+                "torch": "2.x", "cpu_threads": 2, "attack": attack.budget(), "overhead": measured}
+    (tmp_path / "protocol.json").write_text(json.dumps(protocol))
+    (tmp_path / "tests.txt").write_text("6 passed, 1 warning in 13.51s\n")
+    lines = benchmark_lines(tmp_path, {"files": {"CPU": {"protocol": "protocol.json"},
+                                                 "GPU": {"protocol": "missing.json", "tests": "tests.txt"}}})
+    table = "\n".join(lines)
+    row = next(line for line in lines if line.startswith("| `hpm.evaluate_model` wall time"))
+    assert f"**{measured['ratio']:.2f}** (tiny, 4 images, batch 4, APGD 2 iterations" in row
+    assert row.endswith("| not measured |")
+    assert "| gpu-marked tests (`pytest -m gpu`) | pass | not measured | 6 passed in 13.5 s |" in table
+    assert "- CPU: CPU, 2 CPU threads, torch 2.x; files: `protocol.json`." in table

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Subset, load_dataset
-from ..devices import describe, resolve
+from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
 from . import dist
@@ -78,19 +78,20 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
     run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     try:
-        plan, runs = _evaluate_share(model, x, y, attack=attack, batch_sizes=list(batch_sizes), indices=indices,
-                                     model_id=model_id, npz_path=npz_path, part=dist.rank_part(shard, rank, world),
-                                     rank=rank, world=world, device=run_device, progress=progress)
-        if runs is None:
-            return None  # not rank 0: rank 0 checks and writes the report
-        key, results = dist.merge_runs(runs)
-        if npz_path is not None and world > 1:
-            save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
-        found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress) if checks else []
-        config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
-                            device=str(run_device))
-        report = build_report(model_id, model_info(model), config, plan, results, found, command,
-                              hardware={k: str(v) for k, v in describe(run_device).items() if k != "device"})
+        with fp32_judging():  # robustness is judged in plain float32 (no TF32 on the GPU)
+            plan, runs = _evaluate_share(model, x, y, attack=attack, batch_sizes=list(batch_sizes), indices=indices,
+                                         model_id=model_id, npz_path=npz_path, part=dist.rank_part(shard, rank, world),
+                                         rank=rank, world=world, device=run_device, progress=progress)
+            if runs is None:
+                return None  # not rank 0: rank 0 checks and writes the report
+            key, results = dist.merge_runs(runs)
+            if npz_path is not None and world > 1:
+                save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
+            found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress) if checks else []
+            config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
+                                device=str(run_device))
+            report = build_report(model_id, model_info(model), config, plan, results, found, command,
+                                  hardware={k: str(v) for k, v in describe(run_device).items() if k != "device"})
         return write_report(report, json_path, md_path)
     finally:
         if distributed:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..units import eps_text
 from ..errors import HPMError
+from .benchmarks import benchmark_lines
 from .compare import combined_robust, mcnemar_exact, missed_by_apgd_ce, protocol_gaps, sample_results
 from .metrics import load_report, protocol_name, protocol_text
 from .sweeps import sweep_rows
@@ -308,6 +309,8 @@ def render(root: Path, manifest: dict) -> str:
             out += diagnosis_lines(root, section)
         elif section["kind"] == "timing":
             out += timing_lines(root, section)
+        elif section["kind"] == "benchmarks":
+            out += benchmark_lines(root, section)
         elif section["kind"] == "sweep":
             lines = sweep_table(root, section)
             out += lines or ["_No sweep reports yet; run the command above._"]
