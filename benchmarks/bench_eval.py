@@ -6,7 +6,10 @@
 2. The HPM head's forward time vs the backbone's forward time (ResNet-18, batch 256). Target: <= 3%.
 
     python benchmarks/bench_eval.py [--batch 64] [--iters 10] [--repeats 5] [--device cuda] [--model CHECKPOINT]
-        [--json results/benchmarks/eval-cpu.json]
+        [--json results/benchmarks/eval-cpu.json] [--profile]
+
+``--profile`` prints, for one run of each attack, PyTorch's profiler table of the operators that took the most
+time: where an ensemble step's extra time goes (the soft head and its loss beside the shared backbone pass).
 
 ``--model`` times a shipped checkpoint's backbone and head instead (e.g. where the ResNet-18's weights are absent).
 """
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--model", default="pyautoattack",
                         help="pyautoattack (its ResNet-18 with an HPM head on random prototypes) or a checkpoint")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of each attack")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -55,6 +59,18 @@ def main() -> None:
                            num_classes=model.num_classes)
         return waited(run, device)
 
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        for target in ("fc", "ensemble"):
+            run = apgd(target)
+            run()  # warm-up
+            with profile(activities=activities) as prof:
+                run()
+            sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(f"--- APGD on {target}, {args.iters} iterations, batch {args.batch}")
+            print(prof.key_averages().table(sort_by=sort, row_limit=12))
     fc, ens, ratio = interleaved_seconds(apgd("fc"), apgd("ensemble"), args.repeats)
     print(f"APGD step, batch {args.batch}: FC oracle {1000 * fc / args.iters:.1f} ms, ensemble (FC + soft) "
           f"{1000 * ens / args.iters:.1f} ms, ratio {ratio:.3f} (median of {args.repeats} interleaved pairs; "

@@ -55,13 +55,21 @@ def bf16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def set_tf32(enabled: bool) -> tuple[bool, bool]:
+    """Allow or forbid TF32 (a 10-bit mantissa) in cuDNN convolutions and cuBLAS matrix products, process-wide;
+    returns the previous ``(convolutions, matmuls)`` settings. PyTorch allows it in cuDNN by default on Ampere and
+    later GPUs."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    return saved
+
+
 @contextmanager
 def fp32_judging() -> Iterator[None]:
-    """Plain IEEE float32 arithmetic while robustness is judged: TF32 off in cuDNN convolutions (PyTorch lets
-    cuDNN use TF32, a 10-bit mantissa, by default on Ampere and later GPUs) and in cuBLAS matrix products;
-    the caller's settings are restored afterwards. A no-op on the CPU, which has no TF32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    """Plain IEEE float32 arithmetic while robustness is judged (no TF32; see :func:`set_tf32`); the caller's
+    settings are restored afterwards. The settings are process-wide: threads that judge at the same time must
+    all want float32 (the app sets it once for its whole process). A no-op on the CPU, which has no TF32."""
+    saved = set_tf32(False)
     try:
         yield
     finally:

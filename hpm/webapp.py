@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import interactive as demo  # noqa: E402
-from .devices import best_available  # noqa: E402
+from .devices import best_available, set_tf32  # noqa: E402
 from .errors import HPMError  # noqa: E402
 from .hub import download_checkpoint, is_repo_id, shipped_checkpoints, split_revision  # noqa: E402
 from .images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
@@ -28,6 +28,7 @@ from .plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf
                     perturbation_heatmap)
 
 DEVICE = str(best_available())
+set_tf32(False)  # verdicts in plain float32, as evaluations judge (process-wide: every request shares it)
 SHIPPED = shipped_checkpoints()  # name -> directory (the repository's checkpoints/, or the installed package's)
 CHECKPOINTS = {name: f"checkpoints/{name}" for name in SHIPPED}  # menu name -> model id
 DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpm.devices import CPU, bf16_autocast, describe, device_of, fp32_judging, resolve
+from hpm.devices import CPU, bf16_autocast, describe, device_of, fp32_judging, resolve, set_tf32
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hpm"
 
@@ -49,5 +49,14 @@ def test_robustness_is_judged_in_plain_float32_and_the_callers_tf32_settings_com
         with fp32_judging():
             assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_tf32_is_switched_for_convolutions_and_matmuls_together_and_the_old_settings_are_returned():
+    before = set_tf32(True)
+    try:
+        assert set_tf32(False) == (True, True)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -98,6 +98,7 @@ def test_the_apps_endpoints_classify_and_attack_on_the_gpu(tmp_path):
     Image.new("RGB", (32, 32), (120, 60, 200)).save(image)
     fc, deployed, _ = webapp.predict(str(image), name, False, 8)
     assert len(fc) == len(deployed) == 5 and webapp.DEVICE == "cuda"  # top-5 of each head
+    assert not torch.backends.cudnn.allow_tf32  # the app judges in plain float32
     assert device_of(webapp._model(name)).type == "cuda"
     out = webapp.attack(str(image), name, "ensemble", 8, 5, 100, False, 8, progress=lambda *a, **k: None)
     assert "deployed HPM fooled" in out[7]
