@@ -38,7 +38,8 @@ class MixedClassifier(nn.Module):
         "robust": "the robust branch alone (transfer to the mixture)"})
     batch_dependent = False
 
-    def __init__(self, standard: nn.Module, robust: nn.Module, alpha: float, temperature: float = 1.0):
+    def __init__(self, standard: nn.Module, robust: nn.Module, alpha: float, temperature: float = 1.0, *,
+                 names: tuple[str, str] = ("standard", "robust")):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
@@ -46,6 +47,16 @@ class MixedClassifier(nn.Module):
             raise ValueError(f"temperature must be > 0; got {temperature}")
         self.standard, self.robust = standard, robust
         self.alpha, self.temperature = float(alpha), float(temperature)
+        self.names = names  # what the two networks are (model ids), for reports
+        self.dataset = getattr(robust, "dataset", None)  # inputs, classes and dataset: the robust branch's
+        self.classes = getattr(robust, "classes", None)
+        self.input_size = getattr(robust, "input_size", None)
+
+    def describe(self) -> dict:
+        """What an evaluation report records about the model."""
+        return {"head": f"mixed classifier (alpha {self.alpha:g}, temperature {self.temperature:g})",
+                "backbone": f"standard {self.names[0]} + robust {self.names[1]}", "dataset": self.dataset,
+                "batch_dependent": False}
 
     def branch_log_probs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``log softmax(g(x))`` and ``log softmax(h(x) / T)``."""

@@ -19,8 +19,9 @@ from .checkpoint import (
     write_weights,
 )
 from .devices import CPU
-from .errors import CheckpointError
+from .errors import CheckpointError, HPMError
 from .heads import Head, Mode, check_mode, create_head
+from .mixed import MixedClassifier
 from .hub import is_repo_id, push_folder, resolve_checkpoint
 from .model_card import model_card
 from .sources import (
@@ -298,14 +299,37 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
     return model.to(device or CPU).eval()
 
 
-def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None = None) -> HPMClassifier:
-    """A checkpoint directory or Hub id (:func:`load`), or a source string (:func:`wrap` with its own FC head).
+def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None = None) -> nn.Module:
+    """A checkpoint directory or Hub id (:func:`load`), a source string (:func:`wrap` with its own FC head), or
+    ``mixed(standard=MODEL,robust=MODEL,alpha=A[,T=T])``: Bai et al.'s mixed classifier of two such models
+    (:class:`hpm.mixed.MixedClassifier`).
 
     ``model_dir`` and ``dataset`` are RobustBench's weight directory and dataset for ``robustbench:NAME``.
     """
+    if text.startswith("mixed(") and text.endswith(")"):
+        return _mixed(text, model_dir=model_dir, dataset=dataset)
     if Path(text).is_dir() or is_repo_id(text) or ("/" in text and ":" not in text):
         return load(text)
     return wrap(text, head="fc", source_options=source_options(text, model_dir, dataset))
+
+
+def _mixed(text: str, **where) -> MixedClassifier:
+    """``mixed(standard=MODEL,robust=MODEL,alpha=A[,T=T])`` -> the mixed classifier of the two models."""
+    fields = dict(part.partition("=")[::2] for part in text.removeprefix("mixed(").removesuffix(")").split(","))
+    unknown, missing = set(fields) - {"standard", "robust", "alpha", "T"}, {"standard", "robust", "alpha"} - set(fields)
+    if unknown or missing:
+        raise HPMError(f"{text}: give mixed(standard=MODEL,robust=MODEL,alpha=A[,T=T])"
+                       + (f"; unknown {', '.join(sorted(unknown))}" if unknown else "")
+                       + (f"; missing {', '.join(sorted(missing))}" if missing else ""))
+    try:
+        alpha, temperature = float(fields["alpha"]), float(fields.get("T", 1.0))
+    except ValueError:
+        raise HPMError(f"{text}: alpha and T must be numbers") from None
+    standard, robust = (load_or_wrap(fields[k], **where).eval() for k in ("standard", "robust"))
+    try:
+        return MixedClassifier(standard, robust, alpha, temperature, names=(fields["standard"], fields["robust"]))
+    except ValueError as e:
+        raise HPMError(f"{text}: {e}") from None
 
 
 def source_options(text: str, model_dir: str = "./models", dataset: str | None = None) -> dict:

@@ -3,9 +3,16 @@ evaluation of it end to end."""
 import pytest
 import torch
 
+import json
+
 from hpm.attacks import default_plan, parse_attacks
+from hpm.cli import main
+from hpm.errors import HPMError
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.mixed import MixedClassifier
+from hpm.model import load_or_wrap
+from hpm.sources.zoo import build
+from hpm.train.scratch import BackboneConfig, to_hpm
 
 from conftest import TinyMLP
 
@@ -67,3 +74,44 @@ def test_an_evaluation_attacks_the_mixture_and_judges_every_attack_on_it():
     summary = report.results["8"]
     assert summary.clean_accuracy == 1.0 and summary.robust_accuracy <= summary.clean_accuracy
     assert [a.name for a in summary.per_attack][:2] == ["apgd-ce/deployed", "apgd-dlr/deployed"]
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path):
+    """Two tiny CIFAR-10 ResNets saved as checkpoints (stand-ins for a standard and a robust network)."""
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        config = BackboneConfig(depth=8, width=4)
+        model = to_hpm(build("cifar_resnet", config.architecture()), config, classes=None, dataset="cifar10")
+        paths.append(str(model.save_pretrained(tmp_path / f"net{seed}")))
+    return paths
+
+
+def test_a_mixed_model_is_written_as_text_wherever_a_model_is_named(two_checkpoints):
+    standard, robust = two_checkpoints
+    model = load_or_wrap(f"mixed(standard={standard},robust={robust},alpha=0.25,T=0.5)")
+    assert isinstance(model, MixedClassifier) and (model.alpha, model.temperature) == (0.25, 0.5)
+    assert model.names == (standard, robust) and model.dataset == "cifar10" and len(model.classes) == 10
+
+
+@pytest.mark.parametrize("text, message", [
+    ("mixed(standard=A,robust=B)", "missing alpha"),
+    ("mixed(standard=A,robust=B,alpha=0.5,beta=1)", "unknown beta"),
+    ("mixed(standard={0},robust={1},alpha=half)", "alpha and T must be numbers"),
+    ("mixed(standard={0},robust={1},alpha=2)", r"alpha must be in \[0, 1\]"),
+])
+def test_a_mistyped_mixed_model_gets_a_message(two_checkpoints, text, message):
+    with pytest.raises(HPMError, match=message):
+        load_or_wrap(text.format(*two_checkpoints))
+
+
+def test_hpm_eval_attacks_a_mixed_model_and_its_report_says_what_it_is(two_checkpoints, tiny_data_root, tmp_path):
+    standard, robust = two_checkpoints
+    out = tmp_path / "mixed.json"
+    assert main(["eval", f"mixed(standard={standard},robust={robust},alpha=0.5)", "--data", str(tiny_data_root),
+                 "--n", "4", "--iters", "2", "--square-queries", "5", "--target-classes", "1", "--no-checks",
+                 "--batch-sizes", "4", "--out", str(out)]) == 0
+    info = json.loads(out.read_text())["model_info"]
+    assert info["head"] == "mixed classifier (alpha 0.5, temperature 1)"
+    assert info["backbone"] == f"standard {standard} + robust {robust}"

@@ -59,9 +59,11 @@ def register(sub) -> None:
     e = sub.add_parser(
         "eval", help="evaluate robustness with MSA (APGD on surrogates, BPDA) + Square, per-sample worst case",
         description="Attack MODEL (a checkpoint directory, a Hub id, or pyautoattack / robustbench:NAME / timm:NAME "
-                    "/ torchvision:NAME for the original FC model) with APGD-CE and APGD-DLR on the FC oracle, the "
-                    "soft-hybrid surrogate, their ensemble and the deployed model (BPDA), then Square on the deployed "
-                    "model; every adversarial batch is judged on the deployed model. Writes OUT (.json), OUT.md and "
+                    "/ torchvision:NAME for the original FC model, or mixed(standard=MODEL,robust=MODEL,alpha=A[,T=T]) "
+                    "for Bai et al.'s mixed classifier of two such models) with APGD-CE and APGD-DLR on the FC "
+                    "oracle, the soft-hybrid surrogate, their ensemble and the deployed model (BPDA), then Square on "
+                    "the deployed model; every adversarial batch is judged on the deployed model. Writes OUT (.json), "
+                    "OUT.md and "
                     "the resumable per-sample OUT.npz. Under torchrun the ranks share the batches (each resumable from "
                     "OUT.rankR-of-W.npz) and rank 0 writes the one report.")
     add_model_arg(e, required=False)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..data import Subset, load_dataset
 from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
+from ..mixed import MixedClassifier
 from ..model import HPMClassifier
 from . import dist
 from .checks import check_results, run_checks
@@ -42,6 +43,8 @@ def model_info(model: nn.Module) -> dict:
         spec = model.backbone_spec
         return {"head": model.head_type, "backbone": f"{spec.source}:{spec.name}", "dataset": model.dataset,
                 "batch_dependent": model.head.batch_dependent}
+    if isinstance(model, MixedClassifier):
+        return model.describe()
     return {"head": "plain classifier", "backbone": type(model).__name__, "batch_dependent": False}
 
 
