@@ -325,11 +325,10 @@ def _mixed(text: str, **where) -> MixedClassifier:
         alpha, temperature = float(fields["alpha"]), float(fields.get("T", 1.0))
     except ValueError:
         raise HPMError(f"{text}: alpha and T must be numbers") from None
+    if not (0 <= alpha <= 1 and temperature > 0):  # before loading either network
+        raise HPMError(f"{text}: alpha must be in [0, 1] and T > 0")
     standard, robust = (load_or_wrap(fields[k], **where).eval() for k in ("standard", "robust"))
-    try:
-        return MixedClassifier(standard, robust, alpha, temperature, names=(fields["standard"], fields["robust"]))
-    except ValueError as e:
-        raise HPMError(f"{text}: {e}") from None
+    return MixedClassifier(standard, robust, alpha, temperature, names=(fields["standard"], fields["robust"]))
 
 
 def source_options(text: str, model_dir: str = "./models", dataset: str | None = None) -> dict:

@@ -99,7 +99,7 @@ def test_a_mixed_model_is_written_as_text_wherever_a_model_is_named(two_checkpoi
     ("mixed(standard=A,robust=B)", "missing alpha"),
     ("mixed(standard=A,robust=B,alpha=0.5,beta=1)", "unknown beta"),
     ("mixed(standard={0},robust={1},alpha=half)", "alpha and T must be numbers"),
-    ("mixed(standard={0},robust={1},alpha=2)", r"alpha must be in \[0, 1\]"),
+    ("mixed(standard=A,robust=B,alpha=2)", r"alpha must be in \[0, 1\] and T > 0"),
 ])
 def test_a_mistyped_mixed_model_gets_a_message(two_checkpoints, text, message):
     with pytest.raises(HPMError, match=message):
