@@ -14,7 +14,7 @@ R="${1:-results/gpu}"
 DEADLINE_S="${2:-900}"
 : "${HPM_DATA_DIR:?set HPM_DATA_DIR to the data root (the folder holding cifar10/test-first1000.npz)}"
 PY="${PYTHON:-python}"
-# a dry run without a GPU: DEVICE=cpu N=8 ITERS=2 SQUARE=10 BENCH_N=4 BENCH_DIR=/tmp/b EVAL_DIR=/tmp/e
+# a dry run without a GPU: DEVICE=cpu N=8 ITERS=2 SQUARE=10 BENCH_N=4 BENCH_DIR=SCRATCH/b EVAL_DIR=SCRATCH/e
 DEVICE="${DEVICE:-cuda}"
 N="${N:-1000}" ITERS="${ITERS:-100}" SQUARE="${SQUARE:-5000}" BENCH_N="${BENCH_N:-250}"
 FC=checkpoints/cifar10-resnet20w32-fgsmrs-20ep-fc
