@@ -23,6 +23,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FORMAT_VERSION = 1
+MIXED = "mixed"  # config.json "model_type" of a mixed classifier (an HPM checkpoint has none)
 _PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
 
 
@@ -65,8 +66,57 @@ class CheckpointConfig:
         return {k: v for k, v in self.head.items() if k not in ("type", "num_features", "num_classes")}
 
 
-def read_config(directory: Path) -> CheckpointConfig:
-    """``directory/config.json`` as a validated :class:`CheckpointConfig`."""
+@dataclass
+class MixedCheckpointConfig:
+    """``config.json`` of a mixed classifier (:class:`hpm.mixed.MixedClassifier`): the configs of its two
+    classifiers and how their probabilities are mixed. Its weights file holds each classifier's under the
+    prefixes ``standard.`` and ``robust.``."""
+
+    standard: CheckpointConfig  # the accurate classifier g
+    robust: CheckpointConfig  # the robust classifier h
+    alpha: float  # weight of the robust branch in [0, 1]
+    temperature: float = 1.0  # T dividing the robust branch's logits
+    names: list[str] = field(default_factory=lambda: ["standard", "robust"])  # where the two came from
+    metrics: dict = field(default_factory=dict)  # as CheckpointConfig.metrics
+    model_type: str = MIXED
+    hpm_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = CONFIG_NAME) -> "MixedCheckpointConfig":
+        known = {f.name for f in fields(cls)}
+        missing, unknown = {"standard", "robust", "alpha"} - set(d), set(d) - known
+        if missing or unknown:
+            raise CheckpointError(f"{where}: a mixed checkpoint needs keys standard, robust, alpha"
+                                  + (f"; missing {sorted(missing)}" if missing else "")
+                                  + (f"; unknown {sorted(unknown)}" if unknown else ""))
+        if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise CheckpointError(f"{where}: format_version {d['format_version']} is newer than this hpm "
+                                  f"({__version__}) understands; upgrade hpm")
+        alpha, temperature = d["alpha"], d.get("temperature", 1.0)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (alpha, temperature))
+        if not numbers or not 0 <= alpha <= 1 or not temperature > 0:
+            raise CheckpointError(f"{where}: alpha must be a number in [0, 1] and temperature one > 0; got "
+                                  f"{alpha!r}, {temperature!r}")
+        branches = {k: CheckpointConfig.from_dict(d[k], f"{where}: {k}") if isinstance(d[k], dict) else None
+                    for k in ("standard", "robust")}
+        if None in branches.values():
+            raise CheckpointError(f"{where}: standard and robust must be checkpoint configs (JSON objects)")
+        return cls(**{**d, **branches})
+
+    @property
+    def dataset(self) -> str | None:
+        return self.robust.dataset
+
+    @property
+    def threat_model(self) -> dict | None:
+        """The robust branch's: what the mixture is meant to withstand."""
+        return self.robust.threat_model
+
+
+def read_config(directory: Path) -> CheckpointConfig | MixedCheckpointConfig:
+    """``directory/config.json`` as a validated :class:`CheckpointConfig`, or :class:`MixedCheckpointConfig` for a
+    mixed classifier."""
     cfg_path = Path(directory) / CONFIG_NAME
     if not cfg_path.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG_NAME}; not an hpm checkpoint")
@@ -76,10 +126,12 @@ def read_config(directory: Path) -> CheckpointConfig:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{cfg_path}: must hold a JSON object")
+    if raw.get("model_type") == MIXED:
+        return MixedCheckpointConfig.from_dict(raw, str(cfg_path))
     return CheckpointConfig.from_dict(raw, str(cfg_path))
 
 
-def write_config(directory: Path, config: CheckpointConfig, card: str) -> None:
+def write_config(directory: Path, config: CheckpointConfig | MixedCheckpointConfig, card: str) -> None:
     """Write ``config.json`` and its model card ``README.md``."""
     (Path(directory) / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n")
     (Path(directory) / CARD_NAME).write_text(card)

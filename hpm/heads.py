@@ -98,6 +98,8 @@ class Head(nn.Module):
             alone is "APGD-CE on the deployed model").
         fine_tuned: False when fine-tuning leaves the head and the original FC layer as they are.
         has_prototypes: True when the head scores against l2 class prototypes (``self.prototypes``).
+        with_own_backbone: True when the head exists only with the backbone it was trained with, so that it
+            cannot be put on another model's features (``hpm train --head``).
     """
 
     head_type: str = "base"
@@ -109,6 +111,7 @@ class Head(nn.Module):
     deployed_modes: tuple[str, ...] = ("hard", "soft")
     fine_tuned: bool = True
     has_prototypes: bool = False
+    with_own_backbone: bool = False
 
     def __init__(self, num_features: int, num_classes: int):
         super().__init__()
@@ -158,6 +161,19 @@ class FCHead(Head):
 
     def scores(self, z, fc_logits, mode):
         return fc_logits
+
+
+class DPNPHead(FCHead):
+    """Adv-DPNP's unified prototypes (Zarei Sabzevar et al. 2025): the final linear layer *is* the class
+    prototypes, ``W = C`` with every ``|c_j| = r`` and no bias, so the FC logits ``z . c_j`` equal
+    ``-|z - c_j|^2 / 2`` up to a per-sample constant. Trained with its backbone (``hpm train-backbone
+    --classifier dpnp``); deployed, its scores are those logits."""
+
+    head_type = "dpnp"
+    label = "Adv-DPNP"
+    description = ("positive-negative prototypes (Adv-DPNP as hpm reads it): class prototypes on a sphere that are "
+                   "also the classifier weights, scores z . c_j")
+    with_own_backbone = True
 
 
 class _PrototypeHead(Head):
@@ -331,11 +347,12 @@ HEADS: dict[str, Callable[..., Head]] = {
     NCMHead.head_type: NCMHead,
     CosineHead.head_type: CosineHead,
     HPMHead.head_type: HPMHead,
+    DPNPHead.head_type: DPNPHead,
 }
 
 
 def create_head(head_type: str, num_features: int, num_classes: int, **kwargs) -> Head:
-    """Build a registered head by name (``fc``, ``ncm``, ``cosine``, ``hpm``)."""
+    """Build a registered head by name (``fc``, ``ncm``, ``cosine``, ``hpm``, ``dpnp``)."""
     if head_type not in HEADS:
         raise ValueError(f"unknown head {head_type!r}; choose one of {', '.join(HEADS)}")
     return HEADS[head_type](num_features, num_classes, **kwargs)

@@ -21,6 +21,7 @@ from .devices import device_of
 from .errors import HPMError
 from .heads import HEADS
 from .images import tensor_to_image, to_8bit, to_8bit_within
+from .mixed import MixedClassifier
 from .model import HPMClassifier
 
 EPS_MAX = 16 / 255  # l_inf budget offered by the demo
@@ -28,19 +29,42 @@ STEPS_MAX = 200  # APGD iterations
 QUERIES_MAX = 5000  # Square queries (AutoAttack's standard budget)
 CONTEXT_MAX = 256
 SQUARE_TEXT = "Square attack on the deployed model (black box)"
-KNOWN_ATTACKS = (*dict.fromkeys(t for head in HEADS.values() for t in head.attack_targets), "square")
+KNOWN_ATTACKS = (*dict.fromkeys([*(t for head in HEADS.values() for t in head.attack_targets),
+                                 *MixedClassifier.attack_targets]), "square")
 
 
-def attack_choices(model: HPMClassifier) -> list[str]:
+Demo = HPMClassifier | MixedClassifier  # what the demo shows: an hpm model, or a mixed classifier of two
+
+
+def attack_choices(model: Demo) -> list[str]:
     """The attacks that exist for this model's head, as the evaluation protocol plans them (then Square)."""
     return [*apgd_targets(model), "square"]
 
 
-def attack_description(model: HPMClassifier, attack: str) -> str:
-    """One line saying what ``attack`` does to this model (its head's own words for its targets)."""
+def attack_description(model: Demo, attack: str) -> str:
+    """One line saying what ``attack`` does to this model (its head's, or the mixture's, own words)."""
     if attack == "square":
         return SQUARE_TEXT
-    return "APGD-CE on " + model.head.target_descriptions.get(attack, attack)
+    descriptions = model.head.target_descriptions if isinstance(model, HPMClassifier) else model.target_descriptions
+    return "APGD-CE on " + descriptions.get(attack, attack)
+
+
+def panel_labels(model: Demo) -> tuple[str, str]:
+    """What the demo's two views of a prediction are: the reference (an hpm model's FC head, a mixed classifier's
+    robust branch) and the deployed model."""
+    if isinstance(model, MixedClassifier):
+        return "robust branch", f"mixture (α = {model.alpha:g})"
+    return "FC", model.head.label
+
+
+def deployed_is_reference(model: Demo) -> bool:
+    """True when the deployed model is its reference view itself (an FC head): one pair of panels says it all."""
+    return isinstance(model, HPMClassifier) and "fc" in model.head.deployed_modes
+
+
+def batch_dependent(model: Demo) -> bool:
+    """True when one image's prediction depends on the rest of its batch (the demo then offers a context)."""
+    return model.head.batch_dependent if isinstance(model, HPMClassifier) else model.batch_dependent
 
 
 def default_attack(choices: list[str]) -> str:
@@ -74,15 +98,18 @@ def make_context(model: HPMClassifier, images: Tensor, description: str, batch_s
 
 
 @torch.no_grad()
-def _both_heads(model: HPMClassifier, batch: BatchFeatures, z: Tensor) -> dict[str, dict[str, float]]:
-    """Top-5 of the FC head and of the deployed head from features ``z [1, d]`` (inside ``batch``'s context)."""
-    return {"fc": top_k(model.fc(z)[0], model.classes),
+def _both_heads(model: Demo, batch: BatchFeatures, z: Tensor) -> dict[str, dict[str, float]]:
+    """Top-5 of the reference view (key ``"fc"``: the FC head, or a mixture's robust branch) and of the deployed
+    model from ``z`` (features ``[1, d]`` inside ``batch``'s context; a mixture's input image itself)."""
+    reference = model.fc(z) if isinstance(model, HPMClassifier) else batch.scores(z, "robust")
+    return {"fc": top_k(reference[0], model.classes),
             "deployed": top_k(batch.scores(z, "hard")[0], model.classes)}
 
 
 @torch.no_grad()
-def classify(model: HPMClassifier, x: Tensor, context: Context) -> dict[str, dict[str, float]]:
-    """Top-5 of the FC head and of the deployed head for image ``x [1, 3, H, W]`` inside ``context``."""
+def classify(model: Demo, x: Tensor, context: Context) -> dict[str, dict[str, float]]:
+    """Top-5 of the reference view (:func:`panel_labels`) and of the deployed model for image ``x [1, 3, H, W]``
+    inside ``context``."""
     batch = BatchFeatures(model, context.features)
     return _both_heads(model, batch, batch.features(x))
 
@@ -127,12 +154,13 @@ def setting(value: object, name: str, low: float, high: float, *, integer: bool 
     return int(value) if integer else float(value)
 
 
-def check_attack_args(attack: str, eps: float, steps: int, model: HPMClassifier) -> None:
+def check_attack_args(attack: str, eps: float, steps: int, model: Demo) -> None:
+    choices = ", ".join(attack_choices(model))
     if attack not in KNOWN_ATTACKS:
-        raise HPMError(f"attack must be one of {', '.join(attack_choices(model))}; got {attack!r}")
+        raise HPMError(f"attack must be one of {choices}; got {attack!r}")
     if attack not in attack_choices(model):
-        raise HPMError(f"the {attack!r} attack does not apply to this model's {model.head_type!r} head; choose one "
-                       f"of {', '.join(attack_choices(model))}")
+        raise HPMError(f"the {attack!r} attack does not apply to this model ({panel_labels(model)[1]}); choose one "
+                       f"of {choices}")
     eps_255 = eps * 255 if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps
     setting(eps_255, "eps in units of 1/255", 0, EPS_MAX * 255 + 1e-9)
     if attack == "square":
@@ -141,7 +169,7 @@ def check_attack_args(attack: str, eps: float, steps: int, model: HPMClassifier)
         setting(steps, "steps", 1, STEPS_MAX, integer=True)
 
 
-def attack_image(model: HPMClassifier, x: Tensor, *, attack: str = "ensemble", eps: float = 8 / 255, steps: int = 20,
+def attack_image(model: Demo, x: Tensor, *, attack: str = "ensemble", eps: float = 8 / 255, steps: int = 20,
                  context: Context | None = None, seed: int = 0,
                  on_step: Callable[[int, int], None] | None = None) -> AttackResult:
     """Attack one image (label: the deployed model's clean prediction) and judge it on the deployed model.
@@ -206,13 +234,13 @@ def perturbation_views(result: AttackResult, gain: float | None = None,
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------
-def _threat_eps(model: HPMClassifier) -> float | None:
+def _threat_eps(model: Demo) -> float | None:
     cfg = getattr(model, "checkpoint_config", None)
     threat = cfg.threat_model if cfg is not None else None
     return float(threat["eps"]) if threat and threat.get("eps") is not None else None
 
 
-def default_eps(model: HPMClassifier) -> float:
+def default_eps(model: Demo) -> float:
     """The radius the demo starts at: the one the checkpoint was trained for, else the usual one of its dataset
     (ImageNet 4/255, CIFAR 8/255)."""
     return _threat_eps(model) or (4 / 255 if model.dataset == "imagenet" else 8 / 255)
@@ -230,16 +258,27 @@ def _key_robust_metric(metrics: dict, eps: float | None) -> dict | None:
     return min(at_radius, key=lambda m: (m["value"], -(m.get("n") or 0)))
 
 
-def card_summary(model: HPMClassifier) -> str:
+def _what_it_is(model: Demo, trained: str) -> str:
+    """The first line of :func:`card_summary`."""
+    if isinstance(model, HPMClassifier):
+        spec = model.backbone_spec
+        return f"**Backbone:** `{spec.source}:{spec.name}` · **head:** {model.head.label} · {trained}"
+    branches = " and ".join(f"{role} `{b.backbone_spec.source}:{b.backbone_spec.name}` ({b.head.label})"
+                            for role, b in (("standard", model.standard), ("robust", model.robust)))
+    return (f"**Mixed classifier** (Bai et al.): (1 − α) · softmax(standard) + α · softmax(robust / T), α = "
+            f"{model.alpha:g}, T = {model.temperature:g}, of {branches} · the robust branch {trained}")
+
+
+def card_summary(model: Demo) -> str:
     """A loaded checkpoint in three lines of Markdown: what it is, what it knows, and its key measured numbers
     (clean accuracy, and the lowest recorded robust accuracy with its attacks, radius, images and batch size)."""
     from .units import eps_text
 
-    spec, (_, h, w) = model.backbone_spec, model.input_size
+    (_, h, w) = model.input_size
     eps = _threat_eps(model)
     trained = (f"adversarially trained for ℓ∞ ε = {eps_text(eps)}" if eps is not None
                else "**not adversarially trained**: expect a tiny ε to fool it")
-    lines = [f"**Backbone:** `{spec.source}:{spec.name}` · **head:** {model.head.label} · {trained}",
+    lines = [_what_it_is(model, trained),
              f"Knows the {model.num_classes} {model.dataset} classes; every image is resized (short side) and "
              f"centre-cropped to {h}×{w} and put in one of them."]
     cfg = getattr(model, "checkpoint_config", None)
@@ -260,7 +299,7 @@ def _attacks_of(protocol: str) -> str:
     return protocol.split(": ", 1)[-1].split(" (", 1)[0]
 
 
-def card_metrics(model: HPMClassifier) -> str:
+def card_metrics(model: Demo) -> str:
     """Every metric the checkpoint's card records, as a Markdown table."""
     from .model_card import metrics_table
 
@@ -285,7 +324,7 @@ def gallery_samples(dataset: str = "cifar10", n: int = 24, data: str | None = No
 
 # --- caches shared by all visitors (read-only after creation) -------------------------------------------
 @lru_cache(maxsize=4)
-def load_cached(model_id: str, device: str | None = None) -> HPMClassifier:
+def load_cached(model_id: str, device: str | None = None) -> Demo:
     """``hpm.load`` once per model id (checkpoint directory or Hub repo id) and device (None: the CPU)."""
     from .model import load
 
@@ -309,8 +348,8 @@ def angle_report(model: HPMClassifier, data: str | None = None, n: int = 1000,
     ``on_step(done, total)`` reports progress in images whose features are computed (the slow part)."""
     from .sensitivity import angle_statistics
 
-    if not model.head.has_prototypes:
-        raise HPMError(f"the {model.head_type} head has no l2 prototypes to compare with")
+    if not isinstance(model, HPMClassifier) or not model.head.has_prototypes:
+        raise HPMError(f"the {panel_labels(model)[1]} head has no l2 prototypes to compare with")
     x, y, _ = gallery_samples(model.dataset or "cifar10", n, data)
     device, parts = device_of(model), []
     for chunk in x.split(100):

@@ -13,11 +13,17 @@ transfer attacks, judged on the mixture).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .checkpoint import MixedCheckpointConfig, write_config, write_weights
+from .errors import HPMError
+from .hub import push_folder
+from .model_card import model_card
 
 MODES = ("hard", "standard", "robust")  # "hard": the deployed mixture, as the attack adapters call it
 
@@ -51,6 +57,8 @@ class MixedClassifier(nn.Module):
         self.dataset = getattr(robust, "dataset", None)  # inputs, classes and dataset: the robust branch's
         self.classes = getattr(robust, "classes", None)
         self.input_size = getattr(robust, "input_size", None)
+        self.num_classes = getattr(robust, "num_classes", None)
+        self.checkpoint_config: MixedCheckpointConfig | None = None  # set by hpm.load / save_pretrained
 
     def describe(self) -> dict:
         """What an evaluation report records about the model."""
@@ -81,6 +89,48 @@ class MixedClassifier(nn.Module):
         branch passes no gradient to an attacker, and its robustness in the mixture would be masked, not real."""
         _, log_robust = self.branch_log_probs(x)
         return float((log_robust.max(-1).values == 0).float().mean())
+
+    def pitfall_checks(self, x: Tensor) -> list[tuple[str, bool, str]]:
+        """``(name, passed, detail)`` checks an evaluation of this model runs on its check images ``x``: the robust
+        branch's softmax must not saturate there (:meth:`robust_saturation`), or its robustness inside the mixture
+        would be masked gradients, not robustness."""
+        share = self.robust_saturation(x)
+        return [("robust_branch_not_saturated", share == 0.0,
+                 f"{100 * share:.1f}% of {len(x)} images have a robust-branch probability of exactly 1 in float32 "
+                 f"(T = {self.temperature:g})")]
+
+    # -- persistence -----------------------------------------------------------------------------
+    def to_config(self) -> MixedCheckpointConfig:
+        """The checkpoint configuration: both classifiers' own (they must be :class:`hpm.HPMClassifier`), the
+        mixing rule, and the metrics of the checkpoint this model was loaded from."""
+        if not all(hasattr(branch, "to_config") for branch in (self.standard, self.robust)):
+            raise HPMError("only a mixture of two hpm models (hpm.wrap / hpm.load) can be saved; wrap each "
+                           "network with hpm.wrap(module, head='fc') first")
+        previous = self.checkpoint_config
+        return MixedCheckpointConfig(self.standard.to_config(), self.robust.to_config(), self.alpha, self.temperature,
+                                     names=list(self.names), metrics=dict(previous.metrics) if previous else {})
+
+    def save_pretrained(self, directory: str | Path, *, metrics: dict | None = None) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (each branch's weights as its own checkpoint would hold
+        them, under ``standard.`` and ``robust.``) and a model card to ``directory``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = self.to_config()
+        config.metrics = dict(metrics) if metrics is not None else config.metrics
+        weights = {}
+        for name, branch_config in (("standard", config.standard), ("robust", config.robust)):
+            weights |= {f"{name}.{key}": value for key, value in getattr(self, name).state_dict().items()
+                        if branch_config.backbone_weights_included or not key.startswith("features.")}
+        write_weights(out, weights)
+        write_config(out, config, model_card(config))
+        self.checkpoint_config = config
+        return out
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload mixed classifier", **save_kwargs) -> str:
+        """Save to a temporary directory and upload it to the Hugging Face Hub; returns the commit URL."""
+        return push_folder(lambda d: self.save_pretrained(d, **save_kwargs), repo_id, private=private, token=token,
+                           commit_message=commit_message)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}, temperature={self.temperature:g}"

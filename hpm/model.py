@@ -11,7 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
     CheckpointConfig,
+    MixedCheckpointConfig,
     load_strict,
     read_config,
     read_weights,
@@ -266,7 +269,7 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
 
 
 def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, device: torch.device | str | None = None,
-         revision: str | None = None, token: str | None = None) -> HPMClassifier:
+         revision: str | None = None, token: str | None = None) -> HPMClassifier | MixedClassifier:
     """Load an HPM checkpoint from a local directory or a Hub repo id.
 
     Args:
@@ -276,6 +279,9 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
         device: where to put the model (default CPU).
         revision: a Hub branch, tag or commit.
 
+    Returns:
+        An :class:`HPMClassifier`, or a :class:`hpm.mixed.MixedClassifier` for a mixed checkpoint.
+
     Raises:
         CheckpointError: missing files, invalid JSON, wrong keys or shapes, non-safetensors weights.
         OfflineError: a Hub id while the Hub is unreachable (fails within seconds).
@@ -283,6 +289,17 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
     directory = resolve_checkpoint(path_or_repo_id, revision=revision, token=token)
     config = read_config(directory)
     state = read_weights(directory)
+    if isinstance(config, MixedCheckpointConfig):
+        model: HPMClassifier | MixedClassifier = _build_mixed(config, state, directory)
+    else:
+        model = _build(config, state, directory, backbone)
+    return model.to(device or CPU).eval()
+
+
+def _build(config: CheckpointConfig, state: dict[str, Tensor], directory: Path, backbone: nn.Module | None = None,
+           part: str = "") -> HPMClassifier:
+    """The :class:`HPMClassifier` a checkpoint config describes, with the weights ``state`` (strictly)."""
+    where = directory / (WEIGHTS_NAME + part)
     spec = BackboneSpec.from_dict(config.backbone)
     input_size = tuple(config.input_size)
     try:
@@ -292,11 +309,27 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
         model = HPMClassifier(split.features, split.fc, head, backbone_spec=spec, input_size=input_size,  # type: ignore[arg-type]
                               classes=config.classes, dataset=config.dataset)
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
+        raise CheckpointError(f"{directory / CONFIG_NAME}{part}: {e}") from None
     expected = {k for k in model.state_dict() if config.backbone_weights_included or not k.startswith("features.")}
-    load_strict(model, state, expected, directory / "model.safetensors")
+    load_strict(model, state, expected, where)
     model.checkpoint_config = config
-    return model.to(device or CPU).eval()
+    return model
+
+
+def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], directory: Path) -> MixedClassifier:
+    """A mixed checkpoint's two classifiers (weights under ``standard.`` and ``robust.``) and their mixture."""
+    stray = sorted(k for k in state if not k.startswith(("standard.", "robust.")))
+    if stray:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights of neither branch: {stray[:8]}")
+    branches = {name: _build(getattr(config, name), {k[len(name) + 1:]: v for k, v in state.items()
+                                                    if k.startswith(name + ".")}, directory, part=f" [{name}]")
+                for name in ("standard", "robust")}
+    if branches["standard"].num_classes != branches["robust"].num_classes:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: the two classifiers have different classes")
+    model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature,
+                            names=tuple(config.names))  # type: ignore[arg-type]
+    model.checkpoint_config = config
+    return model
 
 
 def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None = None) -> nn.Module:

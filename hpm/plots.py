@@ -96,6 +96,30 @@ def robustness_curve_figure(rows: list[dict], title: str = "Accuracy under attac
     return fig
 
 
+def defences_figure(rows: list[dict], title: str = "Clean vs robust accuracy") -> go.Figure:
+    """One point per defence: clean accuracy (x) against robust accuracy (y), both with their 95% intervals as
+    error bars. ``rows`` are :class:`hpm.publish.defences.DefenceRow` fields (group, point, clean, clean_ci,
+    robust, robust_ci); the rows of a group with several (an alpha sweep) are joined by a line in their order,
+    each point named by its ``point``."""
+    fig = go.Figure()
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    for group, pts in groups.items():
+        fig.add_trace(go.Scatter(
+            x=[100 * r["clean"] for r in pts], y=[100 * r["robust"] for r in pts],
+            mode="lines+markers+text" if len(pts) > 1 else "markers+text", name=group,
+            text=[r["point"] for r in pts], marker=dict(size=9),
+            textposition=[("top right", "bottom left")[i % 2] for i in range(len(pts))],  # neighbours apart
+            error_x=dict(type="data", array=[100 * (r["clean_ci"][1] - r["clean"]) for r in pts],
+                         arrayminus=[100 * (r["clean"] - r["clean_ci"][0]) for r in pts], thickness=1),
+            error_y=dict(type="data", array=[100 * (r["robust_ci"][1] - r["robust"]) for r in pts],
+                         arrayminus=[100 * (r["robust"] - r["robust_ci"][0]) for r in pts], thickness=1)))
+    fig.update_layout(title=title, xaxis_title="clean accuracy (%)", yaxis_title="robust accuracy (%)",
+                      template="plotly_white", legend_title="defence")
+    return fig
+
+
 def perturbation_heatmap(magnitude: np.ndarray, eps: float) -> go.Figure:
     """Per-pixel l2 norm over the colour channels of the perturbation, ``H x W`` in [0, 1] units, as a heatmap
     in units of 1/255 (image orientation: row 0 at the top). The colour scale is fixed to [0, ε·√3], the

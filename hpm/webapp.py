@@ -119,7 +119,7 @@ def _missing_samples(dataset: str) -> str:
 
 def _context_controls(model) -> tuple[dict, dict]:
     """The context checkbox and size: shown and on for a batch-dependent head when test images exist."""
-    shown = model.head.batch_dependent and not _missing_samples(_dataset(model))
+    shown = demo.batch_dependent(model) and not _missing_samples(_dataset(model))
     return dict(value=shown, visible=shown), dict(visible=shown)
 
 
@@ -170,17 +170,21 @@ def _checked(slider: gr.Slider, *, integer: bool = False) -> gr.Slider:
 @_user_errors
 def load_model(choice: str, hub_id: str):
     """Load a shipped checkpoint or a Hub repo id; returns the model id, its card (summary and all metrics), the
-    radius it was trained for, the attacks that apply to its head, the deployed head's output panels (hidden when the deployed head is the FC layer, whose
-    panels are already shown) and the context controls (shown only for a batch-dependent head, and only when the
-    server has test images to build the context from)."""
+    radius it was trained for, the attacks that apply to it, the four output panels named for it (the reference
+    view: an FC head or a mixture's robust branch; the deployed model's panels hidden when the deployed head is
+    the FC layer, whose panels are already shown) and the context controls (shown only for a batch-dependent
+    head, and only when the server has test images to build the context from)."""
     model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
     model = _model(model_id)
     choices = demo.attack_choices(model)
-    head, separate = model.head.label, "fc" not in model.head.deployed_modes
+    reference, deployed = demo.panel_labels(model)
+    separate = not demo.deployed_is_reference(model)
     checkbox, size = _context_controls(model)
     return (model_id, demo.card_summary(model), demo.card_metrics(model), round(demo.default_eps(model) * 255, 2),
             gr.Radio(choices=choices, value=demo.default_attack(choices)),
-            gr.Label(label=f"{head}, clean", visible=separate), gr.Label(label=f"{head}, adversarial", visible=separate),
+            gr.Label(label=f"{reference}, clean"), gr.Label(label=f"{reference}, adversarial"),
+            gr.Label(label=f"{deployed}, clean", visible=separate),
+            gr.Label(label=f"{deployed}, adversarial", visible=separate),
             gr.Checkbox(**checkbox), gr.Slider(**size))
 
 
@@ -211,7 +215,8 @@ def use_gallery(evt: gr.SelectData) -> tuple[str, str]:
 
 @_user_errors
 def predict(image: str | None, model_id: str, use_context: bool, context_n: int):
-    """Top-5 of the FC and the HPM head for the current image, alone or inside the context batch."""
+    """Top-5 of the reference view (FC head, or a mixture's robust branch) and of the deployed model for the current
+    image, alone or inside the context batch."""
     model = _model(model_id)
     context = _context(model_id, use_context, context_n)
     out = demo.classify(model, _image_tensor(image, model).to(DEVICE), context)
@@ -222,9 +227,10 @@ def predict(image: str | None, model_id: str, use_context: bool, context_n: int)
 @_user_errors
 def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, steps: int, queries: int,
            use_context: bool, context_n: int, progress=gr.Progress()):
-    """Run one attack and show clean vs adversarial predictions of both heads (Square spends ``queries``, the
+    """Run one attack and show clean vs adversarial predictions of both views (Square spends ``queries``, the
     white-box attacks ``steps``), the adversarial image beside the clean model input, at the same size."""
     model = _model(model_id)
+    deployed = demo.panel_labels(model)[1]
     context = _context(model_id, use_context, context_n)
     progress(0, desc=demo.attack_description(model, attack_name))
     budget = queries if attack_name == "square" else steps
@@ -240,8 +246,8 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
                f"‖δ‖∞ = {result.linf * 255:.2f}/255 · ‖δ‖₂ = {result.l2:.3f} · attacked label: "
                f"**{model.classes[result.label]}** (the deployed model's clean prediction)\n\n"
                f"Surrogate (the model the attack followed) fooled: **{verdict[result.surrogate_fooled]}** · "
-               f"deployed {model.head.label} fooled: "
-               f"**{verdict[result.deployed_fooled]}** · transferred to {model.head.label}: "
+               f"deployed {deployed} fooled: "
+               f"**{verdict[result.deployed_fooled]}** · transferred to {deployed}: "
                f"**{verdict[result.transferred]}**")
     return (_png(tensor_to_image(result.x_adv), "adversarial"), _png(amplified, "perturbation"), heat,
             result.clean["fc"], result.clean["deployed"],
@@ -384,8 +390,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
     with gr.Tab("About"):
         gr.Markdown(ABOUT)
 
-    load_btn.click(load_model, [choice, hub_id], [model_id, card, metrics, eps, attack_name, hpm_clean, hpm_adv,
-                                                  use_context, context_n],
+    load_btn.click(load_model, [choice, hub_id], [model_id, card, metrics, eps, attack_name, fc_clean, fc_adv,
+                                                  hpm_clean, hpm_adv, use_context, context_n],
                    api_name="load_model").then(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
     upload.upload(use_upload, upload, [preview, image_file], api_visibility="private")
     gallery.select(use_gallery, None, [preview, image_file], api_visibility="private")

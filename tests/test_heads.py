@@ -135,7 +135,7 @@ def test_unknown_mode_and_head_names_are_rejected_with_the_valid_choices(batch):
     z, logits, _ = batch
     with pytest.raises(ValueError, match="hard, soft, fc"):
         HPMHead(D, K)(z, logits, mode="bpda")
-    with pytest.raises(ValueError, match="fc, ncm, cosine, hpm"):
+    with pytest.raises(ValueError, match="fc, ncm, cosine, hpm, dpnp"):
         create_head("knn", D, K)
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import hpm
+from hpm.mixed import MixedClassifier
 from hpm import images
 from hpm import interactive as demo
 from hpm.errors import HPMError
@@ -160,8 +161,27 @@ def test_each_head_is_offered_the_attacks_that_exist_for_it():
     assert demo.attack_choices(hpm.wrap(TinyMLP(), head="ncm")) == ["fc", "deployed", "square"]
     model = hpm.wrap(TinyMLP(), head="fc")
     assert demo.attack_choices(model) == ["deployed", "square"] and model.head.label == "FC"
-    with pytest.raises(HPMError, match="does not apply to this model's 'fc' head"):
+    with pytest.raises(HPMError, match=r"does not apply to this model \(FC\)"):
         demo.attack_image(model, torch.rand(1, 3, 32, 32), attack="soft", eps=0.01, steps=2)
+
+
+def test_a_mixed_classifier_shows_its_robust_branch_beside_the_mixture_and_offers_each_branch_as_a_target():
+    from conftest import TinyMLP
+    torch.manual_seed(0)
+    model = MixedClassifier(hpm.wrap(TinyMLP(), head="fc"), hpm.wrap(TinyMLP(), head="fc"), alpha=0.75).eval()
+    assert demo.attack_choices(model) == ["deployed", "standard", "robust", "square"]
+    assert demo.panel_labels(model) == ("robust branch", "mixture (α = 0.75)")
+    assert not demo.batch_dependent(model) and not demo.deployed_is_reference(model)
+    x = torch.rand(1, 3, 32, 32)
+    shown = demo.classify(model, x, demo.no_context())
+    with torch.no_grad():
+        assert shown["fc"] == demo.top_k(model(x, mode="robust")[0], model.classes)
+        assert shown["deployed"] == demo.top_k(model(x)[0], model.classes)
+    result = demo.attack_image(model, x, attack="standard", eps=8 / 255, steps=3)
+    assert result.surrogate_fooled is not None and result.linf <= 8 / 255 + 1e-6
+    assert demo.card_summary(model).startswith("**Mixed classifier** (Bai et al.)")
+    with pytest.raises(HPMError, match="no l2 prototypes"):
+        demo.angle_report(model)
 
 
 def test_an_l2_head_is_attacked_directly():

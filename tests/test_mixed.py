@@ -1,13 +1,14 @@
 """The mixed classifier (Bai et al.): the mixture it computes, its gradients, the attacks it declares, and an
 evaluation of it end to end."""
+import json
+
 import pytest
 import torch
 
-import json
-
+import hpm
 from hpm.attacks import default_plan, parse_attacks
 from hpm.cli import main
-from hpm.errors import HPMError
+from hpm.errors import CheckpointError, HPMError
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.mixed import MixedClassifier
 from hpm.model import load_or_wrap
@@ -53,10 +54,18 @@ def test_it_declares_the_mixture_and_each_branch_as_attack_targets():
         parse_attacks(["apgd-ce/fc"], model)
 
 
-def test_a_saturated_robust_branch_is_detected():
+def test_a_saturated_robust_branch_is_detected_and_flagged_in_the_evaluation_report():
     x = torch.rand(8, 3, 32, 32)
     assert mixed(temperature=1e-6).robust_saturation(x) == 1.0
     assert mixed(temperature=1.0).robust_saturation(x) == 0.0
+    for temperature, passed in ((1e-6, False), (1.0, True)):
+        model = mixed(temperature=temperature)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        report = evaluate_model(model, x, y, attack=AttackConfig(n_iter=2, square_queries=5, n_target_classes=1),
+                                batch_sizes=[8], check_n=8, progress=False)
+        check, = (c for c in report.checks if c.name == "robust_branch_not_saturated")
+        assert check.passed is passed and "of 8 images" in check.detail
 
 
 @pytest.mark.parametrize("alpha, temperature", [(-0.1, 1.0), (1.5, 1.0), (0.5, 0.0)])
@@ -115,3 +124,53 @@ def test_hpm_eval_attacks_a_mixed_model_and_its_report_says_what_it_is(two_check
     info = json.loads(out.read_text())["model_info"]
     assert info["head"] == "mixed classifier (alpha 0.5, temperature 1)"
     assert info["backbone"] == f"standard {standard} + robust {robust}"
+
+
+def test_hpm_mix_saves_a_checkpoint_that_loads_to_the_same_mixture(two_checkpoints, tmp_path):
+    standard, robust = two_checkpoints
+    out = tmp_path / "mixed"
+    assert main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.7", "--temperature", "0.5",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded, built = hpm.load(out), load_or_wrap(f"mixed(standard={standard},robust={robust},alpha=0.7,T=0.5)")
+    assert isinstance(loaded, MixedClassifier) and (loaded.alpha, loaded.temperature) == (0.7, 0.5)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), built(x), atol=1e-6)
+    assert load_or_wrap(str(out)).names == (standard, robust)
+    card = (out / "README.md").read_text()
+    assert "mixed classifier (alpha 0.7, T 0.5)" in card and "gradients flow through both networks" in card
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(alpha=1.5), r"alpha must be a number in \[0, 1\]"),
+    (lambda c: c.update(temperature="hot"), "temperature one > 0"),
+    (lambda c: c.pop("robust"), "missing \\['robust'\\]"),
+    (lambda c: c["standard"].pop("head"), "standard: missing keys \\['head'\\]"),
+    (lambda c: c.update(colour="red"), "unknown \\['colour'\\]"),
+])
+def test_a_broken_mixed_config_is_refused_with_its_reason(two_checkpoints, tmp_path, edit, message):
+    standard, robust = two_checkpoints
+    out = tmp_path / "mixed"
+    main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    edit(config)
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        hpm.load(out)
+
+
+def test_mixed_weights_must_belong_to_a_branch(two_checkpoints, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    standard, robust = two_checkpoints
+    out = tmp_path / "mixed"
+    main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(out)])
+    weights = load_file(str(out / "model.safetensors"))
+    save_file({**weights, "extra.weight": torch.zeros(1)}, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="neither branch"):
+        hpm.load(out)
+    del weights["robust.fc.weight"]
+    save_file(weights, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.safetensors \[robust\].*missing \['fc.weight'\]"):
+        hpm.load(out)

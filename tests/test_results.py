@@ -305,3 +305,30 @@ def test_readme_benchmark_table_reads_what_the_benchmarks_write_and_says_what_is
     assert row.endswith("| not measured |")
     assert "| gpu-marked tests (`pytest -m gpu`) | pass | not measured | 6 passed in 13.5 s |" in table
     assert "- CPU: CPU, 2 CPU threads, torch 2.x; files: `protocol.json`." in table
+
+
+def test_defences_are_compared_on_the_same_images_and_budget_against_the_first_row(checkpoint, tiny_data_root,
+                                                                                  tmp_path):
+    from hpm.plots import defences_figure
+    from hpm.publish.defences import defence_rows, defences_table
+
+    for name, extra in (("fc", ()), ("other", ("--seed", "1")), ("more", ("--iters", "3")), ("fewer", ("--n", "3"))):
+        _eval(checkpoint, tiny_data_root, tmp_path / f"{name}.json", "--eps", "8/255", "--batch-sizes", "4", *extra)
+    entries = [{"label": "FC", "reports": ["fc.json"]},
+               {"label": "mixed, α = 0.5", "group": "mixed", "point": "α = 0.5", "reports": ["other.json"]},
+               {"label": "DPNP", "missing": "not trained yet"}]
+    rows = defence_rows(tmp_path, entries, batch_size=4)
+    assert [r.label for r in rows] == ["FC", "mixed, α = 0.5"] and rows[1].group == "mixed"
+    fc = paired_robust(tmp_path / "fc.json", 4)
+    assert rows[0].robust == sum(fc.values()) / 4 and rows[0].robust_test["p_value"] == 1.0  # itself
+    assert rows[1].robust_test == mcnemar_exact(paired_robust(tmp_path / "other.json", 4), fc)
+    lines = defences_table(tmp_path, {"entries": entries, "figure": "figures/defences"})
+    assert lines[2].startswith("| FC | 4 | 4 |") and "| DPNP | – | – | not measured |" in "\n".join(lines)
+    assert "- **DPNP**: not trained yet" in lines
+    with pytest.raises(HPMError, match="APGD iterations"):  # another budget is another protocol
+        defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["more.json"]}], batch_size=4)
+    with pytest.raises(HPMError, match="other images"):
+        defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["fewer.json"]}], batch_size=4)
+    from dataclasses import asdict
+    figure = defences_figure([asdict(r) for r in rows])
+    assert [t.name for t in figure.data] == ["FC", "mixed"] and list(figure.data[1].text) == ["α = 0.5"]

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import hpm
 from hpm.data import ImageTensorDataset
 from hpm.errors import HPMError
-from hpm.train.losses import ClassWeights, ikl_loss, soft_cross_entropy, weighted_pairwise_mse
+from hpm.train.losses import (ClassWeights, average_margin_penalty, dpnp_loss, ikl_loss, logit_margin,
+                              soft_cross_entropy, weighted_pairwise_mse)
 from hpm.train import (AdversarialConfig, CleanConfig, extract_features, finetune_adversarial, finetune_clean,
                        pgd_ikl)
 
@@ -58,6 +59,48 @@ def separable_features(n=400, d=16, k=4, seed=0):
     centres = torch.randn(k, d, generator=g) * 3
     y = torch.arange(n) % k
     return centres[y] + torch.randn(n, d, generator=g), y
+
+
+def test_logit_margin_is_the_true_score_minus_the_best_other():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, -1.0]])
+    assert torch.equal(logit_margin(logits, torch.tensor([0, 2])), torch.tensor([1.0, -6.0]))
+
+
+def test_average_margin_penalty_is_a_hinge_truncated_at_tau():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.25], [0.0, 0.75], [0.0, 3.0]], requires_grad=True)
+    labels = torch.zeros(4, dtype=torch.long)  # margins 2, -0.25, -0.75, -3
+    penalty = average_margin_penalty(logits, labels, tau=0.5)
+    assert penalty.item() == pytest.approx((0 + 0.25 + 0.5 + 0.5) / 4)
+    penalty.backward()
+    pulled = logits.grad.abs().sum(1) > 0
+    assert pulled.tolist() == [False, True, False, False]  # only the sample within tau on the wrong side
+
+
+def test_dpnp_prototypes_learn_from_the_clean_branch_only():
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(4, 8, generator=g, requires_grad=True)
+    z_clean, z_adv = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    loss, logits_adv = dpnp_loss(z_clean, z_adv, prototypes, labels, align=0.0, repel=0.0, consistency=1.0)
+    assert torch.allclose(logits_adv, z_adv @ prototypes.t())
+    adversarial_only = F.cross_entropy(logits_adv, labels) + F.kl_div(
+        logits_adv.log_softmax(1), (z_clean @ prototypes.t()).log_softmax(1), log_target=True, reduction="batchmean")
+    grad, = torch.autograd.grad(adversarial_only, prototypes, retain_graph=True)
+    assert grad.abs().sum() > 0  # without the stop-gradient the adversarial terms would move the prototypes ...
+    loss_adv_part = loss - F.cross_entropy(z_clean @ prototypes.t(), labels)
+    grad, = torch.autograd.grad(loss_adv_part, prototypes, retain_graph=True)
+    assert grad.abs().sum() == 0  # ... with it, only the clean branch does
+    assert torch.autograd.grad(loss, z_adv)[0].abs().sum() > 0  # while the features learn from both
+
+
+def test_dpnp_repulsion_pushes_each_prototype_from_its_nearest_rival():
+    z, labels = torch.zeros(1, 2), torch.tensor([0])
+    close = torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]])
+    far = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    repulsion = [dpnp_loss(z, z, c, labels, align=0.0, repel=1.0, consistency=0.0)[0]
+                 - dpnp_loss(z, z, c, labels, align=0.0, repel=0.0, consistency=0.0)[0] for c in (close, far)]
+    assert repulsion[0] > repulsion[1]
+    assert repulsion[1].item() == pytest.approx(0.0, abs=1e-6)  # every nearest rival at 90 degrees
 
 
 def test_clean_finetune_initialises_prototypes_to_class_means_and_keeps_accuracy():

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import hpm
-from hpm.train.scratch import BackboneConfig, augment, fgsm_rs, one_cycle_schedule, to_hpm, train_backbone
+from hpm.train.scratch import (BackboneConfig, augment, fgsm_rs, one_cycle_schedule, to_hpm, train_backbone,
+                               training_summary)
 from hpm.data import ImageTensorDataset
 from hpm.errors import HPMError
-from hpm.sources.zoo import CifarResNet, L2Classifier, build
+from hpm.sources.zoo import CifarResNet, L2Classifier, PrototypeClassifier, build
 
 
 def _images(n=64, seed=0):
@@ -38,9 +39,9 @@ def test_l2_classifier_and_its_linear_twin_predict_the_same_class():
     assert torch.equal(head.as_linear()(z).argmax(1), expected.argmax(1))
 
 
-@pytest.mark.parametrize("classifier, head", [("fc", "fc"), ("l2", "ncm")])
+@pytest.mark.parametrize("classifier, head", [("fc", "fc"), ("l2", "ncm"), ("dpnp", "dpnp")])
 def test_export_to_hpm_keeps_the_trained_predictions_and_round_trips(tmp_path, classifier, head):
-    config = BackboneConfig(depth=8, width=4, classifier=classifier)
+    config = BackboneConfig(depth=8, width=4, classifier=classifier, adversarial="fgsm-rs")
     net = build("cifar_resnet", config.architecture()).eval()
     if classifier == "l2":
         torch.nn.init.normal_(net.classifier.centres)
@@ -55,6 +56,34 @@ def test_export_to_hpm_keeps_the_trained_predictions_and_round_trips(tmp_path, c
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["backbone_weights_included"] is True
     with torch.no_grad():
         assert torch.allclose(hpm.load(tmp_path / "ck")(x), before, atol=1e-4)
+
+
+def test_dpnp_prototypes_are_the_classifier_weights_on_one_sphere():
+    head = PrototypeClassifier(16, 10, radius=3.0)
+    assert torch.allclose(head.prototypes.norm(dim=1), torch.full((10,), 3.0))
+    z = torch.randn(50, 16)
+    scores = head(z)
+    half_sq_distances = -0.5 * torch.cdist(z, head.prototypes) ** 2
+    assert torch.allclose(scores.softmax(1), half_sq_distances.softmax(1), atol=1e-5)  # the same classifier
+    linear = head.as_linear()
+    assert linear.bias is None and torch.allclose(linear(z), scores, atol=1e-5)
+
+
+def test_dpnp_needs_adversarial_training():
+    with pytest.raises(HPMError, match="fgsm-rs"):
+        BackboneConfig(classifier="dpnp")
+
+
+def test_dpnp_training_runs_resumes_and_exports_its_radius(tmp_path):
+    cfg = BackboneConfig(depth=8, width=4, classifier="dpnp", epochs=1, batch_size=16, adversarial="fgsm-rs",
+                         guard_images=8, guard_steps=2, bf16=False, dpnp_radius=2.5)
+    net, history = train_backbone(cfg, _images(), tmp_path / "run", progress=False)
+    assert history[0]["loss"] > 0 and float(net.classifier.radius) == 2.5
+    model = to_hpm(net, cfg, classes=None, dataset="cifar10")
+    assert torch.allclose(model.fc.weight.norm(dim=1), torch.full((10,), 2.5), atol=1e-5)
+    recipe = training_summary(cfg, history, "synthetic")
+    assert recipe["dpnp_radius"] == 2.5 and "margin_reg" not in recipe  # the recipe names what it used
+    assert "dpnp_radius" not in training_summary(BackboneConfig(), history, "synthetic")
 
 
 def test_one_cycle_rises_from_zero_to_the_peak_then_falls_to_zero():
@@ -113,3 +142,31 @@ def test_backbone_training_neither_reseeds_nor_draws_from_the_process_wide_gener
     again, _ = train_backbone(cfg, _images(), tmp_path / "b", progress=False)
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_average_margin_regulariser_enters_the_recipe_and_old_runs_resume_without_it(tmp_path):
+    data = _images()
+    cfg = BackboneConfig(depth=8, width=4, epochs=2, batch_size=16, bf16=False)
+
+    def kill(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(cfg, data, tmp_path / "run", progress=False, on_epoch=kill)
+    state_path = tmp_path / "run" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    old = json.loads(state["config"])
+    for key in ("margin_reg", "margin_tau"):  # a run directory written before the option existed
+        del old[key]
+    state["config"] = json.dumps(old)
+    torch.save(state, state_path)
+    _, history = train_backbone(cfg, data, tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    regularised = BackboneConfig(**{**cfg.__dict__, "margin_reg": 1.0})
+    with pytest.raises(HPMError, match="different recipe"):
+        train_backbone(regularised, data, tmp_path / "run", progress=False)
+    plain, _ = train_backbone(cfg, data, tmp_path / "plain", progress=False)
+    with_reg, _ = train_backbone(regularised, data, tmp_path / "reg", progress=False)
+    assert not torch.equal(plain.stem[0].weight, with_reg.stem[0].weight)
+    with pytest.raises(HPMError, match="margin_tau"):
+        BackboneConfig(margin_tau=0)

@@ -7,7 +7,8 @@ from ..errors import HPMError
 from ..units import parse_eps
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
-HEAD_TYPES = ("fc", "ncm", "cosine", "hpm")  # hpm.heads.HEADS, named here so that --help needs no torch (tested)
+HEAD_TYPES = ("fc", "ncm", "cosine", "hpm")  # hpm.heads.HEADS that fit any backbone, named here so that --help
+# needs no torch (tested)
 
 
 def eps_arg(text: str) -> float:

@@ -65,13 +65,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     """``(model, image tensor [1, 3, H, W], context)`` on the chosen device."""
     from .. import interactive
+    from ..devices import device_of
     from ..images import image_to_tensor, open_image
     from ..model import load_or_wrap
 
     image = open_image(Path(args.image))  # a bad file fails here, before any model is loaded
     model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
     model.to(resolve_device(args.device))
-    x = image_to_tensor(image, model.input_size).to(model.device)
+    x = image_to_tensor(image, model.input_size).to(device_of(model))
     context = interactive.no_context()
     if args.context:
         images, _, _ = interactive.gallery_samples(dataset_of(args, model), args.context, args.data)
@@ -89,9 +90,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     model, x, context = _load(args)
     out = interactive.classify(model, x, context)
+    reference, deployed = interactive.panel_labels(model)
     print(f"classified {context.description}")
-    _print_top5("FC", out["fc"])
-    _print_top5(model.head.label, out["deployed"])
+    _print_top5(reference, out["fc"])
+    _print_top5(deployed, out["deployed"])
     return 0
 
 
@@ -105,7 +107,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = interactive.save_png(result.x_adv, out / "adversarial.png")
-    saved = interactive.classify(model, png.to(model.device), context)
+    saved = interactive.classify(model, png.to(x.device), context)
     description = interactive.attack_description(model, attack)
     png_label = max(saved["deployed"], key=saved["deployed"].get)
     record = {"model": args.model, "image": args.image, "attack": attack, "description": description,
@@ -119,8 +121,9 @@ def _cmd_attack(args: argparse.Namespace) -> int:
               "command": args.command_line}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{description}, eps {args.eps * 255:.3g}/255, classified {context.description}")
-    _print_top5(f"{model.head.label}, clean", result.clean["deployed"])
-    _print_top5(f"{model.head.label}, adversarial", result.adversarial["deployed"])
+    deployed = interactive.panel_labels(model)[1]
+    _print_top5(f"{deployed}, clean", result.clean["deployed"])
+    _print_top5(f"{deployed}, adversarial", result.adversarial["deployed"])
     print(f"deployed model fooled: {'yes' if result.deployed_fooled else 'no'} (8-bit PNG: "
           f"{'yes' if record['png']['deployed_fooled'] else 'no'}); wrote {out}/adversarial.png and result.json")
     return 0

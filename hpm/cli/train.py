@@ -134,20 +134,30 @@ def _add_train_backbone(sub) -> None:
         "train-backbone", help="train a CIFAR ResNet from scratch (FC or l2 classifier, optionally adversarial)",
         description="Train a CIFAR ResNet-(6n+2) from scratch on the training split with a one-cycle SGD schedule "
                     "and random crop + flip, standard or FGSM-RS adversarial training (Wong et al. 2020, with its "
-                    "catastrophic-overfitting guard). Every epoch is saved in --run-dir; rerunning the same "
+                    "catastrophic-overfitting guard), optionally Wu & Yu's average-margin regulariser or Adv-DPNP's "
+                    "prototype classifier and loss. Every epoch is saved in --run-dir; rerunning the same "
                     "command resumes. The result is exported as an hpm checkpoint (FC head for an FC classifier, "
-                    "NCM head with the learned centres for an l2 classifier).")
+                    "NCM head with the learned centres for an l2 classifier, dpnp head for a dpnp one).")
     b.add_argument("--run-dir", required=True, metavar="DIR", help="per-epoch states and history (resumes)")
     b.add_argument("--out", required=True, metavar="DIR", help="hpm checkpoint directory to export")
     b.add_argument("--depth", type=positive_int, default=20, help="6n+2 (default 20)")
     b.add_argument("--width", type=positive_int, default=16, help="first-stage channels (default 16)")
-    b.add_argument("--classifier", default="fc", choices=["fc", "l2"], help="final classifier (default fc)")
+    b.add_argument("--classifier", default="fc", choices=["fc", "l2", "dpnp"],
+                   help="final classifier (default fc); dpnp: Adv-DPNP's prototypes and composite loss (needs "
+                        "--adversarial)")
+    b.add_argument("--dpnp-radius", type=float, default=4.0, metavar="R", help="dpnp: prototype norm (default 4)")
+    b.add_argument("--dpnp-weights", type=_three_weights, default=(0.1, 1.0, 1.0), metavar="ALIGN,REPEL,CONSISTENCY",
+                   help="dpnp: weights of alignment, repulsion and consistency (default 0.1,1,1)")
     b.add_argument("--epochs", type=positive_int, default=30)
     b.add_argument("--batch-size", type=positive_int, default=128)
     b.add_argument("--lr", type=float, default=0.1, help="peak one-cycle learning rate (default 0.1)")
     b.add_argument("--weight-decay", type=float, default=5e-4)
     b.add_argument("--adversarial", default=None, choices=["fgsm-rs"], help="adversarial training recipe")
     b.add_argument("--eps", type=eps_arg, default=8 / 255, help="l_inf radius for --adversarial (default 8/255)")
+    b.add_argument("--margin-reg", type=float, default=0.0, metavar="MU",
+                   help="weight of Wu & Yu's average-margin regulariser on the training logits (default 0: off)")
+    b.add_argument("--margin-tau", type=float, default=1.0, metavar="TAU",
+                   help="truncation of that regulariser in logit units (default 1, the authors' code default)")
     b.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (default bf16 autocast)")
     b.add_argument("--n-train", type=positive_int, default=None, help="train on a fixed uniform subset of N images")
     b.add_argument("--n-test", type=positive_int, default=None, help="clean accuracy on the first N test images")
@@ -155,6 +165,17 @@ def _add_train_backbone(sub) -> None:
     add_data_args(b)
     add_device_arg(b)
     b.set_defaults(func=_cmd_train_backbone)
+
+
+def _three_weights(text: str) -> tuple[float, float, float]:
+    """``"A,B,C"`` -> three non-negative floats (``--dpnp-weights``)."""
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 3 or min(weights) < 0:
+        raise argparse.ArgumentTypeError(f"give three non-negative numbers ALIGN,REPEL,CONSISTENCY; got {text!r}")
+    return weights  # type: ignore[return-value]
 
 
 def _cmd_train_backbone(args: argparse.Namespace) -> int:
@@ -173,7 +194,9 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
     config = BackboneConfig(depth=args.depth, width=args.width, classifier=args.classifier,
                             num_classes=len(train_set.classes), epochs=args.epochs, batch_size=args.batch_size,
                             lr=args.lr, weight_decay=args.weight_decay, adversarial=args.adversarial, eps=args.eps,
-                            bf16=args.bf16, seed=args.seed)
+                            dpnp_radius=args.dpnp_radius, dpnp_align=args.dpnp_weights[0],
+                            dpnp_repel=args.dpnp_weights[1], dpnp_consistency=args.dpnp_weights[2],
+                            margin_reg=args.margin_reg, margin_tau=args.margin_tau, bf16=args.bf16, seed=args.seed)
     net, history = train_backbone(config, train_set, args.run_dir, device=device)
     model = to_hpm(net, config, classes=train_set.classes, dataset=dataset).to(device)
     metrics = clean_metrics(model, load_dataset(dataset, "test", args.data), args.n_test, 256, device,

@@ -9,6 +9,8 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 - ``black_box_vs_white_box``: Square breaking samples that every gradient attack missed is a sign of
   gradient masking.
 - ``repeatable``: the same evaluation with the same seed gives identical per-sample outcomes.
+- model-specific pitfalls a model declares itself (``model.pitfall_checks(x)``), e.g. a mixed classifier's
+  robust branch saturating its softmax at a low temperature.
 - ``ce_not_saturated``: no clean-correct sample has a float32 cross-entropy of exactly 0 or an all-zero input
   gradient (AutoAttack's zero-gradient check). On such samples APGD-CE has no loss to climb, while the
   scale-invariant DLR loss and black-box Square still work (see :func:`ce_saturation`).
@@ -108,6 +110,9 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
                disable=not progress)
     checks = [check_deterministic(model, x[:batch_size].to(resolve(device, model))),
               check_ce_saturation(model, x, y, batch_size, device)]
+    if hasattr(model, "pitfall_checks"):
+        with torch.no_grad():
+            checks += [Check(*c) for c in model.pitfall_checks(x[:batch_size].to(resolve(device, model)))]
     bar.update()
     attack = replace(attack, square_queries=min(attack.square_queries, square_queries))
     budget = f"; n={len(y)}, Square {attack.square_queries} queries"

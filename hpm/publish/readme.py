@@ -18,6 +18,7 @@ from pathlib import Path
 from ..units import eps_text
 from ..errors import HPMError
 from .benchmarks import benchmark_lines
+from .defences import defences_table
 from .compare import combined_robust, mcnemar_exact, missed_by_apgd_ce, protocol_gaps, sample_results
 from .metrics import load_report, protocol_name, protocol_text
 from .sweeps import sweep_rows
@@ -311,6 +312,8 @@ def render(root: Path, manifest: dict) -> str:
             out += timing_lines(root, section)
         elif section["kind"] == "benchmarks":
             out += benchmark_lines(root, section)
+        elif section["kind"] == "defences":
+            out += defences_table(root, section)
         elif section["kind"] == "sweep":
             lines = sweep_table(root, section)
             out += lines or ["_No sweep reports yet; run the command above._"]

@@ -1,4 +1,5 @@
-"""Architectures hpm trains itself: CIFAR ResNets (He et al. 2016, 6n+2 layers) with an FC or l2 classifier.
+"""Architectures hpm trains itself: CIFAR ResNets (He et al. 2016, 6n+2 layers) with an FC, l2 or Adv-DPNP
+prototype classifier.
 
 A zoo backbone is named in ``config.json`` as ``{"source": "hpm", "name": "cifar_resnet", "options":
 {"depth": 20, "width": 16, "num_classes": 10, "classifier": "fc"}}``. Its weights exist nowhere else, so
@@ -21,7 +22,7 @@ from ..heads import neg_l2_distance
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-CLASSIFIERS = ("fc", "l2")
+CLASSIFIERS = ("fc", "l2", "dpnp")
 
 
 class BasicBlock(nn.Module):
@@ -63,6 +64,35 @@ class L2Classifier(nn.Module):
         return fc
 
 
+class PrototypeClassifier(nn.Module):
+    """Adv-DPNP's unified prototypes: class prototypes ``c_j = r d_j / |d_j|`` on a sphere of radius ``r`` that are
+    also the classifier's weights, scores ``z . c_j`` (no bias). With equal prototype norms the softmax of these
+    scores is the softmax of ``-|z - c_j|^2 / 2`` (the ``|z|^2`` term is the same for every class), so the weights
+    are the anchors the alignment loss pulls features to. ``r`` is a buffer: saved with the weights."""
+
+    def __init__(self, num_features: int, num_classes: int, radius: float = 4.0):
+        super().__init__()
+        self.in_features, self.out_features = num_features, num_classes
+        self.directions = nn.Parameter(torch.randn(num_classes, num_features))
+        self.register_buffer("radius", torch.tensor(float(radius)))
+
+    @property
+    def prototypes(self) -> Tensor:
+        """``C [k, d]``, every row of norm ``r``."""
+        return self.radius * F.normalize(self.directions, dim=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z @ self.prototypes.t()
+
+    def as_linear(self) -> nn.Linear:
+        """The bias-free linear layer ``W = C`` (the same scores)."""
+        c = self.prototypes.detach()
+        fc = nn.Linear(self.in_features, self.out_features, bias=False).to(c.device)
+        with torch.no_grad():
+            fc.weight.copy_(c)
+        return fc
+
+
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs in [0, 1] (normalisation inside), stage widths ``w, 2w, 4w``."""
 
@@ -85,7 +115,8 @@ class CifarResNet(nn.Module):
                 ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.num_features = ch
-        self.classifier: nn.Module = nn.Linear(ch, num_classes) if classifier == "fc" else L2Classifier(ch, num_classes)
+        self.classifier: nn.Module = {"fc": nn.Linear, "l2": L2Classifier, "dpnp": PrototypeClassifier}[classifier](
+            ch, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled penultimate features ``[B, 4w]``."""

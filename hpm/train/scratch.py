@@ -1,4 +1,7 @@
-"""Training zoo backbones from scratch: standard training, or fast adversarial training (FGSM-RS).
+"""Training zoo backbones from scratch: standard training, or fast adversarial training (FGSM-RS), optionally
+with Wu & Yu's average-margin regulariser on the training logits (:func:`.losses.average_margin_penalty`), or
+with Adv-DPNP's prototype classifier trained on clean and FGSM-RS inputs by its composite loss
+(:func:`.losses.dpnp_loss`).
 
 FGSM-RS is the recipe of Wong, Rice & Kolter, "Fast is better than free" (ICLR 2020): a uniform random
 start in the eps-ball, one signed-gradient step of size ``1.25 eps``, projection, and training on the
@@ -31,7 +34,8 @@ from ..data import ImageTensorDataset
 from ..devices import CPU, bf16_autocast
 from ..errors import HPMError
 from ..rng import seeded
-from ..sources.zoo import CifarResNet, L2Classifier, build
+from ..sources.zoo import CifarResNet, L2Classifier, PrototypeClassifier, build
+from .losses import average_margin_penalty, dpnp_loss
 from .pgd import linf_pgd, uniform_start
 
 STATE_FILE = "state.pt"
@@ -60,6 +64,12 @@ class BackboneConfig:
     guard_images: int = 256  # training images of the catastrophic-overfitting check (adversarial only)
     guard_steps: int = 10  # PGD steps of that check (step eps / 4)
     guard_drop: float = 0.2  # stop when the check's PGD accuracy falls this far below its best
+    dpnp_radius: float = 4.0  # classifier "dpnp": norm r of every prototype (hpm's choice, as all dpnp_* values)
+    dpnp_align: float = 0.1  # its positive-prototype alignment weight (.losses.dpnp_loss)
+    dpnp_repel: float = 1.0  # its negative-prototype repulsion weight
+    dpnp_consistency: float = 1.0  # its clean-adversarial consistency weight
+    margin_reg: float = 0.0  # weight mu of Wu & Yu's average-margin regulariser on the training logits (0: off)
+    margin_tau: float = 1.0  # its truncation tau (logit units)
     bf16: bool = True  # bfloat16 autocast for the training passes (evaluation stays float32)
     seed: int = 0
 
@@ -68,6 +78,12 @@ class BackboneConfig:
             raise HPMError(f"adversarial must be one of {ADVERSARIAL}; got {self.adversarial!r}")
         if not 0 <= self.warmup < 1:
             raise HPMError(f"warmup must be in [0, 1); got {self.warmup}")
+        if self.classifier == "dpnp" and self.adversarial != "fgsm-rs":
+            raise HPMError("the dpnp classifier trains on clean and adversarial inputs: give adversarial='fgsm-rs'")
+        if self.dpnp_radius <= 0:
+            raise HPMError(f"dpnp_radius must be > 0; got {self.dpnp_radius}")
+        if self.margin_reg < 0 or self.margin_tau <= 0:
+            raise HPMError(f"need margin_reg >= 0 and margin_tau > 0; got {self.margin_reg}, {self.margin_tau}")
 
     def architecture(self) -> dict:
         """The ``options`` of the zoo spec (``config.json`` ``backbone.options``)."""
@@ -175,6 +191,8 @@ class _Run:
 def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device: torch.device) -> _Run:
     with seeded(config.seed, CPU):  # PyTorch's layer initialisation draws from the global generator only
         net = build("cifar_resnet", config.architecture())
+    if isinstance(net.classifier, PrototypeClassifier):
+        net.classifier.radius.fill_(config.dpnp_radius)
     net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                           weight_decay=config.weight_decay)
@@ -184,7 +202,8 @@ def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device
     if not state_path.exists():
         return run
     state = torch.load(state_path, map_location=device, weights_only=True)
-    if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
+    saved = asdict(BackboneConfig()) | json.loads(state["config"])  # options added since take their defaults
+    if saved != json.loads(json.dumps(asdict(config))):
         raise HPMError(f"{state_path} was written with a different recipe (the learning-rate schedule depends "
                        "on every option, --epochs included); resume with the same options or use a new run "
                        "directory")
@@ -201,6 +220,23 @@ def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device
     return run
 
 
+def _training_loss(net: CifarResNet, config: BackboneConfig, x: Tensor, y: Tensor,
+                   gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The loss of one training batch and the logits its accuracy is counted on (adversarial ones if any)."""
+    x_adv = fgsm_rs(net, x, y, config.eps, config.resolved_fgsm_step(), gen, config.bf16) if config.adversarial else x
+    if config.classifier == "dpnp":  # clean and adversarial branches
+        with bf16_autocast(x.device, enabled=config.bf16):
+            z_clean, z_adv = net.forward_features(x), net.forward_features(x_adv)
+        return dpnp_loss(z_clean.float(), z_adv.float(), net.classifier.prototypes, y, align=config.dpnp_align,
+                         repel=config.dpnp_repel, consistency=config.dpnp_consistency)
+    with bf16_autocast(x.device, enabled=config.bf16):
+        logits = net(x_adv)
+        loss = F.cross_entropy(logits, y)
+    if config.margin_reg:
+        loss = loss + config.margin_reg * average_margin_penalty(logits.float(), y, config.margin_tau)
+    return loss, logits
+
+
 def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDataset, epoch: int,
                  gen: torch.Generator, device: torch.device, progress: bool) -> dict:
     """One epoch of (FGSM-RS adversarial) training; returns its loss and training accuracy."""
@@ -213,11 +249,7 @@ def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDatase
     for idx in bar:
         x, y = train_set.tensors(idx)
         x, y = augment(x, gen).to(device), y.to(device)
-        if config.adversarial == "fgsm-rs":
-            x = fgsm_rs(run.net, x, y, config.eps, config.resolved_fgsm_step(), gen, config.bf16)
-        with bf16_autocast(device, enabled=config.bf16):
-            logits = run.net(x)
-            loss = F.cross_entropy(logits, y)
+        loss, logits = _training_loss(run.net, config, x, y, gen)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -293,8 +325,11 @@ def training_summary(config: BackboneConfig, history: list[dict], train_source: 
     """The recipe and outcome written into a checkpoint's ``config.json`` ``training`` entry."""
     selected = max((h for h in history if "guard_pgd_accuracy" in h), key=lambda h: h["guard_pgd_accuracy"],
                    default=history[-1] if history else None)
+    recipe = {key: value for key, value in asdict(config).items()
+              if not (key.startswith("dpnp_") and config.classifier != "dpnp")
+              and not (key.startswith("margin_") and not config.margin_reg)}  # options of recipes not used
     return {"mode": "from-scratch" if not config.adversarial else f"adversarial ({config.adversarial})",
-            **asdict(config), "train_source": train_source, "epochs_run": len(history),
+            **recipe, "train_source": train_source, "epochs_run": len(history),
             "selected_epoch": selected["epoch"] if selected else None,
             "train_seconds": round(sum(h["seconds"] for h in history), 1),
             "hardware": sorted({h["hardware"] for h in history if "hardware" in h}) or "not recorded"}
@@ -302,15 +337,17 @@ def training_summary(config: BackboneConfig, history: list[dict], train_source: 
 
 def to_hpm(net: CifarResNet, config: BackboneConfig, *, classes: list[str] | None, dataset: str | None):
     """The trained network as an :class:`hpm.HPMClassifier`: an FC model keeps its FC as the ``fc`` head;
-    an l2 model deploys an NCM head holding its learned centres (identical scores)."""
+    an l2 model deploys an NCM head holding its learned centres, a dpnp model a ``dpnp`` head over the linear
+    layer ``W = C`` (identical scores either way)."""
     from ..heads import create_head
     from ..model import HPMClassifier
     from ..sources import BackboneSpec
     from ..sources.zoo import split
 
     centres = net.classifier.centres.detach().clone() if isinstance(net.classifier, L2Classifier) else None
+    head_type = {"l2": "ncm", "dpnp": "dpnp"}.get(config.classifier, "fc")
     features, fc = split(net)
-    head = create_head("fc" if centres is None else "ncm", fc.in_features, fc.out_features)
+    head = create_head(head_type, fc.in_features, fc.out_features)
     if centres is not None:
         head.prototypes.copy_(centres)
     spec = BackboneSpec("hpm", "cifar_resnet", config.architecture())
