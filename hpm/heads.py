@@ -171,8 +171,9 @@ class DPNPHead(FCHead):
 
     head_type = "dpnp"
     label = "Adv-DPNP"
-    description = ("positive-negative prototypes (Adv-DPNP as hpm reads it): class prototypes on a sphere that are "
-                   "also the classifier weights, scores z . c_j")
+    description = ("positive-negative prototypes (Adv-DPNP as hpm reads its abstract: every formula the paper leaves "
+                   "open is hpm's choice, documented in `hpm.train.losses.dpnp_loss`): class prototypes on a sphere "
+                   "that are also the classifier weights, scores z . c_j")
     with_own_backbone = True
 
 

@@ -170,3 +170,24 @@ def test_the_average_margin_regulariser_enters_the_recipe_and_old_runs_resume_wi
     assert not torch.equal(plain.stem[0].weight, with_reg.stem[0].weight)
     with pytest.raises(HPMError, match="margin_tau"):
         BackboneConfig(margin_tau=0)
+
+
+@pytest.mark.parametrize("options, head", [(["--margin-reg", "0.5", "--margin-tau", "2"], "fc"),
+                                           (["--classifier", "dpnp", "--dpnp-weights", "0.1,1,0.5"], "dpnp")])
+def test_train_backbone_cli_trains_each_defence_and_records_its_recipe(tiny_data_root, tmp_path, options, head):
+    from hpm.cli import main
+    out = tmp_path / "ck"
+    assert main(["train-backbone", "--data", str(tiny_data_root), "--run-dir", str(tmp_path / "run"), "--out", str(out),
+                 "--depth", "8", "--width", "4", "--epochs", "1", "--batch-size", "10", "--adversarial", "fgsm-rs",
+                 "--no-bf16", *options]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["head"]["type"] == head and hpm.load(out).head_type == head
+    recipe = config["training"]
+    assert (recipe["margin_reg"], recipe["margin_tau"]) == (0.5, 2.0) if head == "fc" else recipe["dpnp_consistency"] == 0.5
+
+
+def test_dpnp_weights_must_be_three_non_negative_numbers(tmp_path, capsys):
+    from hpm.cli import main
+    with pytest.raises(SystemExit):
+        main(["train-backbone", "--run-dir", str(tmp_path), "--out", str(tmp_path), "--dpnp-weights", "1,2"])
+    assert "ALIGN,REPEL,CONSISTENCY" in capsys.readouterr().err
