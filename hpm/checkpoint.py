@@ -74,10 +74,12 @@ class MixedCheckpointConfig:
 
     standard: CheckpointConfig  # the accurate classifier g
     robust: CheckpointConfig  # the robust classifier h
-    alpha: float  # weight of the robust branch in [0, 1]
+    alpha: float | None  # weight of the robust branch in [0, 1]; None: a mixing network predicts it per input
     temperature: float = 1.0  # T dividing the robust branch's logits
     names: list[str] = field(default_factory=lambda: ["standard", "robust"])  # where the two came from
     metrics: dict = field(default_factory=dict)  # as CheckpointConfig.metrics
+    mixer: dict | None = None  # the mixing network's constructor keywords (adaptive smoothing)
+    training: dict | None = None  # the mixing network's training recipe
     model_type: str = MIXED
     hpm_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -93,9 +95,11 @@ class MixedCheckpointConfig:
         if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise CheckpointError(f"{where}: format_version {d['format_version']} is newer than this hpm "
                                   f"({__version__}) understands; upgrade hpm")
-        alpha, temperature = d["alpha"], d.get("temperature", 1.0)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (alpha, temperature))
-        if not numbers or not 0 <= alpha <= 1 or not temperature > 0:
+        alpha, temperature, mixer = d["alpha"], d.get("temperature", 1.0), d.get("mixer")
+        if (alpha is None) == (mixer is None) or not (mixer is None or isinstance(mixer, dict)):
+            raise CheckpointError(f"{where}: give either alpha (a number) or mixer (an object), not both")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (alpha or 0, temperature))
+        if not numbers or not 0 <= (alpha or 0) <= 1 or not temperature > 0:
             raise CheckpointError(f"{where}: alpha must be a number in [0, 1] and temperature one > 0; got "
                                   f"{alpha!r}, {temperature!r}")
         branches = {k: CheckpointConfig.from_dict(d[k], f"{where}: {k}") if isinstance(d[k], dict) else None

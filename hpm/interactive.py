@@ -30,7 +30,7 @@ QUERIES_MAX = 5000  # Square queries (AutoAttack's standard budget)
 CONTEXT_MAX = 256
 SQUARE_TEXT = "Square attack on the deployed model (black box)"
 KNOWN_ATTACKS = (*dict.fromkeys([*(t for head in HEADS.values() for t in head.attack_targets),
-                                 *MixedClassifier.attack_targets]), "square")
+                                 *MixedClassifier.ADAPTIVE_TARGETS]), "square")
 
 
 Demo = HPMClassifier | MixedClassifier  # what the demo shows: an hpm model, or a mixed classifier of two
@@ -53,7 +53,7 @@ def panel_labels(model: Demo) -> tuple[str, str]:
     """What the demo's two views of a prediction are: the reference (an hpm model's FC head, a mixed classifier's
     robust branch) and the deployed model."""
     if isinstance(model, MixedClassifier):
-        return "robust branch", f"mixture (α = {model.alpha:g})"
+        return "robust branch", f"mixture ({model.mixing_text})"
     return "FC", model.head.label
 
 
@@ -265,8 +265,8 @@ def _what_it_is(model: Demo, trained: str) -> str:
         return f"**Backbone:** `{spec.source}:{spec.name}` · **head:** {model.head.label} · {trained}"
     branches = " and ".join(f"{role} `{b.backbone_spec.source}:{b.backbone_spec.name}` ({b.head.label})"
                             for role, b in (("standard", model.standard), ("robust", model.robust)))
-    return (f"**Mixed classifier** (Bai et al.): (1 − α) · softmax(standard) + α · softmax(robust / T), α = "
-            f"{model.alpha:g}, T = {model.temperature:g}, of {branches} · the robust branch {trained}")
+    return (f"**Mixed classifier** (Bai et al.): (1 − α) · softmax(standard) + α · softmax(robust / T), "
+            f"{model.mixing_text}, T = {model.temperature:g}, of {branches} · the robust branch {trained}")
 
 
 def card_summary(model: Demo) -> str:

@@ -24,7 +24,7 @@ from .checkpoint import (
 from .devices import CPU
 from .errors import CheckpointError, HPMError
 from .heads import Head, Mode, check_mode, create_head
-from .mixed import MixedClassifier
+from .mixed import MixedClassifier, MixingNetwork
 from .hub import is_repo_id, push_folder, resolve_checkpoint
 from .model_card import model_card
 from .sources import (
@@ -317,16 +317,28 @@ def _build(config: CheckpointConfig, state: dict[str, Tensor], directory: Path, 
 
 
 def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], directory: Path) -> MixedClassifier:
-    """A mixed checkpoint's two classifiers (weights under ``standard.`` and ``robust.``) and their mixture."""
-    stray = sorted(k for k in state if not k.startswith(("standard.", "robust.")))
+    """A mixed checkpoint's two classifiers (weights under ``standard.`` and ``robust.``), its mixing network if
+    adaptive (``mixer.``), and their mixture."""
+    prefixes = ("standard.", "robust.") + (("mixer.",) if config.mixer is not None else ())
+    stray = sorted(k for k in state if not k.startswith(prefixes))
     if stray:
-        raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights of neither branch: {stray[:8]}")
-    branches = {name: _build(getattr(config, name), {k[len(name) + 1:]: v for k, v in state.items()
-                                                    if k.startswith(name + ".")}, directory, part=f" [{name}]")
+        raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights of no part of the mixture: {stray[:8]}")
+
+    def part(name: str) -> dict[str, Tensor]:
+        return {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+
+    branches = {name: _build(getattr(config, name), part(name), directory, part=f" [{name}]")
                 for name in ("standard", "robust")}
     if branches["standard"].num_classes != branches["robust"].num_classes:
         raise CheckpointError(f"{directory / CONFIG_NAME}: the two classifiers have different classes")
-    model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature,
+    mixer = None
+    if config.mixer is not None:
+        try:
+            mixer = MixingNetwork(**config.mixer)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: mixer: {e}") from None
+        load_strict(mixer, part("mixer"), set(mixer.state_dict()), directory / (WEIGHTS_NAME + " [mixer]"))
+    model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature, mixer=mixer,
                             names=tuple(config.names))  # type: ignore[arg-type]
     model.checkpoint_config = config
     return model

@@ -122,6 +122,18 @@ def _branch_text(config: CheckpointConfig, name: str) -> str:
             f"{_threat_text(config.threat_model)}")
 
 
+def _mixing_rule(config: MixedCheckpointConfig) -> tuple[str, str]:
+    """A mixed checkpoint's title words and its mixing rule in a sentence."""
+    if config.mixer is None:
+        return (f"mixed classifier (alpha {config.alpha:g}, T {config.temperature:g})",
+                f"with alpha = {config.alpha:g} and T = {config.temperature:g}")
+    lo, hi = config.mixer["alpha_range"]
+    return (f"adaptive mixed classifier (alpha in [{lo:g}, {hi:g}], T {config.temperature:g})",
+            f"with T = {config.temperature:g} and alpha = alpha(x) in [{lo:g}, {hi:g}] predicted per input by a mixing "
+            f"network from both networks' features (adaptive smoothing; {config.mixer['hidden']} hidden units), "
+            "trained adversarially with both networks frozen")
+
+
 def _mixed_card(config: MixedCheckpointConfig) -> str:
     """The README.md of a mixed classifier's checkpoint."""
     from huggingface_hub import ModelCardData
@@ -129,17 +141,25 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
     data = ModelCardData(library_name="hpm", license="mit", pipeline_tag="image-classification",
                          tags=["adversarial-robustness", "image-classification", "mixed-classifier", "pytorch",
                                "safetensors"], datasets=[config.dataset] if config.dataset else None)
-    commands = evaluation_commands(config.metrics)
+    commands = list((config.training or {}).get("commands") or []) + evaluation_commands(config.metrics)
     reproduce = ("```bash\n" + "\n".join(commands) + "\n```\n") if commands else "_not recorded_\n"
+    title, rule = _mixing_rule(config)
+    recipe = "\n".join(f"- `{k}`: `{v}`" for k, v in (config.training or {}).items()
+                       if k not in ("commands", "history"))
+    history = (config.training or {}).get("history") or []
+    progress = "\n".join(f"- epoch {h['epoch']}: clean accuracy {100 * h['clean_accuracy']:.1f}%, adversarial "
+                         f"{100 * h['adversarial_accuracy']:.1f}%, mean alpha clean {h['mean_alpha_clean']:.3f} / "
+                         f"adversarial {h['mean_alpha_adversarial']:.3f} (training images, training attack)"
+                         for h in history)
+    training = f"\n## Mixing network training\n\n{recipe}\n{progress}\n" if config.training else ""
     return f"""---
 {data.to_yaml()}
 ---
 
-# {config.dataset or 'image'} mixed classifier (alpha {config.alpha:g}, T {config.temperature:g})
+# {config.dataset or 'image'} {title}
 
 The mixed classifier of Bai et al. ("Improving the accuracy-robustness trade-off of classifiers via adaptive
-smoothing"): `p(x) = (1 - alpha) softmax(g(x)) + alpha softmax(h(x) / T)` with alpha = {config.alpha:g} and
-T = {config.temperature:g}; the model outputs `log p(x)`.
+smoothing"): `p(x) = (1 - alpha) softmax(g(x)) + alpha softmax(h(x) / T)` {rule}; the model outputs `log p(x)`.
 
 - **Standard branch g:** {_branch_text(config.standard, config.names[0])}.
 - **Robust branch h:** {_branch_text(config.robust, config.names[1])}.
@@ -157,7 +177,7 @@ log_probs = model(images)                      # images: float [B, 3, H, W] in [
 
 ## Results
 
-{metrics_table(config.metrics)}
+{metrics_table(config.metrics)}{training}
 ## Reproduce
 
 {reproduce}

@@ -10,7 +10,7 @@ from hpm.attacks import default_plan, parse_attacks
 from hpm.cli import main
 from hpm.errors import CheckpointError, HPMError
 from hpm.evaluation import AttackConfig, evaluate_model
-from hpm.mixed import MixedClassifier
+from hpm.mixed import MixedClassifier, MixingNetwork
 from hpm.model import load_or_wrap
 from hpm.sources.zoo import build
 from hpm.train.scratch import BackboneConfig, to_hpm
@@ -168,9 +168,103 @@ def test_mixed_weights_must_belong_to_a_branch(two_checkpoints, tmp_path):
     main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(out)])
     weights = load_file(str(out / "model.safetensors"))
     save_file({**weights, "extra.weight": torch.zeros(1)}, str(out / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="neither branch"):
+    with pytest.raises(CheckpointError, match="no part of the mixture"):
         hpm.load(out)
     del weights["robust.fc.weight"]
     save_file(weights, str(out / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"model.safetensors \[robust\].*missing \['fc.weight'\]"):
         hpm.load(out)
+
+
+# --- adaptive smoothing: alpha per input from a mixing network ---------------------------------------------
+def adaptive(seed=0, alpha_range=(0.2, 0.95)):
+    torch.manual_seed(seed)
+    standard, robust = hpm.wrap(TinyMLP(10), head="fc"), hpm.wrap(TinyMLP(10), head="fc")
+    mixer = MixingNetwork(standard.num_features, robust.num_features, hidden=8, alpha_range=alpha_range)
+    return MixedClassifier(standard, robust, temperature=0.5, mixer=mixer).eval()
+
+
+def test_an_adaptive_mixture_weighs_each_input_by_its_own_alpha():
+    model, x = adaptive(), torch.rand(6, 3, 32, 32)
+    torch.nn.init.normal_(model.mixer.mlp[-1].weight, std=3.0)
+    with torch.no_grad():
+        z_s, z_r = model.standard.forward_features(x), model.robust.forward_features(x)
+        alpha = 0.2 + 0.75 * torch.sigmoid(model.mixer.gamma(z_s, z_r))[:, None]
+        expected = (1 - alpha) * model.standard(x).softmax(-1) + alpha * (model.robust(x) / 0.5).softmax(-1)
+        assert torch.allclose(model(x).exp(), expected, atol=1e-6)
+        assert alpha.std() > 0 and ((alpha > 0.2) & (alpha < 0.95)).all()
+        lowest = 0.8 * model.standard(x).softmax(-1) + 0.2 * (model.robust(x) / 0.5).softmax(-1)
+        assert torch.allclose(model(x, mode="lowest-alpha").exp(), lowest, atol=1e-6)
+    assert list(model.attack_targets) == ["deployed", "standard", "robust", "lowest-alpha"]
+    assert model.mixing_text == "adaptive α in [0.2, 0.95]"
+
+
+def test_the_end_to_end_attack_differentiates_through_the_mixing_network_too():
+    model, x = adaptive(), torch.rand(4, 3, 32, 32, requires_grad=True)
+    torch.nn.functional.nll_loss(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    assert x.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mixer.parameters())
+
+
+@pytest.mark.parametrize("alpha_range", [(0.0, 0.9), (0.5, 0.5), (0.2, 1.0)])
+def test_a_mixing_range_must_keep_both_branches_in_play(alpha_range):
+    with pytest.raises(ValueError, match="0 < lo < hi < 1"):
+        MixingNetwork(4, 4, alpha_range=alpha_range)
+
+
+def test_a_mixture_has_either_a_fixed_alpha_or_a_mixing_network():
+    with pytest.raises(ValueError, match="either"):
+        MixedClassifier(TinyMLP(), TinyMLP())
+    with pytest.raises(ValueError, match="hpm models"):
+        MixedClassifier(TinyMLP(), TinyMLP(), mixer=MixingNetwork(4, 4))
+
+
+def test_the_mixer_loss_is_the_authors_weighted_bce_ce_and_product():
+    from hpm.train.mixer import MixerConfig, mixer_loss
+    log_probs, gamma = torch.log_softmax(torch.randn(4, 3), 1), torch.randn(4)
+    labels, use_robust, weights = torch.tensor([0, 1, 2, 0]), torch.tensor([0.0, 0, 1, 1]), torch.tensor([2.0, 2, 1, 1])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(gamma, use_robust, reduction="none")
+    ce = -log_probs[torch.arange(4), labels]
+    config = MixerConfig(bce=1.0, ce=0.5, product=0.1)
+    assert torch.allclose(mixer_loss(log_probs, gamma, labels, use_robust, weights, config),
+                          (weights * (bce + 0.5 * ce + 0.1 * bce * ce)).mean())
+
+
+def test_training_the_mixer_moves_only_the_mixer_and_resumes_per_epoch(tiny_data_root, tmp_path):
+    from hpm.data import load_dataset
+    from hpm.train.mixer import MixerConfig, train_mixer
+    model, data = adaptive(), load_dataset("cifar10", "train", str(tiny_data_root))
+    branches = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("mixer.")}
+    mixer_before = {k: v.clone() for k, v in model.mixer.state_dict().items()}
+    config = MixerConfig(epochs=1, batch_size=10, steps=2)
+    before = torch.get_rng_state()
+    history = train_mixer(model, data, config, tmp_path / "run", progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # its own generators only
+    assert [h["epoch"] for h in history] == [1] and 0.2 < history[0]["mean_alpha_clean"] < 0.95
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in branches.items())
+    assert any(not torch.equal(v, model.mixer.state_dict()[k]) for k, v in mixer_before.items())
+    trained = {k: v.clone() for k, v in model.mixer.state_dict().items()}
+    again = train_mixer(adaptive(), data, config, tmp_path / "run", progress=False)  # the run is complete: resumed
+    assert again == history
+    with pytest.raises(HPMError, match="different recipe"):
+        train_mixer(adaptive(), data, MixerConfig(epochs=1, batch_size=10, steps=3), tmp_path / "run", progress=False)
+    assert all(torch.equal(v, model.mixer.state_dict()[k]) for k, v in trained.items())
+
+
+def test_hpm_mix_adaptive_trains_saves_and_loads_the_same_mixture(two_checkpoints, tiny_data_root, tmp_path):
+    standard, robust = two_checkpoints
+    out = tmp_path / "adaptive"
+    assert main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--data", str(tiny_data_root),
+                 "--batch-size", "10", "--steps", "1", "--out", str(out)]) == 0
+    loaded = hpm.load(out)
+    assert loaded.mixer is not None and loaded.alpha is None
+    config = json.loads((out / "config.json").read_text())
+    assert config["alpha"] is None and config["mixer"]["alpha_range"] == [0.2, 0.95]
+    assert config["training"]["history"][0]["epoch"] == 1 and (tmp_path / "adaptive.run" / "mixer-state.pt").is_file()
+    card = (out / "README.md").read_text()
+    assert "adaptive mixed classifier (alpha in [0.2, 0.95], T 1)" in card and "## Mixing network training" in card
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(hpm.load(out)(x), loaded(x))
+    with pytest.raises(SystemExit):  # a fixed alpha or a mixing network, not both
+        main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--alpha", "0.5", "--out", str(out)])

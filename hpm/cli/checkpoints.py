@@ -5,6 +5,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from .common import add_data_args, add_device_arg, eps_arg, positive_int, resolve_device, uniform_subset
+
 
 def register(sub) -> None:
     """Add this module's commands to the ``hpm`` subparsers ``sub``."""
@@ -26,16 +28,29 @@ def register(sub) -> None:
                         "their per-sample worst case as one robust accuracy; may be repeated")
     c.set_defaults(func=_cmd_card)
 
-    m = sub.add_parser("mix", help="save the mixed classifier of two models as a checkpoint",
+    m = sub.add_parser("mix", help="save the mixed classifier of two models as a checkpoint (fixed or adaptive alpha)",
                        description="Bai et al.'s mixed classifier, p = (1 - alpha) softmax(g) + alpha softmax(h / T), "
                                    "of a standard model g and a robust model h (each a checkpoint directory, Hub id or "
                                    "source string such as pyautoattack), saved as one checkpoint that hpm.load, "
-                                   "hpm eval and the app read.")
+                                   "hpm eval and the app read. --alpha fixes alpha; --adaptive trains a mixing network "
+                                   "that predicts alpha per input from both models' features, adversarially, on the "
+                                   "training split (adaptive smoothing; resumes per epoch from --run-dir).")
     m.add_argument("--standard", required=True, metavar="MODEL", help="the accurate classifier g")
     m.add_argument("--robust", required=True, metavar="MODEL", help="the robust classifier h")
-    m.add_argument("--alpha", type=float, required=True, help="weight of the robust branch, in [0, 1]")
+    rule = m.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--alpha", type=float, help="fixed weight of the robust branch, in [0, 1]")
+    rule.add_argument("--adaptive", action="store_true", help="train a mixing network instead, on the training split")
     m.add_argument("--temperature", type=float, default=1.0, help="T dividing h's logits (default 1)")
     m.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
+    m.add_argument("--run-dir", metavar="DIR", help="adaptive: per-epoch training states (default: OUT.run)")
+    m.add_argument("--epochs", type=positive_int, default=1, help="adaptive: epochs (default 1)")
+    m.add_argument("--batch-size", type=positive_int, default=128, help="adaptive: clean images per step")
+    m.add_argument("--steps", type=positive_int, default=5, help="adaptive: PGD steps of the training attack")
+    m.add_argument("--eps", type=eps_arg, default=8 / 255, help="adaptive: training attack radius (default 8/255)")
+    m.add_argument("--n-train", type=positive_int, default=None, help="adaptive: a fixed uniform subset of N images")
+    m.add_argument("--seed", type=int, default=0)
+    add_data_args(m)
+    add_device_arg(m)
     m.set_defaults(func=_cmd_mix)
 
     p = sub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub",
@@ -56,10 +71,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(config), indent=2))
         return 0
-    if hasattr(config, "alpha"):  # a mixed classifier
+    if hasattr(config, "standard"):  # a mixed classifier
+        alpha = f"{config.alpha:g}" if config.alpha is not None else "alpha(x)"
         print(f"checkpoint: {args.checkpoint}")
-        print(f"mixed:      (1 - {config.alpha:g}) softmax(standard) + {config.alpha:g} softmax(robust / "
-              f"{config.temperature:g})")
+        print(f"mixed:      (1 - {alpha}) softmax(standard) + {alpha} softmax(robust / {config.temperature:g})"
+              + (f", alpha(x) in {config.mixer['alpha_range']} from a mixing network" if config.mixer else ""))
         for name, branch in zip(config.names, (config.standard, config.robust)):
             print(f"branch:     {name}: {branch.backbone['source']}:{branch.backbone.get('name')} "
                   f"head {branch.head['type']}")
@@ -87,18 +103,44 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 def _cmd_mix(args: argparse.Namespace) -> int:
     from ..errors import HPMError
-    from ..mixed import MixedClassifier
+    from ..mixed import MixedClassifier, MixingNetwork
     from ..model import load_or_wrap
 
-    if not (0 <= args.alpha <= 1 and args.temperature > 0):  # before loading either network
+    if not ((args.alpha is None or 0 <= args.alpha <= 1) and args.temperature > 0):  # before loading a network
         raise HPMError(f"--alpha must be in [0, 1] and --temperature > 0; got {args.alpha:g}, {args.temperature:g}")
     standard, robust = load_or_wrap(args.standard), load_or_wrap(args.robust)
     if isinstance(standard, MixedClassifier) or isinstance(robust, MixedClassifier):
         raise HPMError("each branch must be one classifier, not a mixture")
-    MixedClassifier(standard, robust, args.alpha, args.temperature, names=(args.standard, args.robust)
-                    ).save_pretrained(args.out)
+    names = (args.standard, args.robust)
+    if not args.adaptive:
+        MixedClassifier(standard, robust, args.alpha, args.temperature, names=names).save_pretrained(args.out)
+        print(f"saved {args.out}")
+        return 0
+    mixer = MixingNetwork(standard.num_features, robust.num_features)
+    model = MixedClassifier(standard, robust, temperature=args.temperature, mixer=mixer, names=names)
+    training = _train_mixer(model, args)
+    model.save_pretrained(args.out, training=training)
     print(f"saved {args.out}")
     return 0
+
+
+def _train_mixer(model, args: argparse.Namespace) -> dict:
+    """Train the mixing network as ``hpm mix --adaptive`` asks; returns the recipe for ``config.json``."""
+    from dataclasses import asdict
+
+    from ..data import load_dataset
+    from ..train.mixer import MixerConfig, train_mixer
+
+    train_set = load_dataset(model.dataset or "cifar10", "train", args.data)
+    if args.n_train:
+        train_set = uniform_subset(train_set, args.n_train, args.seed)
+    config = MixerConfig(epochs=args.epochs, batch_size=args.batch_size, steps=args.steps, eps=args.eps,
+                         seed=args.seed)
+    history = train_mixer(model, train_set, config, args.run_dir or f"{args.out}.run",
+                          device=resolve_device(args.device))
+    return {"mode": "mixing network (adaptive smoothing), branches frozen", **asdict(config),
+            "train_source": train_set.source, "n_train": len(train_set), "history": history,
+            "commands": [args.command_line]}
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
