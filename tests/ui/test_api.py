@@ -320,3 +320,15 @@ def test_a_file_that_is_not_an_image_gets_the_decoders_message_as_the_app_is_lau
     path.write_text("this is text, not a PNG")
     with pytest.raises(AppError, match="not an image file that can be read"):
         client.predict(handle_file(str(path)), MODEL, False, 8, api_name="/predict")
+
+
+def test_a_shipped_mixed_classifier_shows_its_robust_branch_beside_the_mixture_and_attacks_each_branch(client, image):
+    mixed = "checkpoints/cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8"
+    loaded, card, _, eps, *_ = client.predict("cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8", "",
+                                              api_name="/load_model")
+    assert loaded == mixed and card.startswith("**Mixed classifier** (Bai et al.)") and eps == 8
+    reference, mixture = client.predict(image, mixed, False, 8, api_name="/predict")[:2]
+    assert len(reference["confidences"]) == 5 and len(mixture["confidences"]) == 5
+    *_, summary, _ = client.predict(image, mixed, "standard", 4, 2, 10, False, 8, api_name="/attack")
+    assert "APGD-CE on the standard branch alone (transfer to the mixture)" in summary
+    assert "deployed mixture (α = 0.8) fooled" in summary
