@@ -57,6 +57,13 @@ def panel_labels(model: Demo) -> tuple[str, str]:
     return "FC", model.head.label
 
 
+def attack_legend(model: Demo) -> str:
+    """What each attack choice of this model follows, in one line (its head's or the mixture's own words)."""
+    descriptions = model.head.target_descriptions if isinstance(model, HPMClassifier) else model.target_descriptions
+    return "what the white-box APGD attack follows: " + " · ".join(
+        f"{name} = {descriptions.get(name, name)}" for name in apgd_targets(model)) + " · square = black box"
+
+
 def deployed_is_reference(model: Demo) -> bool:
     """True when the deployed model is its reference view itself (an FC head): one pair of panels says it all."""
     return isinstance(model, HPMClassifier) and "fc" in model.head.deployed_modes
@@ -269,6 +276,17 @@ def _what_it_is(model: Demo, trained: str) -> str:
             f"{model.mixing_text}, T = {model.temperature:g}, of {branches} · the robust branch {trained}")
 
 
+def _key_clean_metric(metrics: dict, robust: dict | None) -> dict | None:
+    """The clean accuracy to lead with: the checkpoint's own (``clean_accuracy``), else the one measured on the
+    same images and batch size as the key robust accuracy, else the one on the most images."""
+    if isinstance(metrics.get("clean_accuracy"), dict):
+        return metrics["clean_accuracy"]
+    clean = [m for name, m in metrics.items() if name.startswith("clean_accuracy (") and isinstance(m, dict)]
+    paired = [m for m in clean if robust is not None and (m.get("n"), m.get("batch_size"))
+              == (robust.get("n"), robust.get("batch_size"))]
+    return (paired or sorted(clean, key=lambda m: -(m.get("n") or 0)) or [None])[0]
+
+
 def card_summary(model: Demo) -> str:
     """A loaded checkpoint in three lines of Markdown: what it is, what it knows, and its key measured numbers
     (clean accuracy, and the lowest recorded robust accuracy with its attacks, radius, images and batch size)."""
@@ -284,10 +302,10 @@ def card_summary(model: Demo) -> str:
     cfg = getattr(model, "checkpoint_config", None)
     metrics = cfg.metrics if cfg is not None else {}
     numbers = []
-    if isinstance(metrics.get("clean_accuracy"), dict):
-        clean = metrics["clean_accuracy"]
+    robust = _key_robust_metric(metrics, eps)
+    if (clean := _key_clean_metric(metrics, robust)) is not None:
         numbers.append(f"clean {100 * clean['value']:.1f}% (n {clean.get('n')}, batch {clean.get('batch_size')})")
-    if (robust := _key_robust_metric(metrics, eps)) is not None:
+    if robust is not None:
         numbers.append(f"robust {100 * robust['value']:.1f}% at ε = {eps_text(robust['eps'])} (n {robust.get('n')}, "
                        f"batch {robust.get('batch_size')}; {_attacks_of(robust.get('protocol', ''))})")
     lines.append("**Measured:** " + (" · ".join(numbers) if numbers else "nothing recorded yet"))

@@ -24,6 +24,7 @@ from .devices import best_available, set_tf32  # noqa: E402
 from .errors import HPMError  # noqa: E402
 from .hub import download_checkpoint, is_repo_id, shipped_checkpoints, split_revision  # noqa: E402
 from .images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
+from .model import HPMClassifier  # noqa: E402
 from .plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                     perturbation_heatmap)
 
@@ -181,7 +182,8 @@ def load_model(choice: str, hub_id: str):
     separate = not demo.deployed_is_reference(model)
     checkbox, size = _context_controls(model)
     return (model_id, demo.card_summary(model), demo.card_metrics(model), round(demo.default_eps(model) * 255, 2),
-            gr.Radio(choices=choices, value=demo.default_attack(choices)),
+            gr.Radio(choices=choices, value=demo.default_attack(choices),
+                     info=ATTACK_INFO if isinstance(model, HPMClassifier) else demo.attack_legend(model)),
             gr.Label(label=f"{reference}, clean"), gr.Label(label=f"{reference}, adversarial"),
             gr.Label(label=f"{deployed}, clean", visible=separate),
             gr.Label(label=f"{deployed}, adversarial", visible=separate),

@@ -180,6 +180,7 @@ def test_a_mixed_classifier_shows_its_robust_branch_beside_the_mixture_and_offer
     result = demo.attack_image(model, x, attack="standard", eps=8 / 255, steps=3)
     assert result.surrogate_fooled is not None and result.linf <= 8 / 255 + 1e-6
     assert demo.card_summary(model).startswith("**Mixed classifier** (Bai et al.)")
+    assert "robust = the robust branch alone" in demo.attack_legend(model)
     with pytest.raises(HPMError, match="no l2 prototypes"):
         demo.angle_report(model)
 
@@ -275,3 +276,11 @@ def test_hpm_predict_rejects_bad_images_with_the_apps_message(name, tiny_checkpo
     assert main(["predict", str(tiny_checkpoint), str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hpm: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_card_summary_pairs_the_clean_accuracy_with_the_robust_one_when_the_card_has_no_plain_clean_entry():
+    model = hpm.load("cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8")
+    metrics = model.checkpoint_config.metrics
+    assert "clean_accuracy" not in metrics
+    clean = metrics["clean_accuracy (n 500, bs 250)"]
+    assert f"**Measured:** clean {100 * clean['value']:.1f}% (n 500, batch 250) · robust" in demo.card_summary(model)

@@ -201,3 +201,23 @@ def test_on_a_phone_the_page_fits_the_screen_and_an_attack_runs(browser, app_url
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sticks out sideways
     page.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
     context.close()
+
+
+def test_a_mixed_classifier_names_its_panels_and_attacks_a_branch(page):
+    """A mixed checkpoint: its robust branch and the mixture side by side; an attack on its standard branch."""
+    page.get_by_label("Shipped checkpoint").click()
+    page.get_by_role("option", name="cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8").click()
+    page.get_by_role("button", name="Load model").click()
+    page.get_by_text("robust branch, clean", exact=True).first.wait_for(timeout=60_000)
+    assert page.get_by_text("mixture (α = 0.8), adversarial", exact=True).first.is_visible()
+    assert page.get_by_text("standard = the standard branch alone (transfer to the mixture)").first.is_visible()
+    thumbs = page.locator("#gallery .thumbnail-item")
+    thumbs.or_(page.get_by_text("Gallery unavailable")).first.wait_for(timeout=30_000)
+    if thumbs.count() == 0:
+        pytest.skip("no local data root: gallery disabled")
+    thumbs.first.click()
+    page.locator("#current-image img").wait_for(timeout=30_000)
+    page.get_by_label("standard").check()
+    page.get_by_role("button", name="Run attack").click()
+    page.locator("#attack-summary").get_by_text("deployed mixture (α = 0.8) fooled").wait_for(timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / "mixed.png"), full_page=True)
