@@ -41,12 +41,16 @@ def attack_choices(model: Demo) -> list[str]:
     return [*apgd_targets(model), "square"]
 
 
+def _target_descriptions(model: Demo):
+    """Each attack target's one-line description, in the head's (or the mixture's) own words."""
+    return model.head.target_descriptions if isinstance(model, HPMClassifier) else model.target_descriptions
+
+
 def attack_description(model: Demo, attack: str) -> str:
     """One line saying what ``attack`` does to this model (its head's, or the mixture's, own words)."""
     if attack == "square":
         return SQUARE_TEXT
-    descriptions = model.head.target_descriptions if isinstance(model, HPMClassifier) else model.target_descriptions
-    return "APGD-CE on " + descriptions.get(attack, attack)
+    return "APGD-CE on " + _target_descriptions(model).get(attack, attack)
 
 
 def panel_labels(model: Demo) -> tuple[str, str]:
@@ -59,7 +63,7 @@ def panel_labels(model: Demo) -> tuple[str, str]:
 
 def attack_legend(model: Demo) -> str:
     """What each attack choice of this model follows, in one line (its head's or the mixture's own words)."""
-    descriptions = model.head.target_descriptions if isinstance(model, HPMClassifier) else model.target_descriptions
+    descriptions = _target_descriptions(model)
     return "what the white-box APGD attack follows: " + " · ".join(
         f"{name} = {descriptions.get(name, name)}" for name in apgd_targets(model)) + " · square = black box"
 

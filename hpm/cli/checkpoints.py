@@ -107,7 +107,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     from ..model import load_or_wrap
 
     if not ((args.alpha is None or 0 <= args.alpha <= 1) and args.temperature > 0):  # before loading a network
-        raise HPMError(f"--alpha must be in [0, 1] and --temperature > 0; got {args.alpha:g}, {args.temperature:g}")
+        raise HPMError(f"--alpha must be in [0, 1] and --temperature > 0; got {args.alpha}, {args.temperature:g}")
     standard, robust = load_or_wrap(args.standard), load_or_wrap(args.robust)
     if isinstance(standard, MixedClassifier) or isinstance(robust, MixedClassifier):
         raise HPMError("each branch must be one classifier, not a mixture")
