@@ -268,3 +268,15 @@ def test_hpm_mix_adaptive_trains_saves_and_loads_the_same_mixture(two_checkpoint
         assert torch.allclose(hpm.load(out)(x), loaded(x))
     with pytest.raises(SystemExit):  # a fixed alpha or a mixing network, not both
         main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--alpha", "0.5", "--out", str(out)])
+
+
+def test_an_adaptive_mixture_is_evaluated_through_its_mixer_and_at_its_lowest_alpha_and_checked_for_a_pinned_mixer():
+    model, x = adaptive(), torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    report = evaluate_model(model, x, y, attack=AttackConfig(n_iter=2, square_queries=5, n_target_classes=1),
+                            batch_sizes=[8], check_n=8, progress=False)
+    assert "apgd-ce/lowest-alpha" in [a.name for a in report.results["8"].per_attack]
+    assert report.model_info["head"] == "mixed classifier (adaptive alpha in [0.2, 0.95], temperature 0.5)"
+    check, = (c for c in report.checks if c.name == "mixer_not_saturated")
+    assert check.passed
