@@ -67,10 +67,14 @@ class MixingNetwork(nn.Module):
         raw = self.mlp(self.standardise(torch.cat([z_standard, z_robust], 1)))  # [B, 1]
         return self.norm(raw).squeeze(1) * self.gamma_scale + self.gamma_bias
 
+    def alpha(self, gamma: Tensor) -> Tensor:
+        """``α = lo + (hi - lo) · sigmoid(γ)``, shaped like ``γ``."""
+        lo, hi = self.alpha_range
+        return lo + (hi - lo) * torch.sigmoid(gamma)
+
     def log_weights(self, gamma: Tensor) -> tuple[Tensor, Tensor]:
         """``log α`` and ``log(1 - α)`` as ``[B, 1]``: finite, since ``α`` stays inside ``(lo, hi)``."""
-        lo, hi = self.alpha_range
-        alpha = lo + (hi - lo) * torch.sigmoid(gamma)[:, None]
+        alpha = self.alpha(gamma)[:, None]
         return alpha.log(), (-alpha).log1p()
 
     def config(self) -> dict:

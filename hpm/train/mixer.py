@@ -102,8 +102,7 @@ def _step(model: MixedClassifier, opt: torch.optim.Optimizer, x: Tensor, y: Tens
     torch.nn.utils.clip_grad_norm_(model.mixer.parameters(), config.grad_clip)
     opt.step()
     with torch.no_grad():
-        lo, hi = model.mixer.alpha_range
-        alpha = lo + (hi - lo) * torch.sigmoid(gamma)
+        alpha = model.mixer.alpha(gamma)
         correct = log_probs.argmax(1) == torch.cat([y, y])
     return {"loss": loss.item() * 2 * n, "clean_correct": correct[:n].sum().item(),
             "adv_correct": correct[n:].sum().item(), "alpha_clean": alpha[:n].sum().item(),
