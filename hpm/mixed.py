@@ -18,15 +18,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import MappingProxyType
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import MixedCheckpointConfig, write_config, write_weights
+from .devices import device_of
 from .errors import HPMError
 from .hub import push_folder
 from .model_card import model_card
+from .sources.zoo import BasicBlock
+from .stages import FeatureTaps, stage_outputs
 
 MODES = ("hard", "standard", "robust", "lowest-alpha")  # "hard": the deployed mixture, as attack adapters call it
 
@@ -38,49 +42,95 @@ def log_mixture(log_standard: Tensor, log_robust: Tensor, log_alpha: Tensor, log
 
 
 class MixingNetwork(nn.Module):
-    """Adaptive smoothing's mixing network (Bai et al.): ``α(x)`` from both branches' penultimate features.
+    """Adaptive smoothing's mixing network (Bai et al.): the mixing logit ``γ(x)`` from early feature maps of both
+    branches.
 
-    ``γ = BN(MLP(standardise([z_g, z_h]))) · gamma_scale + gamma_bias`` and ``α = lo + (hi - lo) · sigmoid(γ)``.
-    The authors feed early convolutional stages of both networks to a small CNN; hpm feeds the features every
-    hpm model exposes (``forward_features``), so that any two models can be mixed. The affine-free batch norm of
-    ``γ`` and the range ``[lo, hi]`` are theirs (CIFAR-10 adversarial-training config: scale 2, bias 0.4 in
-    training, ``α`` in [0.2, 0.95]).
+    Like the authors' network, it concatenates the two branches' outputs of their first resolution stage, reduces
+    them with a strided residual block, adds the (projected) concatenation of their second-stage outputs, and
+    reduces the sum to one number with two more strided residual blocks, global pooling and a linear layer. Where
+    hpm differs, for a CPU budget: one block per stage of width ``width, 2 width, 4 width`` (theirs: two blocks
+    as wide as both branches' stages together) and post-activation blocks (hpm's zoo ``BasicBlock``).
+
+    ``γ = BN(raw) · scale + bias`` with an affine-free batch norm (momentum 0.01). In training the raw outputs
+    are first clamped to the batch mean ± ``clamp`` batch standard deviations, ``(scale, bias)`` is
+    ``train_gamma`` and ``α = sigmoid(γ)``; in evaluation ``(scale, bias)`` is ``eval_gamma`` and
+    ``α = lo + (hi - lo) · sigmoid(γ)`` stays inside ``alpha_range``: the authors' CIFAR-10 adversarial-training
+    configuration (train (2, 0.4), range [0.2, 0.95]). Their evaluation constants are chosen per model after
+    training; hpm's default evaluates with the training ones.
+
+    Args:
+        taps: for the standard and the robust branch, the names of the modules (inside each branch's
+            ``features``) whose outputs are its first- and second-stage feature maps.
+        channels: the channels of those maps, ``[[standard first, standard second], [robust first, robust
+            second]]``.
     """
 
-    def __init__(self, standard_features: int, robust_features: int, hidden: int = 256,
-                 alpha_range: tuple[float, float] = (0.2, 0.95), gamma_scale: float = 2.0, gamma_bias: float = 0.4):
+    def __init__(self, taps: Sequence[Sequence[str]], channels: Sequence[Sequence[int]], width: int = 32,
+                 alpha_range: tuple[float, float] = (0.2, 0.95), train_gamma: tuple[float, float] = (2.0, 0.4),
+                 eval_gamma: tuple[float, float] | None = None, clamp: float = 0.6):
         super().__init__()
         lo, hi = alpha_range
         if not 0.0 < lo < hi < 1.0:
             raise ValueError(f"alpha_range must satisfy 0 < lo < hi < 1; got {alpha_range}")
-        width = standard_features + robust_features
-        self.standardise = nn.BatchNorm1d(width, affine=False)  # features of two networks on one scale
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 1))
+        if [len(t) for t in taps] != [2, 2] or [len(c) for c in channels] != [2, 2]:
+            raise ValueError(f"taps and channels name two feature maps of each branch; got {taps}, {channels}")
+        if width < 1 or not clamp > 0:
+            raise ValueError(f"width must be >= 1 and clamp > 0; got {width}, {clamp}")
+        (first_standard, second_standard), (first_robust, second_robust) = channels
+        self.taps = tuple(tuple(str(name) for name in names) for names in taps)
+        self.channels = tuple(tuple(int(c) for c in pair) for pair in channels)
+        self.reduce_first = BasicBlock(first_standard + first_robust, width, 2)
+        self.project_second = nn.Conv2d(second_standard + second_robust, width, 1, bias=False)
+        self.body = nn.Sequential(BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 4 * width, 2))
+        self.linear = nn.Linear(4 * width, 1, bias=False)
         self.norm = nn.BatchNorm1d(1, affine=False, momentum=0.01)
-        self.sizes, self.hidden = (standard_features, robust_features), hidden
+        self.width, self.clamp = width, float(clamp)
         self.alpha_range = (float(lo), float(hi))
-        self.gamma_scale, self.gamma_bias = float(gamma_scale), float(gamma_bias)
+        self.train_gamma = tuple(float(v) for v in train_gamma)
+        self.eval_gamma = self.train_gamma if eval_gamma is None else tuple(float(v) for v in eval_gamma)
 
-    def gamma(self, z_standard: Tensor, z_robust: Tensor) -> Tensor:
-        """The mixing logit ``γ [B]``."""
-        raw = self.mlp(self.standardise(torch.cat([z_standard, z_robust], 1)))  # [B, 1]
-        return self.norm(raw).squeeze(1) * self.gamma_scale + self.gamma_bias
+    @classmethod
+    def for_branches(cls, standard: nn.Module, robust: nn.Module, **options) -> "MixingNetwork":
+        """A mixing network reading the first two resolution stages of two hpm models (found by probing them)."""
+        taps, channels = [], []
+        for name, branch in (("standard", standard), ("robust", robust)):
+            stages = stage_outputs(branch.features, branch.input_size or (3, 32, 32))
+            if len(stages) < 2:
+                raise HPMError(f"the {name} branch has {len(stages)} resolution stage; a mixing network reads two")
+            taps.append([stage[0] for stage in stages[:2]])
+            channels.append([stage[1] for stage in stages[:2]])
+        return cls(taps, channels, **options)
+
+    def gamma(self, standard_maps: Sequence[Tensor], robust_maps: Sequence[Tensor]) -> Tensor:
+        """The mixing logit ``γ [B]`` from each branch's first- and second-stage feature maps."""
+        first = self.reduce_first(torch.cat([standard_maps[0], robust_maps[0]], 1))
+        second = self.project_second(torch.cat([standard_maps[1], robust_maps[1]], 1))
+        raw = self.linear(F.adaptive_avg_pool2d(self.body(first + second), 1).flatten(1))  # [B, 1]
+        if self.training:  # the authors' clamp, so that a few outliers do not set the batch statistics
+            mean, std = raw.mean().detach(), raw.std().detach()
+            raw = torch.clamp(raw, mean - self.clamp * std, mean + self.clamp * std)
+        scale, bias = self.train_gamma if self.training else self.eval_gamma
+        return self.norm(raw).squeeze(1) * scale + bias
 
     def alpha(self, gamma: Tensor) -> Tensor:
-        """``α = lo + (hi - lo) · sigmoid(γ)``, shaped like ``γ``."""
+        """``α``: ``sigmoid(γ)`` in training, ``lo + (hi - lo) · sigmoid(γ)`` in evaluation; shaped like ``γ``."""
+        if self.training:
+            return torch.sigmoid(gamma)
         lo, hi = self.alpha_range
         return lo + (hi - lo) * torch.sigmoid(gamma)
 
     def log_weights(self, gamma: Tensor) -> tuple[Tensor, Tensor]:
-        """``log α`` and ``log(1 - α)`` as ``[B, 1]``: finite, since ``α`` stays inside ``(lo, hi)``."""
+        """``log α`` and ``log(1 - α)`` as ``[B, 1]`` (in training through ``logsigmoid``, never ``log 0``)."""
+        if self.training:
+            return F.logsigmoid(gamma)[:, None], F.logsigmoid(-gamma)[:, None]
         alpha = self.alpha(gamma)[:, None]
         return alpha.log(), (-alpha).log1p()
 
     def config(self) -> dict:
         """Constructor keywords, for ``config.json``."""
-        return {"standard_features": self.sizes[0], "robust_features": self.sizes[1], "hidden": self.hidden,
-                "alpha_range": list(self.alpha_range), "gamma_scale": self.gamma_scale, "gamma_bias": self.gamma_bias}
+        return {"taps": [list(t) for t in self.taps], "channels": [list(c) for c in self.channels],
+                "width": self.width, "alpha_range": list(self.alpha_range), "train_gamma": list(self.train_gamma),
+                "eval_gamma": list(self.eval_gamma), "clamp": self.clamp}
 
 
 class MixedClassifier(nn.Module):
@@ -116,6 +166,10 @@ class MixedClassifier(nn.Module):
         if mixer is not None and not all(hasattr(b, "forward_head") for b in (standard, robust)):
             raise ValueError("a mixing network reads the branches' features: mix two hpm models (hpm.wrap / hpm.load)")
         self.standard, self.robust, self.mixer = standard, robust, mixer
+        self._taps = None if mixer is None else (FeatureTaps(standard.features, mixer.taps[0]),
+                                                 FeatureTaps(robust.features, mixer.taps[1]))
+        if mixer is not None:
+            self._check_taps()
         self.alpha = None if alpha is None else float(alpha)
         self.temperature = float(temperature)
         self.names = names  # what the two networks are (model ids), for reports
@@ -124,6 +178,18 @@ class MixedClassifier(nn.Module):
         self.input_size = getattr(robust, "input_size", None)
         self.num_classes = getattr(robust, "num_classes", None)
         self.checkpoint_config: MixedCheckpointConfig | None = None  # set by hpm.load / save_pretrained
+
+    @torch.no_grad()
+    def _check_taps(self) -> None:
+        """Raise HPMError unless each branch's tapped feature maps have the channels the mixing network reads."""
+        for name, branch, taps, channels in zip(("standard", "robust"), (self.standard, self.robust), self._taps,
+                                                self.mixer.channels):
+            with taps.capture() as captured:
+                branch.features(torch.rand(2, *(branch.input_size or (3, 32, 32)), device=device_of(branch)))
+            found = tuple(m.shape[1] if m.ndim == 4 else None for m in taps.maps(captured))
+            if found != channels:
+                raise HPMError(f"the mixing network reads feature maps of {list(channels)} channels from the {name} "
+                               f"branch's {list(taps.names)}; they have {list(found)}")
 
     @property
     def attack_targets(self) -> MappingProxyType:
@@ -156,10 +222,10 @@ class MixedClassifier(nn.Module):
             log_alpha = torch.tensor(math.log(self.alpha) if self.alpha > 0 else -math.inf)
             log_rest = torch.tensor(math.log1p(-self.alpha) if self.alpha < 1 else -math.inf)
             return log_mixture(log_standard, log_robust, log_alpha.to(x), log_rest.to(x)), None
-        z_standard, z_robust = self.standard.forward_features(x), self.robust.forward_features(x)
-        log_standard = F.log_softmax(self.standard.forward_head(z_standard), -1)
-        log_robust = F.log_softmax(self.robust.forward_head(z_robust) / self.temperature, -1)
-        gamma = self.mixer.gamma(z_standard, z_robust)
+        standard_taps, robust_taps = self._taps
+        with standard_taps.capture() as standard_maps, robust_taps.capture() as robust_maps:
+            log_standard, log_robust = self.branch_log_probs(x)
+        gamma = self.mixer.gamma(standard_taps.maps(standard_maps), robust_taps.maps(robust_maps))
         log_alpha, log_rest = self.mixer.log_weights(torch.full_like(gamma, -math.inf) if lowest else gamma)
         return log_mixture(log_standard, log_robust, log_alpha, log_rest), gamma
 

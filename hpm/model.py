@@ -338,8 +338,11 @@ def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], direct
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{directory / CONFIG_NAME}: mixer: {e}") from None
         load_strict(mixer, part("mixer"), set(mixer.state_dict()), directory / (WEIGHTS_NAME + " [mixer]"))
-    model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature, mixer=mixer,
-                            names=tuple(config.names))  # type: ignore[arg-type]
+    try:
+        model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature,
+                                mixer=mixer, names=tuple(config.names))  # type: ignore[arg-type]
+    except HPMError as e:  # the mixing network's taps do not fit the branches
+        raise CheckpointError(f"{directory / CONFIG_NAME}: mixer: {e}") from None
     model.checkpoint_config = config
     return model
 

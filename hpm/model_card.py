@@ -130,7 +130,8 @@ def _mixing_rule(config: MixedCheckpointConfig) -> tuple[str, str]:
     lo, hi = config.mixer["alpha_range"]
     return (f"adaptive mixed classifier (alpha in [{lo:g}, {hi:g}], T {config.temperature:g})",
             f"with T = {config.temperature:g} and alpha = alpha(x) in [{lo:g}, {hi:g}] predicted per input by a mixing "
-            f"network from both networks' features (adaptive smoothing; {config.mixer['hidden']} hidden units), "
+            f"network from both networks' first two stages of feature maps (adaptive smoothing; width "
+            f"{config.mixer['width']}), "
             "trained adversarially with both networks frozen")
 
 

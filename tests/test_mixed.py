@@ -1,6 +1,7 @@
 """The mixed classifier (Bai et al.): the mixture it computes, its gradients, the attacks it declares, and an
 evaluation of it end to end."""
 import json
+import threading
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.mixed import MixedClassifier, MixingNetwork
 from hpm.model import load_or_wrap
 from hpm.sources.zoo import build
+from hpm.stages import FeatureTaps, stage_outputs
 from hpm.train.scratch import BackboneConfig, to_hpm
 
 from conftest import TinyMLP
@@ -88,13 +90,7 @@ def test_an_evaluation_attacks_the_mixture_and_judges_every_attack_on_it():
 @pytest.fixture
 def two_checkpoints(tmp_path):
     """Two tiny CIFAR-10 ResNets saved as checkpoints (stand-ins for a standard and a robust network)."""
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        config = BackboneConfig(depth=8, width=4)
-        model = to_hpm(build("cifar_resnet", config.architecture()), config, classes=None, dataset="cifar10")
-        paths.append(str(model.save_pretrained(tmp_path / f"net{seed}")))
-    return paths
+    return [str(tiny_resnet(seed).save_pretrained(tmp_path / f"net{seed}")) for seed in (0, 1)]
 
 
 def test_a_mixed_model_is_written_as_text_wherever_a_model_is_named(two_checkpoints):
@@ -177,19 +173,34 @@ def test_mixed_weights_must_belong_to_a_branch(two_checkpoints, tmp_path):
 
 
 # --- adaptive smoothing: alpha per input from a mixing network ---------------------------------------------
-def adaptive(seed=0, alpha_range=(0.2, 0.95)):
+def tiny_resnet(seed):
     torch.manual_seed(seed)
-    standard, robust = hpm.wrap(TinyMLP(10), head="fc"), hpm.wrap(TinyMLP(10), head="fc")
-    mixer = MixingNetwork(standard.num_features, robust.num_features, hidden=8, alpha_range=alpha_range)
+    config = BackboneConfig(depth=8, width=4)
+    return to_hpm(build("cifar_resnet", config.architecture()), config, classes=None, dataset="cifar10")
+
+
+def adaptive(seed=0, alpha_range=(0.2, 0.95)):
+    standard, robust = tiny_resnet(seed), tiny_resnet(seed + 1)
+    torch.manual_seed(seed)
+    mixer = MixingNetwork.for_branches(standard, robust, width=4, alpha_range=alpha_range)
     return MixedClassifier(standard, robust, temperature=0.5, mixer=mixer).eval()
+
+
+def test_the_mixing_network_reads_the_first_two_resolution_stages_of_each_branch():
+    model = adaptive()
+    assert model.mixer.taps == (("net.blocks.0", "net.blocks.1"),) * 2  # depth 8: one block per stage
+    assert model.mixer.channels == ((4, 8), (4, 8))
+    assert stage_outputs(model.robust.features, (3, 32, 32)) == [("net.blocks.0", 4), ("net.blocks.1", 8),
+                                                                  ("net.blocks", 16)]  # the outermost module
 
 
 def test_an_adaptive_mixture_weighs_each_input_by_its_own_alpha():
     model, x = adaptive(), torch.rand(6, 3, 32, 32)
-    torch.nn.init.normal_(model.mixer.mlp[-1].weight, std=3.0)
+    torch.nn.init.normal_(model.mixer.linear.weight, std=3.0)
     with torch.no_grad():
-        z_s, z_r = model.standard.forward_features(x), model.robust.forward_features(x)
-        alpha = 0.2 + 0.75 * torch.sigmoid(model.mixer.gamma(z_s, z_r))[:, None]
+        maps = [[blocks[:i + 1](branch.features.net.stem((x - branch.features.net.mean) / branch.features.net.std))
+                 for i in (0, 1)] for branch in (model.standard, model.robust) for blocks in [branch.features.net.blocks]]
+        alpha = 0.2 + 0.75 * torch.sigmoid(model.mixer.gamma(*maps))[:, None]
         expected = (1 - alpha) * model.standard(x).softmax(-1) + alpha * (model.robust(x) / 0.5).softmax(-1)
         assert torch.allclose(model(x).exp(), expected, atol=1e-6)
         assert alpha.std() > 0 and ((alpha > 0.2) & (alpha < 0.95)).all()
@@ -199,6 +210,18 @@ def test_an_adaptive_mixture_weighs_each_input_by_its_own_alpha():
     assert model.mixing_text == "adaptive α in [0.2, 0.95]"
 
 
+def test_in_training_alpha_is_the_plain_sigmoid_of_gamma_with_the_training_constants():
+    model, x = adaptive(), torch.rand(16, 3, 32, 32)
+    model.mixer.train()
+    log_probs, gamma = model.mix(x)
+    assert torch.allclose(gamma.mean(), torch.tensor(0.4), atol=1e-4)  # batch-normalised, then 2 γ + 0.4
+    alpha = torch.sigmoid(gamma)[:, None]
+    expected = (1 - alpha) * model.standard(x).softmax(-1) + alpha * (model.robust(x) / 0.5).softmax(-1)
+    assert torch.allclose(log_probs.exp(), expected, atol=1e-6)
+    # raw outputs beyond the batch mean ± 0.6 std are clamped to it: the extremes tie
+    assert (gamma == gamma.max()).sum() >= 2 and (gamma == gamma.min()).sum() >= 2
+
+
 def test_the_end_to_end_attack_differentiates_through_the_mixing_network_too():
     model, x = adaptive(), torch.rand(4, 3, 32, 32, requires_grad=True)
     torch.nn.functional.nll_loss(model(x), torch.tensor([0, 1, 2, 3])).backward()
@@ -206,17 +229,37 @@ def test_the_end_to_end_attack_differentiates_through_the_mixing_network_too():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mixer.parameters())
 
 
+def test_feature_maps_are_captured_per_thread_and_only_inside_a_capture():
+    model = adaptive()
+    taps = FeatureTaps(model.standard.features, ["net.blocks.0"])
+    model.standard(torch.rand(1, 3, 32, 32))  # outside a capture: nothing is kept
+    results = {}
+
+    def run(n):
+        with taps.capture() as captured:
+            model.standard(torch.rand(n, 3, 32, 32))
+            results[n] = taps.maps(captured)[0].shape[0]
+    threads = [threading.Thread(target=run, args=(n,)) for n in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {1: 1, 2: 2, 3: 3}
+    with pytest.raises(HPMError, match="no submodules"):
+        FeatureTaps(model.standard.features, ["net.blocks.9"])
+
+
 @pytest.mark.parametrize("alpha_range", [(0.0, 0.9), (0.5, 0.5), (0.2, 1.0)])
 def test_a_mixing_range_must_keep_both_branches_in_play(alpha_range):
     with pytest.raises(ValueError, match="0 < lo < hi < 1"):
-        MixingNetwork(4, 4, alpha_range=alpha_range)
+        MixingNetwork([["a", "b"]] * 2, [[4, 8]] * 2, alpha_range=alpha_range)
 
 
 def test_a_mixture_has_either_a_fixed_alpha_or_a_mixing_network():
     with pytest.raises(ValueError, match="either"):
         MixedClassifier(TinyMLP(), TinyMLP())
     with pytest.raises(ValueError, match="hpm models"):
-        MixedClassifier(TinyMLP(), TinyMLP(), mixer=MixingNetwork(4, 4))
+        MixedClassifier(TinyMLP(), TinyMLP(), mixer=MixingNetwork([["a", "b"]] * 2, [[4, 8]] * 2))
 
 
 def test_the_mixer_loss_is_the_authors_weighted_bce_ce_and_product():
@@ -268,6 +311,20 @@ def test_hpm_mix_adaptive_trains_saves_and_loads_the_same_mixture(two_checkpoint
         assert torch.allclose(hpm.load(out)(x), loaded(x))
     with pytest.raises(SystemExit):  # a fixed alpha or a mixing network, not both
         main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--alpha", "0.5", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--lr", "0", "--out", str(out)])
+
+
+@pytest.mark.parametrize("taps, channels, message", [
+    ([["net.blocks.0", "net.blocks.7"]] * 2, [[4, 8]] * 2, r"no submodules \['net.blocks.7'\]"),
+    ([["net.blocks.1", "net.blocks.0"]] * 2, [[4, 8]] * 2, r"\[4, 8\] channels .* they have \[8, 4\]")])
+def test_a_mixing_network_that_does_not_fit_its_branches_is_refused_on_loading(tmp_path, taps, channels, message):
+    out = adaptive().save_pretrained(tmp_path / "adaptive")
+    config = json.loads((out / "config.json").read_text())
+    config["mixer"] |= {"taps": taps, "channels": channels}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        hpm.load(out)
 
 
 def test_an_adaptive_mixture_is_evaluated_through_its_mixer_and_at_its_lowest_alpha_and_checked_for_a_pinned_mixer():

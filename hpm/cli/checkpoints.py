@@ -5,7 +5,8 @@ import argparse
 import json
 from dataclasses import asdict
 
-from .common import add_data_args, add_device_arg, eps_arg, positive_int, resolve_device, uniform_subset
+from .common import (add_data_args, add_device_arg, eps_arg, positive_float, positive_int, resolve_device,
+                     uniform_subset)
 
 
 def register(sub) -> None:
@@ -46,6 +47,9 @@ def register(sub) -> None:
     m.add_argument("--epochs", type=positive_int, default=1, help="adaptive: epochs (default 1)")
     m.add_argument("--batch-size", type=positive_int, default=128, help="adaptive: clean images per step")
     m.add_argument("--steps", type=positive_int, default=5, help="adaptive: PGD steps of the training attack")
+    m.add_argument("--lr", type=positive_float, default=1e-4, help="adaptive: AdamW learning rate (default 1e-4)")
+    m.add_argument("--mixer-width", type=positive_int, default=32,
+                   help="adaptive: the mixing network's first block width (default 32)")
     m.add_argument("--eps", type=eps_arg, default=8 / 255, help="adaptive: training attack radius (default 8/255)")
     m.add_argument("--n-train", type=positive_int, default=None, help="adaptive: a fixed uniform subset of N images")
     m.add_argument("--seed", type=int, default=0)
@@ -116,7 +120,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
         MixedClassifier(standard, robust, args.alpha, args.temperature, names=names).save_pretrained(args.out)
         print(f"saved {args.out}")
         return 0
-    mixer = MixingNetwork(standard.num_features, robust.num_features)
+    mixer = MixingNetwork.for_branches(standard, robust, width=args.mixer_width)
     model = MixedClassifier(standard, robust, temperature=args.temperature, mixer=mixer, names=names)
     training = _train_mixer(model, args)
     model.save_pretrained(args.out, training=training)
@@ -134,7 +138,7 @@ def _train_mixer(model, args: argparse.Namespace) -> dict:
     train_set = load_dataset(model.dataset or "cifar10", "train", args.data)
     if args.n_train:
         train_set = uniform_subset(train_set, args.n_train, args.seed)
-    config = MixerConfig(epochs=args.epochs, batch_size=args.batch_size, steps=args.steps, eps=args.eps,
+    config = MixerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, steps=args.steps, eps=args.eps,
                          seed=args.seed)
     history = train_mixer(model, train_set, config, args.run_dir or f"{args.out}.run",
                           device=resolve_device(args.device))

@@ -29,6 +29,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0: {text!r}")
+    return value
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="local data root (default: $HPM_DATA_DIR; else torchvision download)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="dataset (default: the model's)")

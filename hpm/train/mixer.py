@@ -16,8 +16,11 @@ with ``steps`` steps at the full radius from a random start (the authors run Aut
 iterations, one untargeted and nine targeted runs, at random radii), and the learning rate follows a cosine
 schedule without warm-up.
 
+The mixing network trains in training mode (its batch norm on batch statistics, its raw outputs clamped,
+``α = sigmoid(γ)``: :class:`hpm.mixed.MixingNetwork`); the attack runs it in evaluation mode, as deployed.
+
 Training resumes per epoch from ``OUT/mixer-state.pt`` (loaded with ``weights_only=True``); ``OUT/mixer-history.json``
-keeps each epoch's loss, accuracies and mean α on clean and adversarial images.
+keeps each epoch's loss, accuracies and mean training-mode α on clean and adversarial images.
 """
 from __future__ import annotations
 
