@@ -223,8 +223,10 @@ class MixedClassifier(nn.Module):
             log_rest = torch.tensor(math.log1p(-self.alpha) if self.alpha < 1 else -math.inf)
             return log_mixture(log_standard, log_robust, log_alpha.to(x), log_rest.to(x)), None
         standard_taps, robust_taps = self._taps
-        with standard_taps.capture() as standard_maps, robust_taps.capture() as robust_maps:
-            log_standard, log_robust = self.branch_log_probs(x)
+        with standard_taps.capture() as standard_maps:
+            log_standard = F.log_softmax(self.standard(x), -1)
+        with robust_taps.capture() as robust_maps:
+            log_robust = F.log_softmax(self.robust(x) / self.temperature, -1)
         gamma = self.mixer.gamma(standard_taps.maps(standard_maps), robust_taps.maps(robust_maps))
         log_alpha, log_rest = self.mixer.log_weights(torch.full_like(gamma, -math.inf) if lowest else gamma)
         return log_mixture(log_standard, log_robust, log_alpha, log_rest), gamma
