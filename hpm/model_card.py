@@ -149,10 +149,15 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
                        if k not in ("commands", "history"))
     history = (config.training or {}).get("history") or []
     progress = "\n".join(f"- epoch {h['epoch']}: clean accuracy {100 * h['clean_accuracy']:.1f}%, adversarial "
-                         f"{100 * h['adversarial_accuracy']:.1f}%, mean alpha clean {h['mean_alpha_clean']:.3f} / "
+                         f"{100 * h['adversarial_accuracy']:.1f}%, mean training-mode alpha clean {h['mean_alpha_clean']:.3f} / "
                          f"adversarial {h['mean_alpha_adversarial']:.3f} (training images, training attack)"
                          for h in history)
     training = f"\n## Mixing network training\n\n{recipe}\n{progress}\n" if config.training else ""
+    through, lowest = "", ""
+    if config.mixer is not None:
+        taps = "; ".join(f"{branch}: `{'`, `'.join(names)}`" for branch, names in zip(("g", "h"), config.mixer["taps"]))
+        through = f" and the mixing network, which reads {taps}"
+        lowest = ", and the mixture at its lowest alpha"
     return f"""---
 {data.to_yaml()}
 ---
@@ -164,8 +169,8 @@ smoothing"): `p(x) = (1 - alpha) softmax(g(x)) + alpha softmax(h(x) / T)` {rule}
 
 - **Standard branch g:** {_branch_text(config.standard, config.names[0])}.
 - **Robust branch h:** {_branch_text(config.robust, config.names[1])}.
-- **Evaluation:** white-box attacks differentiate the mixture end to end (gradients flow through both networks)
-  and each branch alone (transfer to the mixture), then Square; every attack is judged on the mixture.
+- **Evaluation:** white-box attacks differentiate the mixture end to end (gradients flow through both networks{through})
+  and each branch alone (transfer to the mixture){lowest}, then Square; every attack is judged on the mixture.
 - **Batch dependence:** none: predictions are per-sample.
 
 ## Usage
