@@ -149,8 +149,9 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
                        if k not in ("commands", "history"))
     history = (config.training or {}).get("history") or []
     progress = "\n".join(f"- epoch {h['epoch']}: clean accuracy {100 * h['clean_accuracy']:.1f}%, adversarial "
-                         f"{100 * h['adversarial_accuracy']:.1f}%, mean training-mode alpha clean {h['mean_alpha_clean']:.3f} / "
-                         f"adversarial {h['mean_alpha_adversarial']:.3f} (training images, training attack)"
+                         f"{100 * h['adversarial_accuracy']:.1f}%, mean training-mode alpha clean "
+                         f"{h['mean_alpha_clean']:.3f} / adversarial {h['mean_alpha_adversarial']:.3f} (training "
+                         "images, training attack)"
                          for h in history)
     training = f"\n## Mixing network training\n\n{recipe}\n{progress}\n" if config.training else ""
     through, lowest = "", ""
