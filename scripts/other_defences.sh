@@ -7,20 +7,26 @@
 #                    FGSM-RS attack) plus Wu & Yu's average-margin regulariser, or as Adv-DPNP; resumable per
 #                    epoch from RUNS/NAME (rerun the same command after a kill)
 #   mixed            the mixed classifier at ALPHA saved as a checkpoint (its alpha sweep: scripts/mixed_classifier.sh)
-#   DATA=../shared/data bash scripts/other_defences.sh                 # STEPS="ncm hpm-clean avgmargin dpnp mixed"
+#   adaptive         adaptive smoothing: the same two networks with a mixing network trained adversarially on
+#                    MIXER_N training images (MIXER_EPOCHS epochs, learning rate MIXER_LR), resumable per epoch from
+#                    RUNS/mixer-adaptive; its report beside the alpha sweep's
+#   DATA=../shared/data bash scripts/other_defences.sh       # STEPS="ncm hpm-clean avgmargin dpnp mixed adaptive"
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
-STEPS="${STEPS:-ncm hpm-clean avgmargin dpnp mixed}"
+STEPS="${STEPS:-ncm hpm-clean avgmargin dpnp mixed adaptive}"
 RUNS="${RUNS:-runs}"
 DEVICE=(${DEVICE:+--device "$DEVICE"})  # e.g. DEVICE=cuda; default: each command's own choice
 ALPHA="${ALPHA:-0.8}"
+MIXER_N="${MIXER_N:-20000}"
+MIXER_EPOCHS="${MIXER_EPOCHS:-1}"
+MIXER_LR="${MIXER_LR:-1e-3}"
 PREFIX=checkpoints/cifar10-resnet20w32-fgsmrs-20ep
 FC="$PREFIX-fc"
 RECIPE=(--depth 20 --width 32 --epochs 20 --lr 0.2 --adversarial fgsm-rs)
 PROTOCOL=(--data "$DATA" --n 500 --eps 8/255 --target-classes 3 --square-queries 1000 --batch-sizes 250)
 
-evaluate() {  # CHECKPOINT NAME: the comparison's protocol, then the report into the card
-  local report="results/eval/robust/r20w32e20-$2-full-eps8.json"
+evaluate() {  # CHECKPOINT NAME [REPORT]: the comparison's protocol, then the report into the card
+  local report="${3:-results/eval/robust/r20w32e20-$2-full-eps8.json}"
   hpm eval "$1" "${PROTOCOL[@]}" "${DEVICE[@]}" --out "$report" > /dev/null
   hpm card "$1" --eval "$report" > /dev/null
 }
@@ -36,7 +42,12 @@ for step in $STEPS; do
     mixed) hpm mix --standard pyautoattack --robust "$FC" --alpha "$ALPHA" --out "$PREFIX-mixed-alpha$ALPHA"
            hpm card "$PREFIX-mixed-alpha$ALPHA" --eval "results/eval/mixed/mixed-alpha$ALPHA-T1-eps8.json" > /dev/null
            echo "done mixed"; continue ;;
-    *) echo "unknown step $step (ncm, hpm-clean, avgmargin, dpnp, mixed)" >&2; exit 2 ;;
+    adaptive) hpm mix --standard pyautoattack --robust "$FC" --adaptive --data "$DATA" --n-train "$MIXER_N" \
+                --epochs "$MIXER_EPOCHS" --lr "$MIXER_LR" --run-dir "$RUNS/mixer-adaptive" \
+                --out "$PREFIX-mixed-adaptive" "${DEVICE[@]}"
+              evaluate "$PREFIX-mixed-adaptive" adaptive results/eval/mixed/mixed-adaptive-T1-eps8.json
+              echo "done adaptive"; continue ;;
+    *) echo "unknown step $step (ncm, hpm-clean, avgmargin, dpnp, mixed, adaptive)" >&2; exit 2 ;;
   esac
   evaluate "$PREFIX-$step" "$step"
   echo "done $step"
