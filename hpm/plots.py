@@ -1,6 +1,8 @@
 """Plotly figures: the paper's Fig. 2 (isotropic CDFs) and Fig. 3 (angle histograms, modelled vs empirical CDF)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -100,7 +102,8 @@ def defences_figure(rows: list[dict], title: str = "Clean vs robust accuracy") -
     """One point per defence: clean accuracy (x) against robust accuracy (y), both with their 95% intervals as
     error bars. ``rows`` are :class:`hpm.publish.defences.DefenceRow` fields (group, point, clean, clean_ci,
     robust, robust_ci); the rows of a group with several (an alpha sweep) are joined by a line in their order,
-    each point named by its ``point``."""
+    each point named by its ``point``; a lone point is named by the legend only, without the checkpoint its label
+    may cite."""
     fig = go.Figure()
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -108,7 +111,7 @@ def defences_figure(rows: list[dict], title: str = "Clean vs robust accuracy") -
     for group, pts in groups.items():
         fig.add_trace(go.Scatter(
             x=[100 * r["clean"] for r in pts], y=[100 * r["robust"] for r in pts],
-            mode="lines+markers+text" if len(pts) > 1 else "markers+text", name=group,
+            mode="lines+markers+text" if len(pts) > 1 else "markers", name=re.sub(r" \(`[^`]*`\)$", "", group),
             text=[r["point"] for r in pts], marker=dict(size=9),
             textposition=[("top right", "bottom left")[i % 2] for i in range(len(pts))],  # neighbours apart
             error_x=dict(type="data", array=[100 * (r["clean_ci"][1] - r["clean"]) for r in pts],
@@ -116,7 +119,7 @@ def defences_figure(rows: list[dict], title: str = "Clean vs robust accuracy") -
             error_y=dict(type="data", array=[100 * (r["robust_ci"][1] - r["robust"]) for r in pts],
                          arrayminus=[100 * (r["robust"] - r["robust_ci"][0]) for r in pts], thickness=1)))
     fig.update_layout(title=title, xaxis_title="clean accuracy (%)", yaxis_title="robust accuracy (%)",
-                      template="plotly_white", legend_title="defence")
+                      template="plotly_white", legend=dict(title="defence", orientation="h", y=-0.2, yanchor="top"))
     return fig
 
 

@@ -332,3 +332,7 @@ def test_defences_are_compared_on_the_same_images_and_budget_against_the_first_r
     from dataclasses import asdict
     figure = defences_figure([asdict(r) for r in rows])
     assert [t.name for t in figure.data] == ["FC", "mixed"] and list(figure.data[1].text) == ["α = 0.5"]
+    lone = {"group": "NCM (`checkpoints/ncm`)", "point": "", "clean": 0.7, "clean_ci": (0.6, 0.8), "robust": 0.3,
+            "robust_ci": (0.2, 0.4)}
+    trace, = defences_figure([lone]).data  # the legend names a lone point, without the checkpoint it cites
+    assert trace.name == "NCM" and trace.mode == "markers"

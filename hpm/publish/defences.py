@@ -161,6 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.write_html(str(out.with_suffix(".html")), include_plotlyjs="cdn")
         if not args.no_png:
-            write_png(fig, out.with_suffix(".png"), width=1000, height=600)
+            write_png(fig, out.with_suffix(".png"), width=1000, height=700)
         print(f"wrote {section['figure']}.html" + ("" if args.no_png else " and .png"))
     return 0
