@@ -136,7 +136,7 @@ class MixingNetwork(nn.Module):
 class MixedClassifier(nn.Module):
     """``standard`` and ``robust``: ``images -> logits`` classifiers over the same classes and inputs, mixed with a
     fixed ``alpha`` or, given a ``mixer``, with ``α(x)`` per input (adaptive smoothing; both branches must then be
-    hpm models, whose features the mixer reads).
+    hpm models, whose stage feature maps the mixer reads).
 
     Args:
         alpha: the robust branch's weight α in [0, 1] (0: the standard classifier alone, 1: the robust one).
@@ -164,7 +164,7 @@ class MixedClassifier(nn.Module):
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
         if mixer is not None and not all(hasattr(b, "forward_head") for b in (standard, robust)):
-            raise ValueError("a mixing network reads the branches' features: mix two hpm models (hpm.wrap / hpm.load)")
+            raise ValueError("a mixing network reads the branches' feature maps: mix two hpm models (hpm.wrap / hpm.load)")
         self.standard, self.robust, self.mixer = standard, robust, mixer
         self._taps = None if mixer is None else (FeatureTaps(standard.features, mixer.taps[0]),
                                                  FeatureTaps(robust.features, mixer.taps[1]))
