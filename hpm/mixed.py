@@ -164,7 +164,8 @@ class MixedClassifier(nn.Module):
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
         if mixer is not None and not all(hasattr(b, "forward_head") for b in (standard, robust)):
-            raise ValueError("a mixing network reads the branches' feature maps: mix two hpm models (hpm.wrap / hpm.load)")
+            raise ValueError("a mixing network reads the branches' feature maps: mix two hpm models "
+                             "(hpm.wrap / hpm.load)")
         self.standard, self.robust, self.mixer = standard, robust, mixer
         self._taps = None if mixer is None else (FeatureTaps(standard.features, mixer.taps[0]),
                                                  FeatureTaps(robust.features, mixer.taps[1]))
