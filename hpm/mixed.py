@@ -211,23 +211,27 @@ class MixedClassifier(nn.Module):
                 "backbone": f"standard {self.names[0]} + robust {self.names[1]}", "dataset": self.dataset,
                 "batch_dependent": False}
 
-    def branch_log_probs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``log softmax(g(x))`` and ``log softmax(h(x) / T)``."""
-        return F.log_softmax(self.standard(x), -1), F.log_softmax(self.robust(x) / self.temperature, -1)
+    def standard_log_probs(self, x: Tensor) -> Tensor:
+        """``log softmax(g(x))``."""
+        return F.log_softmax(self.standard(x), -1)
+
+    def robust_log_probs(self, x: Tensor) -> Tensor:
+        """``log softmax(h(x) / T)``."""
+        return F.log_softmax(self.robust(x) / self.temperature, -1)
 
     def mix(self, x: Tensor, lowest: bool = False) -> tuple[Tensor, Tensor | None]:
         """``log p(x)`` of the mixture and the mixing logit ``γ [B]`` (None for a fixed α); ``lowest``: at the
         mixer's lowest α instead of its own."""
         if self.mixer is None:
-            log_standard, log_robust = self.branch_log_probs(x)
+            log_standard, log_robust = self.standard_log_probs(x), self.robust_log_probs(x)
             log_alpha = torch.tensor(math.log(self.alpha) if self.alpha > 0 else -math.inf)
             log_rest = torch.tensor(math.log1p(-self.alpha) if self.alpha < 1 else -math.inf)
             return log_mixture(log_standard, log_robust, log_alpha.to(x), log_rest.to(x)), None
         standard_taps, robust_taps = self._taps
         with standard_taps.capture() as standard_maps:
-            log_standard = F.log_softmax(self.standard(x), -1)
+            log_standard = self.standard_log_probs(x)
         with robust_taps.capture() as robust_maps:
-            log_robust = F.log_softmax(self.robust(x) / self.temperature, -1)
+            log_robust = self.robust_log_probs(x)
         gamma = self.mixer.gamma(standard_taps.maps(standard_maps), robust_taps.maps(robust_maps))
         log_alpha, log_rest = self.mixer.log_weights(torch.full_like(gamma, -math.inf) if lowest else gamma)
         return log_mixture(log_standard, log_robust, log_alpha, log_rest), gamma
@@ -236,9 +240,9 @@ class MixedClassifier(nn.Module):
         """``log p(x)`` of the mixture (``mode="hard"``), one branch's log-probabilities, or (adaptive) the
         mixture at its lowest α (``"lowest-alpha"``)."""
         if mode == "standard":
-            return F.log_softmax(self.standard(x), -1)
+            return self.standard_log_probs(x)
         if mode == "robust":
-            return F.log_softmax(self.robust(x) / self.temperature, -1)
+            return self.robust_log_probs(x)
         if mode not in MODES or (mode == "lowest-alpha" and self.mixer is None):
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES[:3 if self.mixer is None else 4])}")
         return self.mix(x, lowest=mode == "lowest-alpha")[0]
@@ -247,8 +251,7 @@ class MixedClassifier(nn.Module):
     def robust_saturation(self, x: Tensor) -> float:
         """The share of ``x`` whose robust branch puts float32 probability exactly 1 on its top class: there the
         branch passes no gradient to an attacker, and its robustness in the mixture would be masked, not real."""
-        _, log_robust = self.branch_log_probs(x)
-        return float((log_robust.max(-1).values == 0).float().mean())
+        return float((self.robust_log_probs(x).max(-1).values == 0).float().mean())
 
     def pitfall_checks(self, x: Tensor) -> list[tuple[str, bool, str]]:
         """``(name, passed, detail)`` checks an evaluation of this model runs on its check images ``x``: the robust
