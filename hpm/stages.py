@@ -64,7 +64,8 @@ class FeatureTaps:
             raise HPMError(f"{type(root).__name__} has no submodules {missing}")
         self.names = tuple(names)
         self._local = threading.local()
-        self._hooks = [modules[name].register_forward_hook(self._hook(name)) for name in self.names]
+        for name in self.names:
+            modules[name].register_forward_hook(self._hook(name))
 
     def _hook(self, name: str):
         def store(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -88,11 +89,6 @@ class FeatureTaps:
         if missing:
             raise HPMError(f"the forward pass never ran the tapped modules {missing}")
         return [captured[name] for name in self.names]
-
-    def remove(self) -> None:
-        """Detach the hooks from the network."""
-        for hook in self._hooks:
-            hook.remove()
 
     def __deepcopy__(self, memo: dict) -> "FeatureTaps":
         return self  # deep copies of the network share the hook functions, which store into this object
