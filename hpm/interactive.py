@@ -125,6 +125,15 @@ def classify(model: Demo, x: Tensor, context: Context) -> dict[str, dict[str, fl
     return _both_heads(model, batch, batch.features(x))
 
 
+@torch.no_grad()
+def adaptive_alpha(model: Demo, x: Tensor) -> float | None:
+    """The weight α(x) an adaptive mixture's mixing network gives its robust branch for image ``x [1, 3, H, W]``;
+    None for any other model (a fixed mixture's α is in its name, :func:`panel_labels`)."""
+    if not isinstance(model, MixedClassifier) or model.mixer is None:
+        return None
+    return float(model.mixing_weight(x.to(device_of(model)))[0])
+
+
 @dataclass
 class AttackResult:
     """An attack on one image, judged on the deployed model inside the chosen context."""
@@ -141,6 +150,7 @@ class AttackResult:
     deployed_fooled: bool
     linf: float = field(default=0.0)
     l2: float = field(default=0.0)
+    alpha: tuple[float, float] | None = None  # an adaptive mixture's α(x) on the clean and the adversarial image
 
     @property
     def transferred(self) -> bool | None:
@@ -221,8 +231,10 @@ def attack_image(model: Demo, x: Tensor, *, attack: str = "ensemble", eps: float
             surrogate_fooled = any(bool(batch.scores(z_adv, m).argmax(1) != batch.scores(z, m).argmax(1))
                                    for m in spec.surrogates)
     delta = (x_adv - x).flatten()
+    alpha = adaptive_alpha(model, x)
     return AttackResult(attack, eps, steps, x.cpu(), x_adv.detach().cpu(), int(label), clean, adversarial,
-                        surrogate_fooled, deployed_fooled, float(delta.abs().max()), float(delta.norm()))
+                        surrogate_fooled, deployed_fooled, float(delta.abs().max()), float(delta.norm()),
+                        None if alpha is None else (alpha, adaptive_alpha(model, x_adv)))
 
 
 def save_png(x: Tensor, path: str | Path) -> Tensor:

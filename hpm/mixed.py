@@ -236,6 +236,14 @@ class MixedClassifier(nn.Module):
         log_alpha, log_rest = self.mixer.log_weights(torch.full_like(gamma, -math.inf) if lowest else gamma)
         return log_mixture(log_standard, log_robust, log_alpha, log_rest), gamma
 
+    @torch.no_grad()
+    def mixing_weight(self, x: Tensor) -> Tensor:
+        """The robust branch's weight for each image of ``x``, ``[B]``: the fixed α, or the mixing network's α(x)
+        (in the network's current mode: evaluation's range in ``eval()``)."""
+        if self.mixer is None:
+            return torch.full((len(x),), self.alpha, device=x.device)
+        return self.mixer.alpha(self.mix(x)[1])
+
     def forward(self, x: Tensor, mode: str = "hard") -> Tensor:
         """``log p(x)`` of the mixture (``mode="hard"``), one branch's log-probabilities, or (adaptive) the
         mixture at its lowest α (``"lowest-alpha"``)."""

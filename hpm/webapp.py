@@ -221,8 +221,11 @@ def predict(image: str | None, model_id: str, use_context: bool, context_n: int)
     image, alone or inside the context batch."""
     model = _model(model_id)
     context = _context(model_id, use_context, context_n)
-    out = demo.classify(model, _image_tensor(image, model).to(DEVICE), context)
-    return out["fc"], out["deployed"], f"Classified {context.description}."
+    x = _image_tensor(image, model).to(DEVICE)
+    out = demo.classify(model, x, context)
+    alpha = demo.adaptive_alpha(model, x)
+    mixing = "" if alpha is None else f" The mixing network weighs the robust branch α(x) = {alpha:.3f}."
+    return out["fc"], out["deployed"], f"Classified {context.description}.{mixing}"
 
 
 @gpu
@@ -251,6 +254,9 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
                f"deployed {deployed} fooled: "
                f"**{verdict[result.deployed_fooled]}** · transferred to {deployed}: "
                f"**{verdict[result.transferred]}**")
+    if result.alpha is not None:
+        summary += ("\n\nThe mixing network's weight on the robust branch, α(x): clean **{:.3f}** → adversarial "
+                    "**{:.3f}**".format(*result.alpha))
     return (_png(tensor_to_image(result.x_adv), "adversarial"), _png(amplified, "perturbation"), heat,
             result.clean["fc"], result.clean["deployed"],
             result.adversarial["fc"], result.adversarial["deployed"], summary,

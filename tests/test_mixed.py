@@ -343,3 +343,19 @@ def test_an_adaptive_mixture_is_evaluated_through_its_mixer_and_at_its_lowest_al
     assert report.model_info["head"] == "mixed classifier (adaptive alpha in [0.2, 0.95], temperature 0.5)"
     check, = (c for c in report.checks if c.name == "mixer_not_saturated")
     assert check.passed
+
+
+def test_the_demo_shows_the_alpha_the_mixing_network_gives_the_clean_and_the_adversarial_image():
+    from hpm import interactive as demo
+    model, x = adaptive(), torch.rand(1, 3, 32, 32)
+    torch.nn.init.normal_(model.mixer.linear.weight, std=3.0)
+    with torch.no_grad():
+        maps = [first_two_stages(branch.features.net, x) for branch in (model.standard, model.robust)]
+        expected = float(0.2 + 0.75 * torch.sigmoid(model.mixer.gamma(*maps)))
+    assert demo.adaptive_alpha(model, x) == pytest.approx(expected, abs=1e-6)
+    result = demo.attack_image(model, x, attack="deployed", eps=8 / 255, steps=2)
+    assert result.alpha == (demo.adaptive_alpha(model, result.x), demo.adaptive_alpha(model, result.x_adv))
+    fixed = MixedClassifier(hpm.wrap(TinyMLP(), head="fc"), hpm.wrap(TinyMLP(), head="fc"), alpha=0.75).eval()
+    for other in (fixed, hpm.wrap(TinyMLP(), head="fc")):  # a fixed α is in the mixture's name
+        assert demo.adaptive_alpha(other, x) is None
+        assert demo.attack_image(other, x, attack="deployed", eps=8 / 255, steps=2).alpha is None

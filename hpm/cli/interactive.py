@@ -94,6 +94,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"classified {context.description}")
     _print_top5(reference, out["fc"])
     _print_top5(deployed, out["deployed"])
+    if (alpha := interactive.adaptive_alpha(model, x)) is not None:
+        print(f"mixing weight on the robust branch: alpha(x) = {alpha:.3f}")
     return 0
 
 
@@ -114,7 +116,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
               "eps": args.eps, "steps": args.steps, "seed": args.seed, "context": context.description,
               "attacked_label": model.classes[result.label], "clean": result.clean, "adversarial": result.adversarial,
               "surrogate_fooled": result.surrogate_fooled, "deployed_fooled": result.deployed_fooled,
-              "linf": result.linf, "l2": result.l2,
+              "linf": result.linf, "l2": result.l2, "alpha": result.alpha,
               "png": {"path": str(out / "adversarial.png"), "predictions": saved,
                       "linf": float((png - result.x).abs().max()),
                       "deployed_fooled": png_label != model.classes[result.label]},
@@ -124,6 +126,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     deployed = interactive.panel_labels(model)[1]
     _print_top5(f"{deployed}, clean", result.clean["deployed"])
     _print_top5(f"{deployed}, adversarial", result.adversarial["deployed"])
+    if result.alpha is not None:
+        print("mixing weight on the robust branch: alpha(x) = {:.3f} clean, {:.3f} adversarial".format(*result.alpha))
     print(f"deployed model fooled: {'yes' if result.deployed_fooled else 'no'} (8-bit PNG: "
           f"{'yes' if record['png']['deployed_fooled'] else 'no'}); wrote {out}/adversarial.png and result.json")
     return 0
