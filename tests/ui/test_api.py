@@ -332,3 +332,15 @@ def test_a_shipped_mixed_classifier_shows_its_robust_branch_beside_the_mixture_a
     *_, summary, _ = client.predict(image, mixed, "standard", 4, 2, 10, False, 8, api_name="/attack")
     assert "APGD-CE on the standard branch alone (transfer to the mixture)" in summary
     assert "deployed mixture (α = 0.8) fooled" in summary
+
+
+def test_a_shipped_adaptive_mixture_shows_the_alpha_its_mixing_network_gives_the_clean_and_the_adversarial_image(
+        client, image):
+    adaptive = "checkpoints/cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive"
+    loaded, card, *_ = client.predict("cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive", "", api_name="/load_model")
+    assert loaded == adaptive and card.startswith("**Mixed classifier** (Bai et al.)")
+    note = client.predict(image, adaptive, False, 8, api_name="/predict")[2]
+    assert "The mixing network weighs the robust branch α(x) = 0." in note
+    *_, summary, _ = client.predict(image, adaptive, "lowest-alpha", 4, 2, 10, False, 8, api_name="/attack")
+    assert "the mixture at its lowest alpha" in summary
+    assert "The mixing network's weight on the robust branch, α(x): clean **0." in summary

@@ -221,3 +221,20 @@ def test_a_mixed_classifier_names_its_panels_and_attacks_a_branch(page):
     page.get_by_role("button", name="Run attack").click()
     page.locator("#attack-summary").get_by_text("deployed mixture (α = 0.8) fooled").wait_for(timeout=120_000)
     page.screenshot(path=str(ARTIFACTS / "mixed.png"), full_page=True)
+
+
+def test_an_adaptive_mixture_shows_the_alpha_its_mixing_network_gives_the_image_before_and_after_the_attack(page):
+    page.get_by_label("Shipped checkpoint").click()
+    page.get_by_role("option", name="cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive").click()
+    page.get_by_role("button", name="Load model").click()
+    page.get_by_text("mixture (adaptive α in [0.2, 0.95]), clean", exact=True).first.wait_for(timeout=60_000)
+    assert page.get_by_text("lowest-alpha = the mixture at its lowest alpha").first.is_visible()
+    thumbs = page.locator("#gallery .thumbnail-item")
+    thumbs.or_(page.get_by_text("Gallery unavailable")).first.wait_for(timeout=30_000)
+    if thumbs.count() == 0:
+        pytest.skip("no local data root: gallery disabled")
+    thumbs.first.click()
+    page.locator("#current-image img").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Run attack").click()
+    page.locator("#attack-summary").get_by_text("weight on the robust branch, α(x): clean").wait_for(timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / "adaptive.png"), full_page=True)
