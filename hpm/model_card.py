@@ -135,6 +135,13 @@ def _mixing_rule(config: MixedCheckpointConfig) -> tuple[str, str]:
             "trained adversarially with both networks frozen")
 
 
+def _epoch_cost(epoch: dict) -> str:
+    """``; 1226 s on cpu: 2 cores, 2 torch threads`` where a training history recorded its time and hardware."""
+    if "seconds" not in epoch:
+        return ""
+    return f"; {epoch['seconds']:.0f} s" + (f" on {epoch['hardware']}" if epoch.get("hardware") else "")
+
+
 def _mixed_card(config: MixedCheckpointConfig) -> str:
     """The README.md of a mixed classifier's checkpoint."""
     from huggingface_hub import ModelCardData
@@ -151,7 +158,7 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
     progress = "\n".join(f"- epoch {h['epoch']}: clean accuracy {100 * h['clean_accuracy']:.1f}%, adversarial "
                          f"{100 * h['adversarial_accuracy']:.1f}%, mean training-mode alpha clean "
                          f"{h['mean_alpha_clean']:.3f} / adversarial {h['mean_alpha_adversarial']:.3f} (training "
-                         "images, training attack)"
+                         "images, training attack)" + _epoch_cost(h)
                          for h in history)
     training = f"\n## Mixing network training\n\n{recipe}\n{progress}\n" if config.training else ""
     through, lowest = "", ""

@@ -1,6 +1,7 @@
 """The mixed classifier (Bai et al.): the mixture it computes, its gradients, the attacks it declares, and an
 evaluation of it end to end."""
 import json
+import re
 import threading
 
 import pytest
@@ -312,6 +313,7 @@ def test_hpm_mix_adaptive_trains_saves_and_loads_the_same_mixture(two_checkpoint
     assert config["training"]["history"][0]["epoch"] == 1 and (tmp_path / "adaptive.run" / "mixer-state.pt").is_file()
     card = (out / "README.md").read_text()
     assert "adaptive mixed classifier (alpha in [0.2, 0.95], T 1)" in card and "## Mixing network training" in card
+    assert re.search(r"- epoch 1: clean accuracy .* \(training images, training attack\); \d+ s on \w+", card)
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(hpm.load(out)(x), loaded(x))
