@@ -361,3 +361,16 @@ def test_the_demo_shows_the_alpha_the_mixing_network_gives_the_clean_and_the_adv
     for other in (fixed, hpm.wrap(TinyMLP(), head="fc")):  # a fixed α is in the mixture's name
         assert demo.adaptive_alpha(other, x) is None
         assert demo.attack_image(other, x, attack="deployed", eps=8 / 255, steps=2).alpha is None
+
+
+def test_hpm_predict_and_attack_report_an_adaptive_mixtures_alpha(tmp_path, capsys):
+    from PIL import Image
+    directory = adaptive().save_pretrained(tmp_path / "adaptive")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (200, 30, 10)).save(image)
+    assert main(["predict", str(directory), str(image)]) == 0
+    assert re.search(r"mixing weight on the robust branch: alpha\(x\) = 0\.\d{3}\n", capsys.readouterr().out)
+    assert main(["attack", str(directory), str(image), "--attack", "lowest-alpha", "--steps", "2",
+                 "--out", str(tmp_path / "out")]) == 0
+    alpha = json.loads((tmp_path / "out" / "result.json").read_text())["alpha"]
+    assert len(alpha) == 2 and all(0.2 <= a <= 0.95 for a in alpha)
