@@ -374,3 +374,18 @@ def test_hpm_predict_and_attack_report_an_adaptive_mixtures_alpha(tmp_path, caps
                  "--out", str(tmp_path / "out")]) == 0
     alpha = json.loads((tmp_path / "out" / "result.json").read_text())["alpha"]
     assert len(alpha) == 2 and all(0.2 <= a <= 0.95 for a in alpha)
+
+
+def test_the_alpha_analysis_gives_alpha_on_clean_images_and_on_their_attacked_versions(tiny_data_root, tmp_path):
+    from hpm.evaluation.mixer_alpha import main as alpha_analysis
+    directory, out = adaptive().save_pretrained(tmp_path / "adaptive"), tmp_path / "alpha.json"
+    assert alpha_analysis([str(directory), "--data", str(tiny_data_root), "--n", "8", "--iters", "2",
+                           "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    clean, attacked = result["alpha"]["clean"], result["alpha"]["attacked"]
+    assert clean["n"] == 8 and 0.2 <= clean["min"] <= clean["median"] <= clean["max"] <= 0.95
+    assert attacked["n"] == round(8 * result["clean_accuracy"])  # the clean-correct images only, as evaluated
+    assert result["alpha"]["attacked_fooled"]["n"] + result["alpha"]["attacked_not_fooled"]["n"] == attacked["n"]
+    fixed = MixedClassifier(tiny_resnet(0), tiny_resnet(1), alpha=0.5)
+    with pytest.raises(HPMError, match="not an adaptive mixed classifier"):
+        alpha_analysis([str(fixed.save_pretrained(tmp_path / "fixed")), "--out", str(out)])
