@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 
 from ..attacks import BatchFeatures, parse_attacks, run_attack
-from ..cli.common import eps_arg, positive_int
 from ..data import Subset
 from ..devices import device_of
 from ..errors import HPMError
 from ..mixed import MixedClassifier
 from ..model import load_or_wrap
+from ..units import parse_eps
 from .api import load_eval_data
 
 
@@ -61,12 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="an adaptive mixed checkpoint (directory or Hub id)")
     parser.add_argument("--data", default=None, help="local data root (default: $HPM_DATA_DIR)")
-    parser.add_argument("--n", type=positive_int, default=200, help="first N test images (default 200)")
-    parser.add_argument("--eps", type=eps_arg, default=8 / 255, help="l_inf radius (default 8/255)")
-    parser.add_argument("--iters", type=positive_int, default=40, help="APGD iterations (default 40, as evaluated)")
-    parser.add_argument("--batch-size", type=positive_int, default=250)
+    parser.add_argument("--n", type=int, default=200, help="first N test images (default 200)")
+    parser.add_argument("--eps", default="8/255", help="l_inf radius: 8/255 or 0.031 (default 8/255)")
+    parser.add_argument("--iters", type=int, default=40, help="APGD iterations (default 40, as evaluated)")
+    parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
+    if min(args.n, args.iters, args.batch_size) < 1:
+        parser.error("--n, --iters and --batch-size must be >= 1")
+    try:
+        args.eps = parse_eps(args.eps)
+    except ValueError as e:
+        parser.error(f"--eps: {e}")
     model = load_or_wrap(args.model).eval()
     if not isinstance(model, MixedClassifier) or model.mixer is None:
         raise HPMError(f"{args.model} is not an adaptive mixed classifier (one with a mixing network)")
