@@ -386,6 +386,8 @@ def test_the_alpha_analysis_gives_alpha_on_clean_images_and_on_their_attacked_ve
     assert clean["n"] == 8 and 0.2 <= clean["min"] <= clean["median"] <= clean["max"] <= 0.95
     assert attacked["n"] == round(8 * result["clean_accuracy"])  # the clean-correct images only, as evaluated
     assert result["alpha"]["attacked_fooled"]["n"] + result["alpha"]["attacked_not_fooled"]["n"] == attacked["n"]
+    assert result["alpha"]["fooled_robust_branch_correct"]["n"] <= result["alpha"]["attacked_fooled"]["n"]
+    assert 0 <= result["robust_branch_accuracy_on_attacked"] <= 1
     fixed = MixedClassifier(tiny_resnet(0), tiny_resnet(1), alpha=0.5)
     with pytest.raises(HPMError, match="not an adaptive mixed classifier"):
         alpha_analysis([str(fixed.save_pretrained(tmp_path / "fixed")), "--out", str(out)])

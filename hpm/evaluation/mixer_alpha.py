@@ -7,7 +7,8 @@ first attack (APGD-CE through the whole mixture, mixing network included) makes 
 (``scripts/adaptive_alpha.py`` runs :func:`main`.) Adaptive smoothing is robust only if the mixing network keeps α
 high on adversarial images; an attacker who differentiates through it can instead push α towards the bottom of
 its range, where the (non-robust) standard branch decides. The JSON gives α's mean and quartiles on the clean
-images, and on the attacked versions of the clean-correct ones, split by whether the attack fooled the mixture.
+images, and on the attacked versions of the clean-correct ones, split by whether the attack fooled the mixture, and
+on those that fooled the mixture while the robust branch alone still classifies them correctly.
 """
 from __future__ import annotations
 
@@ -41,11 +42,12 @@ def alpha_summary(alpha: Tensor) -> dict:
 
 def attacked_alpha(model: MixedClassifier, x: Tensor, y: Tensor, *, eps: float, n_iter: int, batch_size: int,
                    seed: int = 0) -> dict[str, Tensor]:
-    """α(x), the mixture's clean correctness, and, for every image, α and correctness after APGD-CE on the
-    deployed mixture (all ``[N]``)."""
+    """α(x), the mixture's clean correctness, and, for every image, α, the mixture's correctness and the robust
+    branch's alone after APGD-CE on the deployed mixture (all ``[N]``)."""
     spec, = parse_attacks(["apgd-ce/deployed"], model)
     batch, device = BatchFeatures(model, None), device_of(model)
-    out: dict[str, list[Tensor]] = {"alpha": [], "correct": [], "alpha_adv": [], "correct_adv": []}
+    out: dict[str, list[Tensor]] = {"alpha": [], "correct": [], "alpha_adv": [], "correct_adv": [],
+                                    "robust_correct_adv": []}
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
         x_adv = run_attack(spec, batch, xb, yb, norm="Linf", eps=eps, n_iter=n_iter, seed=seed,
@@ -54,6 +56,7 @@ def attacked_alpha(model: MixedClassifier, x: Tensor, y: Tensor, *, eps: float, 
             for suffix, images in (("", xb), ("_adv", x_adv)):
                 out["alpha" + suffix].append(model.mixing_weight(images).cpu())
                 out["correct" + suffix].append((model(images).argmax(1) == yb).cpu())
+            out["robust_correct_adv"].append((model(x_adv, mode="robust").argmax(1) == yb).cpu())
     return {key: torch.cat(values) for key, values in out.items()}
 
 
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     found = attacked_alpha(model, x, y, eps=args.eps, n_iter=args.iters, batch_size=args.batch_size)
     attacked = found["correct"]  # the evaluation attacks the clean-correct images only
     fooled = attacked & ~found["correct_adv"]
+    robust_held = fooled & found["robust_correct_adv"]  # the mixture fell although its robust branch did not
     result = {"command": "python scripts/adaptive_alpha.py " + shlex.join(sys.argv[1:] if argv is None else argv),
               "model": args.model, "data": {k: info[k] for k in ("dataset", "source", "n")},
               "attack": {"name": "apgd-ce/deployed", "eps": args.eps, "iters": args.iters,
@@ -87,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
               "alpha_range": list(model.mixer.alpha_range),
               "clean_accuracy": float(found["correct"].float().mean()),
               "accuracy_after_attack": float(found["correct_adv"].float().mean()),
+              "robust_branch_accuracy_on_attacked": float(found["robust_correct_adv"].float().mean()),
               "alpha": {"clean": alpha_summary(found["alpha"]),
                         "attacked": alpha_summary(found["alpha_adv"][attacked]),
                         "attacked_fooled": alpha_summary(found["alpha_adv"][fooled]),
-                        "attacked_not_fooled": alpha_summary(found["alpha_adv"][attacked & ~fooled])}}
+                        "attacked_not_fooled": alpha_summary(found["alpha_adv"][attacked & ~fooled]),
+                        "fooled_robust_branch_correct": alpha_summary(found["alpha_adv"][robust_held])}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
