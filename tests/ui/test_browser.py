@@ -203,20 +203,29 @@ def test_on_a_phone_the_page_fits_the_screen_and_an_attack_runs(browser, app_url
     context.close()
 
 
-def test_a_mixed_classifier_names_its_panels_and_attacks_a_branch(page):
-    """A mixed checkpoint: its robust branch and the mixture side by side; an attack on its standard branch."""
+def load_shipped(page, name):
     page.get_by_label("Shipped checkpoint").click()
-    page.get_by_role("option", name="cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8").click()
+    page.get_by_role("option", name=name).click()
     page.get_by_role("button", name="Load model").click()
-    page.get_by_text("robust branch, clean", exact=True).first.wait_for(timeout=60_000)
-    assert page.get_by_text("mixture (α = 0.8), adversarial", exact=True).first.is_visible()
-    assert page.get_by_text("standard = the standard branch alone (transfer to the mixture)").first.is_visible()
+
+
+def pick_first_gallery_sample(page):
+    """Make the gallery's first test sample the current image (skips the test when the server has no data)."""
     thumbs = page.locator("#gallery .thumbnail-item")
     thumbs.or_(page.get_by_text("Gallery unavailable")).first.wait_for(timeout=30_000)
     if thumbs.count() == 0:
         pytest.skip("no local data root: gallery disabled")
     thumbs.first.click()
     page.locator("#current-image img").wait_for(timeout=30_000)
+
+
+def test_a_mixed_classifier_names_its_panels_and_attacks_a_branch(page):
+    """A mixed checkpoint: its robust branch and the mixture side by side; an attack on its standard branch."""
+    load_shipped(page, "cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8")
+    page.get_by_text("robust branch, clean", exact=True).first.wait_for(timeout=60_000)
+    assert page.get_by_text("mixture (α = 0.8), adversarial", exact=True).first.is_visible()
+    assert page.get_by_text("standard = the standard branch alone (transfer to the mixture)").first.is_visible()
+    pick_first_gallery_sample(page)
     page.get_by_label("standard").check()
     page.get_by_role("button", name="Run attack").click()
     page.locator("#attack-summary").get_by_text("deployed mixture (α = 0.8) fooled").wait_for(timeout=120_000)
@@ -224,17 +233,10 @@ def test_a_mixed_classifier_names_its_panels_and_attacks_a_branch(page):
 
 
 def test_an_adaptive_mixture_shows_the_alpha_its_mixing_network_gives_the_image_before_and_after_the_attack(page):
-    page.get_by_label("Shipped checkpoint").click()
-    page.get_by_role("option", name="cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive").click()
-    page.get_by_role("button", name="Load model").click()
+    load_shipped(page, "cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive")
     page.get_by_text("mixture (adaptive α in [0.2, 0.95]), clean", exact=True).first.wait_for(timeout=60_000)
     assert page.get_by_text("lowest-alpha = the mixture at its lowest alpha").first.is_visible()
-    thumbs = page.locator("#gallery .thumbnail-item")
-    thumbs.or_(page.get_by_text("Gallery unavailable")).first.wait_for(timeout=30_000)
-    if thumbs.count() == 0:
-        pytest.skip("no local data root: gallery disabled")
-    thumbs.first.click()
-    page.locator("#current-image img").wait_for(timeout=30_000)
+    pick_first_gallery_sample(page)
     page.get_by_role("button", name="Run attack").click()
     page.locator("#attack-summary").get_by_text("weight on the robust branch, α(x): clean").wait_for(timeout=120_000)
     page.screenshot(path=str(ARTIFACTS / "adaptive.png"), full_page=True)
