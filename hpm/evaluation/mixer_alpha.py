@@ -24,7 +24,6 @@ from torch import Tensor
 from ..attacks import BatchFeatures, parse_attacks, run_attack
 from ..data import Subset
 from ..devices import device_of
-from ..errors import HPMError
 from ..mixed import MixedClassifier
 from ..model import load_or_wrap
 from ..units import parse_eps
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--eps: {e}")
     model = load_or_wrap(args.model).eval()
     if not isinstance(model, MixedClassifier) or model.mixer is None:
-        raise HPMError(f"{args.model} is not an adaptive mixed classifier (one with a mixing network)")
+        parser.error(f"{args.model} is not an adaptive mixed classifier (one with a mixing network)")
     x, y, _, info = load_eval_data(model.dataset or "cifar10", "test", args.data, Subset(n=args.n))
     found = attacked_alpha(model, x, y, eps=args.eps, n_iter=args.iters, batch_size=args.batch_size)
     attacked = found["correct"]  # the evaluation attacks the clean-correct images only
