@@ -376,8 +376,8 @@ def test_hpm_predict_and_attack_report_an_adaptive_mixtures_alpha(tmp_path, caps
     assert len(alpha) == 2 and all(0.2 <= a <= 0.95 for a in alpha)
 
 
-def test_the_alpha_analysis_gives_alpha_on_clean_images_and_on_their_attacked_versions(tiny_data_root, tmp_path,
-                                                                                         capsys):
+def test_the_alpha_analysis_gives_alpha_on_clean_images_and_on_their_attacked_versions(
+        tiny_data_root, tmp_path, capsys):
     from hpm.evaluation.mixer_alpha import main as alpha_analysis
     directory, out = adaptive().save_pretrained(tmp_path / "adaptive"), tmp_path / "alpha.json"
     assert alpha_analysis([str(directory), "--data", str(tiny_data_root), "--n", "8", "--iters", "2",
