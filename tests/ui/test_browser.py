@@ -10,6 +10,22 @@ def upload(page, path):
     page.locator("input[type=file]").first.set_input_files(str(path))
 
 
+def load_shipped(page, name):
+    page.get_by_label("Shipped checkpoint").click()
+    page.get_by_role("option", name=name).click()
+    page.get_by_role("button", name="Load model").click()
+
+
+def pick_first_gallery_sample(page):
+    """Make the gallery's first test sample the current image (skips the test when the server has no data)."""
+    thumbs = page.locator("#gallery .thumbnail-item")
+    thumbs.or_(page.get_by_text("Gallery unavailable")).first.wait_for(timeout=30_000)
+    if thumbs.count() == 0:
+        pytest.skip("no local data root: gallery disabled")
+    thumbs.first.click()
+    page.locator("#current-image img").wait_for(timeout=30_000)
+
+
 def test_upload_and_attack_shows_both_heads_and_a_verdict(page, tmp_path):
     from PIL import Image
     path = tmp_path / "red.png"
@@ -30,9 +46,7 @@ def test_upload_and_attack_shows_both_heads_and_a_verdict(page, tmp_path):
 def test_controls_and_panels_follow_the_loaded_head(page):
     """An FC-head checkpoint has no batch dependence and no second head: no context controls, one pair of panels."""
     page.get_by_text("Classify inside a context batch").wait_for(timeout=30_000)
-    page.get_by_label("Shipped checkpoint").click()
-    page.get_by_role("option", name="cifar10-resnet20w32-fgsmrs-fc").click()
-    page.get_by_role("button", name="Load model").click()
+    load_shipped(page, "cifar10-resnet20w32-fgsmrs-fc")
     page.get_by_text("Classify inside a context batch").wait_for(state="hidden", timeout=60_000)
     assert not page.get_by_text("Context size N (test images)").is_visible()
     assert sum(label.is_visible() for label in page.get_by_text("FC, clean", exact=True).all()) == 1
@@ -201,22 +215,6 @@ def test_on_a_phone_the_page_fits_the_screen_and_an_attack_runs(browser, app_url
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sticks out sideways
     page.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
     context.close()
-
-
-def load_shipped(page, name):
-    page.get_by_label("Shipped checkpoint").click()
-    page.get_by_role("option", name=name).click()
-    page.get_by_role("button", name="Load model").click()
-
-
-def pick_first_gallery_sample(page):
-    """Make the gallery's first test sample the current image (skips the test when the server has no data)."""
-    thumbs = page.locator("#gallery .thumbnail-item")
-    thumbs.or_(page.get_by_text("Gallery unavailable")).first.wait_for(timeout=30_000)
-    if thumbs.count() == 0:
-        pytest.skip("no local data root: gallery disabled")
-    thumbs.first.click()
-    page.locator("#current-image img").wait_for(timeout=30_000)
 
 
 def test_a_mixed_classifier_names_its_panels_and_attacks_a_branch(page):
