@@ -53,8 +53,9 @@ def attacked_alpha(model: MixedClassifier, x: Tensor, y: Tensor, *, eps: float, 
                            num_classes=model.num_classes).x_adv
         with torch.no_grad():
             for suffix, images in (("", xb), ("_adv", x_adv)):
-                out["alpha" + suffix].append(model.mixing_weight(images).cpu())
-                out["correct" + suffix].append((model(images).argmax(1) == yb).cpu())
+                log_probs, gamma = model.mix(images)  # one forward pass: the prediction and α together
+                out["alpha" + suffix].append(model.mixer.alpha(gamma).cpu())
+                out["correct" + suffix].append((log_probs.argmax(1) == yb).cpu())
             out["robust_correct_adv"].append((model(x_adv, mode="robust").argmax(1) == yb).cpu())
     return {key: torch.cat(values) for key, values in out.items()}
 
