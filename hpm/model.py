@@ -196,6 +196,28 @@ class HPMClassifier(nn.Module):
             config.threat_model = previous.threat_model
         return config
 
+    def reference_backbone(self, checkpoint: str | Path, *, relative_to: str | Path = ".") -> "HPMClassifier":
+        """Save this model naming the checkpoint that stores its backbone, instead of storing the backbone again
+        (:mod:`hpm.sources.reference`). ``checkpoint``: a shipped checkpoint's name, a Hub id or a directory;
+        ``relative_to``: the directory this model will be saved to (a directory is named relative to it).
+
+        Raises:
+            CheckpointError: that checkpoint does not store its backbone, or stores other weights than this
+                model's backbone.
+        """
+        from .sources.reference import SOURCE, backbone_config, features_digest, reference_name, resolve_reference
+
+        name = reference_name(checkpoint, relative_to)
+        directory = resolve_reference(str(checkpoint))
+        backbone_config(directory)
+        theirs = features_digest(read_weights(directory))
+        ours = features_digest({f"features.{k}": v for k, v in self.features.state_dict().items()})
+        if theirs != ours:
+            raise CheckpointError(f"{checkpoint}: stores other backbone weights than this model's; reference the "
+                                  "checkpoint this model's backbone was loaded from")
+        self.backbone_spec = BackboneSpec(SOURCE, name, {"features_sha256": ours})
+        return self
+
     def save_pretrained(self, directory: str | Path, *, metrics: dict | None = None,
                         training: dict | None = None, threat_model: dict | None = None) -> Path:
         """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` to ``directory``.
@@ -217,10 +239,32 @@ class HPMClassifier(nn.Module):
         return out
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
-                    commit_message: str = "Upload HPM checkpoint", **save_kwargs) -> str:
-        """Save to a temporary directory and upload it to the Hugging Face Hub; returns the commit URL."""
-        return push_folder(lambda d: self.save_pretrained(d, **save_kwargs), repo_id, private=private, token=token,
-                           commit_message=commit_message)
+                    commit_message: str = "Upload HPM checkpoint", backbone_repo: str | None = None,
+                    **save_kwargs) -> str:
+        """Save to a temporary directory and upload it to the Hugging Face Hub; returns the commit URL.
+
+        A model that names its backbone's checkpoint by a local path must name a Hub copy of it there:
+        ``backbone_repo="owner/name@REVISION"`` (pushed first; its weights are checked by digest when loaded).
+        """
+        from .sources.reference import SOURCE, is_portable
+
+        spec = self.backbone_spec
+        if spec.source == SOURCE and backbone_repo is None and not is_portable(str(spec.name)):
+            raise HPMError(f"this model names its backbone checkpoint by the local path {spec.name!r}, which Hub "
+                           "users cannot load: push that checkpoint first and pass backbone_repo='owner/name@REVISION'"
+                           " (hpm push --backbone-repo)")
+        if backbone_repo is not None and spec.source != SOURCE:
+            raise HPMError("backbone_repo applies to a model that names its backbone's checkpoint; this one does not")
+
+        def write(directory: Path) -> None:
+            if backbone_repo is not None:
+                self.backbone_spec = BackboneSpec(SOURCE, backbone_repo, dict(spec.options))
+            try:
+                self.save_pretrained(directory, **save_kwargs)
+            finally:
+                self.backbone_spec = spec
+
+        return push_folder(write, repo_id, private=private, token=token, commit_message=commit_message)
 
 
 def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple[int, int, int] | None = None,
@@ -303,7 +347,8 @@ def _build(config: CheckpointConfig, state: dict[str, Tensor], directory: Path, 
     spec = BackboneSpec.from_dict(config.backbone)
     input_size = tuple(config.input_size)
     try:
-        split = load_backbone(spec, module=backbone, input_size=input_size)  # type: ignore[arg-type]
+        split = load_backbone(spec, module=backbone, input_size=input_size,  # type: ignore[arg-type]
+                              base_dir=directory)
         head = create_head(config.head["type"], int(config.head["num_features"]), int(config.head["num_classes"]),
                            **config.head_options)
         model = HPMClassifier(split.features, split.fc, head, backbone_spec=spec, input_size=input_size,  # type: ignore[arg-type]

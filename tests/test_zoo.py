@@ -10,7 +10,7 @@ from hpm.train.scratch import (BackboneConfig, augment, fgsm_rs, one_cycle_sched
                                training_summary)
 from hpm.data import ImageTensorDataset
 from hpm.errors import HPMError
-from hpm.sources.zoo import CifarResNet, L2Classifier, PrototypeClassifier, build
+from hpm.sources.zoo import CifarResNet, L2Classifier, PreActResNet18, PrototypeClassifier, build
 
 
 def _images(n=64, seed=0):
@@ -28,6 +28,38 @@ def test_resnet_depth_width_and_feature_size():
         CifarResNet(depth=10)
     with pytest.raises(HPMError, match="unknown options"):
         build("cifar_resnet", {"depth": 8, "colour": "red"})
+
+
+def test_preact_resnet18_is_the_fast_adversarial_training_literature_s_network():
+    net = PreActResNet18()
+    assert sum(p.numel() for p in net.parameters()) == 11_172_170  # as Wong et al.'s PreActResNet18 (10 classes)
+    assert net.num_features == 512 and net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 8 * 2 + 3 and convs[0].out_channels == 64  # stem, 8 blocks x 2, 3 projections
+    assert isinstance(net.bn, torch.nn.BatchNorm2d)  # the final BN-ReLU before pooling
+    with pytest.raises(HPMError, match="unknown options"):
+        build("preact_resnet18", {"depth": 18})
+
+
+def test_preact_resnet18_computes_what_robustbench_s_rice_et_al_architecture_computes():
+    """Weight for weight, RobustBench's PreActResNet-18 of Rice et al. 2020 (pre-activated projection shortcut,
+    final BN-ReLU): the same parameter shapes in the same order, the same logits."""
+    from hpm._compat import install_autoattack_alias
+    install_autoattack_alias()
+    from robustbench.model_zoo.architectures.resnet import PreActBlockV2, PreActResNet
+    torch.manual_seed(0)
+    theirs = PreActResNet(PreActBlockV2, [2, 2, 2, 2], bn_before_fc=True).eval()
+    ours = PreActResNet18().eval()
+    mine = {k: v for k, v in ours.state_dict().items() if k not in ("mean", "std")}
+    assert [tuple(v.shape) for v in mine.values()] == [tuple(v.shape) for v in theirs.state_dict().values()]
+    for value in theirs.state_dict().values():
+        if value.is_floating_point():
+            value.copy_(torch.randn_like(value).abs() if value.ndim == 1 else torch.randn_like(value) * 0.05)
+    ours.load_state_dict({**dict(zip(mine, theirs.state_dict().values())), "mean": ours.mean, "std": ours.std})
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = theirs((x - ours.mean) / ours.std)
+        assert torch.allclose(ours(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 def test_l2_classifier_and_its_linear_twin_predict_the_same_class():
@@ -130,6 +162,48 @@ def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
     with pytest.raises(HPMError, match="different recipe"):
         train_backbone(BackboneConfig(**{**cfg.__dict__, "epochs": 3}), data, tmp_path / "run", progress=False)
+
+
+def test_training_killed_mid_epoch_resumes_with_the_same_batches_and_draws(tmp_path):
+    data = _images()
+    cfg = BackboneConfig(depth=8, width=4, epochs=2, batch_size=8, adversarial="fgsm-rs", guard_images=8,
+                         guard_steps=2, bf16=False)
+    saves = []
+    real_save = torch.save
+
+    def killing_save(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        saves.append(obj.get("step"))
+        if obj.get("step") == 3 and obj["epoch"] == 1:  # three batches into the second epoch
+            raise KeyboardInterrupt
+
+    torch.save = killing_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_backbone(cfg, data, tmp_path / "run", progress=False, save_every=3)
+    finally:
+        torch.save = real_save
+    assert saves == [3, 6, None, 3]  # every 3 steps within an epoch (8 steps each), and at its end
+    resumed, history = train_backbone(cfg, data, tmp_path / "run", progress=False, save_every=3)
+    fresh, fresh_history = train_backbone(cfg, data, tmp_path / "fresh", progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["loss"] == pytest.approx(fresh_history[1]["loss"], rel=1e-5)  # running sums carried over
+    for a, b in zip(resumed.state_dict().values(), fresh.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_a_preact_resnet18_run_records_its_architecture_and_exports_512_d_features(tmp_path):
+    cfg = BackboneConfig(arch="preact_resnet18", epochs=1, batch_size=32, adversarial="fgsm-rs", nesterov=False,
+                         guard_images=8, guard_steps=1, channels_last=True)
+    net, history = train_backbone(cfg, _images(), tmp_path / "run", progress=False)
+    model = to_hpm(net, cfg, classes=None, dataset="cifar10")
+    assert model.backbone_spec.name == "preact_resnet18" and model.num_features == 512
+    summary = training_summary(cfg, history, "synthetic")
+    assert summary["arch"] == "preact_resnet18" and "depth" not in summary and summary["nesterov"] is False
+    model.save_pretrained(tmp_path / "ck")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(hpm.load(tmp_path / "ck")(x), model(x), atol=1e-5)
 
 
 def test_backbone_training_neither_reseeds_nor_draws_from_the_process_wide_generator(tmp_path):

@@ -63,6 +63,9 @@ def register(sub) -> None:
     p.add_argument("repo_id", help="owner/name on the Hub")
     p.add_argument("--private", action="store_true")
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.add_argument("--backbone-repo", default=None, metavar="OWNER/NAME@REVISION",
+                   help="CHECKPOINT names its backbone's checkpoint by a local path: the Hub copy of that checkpoint "
+                        "to name instead (push it first)")
     p.set_defaults(func=_cmd_push)
 
 
@@ -150,5 +153,6 @@ def _train_mixer(model, args: argparse.Namespace) -> dict:
 def _cmd_push(args: argparse.Namespace) -> int:
     from ..model import load
 
-    print(load(args.checkpoint).push_to_hub(args.repo_id, private=args.private, token=args.token))
+    print(load(args.checkpoint).push_to_hub(args.repo_id, private=args.private, token=args.token,
+                                            backbone_repo=args.backbone_repo))
     return 0

@@ -36,6 +36,9 @@ def _add_train(sub) -> None:
                    help="clean: cached features, seconds; adversarial: IKL + PGD (paper recipe); fit: prototypes "
                         "= class means of the training features, nothing trained (e.g. an l2 NCM head)")
     t.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write (resumes if present)")
+    t.add_argument("--store-backbone", action="store_true",
+                   help="MODEL a checkpoint that stores its backbone: store a copy in --out too (default: --out "
+                        "names MODEL as its backbone, by its shipped name or its path relative to --out)")
     t.add_argument("--epochs", type=positive_int, default=1, help="epochs (default 1, the paper's CIFAR-10 value)")
     t.add_argument("--batch-size", type=positive_int, default=64, help="training batch size (default 64)")
     t.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (default 5e-5)")
@@ -74,8 +77,11 @@ def _model_to_train(args: argparse.Namespace):
     if Path(args.model).is_dir():
         base = load(args.model)
         head = create_head(args.head, base.num_features, base.num_classes, **options)
-        return HPMClassifier(base.features, base.fc, head, backbone_spec=base.backbone_spec,
-                             input_size=base.input_size, classes=base.classes, dataset=base.dataset)
+        model = HPMClassifier(base.features, base.fc, head, backbone_spec=base.backbone_spec,
+                              input_size=base.input_size, classes=base.classes, dataset=base.dataset)
+        if base.checkpoint_config.backbone_weights_included and not args.store_backbone:
+            model.reference_backbone(args.model, relative_to=args.out)  # the backbone is stored once, there
+        return model
     return wrap(args.model, head=args.head, source_options=source_options(args.model, args.model_dir, args.dataset),
                 dataset=args.dataset, **options)
 
@@ -140,8 +146,11 @@ def _add_train_backbone(sub) -> None:
                     "NCM head with the learned centres for an l2 classifier, dpnp head for a dpnp one).")
     b.add_argument("--run-dir", required=True, metavar="DIR", help="per-epoch states and history (resumes)")
     b.add_argument("--out", required=True, metavar="DIR", help="hpm checkpoint directory to export")
-    b.add_argument("--depth", type=positive_int, default=20, help="6n+2 (default 20)")
-    b.add_argument("--width", type=positive_int, default=16, help="first-stage channels (default 16)")
+    b.add_argument("--arch", default="cifar-resnet", choices=["cifar-resnet", "preact-resnet18"],
+                   help="cifar-resnet: ResNet-(6n+2) of --depth and --width (default); preact-resnet18: the "
+                        "pre-activation ResNet-18 of Wong et al. and Rice et al. (512-d features)")
+    b.add_argument("--depth", type=positive_int, default=20, help="cifar-resnet: 6n+2 (default 20)")
+    b.add_argument("--width", type=positive_int, default=16, help="cifar-resnet: first-stage channels (default 16)")
     b.add_argument("--classifier", default="fc", choices=["fc", "l2", "dpnp"],
                    help="final classifier (default fc); dpnp: Adv-DPNP's prototypes and composite loss (needs "
                         "--adversarial)")
@@ -152,6 +161,8 @@ def _add_train_backbone(sub) -> None:
     b.add_argument("--batch-size", type=positive_int, default=128)
     b.add_argument("--lr", type=float, default=0.1, help="peak one-cycle learning rate (default 0.1)")
     b.add_argument("--weight-decay", type=float, default=5e-4)
+    b.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="Nesterov momentum (default on; Wong et al.'s recipe: --no-nesterov)")
     b.add_argument("--adversarial", default=None, choices=["fgsm-rs"], help="adversarial training recipe")
     b.add_argument("--eps", type=eps_arg, default=8 / 255, help="l_inf radius for --adversarial (default 8/255)")
     b.add_argument("--margin-reg", type=float, default=0.0, metavar="MU",
@@ -159,8 +170,13 @@ def _add_train_backbone(sub) -> None:
     b.add_argument("--margin-tau", type=float, default=1.0, metavar="TAU",
                    help="truncation of that regulariser in logit units (default 1, the authors' code default)")
     b.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (default bf16 autocast)")
+    b.add_argument("--channels-last", action="store_true",
+                   help="train in the NHWC memory layout (the same maths; about 1.2x faster in bf16 on a CPU)")
     b.add_argument("--n-train", type=positive_int, default=None, help="train on a fixed uniform subset of N images")
     b.add_argument("--n-test", type=positive_int, default=None, help="clean accuracy on the first N test images")
+    b.add_argument("--save-every", type=positive_int, default=50, metavar="STEPS",
+                   help="training steps between resumable states within an epoch (default 50; one is also "
+                        "written after every epoch)")
     b.add_argument("--seed", type=int, default=0)
     add_data_args(b)
     add_device_arg(b)
@@ -191,13 +207,15 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
         train_set = uniform_subset(train_set, args.n_train, args.seed)
     if args.batch_size > len(train_set):
         raise HPMError(f"--batch-size {args.batch_size} exceeds the {len(train_set)} training images")
-    config = BackboneConfig(depth=args.depth, width=args.width, classifier=args.classifier,
-                            num_classes=len(train_set.classes), epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, weight_decay=args.weight_decay, adversarial=args.adversarial, eps=args.eps,
+    config = BackboneConfig(arch=args.arch.replace("-", "_"), depth=args.depth, width=args.width,
+                            classifier=args.classifier, num_classes=len(train_set.classes), epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, nesterov=args.nesterov,
+                            weight_decay=args.weight_decay, adversarial=args.adversarial, eps=args.eps,
                             dpnp_radius=args.dpnp_radius, dpnp_align=args.dpnp_weights[0],
                             dpnp_repel=args.dpnp_weights[1], dpnp_consistency=args.dpnp_weights[2],
-                            margin_reg=args.margin_reg, margin_tau=args.margin_tau, bf16=args.bf16, seed=args.seed)
-    net, history = train_backbone(config, train_set, args.run_dir, device=device)
+                            margin_reg=args.margin_reg, margin_tau=args.margin_tau, bf16=args.bf16,
+                            channels_last=args.channels_last, seed=args.seed)
+    net, history = train_backbone(config, train_set, args.run_dir, device=device, save_every=args.save_every)
     model = to_hpm(net, config, classes=train_set.classes, dataset=dataset).to(device)
     metrics = clean_metrics(model, load_dataset(dataset, "test", args.data), args.n_test, 256, device,
                             {"clean_accuracy": "hard"})

@@ -11,6 +11,8 @@ A source is named in ``config.json`` as ``{"source": ..., "name": ..., "options"
 ``torchvision``    ``torchvision.models.get_model(name, weights=...)``, likewise
 ``hpm``            an architecture of :mod:`hpm.sources.zoo` that hpm trained itself (``hpm train-backbone``); the
                    spec rebuilds the architecture and the checkpoint stores the weights
+``checkpoint``     the backbone another hpm checkpoint stores (its name, a Hub id or a relative path, and the
+                   digest of its weights; :mod:`hpm.sources.reference`): heads on one backbone store it once
 ``module``         any ``nn.Module`` ending in ``nn.Linear``; not rebuildable from a name, so its
                    weights are saved with the checkpoint and it reloads via ``hpm.load(dir, backbone=m)``
 =================  =====================================================================
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from torch import nn
 
@@ -29,7 +32,7 @@ from ..errors import CheckpointError, HPMError
 from .external import CIFAR_INPUT, LOADERS
 from .split import split_classifier
 
-SOURCES = (*LOADERS, "hpm", "module")
+SOURCES = (*LOADERS, "hpm", "checkpoint", "module")
 DATASET_OF_SOURCE = {"pyautoattack": "cifar10", "timm": "imagenet", "torchvision": "imagenet"}  # when not given
 
 
@@ -68,12 +71,21 @@ class SplitModel:
 
 
 def load_backbone(spec: BackboneSpec, module: nn.Module | None = None,
-                  input_size: tuple[int, int, int] | None = None) -> SplitModel:
-    """Build and split the backbone a spec names; ``module`` supplies it for ``source="module"``."""
+                  input_size: tuple[int, int, int] | None = None, base_dir: str | Path | None = None) -> SplitModel:
+    """Build and split the backbone a spec names; ``module`` supplies it for ``source="module"``; ``base_dir`` is
+    the directory of the checkpoint being loaded (a ``checkpoint`` reference may be relative to it)."""
     if module is not None:  # the caller's module: split a copy, so that their model(x) still gives logits
         size = tuple(input_size or spec.options.get("input_size") or CIFAR_INPUT)
         features, fc = split_classifier(copy.deepcopy(module), size)  # type: ignore[arg-type]
         return SplitModel(features, fc, spec, size)  # type: ignore[arg-type]
+    if spec.source == "checkpoint":
+        from .reference import load_split
+
+        def build(entry: dict, size: tuple) -> SplitModel:
+            return load_backbone(BackboneSpec.from_dict(entry), input_size=size)
+
+        split = load_split(str(spec.name), spec.options.get("features_sha256"), base_dir, build)
+        return SplitModel(split.features, split.fc, spec, split.input_size)
     if spec.source == "hpm":
         from . import zoo
 

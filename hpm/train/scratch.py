@@ -10,16 +10,17 @@ to ~0 within an epoch while FGSM accuracy soars), is guarded against as the pape
 the PGD accuracy on a fixed batch of training images is measured, and when it drops by more than
 ``guard_drop`` below the best epoch's, training stops and the best epoch's weights are kept.
 
-Training resumes from ``OUT/state.pt`` (written after every epoch; loaded with ``weights_only=True``).
-Each epoch's weights are also kept as ``OUT/epoch-NNN.safetensors`` and its metrics appended to
-``OUT/history.json``.
+Training resumes from ``OUT/state.pt`` (loaded with ``weights_only=True``), written after every epoch and every
+``save_every`` steps within one: it holds the epoch's random generator and running sums, so a run interrupted
+mid-epoch continues with the batches, crops and attack draws it would have had. Each epoch's weights are also
+kept as ``OUT/epoch-NNN.safetensors`` and its metrics appended to ``OUT/history.json``.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +35,7 @@ from ..data import ImageTensorDataset
 from ..devices import CPU, bf16_autocast
 from ..errors import HPMError
 from ..rng import seeded
-from ..sources.zoo import CifarResNet, L2Classifier, PrototypeClassifier, build
+from ..sources.zoo import ARCHITECTURES, OPTIONS, L2Classifier, PrototypeClassifier, ZooNet, build
 from .losses import average_margin_penalty, dpnp_loss
 from .pgd import linf_pgd, uniform_start
 
@@ -48,14 +49,16 @@ ADVERSARIAL = (None, "fgsm-rs")
 class BackboneConfig:
     """Architecture and recipe of a from-scratch run (defaults: standard training of a ResNet-20)."""
 
-    depth: int = 20  # 6n+2
-    width: int = 16  # channels of the first stage (16: the original ResNet-20)
+    arch: str = "cifar_resnet"  # a zoo architecture (hpm.sources.zoo.ARCHITECTURES)
+    depth: int = 20  # cifar_resnet: 6n+2
+    width: int = 16  # cifar_resnet: channels of the first stage (16: the original ResNet-20)
     classifier: str = "fc"  # "fc" or "l2" (learnable centres, Eq. 18 scores)
     num_classes: int = 10
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.1  # peak of the one-cycle schedule (SGD, Nesterov momentum)
     momentum: float = 0.9
+    nesterov: bool = True  # Nesterov momentum (Wong et al.'s recipe uses plain momentum: False)
     weight_decay: float = 5e-4
     warmup: float = 0.4  # share of the iterations the learning rate climbs linearly from 0 to lr
     adversarial: str | None = None  # None (standard training) or "fgsm-rs"
@@ -71,9 +74,12 @@ class BackboneConfig:
     margin_reg: float = 0.0  # weight mu of Wu & Yu's average-margin regulariser on the training logits (0: off)
     margin_tau: float = 1.0  # its truncation tau (logit units)
     bf16: bool = True  # bfloat16 autocast for the training passes (evaluation stays float32)
+    channels_last: bool = False  # NHWC memory layout while training (the same maths; faster convolutions in bf16)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise HPMError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
         if self.adversarial not in ADVERSARIAL:
             raise HPMError(f"adversarial must be one of {ADVERSARIAL}; got {self.adversarial!r}")
         if not 0 <= self.warmup < 1:
@@ -87,8 +93,9 @@ class BackboneConfig:
 
     def architecture(self) -> dict:
         """The ``options`` of the zoo spec (``config.json`` ``backbone.options``)."""
-        return {"depth": self.depth, "width": self.width, "num_classes": self.num_classes,
-                "classifier": self.classifier}
+        options = {"depth": self.depth, "width": self.width, "num_classes": self.num_classes,
+                   "classifier": self.classifier}
+        return {key: value for key, value in options.items() if key in OPTIONS[self.arch]}
 
     def resolved_fgsm_step(self) -> float:
         return self.fgsm_step if self.fgsm_step is not None else 1.25 * self.eps
@@ -135,7 +142,7 @@ def augment(x: Tensor, generator: torch.Generator) -> Tensor:
     return padded[batch, chan, rows, cols]
 
 
-def fgsm_rs(net: CifarResNet, x: Tensor, y: Tensor, eps: float, step: float, generator: torch.Generator,
+def fgsm_rs(net: ZooNet, x: Tensor, y: Tensor, eps: float, step: float, generator: torch.Generator,
             bf16: bool) -> Tensor:
     """One FGSM step from a uniform random start in the l_inf ball, projected back (Wong et al. 2020)."""
 
@@ -146,7 +153,7 @@ def fgsm_rs(net: CifarResNet, x: Tensor, y: Tensor, eps: float, step: float, gen
     return linf_pgd(loss, x, uniform_start(x, eps, generator), eps=eps, step=step, steps=1)
 
 
-def pgd_accuracy(net: CifarResNet, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator) -> float:
+def pgd_accuracy(net: ZooNet, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator) -> float:
     """Accuracy under l_inf PGD with a random start (float32, eval mode); the overfitting guard."""
     net.eval()
     x_adv = linf_pgd(lambda x_adv: F.cross_entropy(net(x_adv), y), x, uniform_start(x, eps, generator), eps=eps,
@@ -155,21 +162,24 @@ def pgd_accuracy(net: CifarResNet, x: Tensor, y: Tensor, eps: float, steps: int,
         return (net(x_adv).argmax(1) == y).float().mean().item()
 
 
-def _save_weights(net: CifarResNet, path: Path) -> None:
+def _save_weights(net: ZooNet, path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
 
 
-def load_weights(net: CifarResNet, path: str | Path) -> CifarResNet:
+def load_weights(net: ZooNet, path: str | Path) -> ZooNet:
     """Load ``.safetensors`` weights written by :func:`train_backbone` into ``net`` (strict)."""
     net.load_state_dict(load_file(str(path)), strict=True)
     return net
 
 
-def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, schedule: LambdaLR, epoch: int,
-                 best_epoch: int, best_guard: float, config: BackboneConfig) -> None:
-    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
-             "epoch": epoch, "best_epoch": best_epoch, "best_guard": best_guard,
+def _write_state(path: Path, run: "_Run", config: BackboneConfig) -> None:
+    """``run`` as ``state.pt``: between epochs (``run.step == 0``) or after ``run.step`` batches of epoch
+    ``run.start + 1``, with that epoch's generator state and running sums."""
+    state = {"model": run.net.state_dict(), "optimizer": run.opt.state_dict(), "schedule": run.schedule.state_dict(),
+             "epoch": run.start, "best_epoch": run.best_epoch, "best_guard": run.best_guard,
              "config": json.dumps(asdict(config), sort_keys=True)}
+    if run.step:
+        state |= {"step": run.step, "generator": run.generator_state, "partial": dict(run.partial)}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a kill while saving keeps the previous epoch's state
@@ -179,22 +189,25 @@ def _write_state(path: Path, net: CifarResNet, opt: torch.optim.Optimizer, sched
 class _Run:
     """The mutable state of a from-scratch run: what resumes from ``state.pt``."""
 
-    net: CifarResNet
+    net: ZooNet
     opt: torch.optim.Optimizer
     schedule: LambdaLR
     history: list[dict]
-    start: int = 0  # next epoch to run (0-based)
+    start: int = 0  # next epoch to run (0-based) = epochs completed
     best_epoch: int = -1  # 1-based epoch with the best guard accuracy
     best_guard: float = -1.0
+    step: int = 0  # batches of epoch `start` already trained (a mid-epoch state)
+    generator_state: Tensor | None = None  # that epoch's generator after those batches
+    partial: dict = field(default_factory=dict)  # that epoch's running loss_sum, correct, seen, seconds
 
 
 def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device: torch.device) -> _Run:
     with seeded(config.seed, CPU):  # PyTorch's layer initialisation draws from the global generator only
-        net = build("cifar_resnet", config.architecture())
+        net = build(config.arch, config.architecture())
     if isinstance(net.classifier, PrototypeClassifier):
         net.classifier.radius.fill_(config.dpnp_radius)
-    net = net.to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+    net = net.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                           weight_decay=config.weight_decay)
     history: list[dict] = json.loads((out / HISTORY_FILE).read_text()) if (out / HISTORY_FILE).exists() else []
     run = _Run(net, opt, one_cycle_schedule(opt, total_steps, config), history)
@@ -216,11 +229,13 @@ def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device
         for group in opt.param_groups:
             group["lr"] = run.schedule.lr_lambdas[0](run.schedule.last_epoch)
     run.start, run.best_epoch, run.best_guard = state["epoch"], state["best_epoch"], state["best_guard"]
+    if state.get("step"):
+        run.step, run.generator_state, run.partial = state["step"], state["generator"], dict(state["partial"])
     run.history = history[:run.start]
     return run
 
 
-def _training_loss(net: CifarResNet, config: BackboneConfig, x: Tensor, y: Tensor,
+def _training_loss(net: ZooNet, config: BackboneConfig, x: Tensor, y: Tensor,
                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """The loss of one training batch and the logits its accuracy is counted on (adversarial ones if any)."""
     x_adv = fgsm_rs(net, x, y, config.eps, config.resolved_fgsm_step(), gen, config.bf16) if config.adversarial else x
@@ -238,15 +253,21 @@ def _training_loss(net: CifarResNet, config: BackboneConfig, x: Tensor, y: Tenso
 
 
 def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDataset, epoch: int,
-                 gen: torch.Generator, device: torch.device, progress: bool) -> dict:
-    """One epoch of (FGSM-RS adversarial) training; returns its loss and training accuracy."""
+                 gen: torch.Generator, device: torch.device, progress: bool,
+                 save: Callable[[], None] | None, save_every: int) -> dict:
+    """One epoch of (FGSM-RS adversarial) training, continued from ``run.step`` batches in; returns its loss,
+    training accuracy and seconds. ``save()`` is called every ``save_every`` batches (not after the last)."""
     n = len(train_set)
     steps = n // config.batch_size  # drop the last partial batch (batch norm statistics)
     order = torch.randperm(n, generator=gen)[: steps * config.batch_size].split(config.batch_size)
+    if run.step:  # a mid-epoch state: the same batch order, the generator where it stood
+        gen.set_state(run.generator_state)
     run.net.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(order, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
-    for idx in bar:
+    loss_sum, correct, seen = (run.partial.get(key, 0) for key in ("loss_sum", "correct", "seen"))
+    seconds, started = run.partial.get("seconds", 0.0), time.time()
+    bar = tqdm(order, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch",
+               initial=run.step, total=steps)
+    for idx in order[run.step:]:
         x, y = train_set.tensors(idx)
         x, y = augment(x, gen).to(device), y.to(device)
         loss, logits = _training_loss(run.net, config, x, y, gen)
@@ -257,10 +278,19 @@ def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDatase
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
+        run.step += 1
+        bar.update()
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                         lr=f"{run.opt.param_groups[0]['lr']:.4f}")
+        if save is not None and run.step % save_every == 0 and run.step < steps:
+            run.generator_state = gen.get_state()
+            run.partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen,
+                           "seconds": seconds + time.time() - started}
+            save()
     bar.close()
-    return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen}
+    run.step, run.generator_state, run.partial = 0, None, {}
+    return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "seconds": seconds + time.time() - started}
 
 
 def _guard(run: _Run, config: BackboneConfig, record: dict, guard: tuple[Tensor, Tensor], gen: torch.Generator) -> bool:
@@ -283,8 +313,10 @@ def _guard(run: _Run, config: BackboneConfig, record: dict, guard: tuple[Tensor,
 
 def train_backbone(config: BackboneConfig, train_set: ImageTensorDataset, out_dir: str | Path, *,
                    device: torch.device | str | None = None, progress: bool = True,
-                   on_epoch: Callable[[dict], None] | None = None) -> tuple[CifarResNet, list[dict]]:
-    """Train a zoo ResNet from scratch; resumes from ``out_dir/state.pt`` when present.
+                   on_epoch: Callable[[dict], None] | None = None,
+                   save_every: int = 50) -> tuple[ZooNet, list[dict]]:
+    """Train a zoo network from scratch; resumes from ``out_dir/state.pt`` when present (also mid-epoch: the state
+    is written every ``save_every`` training steps and after every epoch).
 
     Returns:
         The trained network (the best epoch's weights when the overfitting guard fired) and the
@@ -302,17 +334,18 @@ def train_backbone(config: BackboneConfig, train_set: ImageTensorDataset, out_di
     for epoch in range(run.start, config.epochs):
         if stopped:
             break
-        started = time.time()
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        record = _train_epoch(run, config, train_set, epoch, gen, device, progress)
+        record = _train_epoch(run, config, train_set, epoch, gen, device, progress,
+                              lambda: _write_state(out / STATE_FILE, run, config), save_every)
+        started = time.time()
         stopped = _guard(run, config, record, guard, gen)
-        record["seconds"] = time.time() - started
+        record["seconds"] += time.time() - started
         record["hardware"] = hardware(device)
         _save_weights(run.net, out / f"epoch-{epoch + 1:03d}.safetensors")
         run.history.append(record)
         (out / HISTORY_FILE).write_text(json.dumps(run.history, indent=2) + "\n")
-        _write_state(out / STATE_FILE, run.net, run.opt, run.schedule, epoch + 1, run.best_epoch, run.best_guard,
-                     config)
+        run.start = epoch + 1
+        _write_state(out / STATE_FILE, run, config)
         if on_epoch is not None:
             on_epoch(record)
     if run.best_epoch > 0:
@@ -327,7 +360,8 @@ def training_summary(config: BackboneConfig, history: list[dict], train_source: 
                    default=history[-1] if history else None)
     recipe = {key: value for key, value in asdict(config).items()
               if not (key.startswith("dpnp_") and config.classifier != "dpnp")
-              and not (key.startswith("margin_") and not config.margin_reg)}  # options of recipes not used
+              and not (key.startswith("margin_") and not config.margin_reg)
+              and not (key in ("depth", "width") and key not in OPTIONS[config.arch])}  # options not used
     return {"mode": "from-scratch" if not config.adversarial else f"adversarial ({config.adversarial})",
             **recipe, "train_source": train_source, "epochs_run": len(history),
             "selected_epoch": selected["epoch"] if selected else None,
@@ -335,7 +369,7 @@ def training_summary(config: BackboneConfig, history: list[dict], train_source: 
             "hardware": sorted({h["hardware"] for h in history if "hardware" in h}) or "not recorded"}
 
 
-def to_hpm(net: CifarResNet, config: BackboneConfig, *, classes: list[str] | None, dataset: str | None):
+def to_hpm(net: ZooNet, config: BackboneConfig, *, classes: list[str] | None, dataset: str | None):
     """The trained network as an :class:`hpm.HPMClassifier`: an FC model keeps its FC as the ``fc`` head;
     an l2 model deploys an NCM head holding its learned centres, a dpnp model a ``dpnp`` head over the linear
     layer ``W = C`` (identical scores either way)."""
@@ -350,6 +384,6 @@ def to_hpm(net: CifarResNet, config: BackboneConfig, *, classes: list[str] | Non
     head = create_head(head_type, fc.in_features, fc.out_features)
     if centres is not None:
         head.prototypes.copy_(centres)
-    spec = BackboneSpec("hpm", "cifar_resnet", config.architecture())
+    spec = BackboneSpec("hpm", config.arch, config.architecture())
     return HPMClassifier(features, fc, head, backbone_spec=spec, input_size=(3, 32, 32), classes=classes,
                          dataset=dataset).eval()

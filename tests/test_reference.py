@@ -1,0 +1,124 @@
+"""Heads on one backbone store it once: a checkpoint may name the checkpoint that stores its backbone (a path
+beside it, a shipped checkpoint's name or a Hub id), and loading checks that backbone's weights by digest."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import hpm
+from hpm.errors import CheckpointError
+from hpm.heads import create_head
+from hpm.model import HPMClassifier
+from hpm.sources import BackboneSpec
+from hpm.sources.zoo import build, split
+
+OPTIONS = {"depth": 8, "width": 4, "num_classes": 10, "classifier": "fc"}
+
+
+def _backbone_checkpoint(path, seed=0):
+    """A trained-by-hpm backbone with its FC head: the checkpoint stores the backbone weights."""
+    torch.manual_seed(seed)
+    features, fc = split(build("cifar_resnet", OPTIONS))
+    model = HPMClassifier(features, fc, create_head("fc", 16, 10), backbone_spec=BackboneSpec("hpm", "cifar_resnet",
+                                                                                                OPTIONS))
+    model.eval().save_pretrained(path)
+    return path
+
+
+def _head_on(backbone_dir, head="ncm"):
+    base = hpm.load(backbone_dir)
+    model = HPMClassifier(base.features, base.fc, create_head(head, 16, 10), backbone_spec=base.backbone_spec,
+                          classes=base.classes)
+    torch.nn.init.normal_(model.head.prototypes)
+    return model.eval()
+
+
+def test_a_head_saved_beside_its_backbone_names_it_and_loads_to_the_same_predictions(tmp_path):
+    fc_dir = _backbone_checkpoint(tmp_path / "fc")
+    model = _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm")
+    model.save_pretrained(tmp_path / "ncm")
+    config = json.loads((tmp_path / "ncm" / "config.json").read_text())
+    assert config["backbone"]["source"] == "checkpoint" and config["backbone"]["name"] == "../fc"
+    assert config["backbone_weights_included"] is False
+    assert not any(k.startswith("features.") for k in load_file(tmp_path / "ncm" / "model.safetensors"))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(hpm.load(tmp_path / "ncm")(x), model(x), atol=1e-5)
+
+
+def test_a_backbone_whose_weights_changed_is_refused_with_a_message_saying_so(tmp_path):
+    fc_dir = _backbone_checkpoint(tmp_path / "fc")
+    _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm").save_pretrained(tmp_path / "ncm")
+    weights = load_file(fc_dir / "model.safetensors")
+    weights["features.net.stem.0.weight"] += 0.01  # retrained, or a moved branch
+    save_file(weights, str(fc_dir / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="not the ones this head was trained on"):
+        hpm.load(tmp_path / "ncm")
+
+
+def test_a_head_cannot_name_a_checkpoint_holding_another_backbone_or_none(tmp_path):
+    fc_dir, other = _backbone_checkpoint(tmp_path / "fc"), _backbone_checkpoint(tmp_path / "other", seed=1)
+    with pytest.raises(CheckpointError, match="other backbone weights"):
+        _head_on(fc_dir).reference_backbone(other, relative_to=tmp_path)
+    hpm.wrap("pyautoattack", head="ncm").save_pretrained(tmp_path / "from-source")
+    with pytest.raises(CheckpointError, match="does not store its backbone"):
+        _head_on(fc_dir).reference_backbone(tmp_path / "from-source", relative_to=tmp_path)
+
+
+def test_a_head_naming_a_hub_backbone_loads_from_the_hub_cache(tmp_path, monkeypatch):
+    from hub_cache import write_hub_cache
+    fc_dir = _backbone_checkpoint(tmp_path / "fc")
+    write_hub_cache(tmp_path / "hub", "someone/backbone", {"1" * 40: fc_dir}, {"main": "1" * 40})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    model = _head_on(fc_dir).reference_backbone(f"someone/backbone@{'1' * 40}", relative_to=tmp_path / "ncm")
+    model.save_pretrained(tmp_path / "ncm")
+    assert json.loads((tmp_path / "ncm" / "config.json").read_text())["backbone"]["name"] == \
+        f"someone/backbone@{'1' * 40}"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(hpm.load(tmp_path / "ncm")(x), model(x), atol=1e-5)
+
+
+def test_hpm_train_on_a_checkpoint_that_stores_its_backbone_names_it_unless_told_to_store_a_copy(tmp_path,
+                                                                                                  tiny_data_root):
+    from hpm.cli import main
+    fc_dir, data = _backbone_checkpoint(tmp_path / "fc"), tiny_data_root
+    common = ["train", str(fc_dir), "--head", "ncm", "--mode", "fit", "--data", str(data), "--n-test", "8"]
+    assert main([*common, "--out", str(tmp_path / "named")]) == 0
+    assert main([*common, "--out", str(tmp_path / "copy"), "--store-backbone"]) == 0
+    named = json.loads((tmp_path / "named" / "config.json").read_text())
+    copy = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert (named["backbone"]["source"], named["backbone"]["name"]) == ("checkpoint", "../fc")
+    assert copy["backbone"]["source"] == "hpm" and copy["backbone_weights_included"] is True
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(hpm.load(tmp_path / "named")(x), hpm.load(tmp_path / "copy")(x), atol=1e-5)
+
+
+def test_pushing_a_head_that_names_a_local_backbone_needs_the_backbone_s_hub_copy(tmp_path, monkeypatch):
+    from hpm.errors import HPMError
+    pushed = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            pass
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            pushed["backbone"] = json.loads((Path(folder_path) / "config.json").read_text())["backbone"]
+            return "url"
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    fc_dir = _backbone_checkpoint(tmp_path / "fc")
+    model = _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm")
+    with pytest.raises(HPMError, match="push that checkpoint first"):
+        model.push_to_hub("me/ncm")
+    model.push_to_hub("me/ncm", backbone_repo="me/fc@v1")
+    assert pushed["backbone"]["name"] == "me/fc@v1"
+    assert pushed["backbone"]["options"] == model.backbone_spec.options  # the same digest
+    assert model.backbone_spec.name == "../fc"  # the model itself is unchanged
