@@ -12,6 +12,10 @@ Nothing here re-implements an attack. The adapters only decide *what* an attack 
   test (on the surrogate) and its "return the clean image when not fooled" rule are bypassed.
 - For batch-dependent heads, samples not under attack still take part in every forward pass through
   their cached clean features, so the deployed model always sees the full evaluation batch.
+- A whole-batch attack (``batch:``) perturbs every row of the batch jointly. Its loss is clamped per row
+  (:func:`clamp_rows`: a row whose surrogate margin exceeds ``kappa`` stops pulling the shared step, so rows
+  already broken do not drown the rest), and every iterate is judged twice: as the perturbed batch, and each
+  row's perturbation alone among the batch's other rows clean.
 - AutoAttack's attacks draw their random numbers from PyTorch's process-wide generator. Every run is
   therefore made a pure function of its inputs and seed by :func:`hpm.rng.seeded`: one attack run at a time seeds
   that generator and gives the caller's generator state back afterwards (concurrent app requests queue here).
@@ -40,7 +44,7 @@ class AttackSpec:
 
     name: str  # e.g. "apgd-ce/fc", "apgd-t/bpda", "batch:apgd-ce/ensemble", "square"
     kind: str  # a key of KINDS: "apgd" or "square"
-    loss: str = "ce"  # APGD loss: "ce", "dlr" or "dlr-targeted" (APGD-T: top wrong classes in turn)
+    loss: str = "ce"  # APGD loss: "ce", "dlr", "margin" (C&W) or "dlr-targeted" (APGD-T: top wrong classes in turn)
     surrogates: tuple[str, ...] = ("hard",)  # modes whose summed loss APGD follows; "hard" = deployed (BPDA)
     whole_batch: bool = False  # perturb every image of the evaluation batch jointly (batch-dependent heads)
 
@@ -49,8 +53,8 @@ class AttackSpec:
         return self.kind == "apgd"
 
 
-LOSSES = ("ce", "dlr")  # of the default plan; parse_attacks also takes "t", APGD-T (targeted DLR)
-ATTACK_LOSSES = {"ce": "ce", "dlr": "dlr", "t": "dlr-targeted"}  # apgd-NAME -> APGD's loss
+LOSSES = ("ce", "dlr")  # of the default plan; parse_attacks also takes "t" (APGD-T, targeted DLR) and "margin"
+ATTACK_LOSSES = {"ce": "ce", "dlr": "dlr", "t": "dlr-targeted", "margin": "margin"}  # apgd-NAME -> APGD's loss
 PLAIN_TARGETS = {"deployed": ("hard",)}  # a plain classifier: attacked as it is
 
 
@@ -123,7 +127,7 @@ def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
     loss = ATTACK_LOSSES.get(kind.removeprefix("apgd-")) if kind.startswith("apgd-") else None
     if loss is None or target not in known:
         raise ValueError(f"unknown attack {name!r}; use square, apgd-{{ce,dlr,t}} (on the default plan's targets) "
-                         f"or apgd-{{ce,dlr,t}}/TARGET (optionally after batch:) with a TARGET of "
+                         f"or apgd-{{ce,dlr,t,margin}}/TARGET (optionally after batch:) with a TARGET of "
                          f"{', '.join(sorted(known))}")
     if target not in targets:
         head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else f"a {type(model).__name__}"
@@ -134,11 +138,16 @@ def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
 
 class BatchFeatures:
     """Computes ``[B, k]`` scores of a batch whose rows are attacked, inside a fixed context: cached
-    features of the batch's other samples (only batch-dependent heads use it; see ``HPMClassifier.forward_head``)."""
+    features of the batch's other samples (only batch-dependent heads use it; see ``HPMClassifier.forward_head``).
 
-    def __init__(self, model: nn.Module, fixed_features: Tensor | None):
+    ``clean_rows [B, d]``: the clean features of the attacked rows themselves, given for a whole-batch attack so
+    that each row can also be judged alone among the others clean (:meth:`scores_alone`).
+    """
+
+    def __init__(self, model: nn.Module, fixed_features: Tensor | None, clean_rows: Tensor | None = None):
         self.model = model
         self.fixed = fixed_features if fixed_features is not None and len(fixed_features) else None
+        self.clean_rows = clean_rows
         self.hpm = isinstance(model, HPMClassifier)
         self.modal = not self.hpm and hasattr(model, "attack_targets")  # a model with forward modes of its own
 
@@ -151,6 +160,27 @@ class BatchFeatures:
             return self.model(z, mode=mode) if self.modal else self.model(z)
         return self.model.forward_head(z, mode=mode, context=self.fixed)
 
+    @torch.no_grad()
+    def scores_alone(self, z: Tensor, rows: Tensor) -> Tensor:
+        """Deployed scores ``[len(rows), k]`` of each listed row's features ``z[i]`` inside the batch whose other
+        rows are clean (``clean_rows``) and whose fixed rows are the context: one row perturbed at a time.
+
+        One vectorised head pass over the ``len(rows)`` batches (``torch.func.vmap``, in chunks); a head whose
+        forward vmap cannot trace (data-dependent control flow) is run row by row instead."""
+        assert self.clean_rows is not None, "scores_alone needs the attacked rows' clean features"
+        clean = self.clean_rows if self.fixed is None else torch.cat([self.clean_rows, self.fixed])  # [m, d]
+        masks = torch.zeros(len(rows), len(clean), dtype=torch.bool, device=clean.device)
+        masks[torch.arange(len(rows)), rows.to(clean.device)] = True  # [r, m]: the row swapped in
+
+        def one(mask: Tensor, row: Tensor) -> Tensor:
+            swapped = torch.where(mask[:, None], row[None], clean)  # [m, d]
+            return (self.model.forward_head(swapped, mode="hard") * mask[:, None]).sum(0)  # [k]: that row's scores
+
+        try:
+            return torch.func.vmap(one, chunk_size=64)(masks, z[rows])
+        except RuntimeError:  # vmap cannot trace this head
+            return torch.stack([one(mask, row) for mask, row in zip(masks, z[rows])])
+
 
 class BreakRecorder:
     """Per-sample record of whether some iterate made the deployed model misclassify it."""
@@ -162,13 +192,24 @@ class BreakRecorder:
 
     @torch.no_grad()
     def update(self, x: Tensor, deployed_scores: Tensor) -> None:
-        fooled = deployed_scores.argmax(1) != self.y
-        new = fooled & ~self.broken
-        if new.any():
+        """Record the rows of ``x`` that ``deployed_scores [B, k]`` misclassify."""
+        self._mark(x, ((deployed_scores.argmax(1) != self.y) & ~self.broken).nonzero().flatten())
+
+    @torch.no_grad()
+    def update_alone(self, x: Tensor, z: Tensor, batch: BatchFeatures) -> None:
+        """Judge each row not yet broken with only its own perturbation (features ``z``), the batch's other rows
+        clean: an adversary who controls the batch may perturb one image only."""
+        pending = (~self.broken).nonzero().flatten()
+        if len(pending):
+            fooled = batch.scores_alone(z.detach(), pending).argmax(1) != self.y[pending]
+            self._mark(x, pending[fooled])
+
+    def _mark(self, x: Tensor, rows: Tensor) -> None:
+        if len(rows):
             if self.witness is None:
                 self.witness = torch.zeros_like(x)
-            self.witness[new] = x.detach()[new]
-            self.broken |= new
+            self.witness[rows] = x.detach()[rows]
+            self.broken[rows] = True
 
 
 class AttackTarget(nn.Module):
@@ -186,22 +227,39 @@ class AttackTarget(nn.Module):
             deployed = logits[self.surrogates.index("hard")] if "hard" in self.surrogates \
                 else self.batch.scores(z.detach(), "hard")
             self.recorder.update(x, deployed)
+            if self.batch.clean_rows is not None:
+                self.recorder.update_alone(x, z, self.batch)
         if self.on_step is not None:
             self.on_step()
         return torch.cat(logits, 1)
 
 
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Carlini & Wagner's margin ``max_{j != y} z_j - z_y`` per row ``[B]``: positive exactly when misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return logits.scatter(1, y[:, None], float("-inf")).amax(1) - true
+
+
+def clamp_rows(loss: Tensor, logits: Tensor, y: Tensor, kappa: float | None) -> Tensor:
+    """Per-row loss ``[B]`` of a whole-batch attack: rows whose margin on these ``logits`` exceeds ``kappa`` keep
+    their loss value but stop pulling the step (no gradient), so the joint step serves the rows still standing.
+    ``kappa=None``: unclamped."""
+    if kappa is None:
+        return loss
+    return torch.where(margin(logits, y) > kappa, loss.detach(), loss)
+
+
 class SummedLossAPGDT(APGDAttack_targeted):
     """AutoAttack's targeted APGD (APGD-T), following the sum over surrogates of its targeted DLR loss
-    towards ``self.y_target`` (set per target class by :func:`run_apgd`)."""
+    towards ``self.y_target`` (set per target class by :func:`run_apgd`), clamped per row at ``kappa``."""
 
-    def __init__(self, target: AttackTarget, num_classes: int, **kwargs):
+    def __init__(self, target: AttackTarget, num_classes: int, kappa: float | None = None, **kwargs):
         super().__init__(target, **kwargs)
-        self.num_classes = num_classes
+        self.num_classes, self.kappa = num_classes, kappa
 
     def dlr_loss_targeted(self, x: Tensor, y: Tensor) -> Tensor:
         parts = x.view(x.shape[0], -1, self.num_classes).unbind(1)  # S x [B, k]
-        return sum(APGDAttack_targeted.dlr_loss_targeted(self, p, y) for p in parts)
+        return sum(clamp_rows(APGDAttack_targeted.dlr_loss_targeted(self, p, y), p, y, self.kappa) for p in parts)
 
 
 class SummedLossAPGD(APGDAttack):
@@ -209,19 +267,25 @@ class SummedLossAPGD(APGDAttack):
 
     ``attack_single_run`` picks its criterion from ``self.loss``; we run it with ``loss="dlr"`` and
     override ``dlr_loss`` (the hook APGD calls) to split the target's ``[B, S*k]`` output into the S
-    surrogates' logits and add APGD's CE or DLR loss of each. With one surrogate this is exactly
-    APGD-CE or APGD-DLR.
+    surrogates' logits and add APGD's CE or DLR loss, or the C&W margin, of each. With one surrogate and no
+    ``kappa`` this is exactly APGD-CE or APGD-DLR; ``kappa`` clamps every row (:func:`clamp_rows`).
     """
 
-    def __init__(self, target: AttackTarget, num_classes: int, objective: str, **kwargs):
+    def __init__(self, target: AttackTarget, num_classes: int, objective: str, kappa: float | None = None,
+                 **kwargs):
         super().__init__(target, loss="dlr", **kwargs)
-        self.num_classes, self.objective = num_classes, objective
+        self.num_classes, self.objective, self.kappa = num_classes, objective, kappa
 
     def dlr_loss(self, x: Tensor, y: Tensor) -> Tensor:
         parts = x.view(x.shape[0], -1, self.num_classes).unbind(1)  # S x [B, k]
+        return sum(clamp_rows(self._objective(p, y), p, y, self.kappa) for p in parts)
+
+    def _objective(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.objective == "ce":
-            return sum(F.cross_entropy(p, y, reduction="none") for p in parts)
-        return sum(APGDAttack.dlr_loss(self, p, y) for p in parts)
+            return F.cross_entropy(logits, y, reduction="none")
+        if self.objective == "margin":
+            return margin(logits, y)
+        return APGDAttack.dlr_loss(self, logits, y)
 
 
 @dataclass
@@ -234,20 +298,21 @@ class AttackOutcome:
 
 def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_iter: int,
              n_restarts: int, seed: int, num_classes: int, on_step: Callable[[], None] | None = None,
-             keep_first_break: bool = True, n_targets: int = 9) -> AttackOutcome:
+             keep_first_break: bool = True, n_targets: int = 9, kappa: float | None = None) -> AttackOutcome:
     """APGD on ``x`` (all rows attacked together), success judged on the deployed model at every iterate.
 
     ``on_step`` is called after every forward pass of the attack (``n_iter + 1`` per restart, and per target
     class for APGD-T, which attacks the ``n_targets`` top wrong classes in turn).
     ``keep_first_break=False`` returns APGD's (last run's) highest-loss iterate for every sample.
+    ``kappa`` clamps each row's loss at that margin (:func:`clamp_rows`; whole-batch attacks).
     """
     x = x.contiguous()  # AutoAttack reshapes gradients with .view
     recorder = BreakRecorder(y)
     target = AttackTarget(batch, spec.surrogates, recorder, on_step)
     targeted = spec.loss == "dlr-targeted"
     common = dict(n_iter=n_iter, norm=norm, eps=eps, n_restarts=1, seed=seed, device=x.device)
-    apgd = SummedLossAPGDT(target, num_classes, n_target_classes=n_targets, **common) if targeted \
-        else SummedLossAPGD(target, num_classes, spec.loss, **common)
+    apgd = SummedLossAPGDT(target, num_classes, kappa, n_target_classes=n_targets, **common) if targeted \
+        else SummedLossAPGD(target, num_classes, spec.loss, kappa, **common)
     apgd.init_hyperparam(x)
     with torch.no_grad():  # APGD-T's targets: the deployed model's top wrong classes on the clean batch
         ranking = batch.scores(batch.features(x), "hard").argsort(1) if targeted else None
@@ -267,7 +332,8 @@ def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, no
 def run_square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float,
                n_queries: int, seed: int, p_init: float = 0.8,
                on_step: Callable[[], None] | None = None) -> AttackOutcome:
-    """Square (AutoAttack's) against the deployed model; its best images are judged on the full batch.
+    """Square (AutoAttack's) against the deployed model; its best images are judged on the full batch (and, when
+    ``batch.clean_rows`` is given, each row alone among the others clean).
 
     ``on_step`` is called after every query round (about ``n_queries`` times).
     """
@@ -285,15 +351,20 @@ def run_square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
     square.init_hyperparam(x)
     with seeded(seed, x.device), torch.no_grad():
         _, x_best = square.attack_single_run(x, y)
-        broken = batch.scores(batch.features(x_best), "hard").argmax(1) != y  # the whole batch at once: a witness
-    return AttackOutcome(broken, x_best)
+        recorder = BreakRecorder(y)
+        z = batch.features(x_best)
+        recorder.update(x_best, batch.scores(z, "hard"))  # the whole batch at once: a witness
+        if batch.clean_rows is not None:
+            recorder.update_alone(x_best, z, batch)
+    return AttackOutcome(recorder.broken, x_best)
 
 
 def _apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: dict, num_classes: int,
           on_step: Callable[[], None] | None) -> AttackOutcome:
     return run_apgd(spec, batch, x, y, norm=budget["norm"], eps=budget["eps"], n_iter=budget["n_iter"],
                     n_restarts=budget["n_restarts"], seed=budget["seed"], num_classes=num_classes, on_step=on_step,
-                    n_targets=min(budget["n_target_classes"], num_classes - 1))
+                    n_targets=min(budget["n_target_classes"], num_classes - 1),
+                    kappa=budget["batch_kappa"] if spec.whole_batch else None)
 
 
 def _square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: dict, num_classes: int,
@@ -307,7 +378,8 @@ KINDS: dict[str, Callable[..., AttackOutcome]] = {"apgd": _apgd, "square": _squa
 
 def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float,
                n_iter: int = 100, n_restarts: int = 1, square_queries: int = 5000, n_target_classes: int = 9,
-               seed: int = 0, num_classes: int, on_step: Callable[[], None] | None = None) -> AttackOutcome:
+               seed: int = 0, batch_kappa: float | None = None, num_classes: int,
+               on_step: Callable[[], None] | None = None) -> AttackOutcome:
     """Run one attack of a plan on ``x`` (every row attacked together), judged on the deployed model.
 
     Args:
@@ -317,10 +389,11 @@ def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
         norm, eps: the threat model; n_iter, n_restarts: APGD's budget; square_queries: Square's;
             n_target_classes: how many top wrong classes APGD-T targets in turn (AutoAttack: 9).
         seed: the attack's seed.
+        batch_kappa: a whole-batch APGD's per-row clamp (:func:`clamp_rows`); None: its loss unclamped.
         on_step: called after every forward pass (APGD) or query round (Square).
     """
     if spec.kind not in KINDS:
         raise ValueError(f"unknown attack kind {spec.kind!r}; one of {', '.join(KINDS)}")
     budget = {"norm": norm, "eps": eps, "n_iter": n_iter, "n_restarts": n_restarts, "square_queries": square_queries,
-              "n_target_classes": n_target_classes, "seed": seed}
+              "n_target_classes": n_target_classes, "seed": seed, "batch_kappa": batch_kappa}
     return KINDS[spec.kind](spec, batch, x, y, budget, num_classes, on_step)

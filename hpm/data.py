@@ -3,14 +3,16 @@
 The local data root (``--data DIR`` or the ``HPM_DATA_DIR`` environment variable) is laid out as::
 
     cifar10/test-first1000.npz     lossless first 1000 official test images (x uint8 [N,3,32,32], y uint8)
+    cifar10-samples/NNNN_class.png lossless PNGs of the first N official test images (NNNN = test index)
     cifar10/cifar10-jpeg.tar.gz    all of CIFAR-10 as JPEG: train/<class>/NNNN.jpg, test/<class>/NNNN.jpg
     cifar100/cifar-100-python/     torchvision's CIFAR-100 files (optional)
     imagenet-samples/IIII_nXXXXXXXX_name.jpg   ImageNet validation samples, IIII = class index
     imagenet/                      torchvision.datasets.ImageNet layout (optional)
 
 With ``cifar10/test-first1000.npz`` present, CIFAR-10's default ``test`` split is that lossless subset in
-official order (what RobustBench's ``n_examples=1000`` evaluates). Archives are extracted once into the
-cache directory (``HPM_CACHE_DIR``, default ``~/.cache/hpm``), never into the repository.
+official order (what RobustBench's ``n_examples=1000`` evaluates); else ``cifar10-samples/`` (as in the sample set
+shipped with hpm, :mod:`hpm.samples`). Archives are extracted once into the cache directory (``HPM_CACHE_DIR``,
+default ``~/.cache/hpm``), never into the repository.
 """
 from __future__ import annotations
 
@@ -150,10 +152,30 @@ def _image_folder_tensors(folder: Path, classes: list[str]) -> tuple[Tensor, Ten
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def _png_folder(folder: Path, classes: list[str]) -> ImageTensorDataset:
+    """``folder/NNNN_class.png``: the first N test images in order (NNNN = 0000 .. N-1), lossless."""
+    from PIL import Image
+
+    xs, ys = [], []
+    for i, file in enumerate(sorted(folder.glob("*.png"))):
+        index, _, name = file.stem.partition("_")
+        if index != f"{i:04d}" or name not in classes:
+            raise HPMError(f"{file}: expected {i:04d}_<class>.png (the first N test images in order, class one of "
+                           f"{', '.join(classes)}); hpm.samples.write_samples writes such a folder")
+        with Image.open(file) as im:
+            xs.append(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
+        ys.append(classes.index(name))
+    if not xs:
+        raise HPMError(f"{folder}: no PNG files")
+    return ImageTensorDataset(torch.from_numpy(np.stack(xs)), torch.tensor(ys), list(classes), str(folder))
+
+
 def _cifar10_local(root: Path, split: str) -> ImageTensorDataset | None:
-    npz = root / "cifar10" / "test-first1000.npz"
+    npz, pngs = root / "cifar10" / "test-first1000.npz", root / "cifar10-samples"
     if split == "test" and npz.is_file():
         return _load_npz(npz, CIFAR10_CLASSES)
+    if split == "test" and pngs.is_dir():
+        return _png_folder(pngs, CIFAR10_CLASSES)
     archive = root / "cifar10" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
         return None
@@ -250,7 +272,8 @@ def load_dataset(name: str = "cifar10", split: str = "test", data: str | os.Path
 def _expected(root: Path, name: str, split: str) -> str:
     """The files :func:`load_dataset` reads under a data root for ``name`` and ``split``."""
     cifar10 = root / "cifar10"
-    return {"cifar10": (f"{cifar10 / 'test-first1000.npz'} or " if split == "test" else "")
+    return {"cifar10": (f"{cifar10 / 'test-first1000.npz'}, {root / 'cifar10-samples'}/*.png or "
+                        if split == "test" else "")
                        + str(cifar10 / "cifar10-jpeg.tar.gz"),
             "cifar100": f"{root / 'cifar100'} (torchvision's CIFAR-100 layout)",
             "imagenet": f"{root / 'imagenet-samples'}/*.jpg"}[name]

@@ -123,6 +123,44 @@ def defences_figure(rows: list[dict], title: str = "Clean vs robust accuracy") -
     return fig
 
 
+def backbones_figure(rows: list[dict], title: str = "HPM − FC per backbone") -> go.Figure:
+    """Two panels, HPM − FC in clean (left) and in robust accuracy (right), in percentage points, against each
+    backbone's FC robust accuracy; one point per backbone with its 95% paired interval as error bars, labelled
+    with the backbone, HPM's evaluation batch size and the NCM − FC clean gap; a dashed line at zero.
+
+    ``rows`` are :class:`hpm.publish.backbones.BackboneRow` fields (name, batch_size, fc_robust, ncm_gap, and
+    ``clean`` / ``robust``: ``{"delta", "ci"}``). Traces: one per backbone and panel, the left panel's first.
+    """
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=("HPM − FC, clean accuracy", "HPM − FC, robust accuracy"))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    for col, key in ((1, "clean"), (2, "robust")):
+        for i, r in enumerate(rows):
+            d, (lo, hi) = r[key]["delta"], r[key]["ci"]
+            gap = "NCM − FC clean: not measured" if r["ncm_gap"] is None else \
+                f"NCM − FC clean {100 * r['ncm_gap']:+.1f}"
+            fig.add_trace(go.Scatter(
+                x=[100 * r["fc_robust"]], y=[100 * d], mode="markers+text", name=r["name"], legendgroup=r["name"],
+                showlegend=col == 1, marker=dict(size=10, color=palette[i % len(palette)]),
+                text=[f"HPM at bs {r['batch_size']}<br>{gap}"], textposition="middle right",
+                error_y=dict(type="data", array=[100 * (hi - d)], arrayminus=[100 * (d - lo)], thickness=1.5),
+                hovertemplate=f"{r['name']}<br>FC robust %{{x:.1f}}%<br>HPM − FC {key} %{{y:+.1f}} "
+                              f"[{100 * lo:+.1f}, {100 * hi:+.1f}]<br>{gap}<extra></extra>"), row=1, col=col)
+        fig.add_hline(y=0, line=dict(color="grey", dash="dash", width=1), row=1, col=col)
+    xs = [100 * r["fc_robust"] for r in rows] or [0.0]
+    pad = max(4.0, max(xs) - min(xs))  # room for the labels right of the points
+    ys = [0.0] + [100 * v for r in rows for key in ("clean", "robust") for v in r[key]["ci"]]
+    margin = 0.1 * (max(ys) - min(ys) or 1.0)
+    fig.update_xaxes(title_text="FC robust accuracy of the backbone (%)", range=[min(xs) - 1.5, max(xs) + pad])
+    fig.update_yaxes(title_text="HPM − FC (percentage points)", zeroline=False,  # one scale for both panels
+                     range=[min(ys) - margin, max(ys) + margin])
+    sizes = ", ".join(dict.fromkeys(str(r["n"]) for r in rows))
+    fig.update_layout(title=f"{title}<br><sup>same {sizes} images for FC and HPM per backbone; error bars: 95% "
+                            "interval of the paired difference (Newcombe)</sup>", template="plotly_white",
+                      legend=dict(title="backbone", orientation="h", y=-0.2, yanchor="top"))
+    return fig
+
+
 def perturbation_heatmap(magnitude: np.ndarray, eps: float) -> go.Figure:
     """Per-pixel l2 norm over the colour channels of the perturbation, ``H x W`` in [0, 1] units, as a heatmap
     in units of 1/255 (image orientation: row 0 at the top). The colour scale is fixed to [0, ε·√3], the

@@ -2,7 +2,7 @@
 
 Started by ``python app.py`` in a clone (also the Hugging Face Space's app file) or ``hpm app`` after a pip
 install. All science lives in the rest of the library (:mod:`hpm.interactive` above all); this module only lays
-it out. Importing it builds the app: ``gradio`` must be installed (``pip install "hpm[app]"``).
+it out. Importing it builds the app: ``gradio`` must be installed (``pip install "hybrid-prototype-mixing[app]"``).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_ima
 from .model import HPMClassifier  # noqa: E402
 from .plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                     perturbation_heatmap)
+from .samples import samples_root  # noqa: E402
 
 DEVICE = str(best_available())
 set_tf32(False)  # verdicts in plain float32, as evaluations judge (process-wide: every request shares it)
@@ -34,7 +35,10 @@ SHIPPED = shipped_checkpoints()  # name -> directory (the repository's checkpoin
 CHECKPOINTS = {name: f"checkpoints/{name}" for name in SHIPPED}  # menu name -> model id
 DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),
                                 next(iter(CHECKPOINTS.values()), None))
-DATA = os.environ.get("HPM_DATA_DIR")
+# test images for the gallery, the context batch and Fig. 3: the data root if one is given, else the sample set
+# shipped with hpm (a Space or a pip install has no data root, and nothing is downloaded for them)
+SAMPLES = samples_root()
+DATA = os.environ.get("HPM_DATA_DIR") or (str(SAMPLES) if SAMPLES else None)
 GALLERY_SIZE = 24  # test samples offered in the gallery
 CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
 HUB_RECHECK_SECONDS = 600  # how often a Hub id (a branch may move) is looked up again
@@ -108,8 +112,8 @@ def _dataset(model) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _missing_samples(dataset: str) -> str:
-    """Empty when this server has test images of ``dataset`` (a local data root, or a download when online);
-    otherwise what that means, written for a web visitor."""
+    """Empty when this server has test images of ``dataset`` (a data root or the shipped samples, else a download
+    when online); otherwise what that means, written for a web visitor."""
     try:
         demo.gallery_samples(dataset, GALLERY_SIZE, DATA)
     except HPMError:
@@ -122,6 +126,11 @@ def _context_controls(model) -> tuple[dict, dict]:
     """The context checkbox and size: shown and on for a batch-dependent head when test images exist."""
     shown = demo.batch_dependent(model) and not _missing_samples(_dataset(model))
     return dict(value=shown, visible=shown), dict(visible=shown)
+
+
+def _eps_255(model) -> float:
+    """The ε slider's value for a model, on first paint and on every load: its default radius, ×1/255."""
+    return round(demo.default_eps(model) * 255, 2)
 
 
 def _context(model_id: str, use_context: bool, n: int) -> demo.Context:
@@ -181,7 +190,7 @@ def load_model(choice: str, hub_id: str):
     reference, deployed = demo.panel_labels(model)
     separate = not demo.deployed_is_reference(model)
     checkbox, size = _context_controls(model)
-    return (model_id, demo.card_summary(model), demo.card_metrics(model), round(demo.default_eps(model) * 255, 2),
+    return (model_id, demo.card_summary(model), demo.card_metrics(model), _eps_255(model),
             gr.Radio(choices=choices, value=demo.default_attack(choices),
                      info=ATTACK_INFO if isinstance(model, HPMClassifier) else demo.attack_legend(model)),
             gr.Label(label=f"{reference}, clean"), gr.Label(label=f"{reference}, adversarial"),
@@ -268,8 +277,8 @@ _ANGLE_REPORTS: dict[str, object] = {}  # model id -> its Fig. 3 statistics, mea
 
 @_user_errors
 def angle_plots(model_id: str, progress=gr.Progress()):
-    """Fig. 3 for the loaded model: angles of test features to its FC vectors and its l2 prototypes (measured on
-    the first click for a model, then kept)."""
+    """Fig. 3 for the loaded model: angles of test features (the first 1000 of a data root, or the shipped samples)
+    to its FC vectors and its l2 prototypes (measured on the first click for a model, then kept)."""
     report = _ANGLE_REPORTS.get(model_id)
     if report is None:
         model = _model(model_id)
@@ -323,7 +332,7 @@ Attack**: APGD on the FC oracle, on the soft-hybrid surrogate and on their ensem
 straight-through gradient (BPDA), and the black-box Square attack, every adversarial image judged on the
 deployed model. Each button here runs one of those attacks on your image.
 
-Library, CLI and evaluation reports: the `hpm` package (`pip install .`, `hpm --help`).
+Library, CLI and evaluation reports: the `hpm` package (`pip install hybrid-prototype-mixing`, `hpm --help`).
 """
 
 
@@ -358,8 +367,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
                 attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
                                        info=ATTACK_INFO)
                 eps = _checked(gr.Slider(0, 16, step=0.25, label="ε (×1/255, ℓ∞)",
-                                         value=round(demo.default_eps(_model(DEFAULT_MODEL)) * 255, 2)
-                                         if DEFAULT_MODEL else 8, info="how far each pixel may move, in 8-bit levels"))
+                                         value=_eps_255(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else 8,
+                                         info="how far each pixel may move, in 8-bit levels"))
                 steps = _checked(gr.Slider(1, demo.STEPS_MAX, value=20, step=1, precision=0, label="APGD steps"),
                                  integer=True)
                 queries = _checked(gr.Slider(1, demo.QUERIES_MAX, value=500, step=1, precision=0, label="Square queries",

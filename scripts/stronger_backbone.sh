@@ -37,7 +37,12 @@ quiet "$OUT/r20w32e20-hpm-full-eps8.json" hpm eval "$HPM" --data "$DATA" --n "$N
   --square-queries "$SQUARE" --batch-sizes 250
 # whole-batch APGD on HPM (every image of an evaluation batch perturbed jointly), combined per sample in README
 quiet "$OUT/r20w32e20-hpm-wholebatch-eps8.json" hpm eval "$HPM" --data "$DATA" --n "$N" --eps 8/255 \
-  --batch-sizes 250 --no-checks --attacks batch:apgd-ce/ensemble,batch:apgd-dlr/bpda
+  --batch-sizes 250 --no-checks --attacks batch:apgd-ce/ensemble,batch:apgd-dlr/bpda --batch-kappa none
+# the strengthened whole-batch attacks (per-row clamped losses, judged on the perturbed batch and row by row, margin
+# losses, 2 restarts) and APGD with the margin loss on the deployed model through BPDA and on the ensemble
+quiet "$OUT/r20w32e20-hpm-wholebatch-strong-eps8.json" hpm eval "$HPM" --data "$DATA" --n "$N" --eps 8/255 \
+  --batch-sizes 250 --no-checks --restarts 2 --attacks batch:apgd-ce/ensemble,batch:apgd-dlr/bpda,\
+batch:apgd-margin/ensemble,batch:apgd-margin/bpda,apgd-margin/bpda,apgd-margin/ensemble
 # robust accuracy per evaluation batch size and order: every APGD attack of the plan on the first 250 images
 CURVE=apgd-ce/fc,apgd-dlr/fc,apgd-ce/soft,apgd-dlr/soft,apgd-ce/ensemble,apgd-dlr/ensemble,apgd-ce/bpda,apgd-dlr/bpda
 CURVE="$CURVE,apgd-t/fc,apgd-t/bpda"
@@ -52,8 +57,10 @@ hpm card "$OLD" --eval "$OUT/r20w32-fc-apgd-eps8.json" "$OUT/r20w32-fc-full-eps8
   "$OUT/r20w32-fc-apgdt-eps8.json"
 hpm card "$FC" --eval "$OUT/r20w32e20-fc-apgdt-eps8.json" "$OUT/r20w32e20-fc-full-eps8.json"
 hpm card "$HPM" --eval "$OUT/r20w32e20-hpm-full-eps8.json" "$OUT/r20w32e20-hpm-wholebatch-eps8.json" \
-  "$OUT/r20w32e20-hpm-curve-eps8.json" "$OUT/r20w32e20-hpm-curve-order1-eps8.json" \
-  --worst-case "$OUT/r20w32e20-hpm-full-eps8.json" "$OUT/r20w32e20-hpm-wholebatch-eps8.json"
+  "$OUT/r20w32e20-hpm-wholebatch-strong-eps8.json" "$OUT/r20w32e20-hpm-curve-eps8.json" \
+  "$OUT/r20w32e20-hpm-curve-order1-eps8.json" \
+  --worst-case "$OUT/r20w32e20-hpm-full-eps8.json" "$OUT/r20w32e20-hpm-wholebatch-eps8.json" \
+  "$OUT/r20w32e20-hpm-wholebatch-strong-eps8.json"
 python scripts/diagnose_clean_drop.py "$FC" --data "$DATA" --adv-n 5000 \
   --extra "hpm, IKL 1 epoch (paper recipe)=$HPM" --out results/diagnosis/r20w32e20-fgsmrs.json
 python scripts/results_section.py

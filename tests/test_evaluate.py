@@ -455,3 +455,68 @@ def test_attacks_run_in_plain_float32_whatever_the_callers_tf32_settings(monkeyp
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     evaluate_model(model, x, y, attack=AttackConfig(**FAST), batch_sizes=[8], checks=False, progress=False)
     assert seen == [(False, False)] and torch.backends.cudnn.allow_tf32
+
+
+# --- the strengthened whole-batch attack: per-row clamped loss, judged both ways, margin loss ------------
+def test_a_row_past_the_clamp_keeps_its_loss_value_but_stops_pulling_the_step():
+    from hpm.attacks import clamp_rows, margin
+    logits = torch.tensor([[3.0, 0.0], [0.0, 0.2], [0.0, 5.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 0])
+    assert margin(logits, y).tolist() == pytest.approx([-3.0, 0.2, 5.0])  # positive exactly when misclassified
+    loss = clamp_rows(margin(logits, y), logits, y, kappa=0.5)
+    assert loss.tolist() == pytest.approx([-3.0, 0.2, 5.0])
+    loss.sum().backward()
+    assert logits.grad[2].abs().sum() == 0 and logits.grad[:2].abs().sum() > 0  # row 2 is past kappa
+    assert clamp_rows(loss, logits, y, kappa=None) is loss
+
+
+def test_each_row_is_also_judged_with_only_its_own_perturbation_among_the_clean_others():
+    model, x, y = tiny_hpm(seed=2)
+    z_clean = model.forward_features(x).detach()
+    z_adv = z_clean + torch.randn_like(z_clean)
+    batch = BatchFeatures(model, None, clean_rows=z_clean)
+    rows = torch.tensor([0, 5, 15])
+    alone = batch.scores_alone(z_adv, rows)
+    for i, scores in zip(rows.tolist(), alone):
+        swapped = z_clean.clone()
+        swapped[i] = z_adv[i]
+        assert torch.allclose(scores, model.forward_head(swapped, mode="hard")[i], atol=1e-5)
+    recorder = BreakRecorder(y)
+    recorder.update_alone(x, z_adv, batch)
+    fooled = batch.scores_alone(z_adv, torch.arange(len(y))).argmax(1) != y
+    assert torch.equal(recorder.broken, fooled) and torch.equal(recorder.witness[fooled], x[fooled])
+
+
+@pytest.mark.parametrize("attack", ["batch:apgd-margin/ensemble", "apgd-margin/bpda"])
+def test_margin_loss_attacks_parse_and_only_ever_lower_accuracy(attack):
+    model, x, y = tiny_hpm(seed=1)
+    spec, = parse_attacks([attack], model)
+    assert spec.loss == "margin" and spec.whole_batch == attack.startswith("batch:")
+    _, res, _ = run_protocol(model, x, y, attack=AttackConfig(**{**FAST, "attacks": [attack]}), batch_sizes=[8],
+                             progress=False)
+    assert (res[8].robust <= res[8].clean_correct).all()
+
+
+def test_the_clamped_twice_judged_whole_batch_attack_breaks_at_least_what_the_summed_one_does():
+    model, x, y = tiny_hpm(seed=3)
+    outcome = {}
+    for kappa in (None, 0.5):
+        cfg = AttackConfig(**{**FAST, "eps": 4 / 255, "attacks": ["batch:apgd-ce/ensemble"], "batch_kappa": kappa})
+        _, res, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], progress=False)
+        outcome[kappa] = res[16].robust
+    assert outcome[0.5].sum() <= outcome[None].sum()
+
+
+def test_the_whole_batch_clamp_enters_the_resume_key_only_when_the_plan_has_a_whole_batch_attack():
+    model, _, _ = tiny_hpm()
+    idx = np.arange(4)
+    plain, whole = parse_attacks(["apgd-ce/fc"], model), parse_attacks(["batch:apgd-ce/fc"], model)
+    a, b = AttackConfig(batch_kappa=0.5), AttackConfig(batch_kappa=None)
+    assert config_key("m", a, plain, idx, [4]) == config_key("m", b, plain, idx, [4])
+    assert config_key("m", a, whole, idx, [4]) != config_key("m", b, whole, idx, [4])
+
+
+def test_reports_written_before_the_clamp_read_as_unclamped():
+    from hpm.evaluation.report import EvalConfig
+    config = EvalConfig.from_dict({"attack": {"eps": 0.03}, "batch_sizes": [4], "data": {}, "device": "cpu"}, "r")
+    assert config.attack.batch_kappa is None and AttackConfig().batch_kappa == 0.5

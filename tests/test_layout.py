@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     {"hpm.version", "hpm.errors", "hpm._compat", "hpm.units", "hpm.network", "hpm.devices", "hpm.rng"},
     {"hpm.heads", "hpm.data", "hpm.images", "hpm.sensitivity", "hpm.stages"},
-    {"hpm.checkpoint", "hpm.model_card", "hpm.hub", "hpm.sources", "hpm.plots"},
+    {"hpm.checkpoint", "hpm.model_card", "hpm.hub", "hpm.sources", "hpm.plots", "hpm.samples"},
     {"hpm.model", "hpm.mixed"},
     {"hpm.attacks", "hpm.train"},
     {"hpm.evaluation"},
@@ -121,8 +121,8 @@ def test_the_wheel_lists_every_subpackage_and_carries_the_shipped_checkpoints():
     import tomllib
     setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
     subpackages = {module_name(p.parent) for p in PACKAGE.rglob("__init__.py")}
-    assert set(setuptools["packages"]) == subpackages | {"hpm.checkpoints"}
-    assert setuptools["package-dir"] == {"hpm.checkpoints": "checkpoints"}
+    assert set(setuptools["packages"]) == subpackages | {"hpm.checkpoints", "hpm.assets"}
+    assert setuptools["package-dir"] == {"hpm.checkpoints": "checkpoints", "hpm.assets": "assets"}
 
 
 def test_importing_the_app_writes_no_file_into_the_package():

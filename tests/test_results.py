@@ -261,21 +261,45 @@ def test_readme_timed_examples_are_commands_hpm_eval_accepts():
 
 def test_readme_time_per_example_shows_each_device_measured_and_says_which_is_not(tmp_path):
     from hpm.publish.readme import timing_lines
+    expected = {"seconds": 60.0, "printed_at_seconds": 12.0, "remaining_seconds": 48, "point": "after ..."}
     timing = {"command": "python scripts/time_examples.py", "device": "cpu", "created": "2026-01-02T03:04:05+00:00",
               "machine": {"processor": "Some CPU", "cores": 2, "torch_threads": 2, "torch": "2.x"},
+              "conditions": "a training job at nice 10",
               "examples": [{"command": "hpm eval m --quick", "estimate": {"attack_seconds_at_most": 1800.0},
-                            "run": {"wall_seconds": 76.0, "attack_seconds": 67.0}},
+                            "run": {"wall_seconds": 76.0, "attack_seconds": 67.0, "expected": expected}},
                            {"command": "hpm eval m --n 200", "estimate": {"attack_seconds_at_most": 18000.0}}],
+              "robust_check": {"command": "hpm eval robust --n 100", "estimate": {"attack_seconds_at_most": 9000.0},
+                               "run": {"wall_seconds": 600.0, "attack_seconds": 500.0, "expected": expected}},
               "quickstart": {"command": "python examples/quickstart.py", "wall_seconds": 700.0}}
     (tmp_path / "cpu.json").write_text(json.dumps(timing))
-    lines = timing_lines(tmp_path, {"files": {"CPU": "cpu.json", "GPU": "cuda.json"}})
-    table = "\n".join(lines)
-    assert "| `hpm eval m --quick` | ≈ 30 min | ≈ 76 s (attacks ≈ 67 s) | not measured | not measured |" in table
-    assert "| `hpm eval m --n 200` | ≈ 5.0 h | not run | not measured | not measured |" in table
-    quickstart = ("| `python examples/quickstart.py` (a first run: empty cache) | – | ≈ 12 min | – "
+    old = {**timing, "examples": [{"command": "hpm eval m --quick", "estimate": {"attack_seconds_at_most": 900.0},
+                                   "run": {"wall_seconds": 30.0, "attack_seconds": 20.0}}]}  # before expectations
+    del old["robust_check"], old["conditions"], old["quickstart"]
+    (tmp_path / "cuda.json").write_text(json.dumps(old))
+    table = "\n".join(timing_lines(tmp_path, {"files": {"CPU": "cpu.json", "GPU": "cuda.json"}}))
+    assert ("| `hpm eval m --quick` | ≈ 30 min | ≈ 60 s (said at 12 s) | ≈ 76 s (attacks ≈ 67 s), 1.27× expected "
+            "| ≈ 15 min | — | ≈ 30 s (attacks ≈ 20 s) |") in table
+    assert ("| `hpm eval m --n 200` | ≈ 5.0 h | not run | not run | not measured | not measured | not measured |"
+            in table)
+    assert ("| `hpm eval robust --n 100` (robust check, not a README example) | ≈ 2.5 h | ≈ 60 s (said at 12 s) | "
+            "≈ 10 min (attacks ≈ 8 min), 10.00× expected | not measured | not measured | not measured |") in table
+    quickstart = ("| `python examples/quickstart.py` (a first run: empty cache) | – | – | ≈ 12 min | – | – "
                   "| not measured |")
     assert quickstart in table
-    assert "- CPU: Some CPU, 2 cores" in table and "- GPU: not measured (no results file `cuda.json`)." in table
+    assert "- CPU: Some CPU, 2 cores" in table and "Meanwhile: a training job at nice 10" in table
+    (tmp_path / "cuda.json").unlink()
+    table = "\n".join(timing_lines(tmp_path, {"files": {"CPU": "cpu.json", "GPU": "cuda.json"}}))
+    assert "- GPU: not measured (no results file `cuda.json`)." in table
+
+
+def test_every_timed_example_and_the_robust_check_finished_within_3x_of_what_it_first_expected():
+    timed = json.loads((REPO / "results/timing/examples-cpu.json").read_text())
+    runs = [e["run"] for e in [*timed["examples"], timed["robust_check"]]]
+    assert timed["robust_check"]["command"] == _time_examples_script().ROBUST_CHECK
+    for run in runs:
+        ratio = run["wall_seconds"] / run["expected"]["seconds"]
+        assert 1 / 3 <= ratio <= 3 and run["measured_over_expected"] == pytest.approx(ratio, abs=0.01)
+        assert run["expected"]["printed_at_seconds"] < run["wall_seconds"] / 2  # said early in the run
 
 
 def test_readme_benchmark_table_reads_what_the_benchmarks_write_and_says_what_is_not_measured(tmp_path):

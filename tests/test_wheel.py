@@ -1,11 +1,16 @@
 """What a pip user gets: the wheel, installed into a fresh environment outside the repository, loads a shipped
 checkpoint by name and serves the app with ``hpm app``."""
 import os
+import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import time
+import tomllib
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -15,21 +20,41 @@ from ui.conftest import _free_port
 pytestmark = pytest.mark.slow
 
 
+def site_packages() -> list[str]:
+    """The running interpreter's site-packages folders: a virtual environment's own when the tests run in one,
+    the system's otherwise (``venv --system-site-packages`` would see the base interpreter's in both cases)."""
+    paths = sysconfig.get_paths()
+    found = [*site.getsitepackages(), paths["purelib"], paths["platlib"]]
+    if site.ENABLE_USER_SITE:
+        found.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(found) if os.path.isdir(d)]
+
+
+def wheel_name() -> str:
+    """The wheel's file name prefix: the distribution name of pyproject.toml, normalised as wheels spell it."""
+    name = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["name"]
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    """A virtual environment holding only the wheel (its dependencies come from the system site-packages, so
-    that torch is not downloaded again)."""
+    """A virtual environment holding only the wheel; its dependencies come from the running interpreter's
+    site-packages (listed in a .pth file after the wheel's own folder, whose .pth files are not run, so an
+    editable hpm there stays out), so that torch is not downloaded again."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"  # a copy, so that no stale build/ of the checkout ends up in the wheel
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "runs", "artifacts", "*.egg-info",
                                                                 "__pycache__", ".venv"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(root / "dist"), str(source)], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], check=True)
-    wheel, = (root / "dist").glob("hpm-*.whl")
-    # --ignore-installed: an hpm in the system site-packages (CI installs one) must not count as this wheel
-    subprocess.run([str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
-                    "--ignore-installed", str(wheel)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    wheel, = (root / "dist").glob(f"{wheel_name()}-*.whl")
+    python = root / "venv" / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   capture_output=True)
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    (Path(inner) / "outer-site-packages.pth").write_text("\n".join(site_packages()) + "\n")
     outside = root / "elsewhere"
     outside.mkdir()
     return root / "venv" / "bin", outside
@@ -66,3 +91,20 @@ def test_hpm_app_serves_the_demo_from_the_wheel(venv):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_wheel_carries_the_sample_set(venv):
+    bin_dir, outside = venv
+    code = ("from hpm.samples import samples_root, load_samples; print(samples_root()); "
+            "print(len(load_samples('cifar10')), len(load_samples('imagenet')))")
+    env = {k: v for k, v in os.environ.items() if k != "HPM_DATA_DIR"}
+    result = subprocess.run([str(bin_dir / "python"), "-c", code], cwd=outside, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    root, counts = result.stdout.strip().splitlines()
+    assert root.startswith(str(bin_dir.parent)) and root.endswith("hpm/assets") and counts == "300 10"
+
+
+def test_the_wheel_stays_under_pypi_s_default_file_size_limit(venv):
+    bin_dir, _ = venv
+    wheel, = (bin_dir.parent.parent / "dist").glob(f"{wheel_name()}-*.whl")
+    assert wheel.stat().st_size < 100 * 1024 ** 2  # PyPI refuses larger files unless a project is granted more

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..errors import HPMError
@@ -54,6 +55,35 @@ def _add_sample_args(e: argparse.ArgumentParser) -> None:
                         "which samples share a batch); default: dataset order")
 
 
+def _add_attack_args(e: argparse.ArgumentParser) -> None:
+    """The threat model, the attacks and their budgets."""
+    e.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    e.add_argument("--eps", type=eps_arg, default=8 / 255, help="radius, e.g. 8/255 (default)")
+    e.add_argument("--iters", type=positive_int, default=None, help="APGD iterations (default 40; AutoAttack 100)")
+    e.add_argument("--restarts", type=positive_int, default=1, help="APGD restarts")
+    e.add_argument("--square-queries", type=positive_int, default=None,
+                   help="Square queries per sample (default 5000)")
+    e.add_argument("--target-classes", type=positive_int, default=None,
+                   help="APGD-T (apgd-t/TARGET attacks): top wrong classes targeted in turn (default 9, AutoAttack's)")
+    e.add_argument("--attacks", default=None,
+                   help="comma-separated attacks, e.g. apgd-ce/fc,apgd-dlr/ensemble,apgd-t/bpda,square: APGD with "
+                        "loss ce, dlr, t (targeted, APGD-T) or margin (C&W) on a target the model's head offers (fc, soft, "
+                        "ensemble, bpda, deployed; no target: on each target of the default plan, e.g. apgd-t "
+                        "for the default plan's APGD-T runs); a batch: prefix perturbs the whole evaluation batch "
+                        "jointly (batch-dependent heads); default: the model's plan (APGD-CE and -DLR on every target, "
+                        "APGD-T on the FC oracle and the deployed model, Square)")
+    e.add_argument("--batch-kappa", type=_kappa, default=0.5, metavar="KAPPA",
+                   help="batch: attacks: a row's loss stops pulling the joint step once its surrogate margin exceeds "
+                        "KAPPA (logit units; default 0.5), and each row is also judged with only its own "
+                        "perturbation, the batch's other rows clean; 'none': the summed unclamped loss, judged on the "
+                        "perturbed batch only (reports before this option)")
+    e.add_argument("--no-targeted", action="store_true",
+                   help="default plan without APGD-T: the paper's MSA + Square exactly")
+    e.add_argument("--schedule", default="cumulative", choices=["cumulative", "independent"],
+                   help="cumulative: each attack on the survivors (fast); independent: each on every clean-correct "
+                        "sample (standalone accuracy per attack)")
+
+
 def register(sub) -> None:
     """Add this module's commands to the ``hpm`` subparsers ``sub``."""
     e = sub.add_parser(
@@ -70,26 +100,7 @@ def register(sub) -> None:
                    help="report path (required unless --estimate-only); .md and .npz are written beside it")
     add_data_args(e)
     _add_sample_args(e)
-    e.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    e.add_argument("--eps", type=eps_arg, default=8 / 255, help="radius, e.g. 8/255 (default)")
-    e.add_argument("--iters", type=positive_int, default=None, help="APGD iterations (default 40; AutoAttack 100)")
-    e.add_argument("--restarts", type=positive_int, default=1, help="APGD restarts")
-    e.add_argument("--square-queries", type=positive_int, default=None,
-                   help="Square queries per sample (default 5000)")
-    e.add_argument("--target-classes", type=positive_int, default=None,
-                   help="APGD-T (apgd-t/TARGET attacks): top wrong classes targeted in turn (default 9, AutoAttack's)")
-    e.add_argument("--attacks", default=None,
-                   help="comma-separated attacks, e.g. apgd-ce/fc,apgd-dlr/ensemble,apgd-t/bpda,square: APGD with "
-                        "loss ce, dlr or t (targeted, APGD-T) on a target the model's head offers (fc, soft, "
-                        "ensemble, bpda, deployed; no target: on each target of the default plan, e.g. apgd-t "
-                        "for the default plan's APGD-T runs); a batch: prefix perturbs the whole evaluation batch "
-                        "jointly (batch-dependent heads); default: the model's plan (APGD-CE and -DLR on every target, "
-                        "APGD-T on the FC oracle and the deployed model, Square)")
-    e.add_argument("--no-targeted", action="store_true",
-                   help="default plan without APGD-T: the paper's MSA + Square exactly")
-    e.add_argument("--schedule", default="cumulative", choices=["cumulative", "independent"],
-                   help="cumulative: each attack on the survivors (fast); independent: each on every clean-correct "
-                        "sample (standalone accuracy per attack)")
+    _add_attack_args(e)
     e.add_argument("--batch-sizes", type=_batch_sizes, default=None, metavar="B1,B2,...",
                    help="evaluation batch sizes, e.g. 1,16,64,256; default: 1,16,256 for a batch-dependent head "
                         "(HPM: accuracy is a curve over the batch size), 256 otherwise")
@@ -126,6 +137,7 @@ def _fill_defaults(args) -> None:
 
 
 def _cmd_eval(args) -> int:
+    started = time.perf_counter()  # the expectation counts the time from here
     from ..data import Subset
     from ..evaluation.api import output_paths
     from ..evaluation import (
@@ -167,33 +179,63 @@ def _cmd_eval(args) -> int:
     attack = AttackConfig(norm=args.norm, eps=args.eps, n_iter=args.iters, n_restarts=args.restarts,
                           square_queries=args.square_queries, n_target_classes=args.target_classes,
                           schedule=args.schedule, seed=args.seed, targeted=not args.no_targeted,
+                          batch_kappa=args.batch_kappa,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
     if args.estimate_only:
-        print(json.dumps(_print_estimate(model, x, attack, args.batch_sizes, device)))
+        print(json.dumps(_print_estimate(model, x, attack, args.batch_sizes, device, started)[0]))
         return 0
-    if not dist.under_torchrun():
-        _print_estimate(model, x, attack, args.batch_sizes, device)
+    expect = None if dist.under_torchrun() else _print_estimate(model, x, attack, args.batch_sizes, device,
+                                                                 started)[1]
     report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,
                             check_n=args.check_n, shard=args.shard, device=device,
-                            command=args.command_line, distributed=dist.under_torchrun())
+                            command=args.command_line, distributed=dist.under_torchrun(), expect=expect)
     if report is not None:  # under torchrun only rank 0 has the report
         print(report.to_markdown())
     return 0
 
 
-def _print_estimate(model, x, attack, batch_sizes, device) -> dict:
-    """Say up front how long the attacks take at most on this device (one timed step per batch size); returns
-    what was said, for ``--estimate-only``."""
+def _kappa(text: str) -> float | None:
+    """``--batch-kappa``: a number >= 0, or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"give a number >= 0 or 'none'; got {text!r}")
+    return value
+
+
+def _print_estimate(model, x, attack, batch_sizes, device, started: float):
+    """Say up front how long the attacks take at most on this device (one step and one query timed per batch
+    size, and on one image); returns what was said (for ``--estimate-only``) and the :class:`Expectation` that
+    says, once the first images went through the attacks, how long the evaluation is expected to take."""
     from ..evaluation.api import default_batch_sizes, model_info
-    from ..evaluation.estimate import describe_estimate, estimate_seconds
+    from ..evaluation.estimate import describe_estimate, time_evaluation
+    from ..evaluation.expect import MIN_IMAGES, Expectation
     from ..evaluation.protocol import resolve_plan
 
     sizes = batch_sizes or default_batch_sizes(model)
-    seconds, basis = estimate_seconds(model, x, resolve_plan(model, attack), attack, sizes,
-                                      model_info(model)["batch_dependent"], device)
-    print(f"hpm eval: attacks take at most {describe_estimate(seconds)} on {device} ({len(x)} images, every attack "
-          f"on every image; timed here: {basis}); survivors only are attacked, so usually less (and a --shard or "
-          f"a resumed run does only part of it)", file=sys.stderr)
-    return {"attack_seconds_at_most": round(seconds, 1), "device": str(device), "n": len(x),
-            "batch_sizes": sizes, "basis": basis}
+    plan = resolve_plan(model, attack)
+    timing = time_evaluation(model, x, plan, attack, sizes, model_info(model)["batch_dependent"], device)
+    print(f"hpm eval: attacks take at most {describe_estimate(timing.bound)} on {device} ({len(x)} images, every "
+          f"attack on every image; timed here: {timing.basis}); only the images still standing are attacked, so "
+          f"usually far less (and a --shard or a resumed run does only part of it): the expected time follows once "
+          f"{min(MIN_IMAGES, len(x))} images went through the attacks", file=sys.stderr)
+    expect = Expectation(plan, attack, timing.times, timing.num_classes, started=started)
+    expect.subscribe(_print_expectation, first=True)
+    said = {"attack_seconds_at_most": round(timing.bound, 1), "device": str(device), "n": len(x),
+            "batch_sizes": sizes, "basis": timing.basis}
+    return said, expect
+
+
+def _print_expectation(expect) -> None:
+    """The first expectation, printed once (above the progress bars)."""
+    from tqdm.auto import tqdm
+
+    from ..evaluation.expect import describe_expectation
+
+    tqdm.write(f"hpm eval: {describe_expectation(expect.first)}; the bound above assumes every attack on every "
+               f"image; the overall bar keeps the expectation up to date", file=sys.stderr)

@@ -44,10 +44,12 @@ def register(sub) -> None:
     a.add_argument("--out", required=True, metavar="DIR", help="directory for adversarial.png and result.json")
     a.set_defaults(func=_cmd_attack)
 
-    w = sub.add_parser("app", help="serve the web demo (needs gradio: pip install 'hpm[app]')",
+    w = sub.add_parser("app", help="serve the web demo (needs gradio: pip install 'hybrid-prototype-mixing[app]')",
                        description="Serve the web demo on http://HOST:PORT with the shipped checkpoints; --data "
-                                   "(or $HPM_DATA_DIR) fills its sample gallery and context batch.")
-    w.add_argument("--data", default=None, metavar="DIR", help="local data root (default: $HPM_DATA_DIR)")
+                                   "(or $HPM_DATA_DIR) fills its sample gallery, context batch and Fig. 3, else "
+                                   "the sample set shipped with hpm does (nothing is downloaded).")
+    w.add_argument("--data", default=None, metavar="DIR",
+                   help="local data root (default: $HPM_DATA_DIR; else the shipped sample set)")
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     w.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
     w.set_defaults(func=_cmd_app)
@@ -147,6 +149,6 @@ def _cmd_app(args: argparse.Namespace) -> int:
     except ImportError as e:
         if e.name not in ("gradio", "gradio_client"):
             raise
-        raise HPMError("the app needs gradio: pip install 'hpm[app]'") from None
+        raise HPMError("the app needs gradio: pip install 'hybrid-prototype-mixing[app]'") from None
     app.launch(server_name=args.host, server_port=args.port, **LAUNCH)
     return 0

@@ -6,6 +6,8 @@
 - :mod:`.checks`    sanity checks in the spirit of AutoAttack's
 - :mod:`.dist`      torchrun: ranks share the batches, one report
 - :mod:`.api`       :func:`evaluate_model`: model + data + config -> report files
+- :mod:`.estimate`  how long the attacks take at most (timed passes), said before they start
+- :mod:`.expect`    how long the evaluation is expected to take, updated while it runs
 """
 from .api import evaluate_model, load_eval_data, merge_reports
 from .config import AttackConfig

@@ -13,8 +13,9 @@ from ..errors import HPMError
 from ..mixed import MixedClassifier
 from ..model import HPMClassifier
 from . import dist
-from .checks import check_results, run_checks
+from .checks import SQUARE_QUERIES, check_results, check_run_factors, run_checks
 from .config import AttackConfig
+from .expect import Expectation, progress_bar
 from .protocol import run_protocol
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
 from .samples import SampleResults, load_results, save_results
@@ -53,7 +54,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
                    model_id: str = "model", out: str | Path | None = None, checks: bool = True, check_n: int = 16,
                    shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
                    progress: bool = True, command: str | None = None,
-                   distributed: bool = False) -> EvalReport | None:
+                   distributed: bool = False, expect: Expectation | None = None) -> EvalReport | None:
     """Run the MSA protocol (+ Square) on ``x, y`` at every batch size and build the report.
 
     Args:
@@ -69,6 +70,8 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         distributed: share the batches among the ranks of a torchrun job (:mod:`hpm.evaluation.dist`; every
             rank must call this); rank 0 gathers the outcomes and returns the one report, other ranks None.
             ``hpm eval`` sets it when launched by torchrun.
+        expect: an :class:`hpm.evaluation.expect.Expectation`, told the work as it finishes (attacks, batches,
+            sanity checks); with ``progress``, a top-level bar shows the time it expects left.
 
     Example:
         >>> report = hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256])
@@ -80,25 +83,40 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
         json_path.parent.mkdir(parents=True, exist_ok=True)
     run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
+    bar = _expectation_bar(expect, checks, check_n, len(y), batch_sizes, progress and rank == 0)
     try:
         with fp32_judging():  # robustness is judged in plain float32 (no TF32 on the GPU)
             plan, runs = _evaluate_share(model, x, y, attack=attack, batch_sizes=list(batch_sizes), indices=indices,
                                          model_id=model_id, npz_path=npz_path, part=dist.rank_part(shard, rank, world),
-                                         rank=rank, world=world, device=run_device, progress=progress)
+                                         rank=rank, world=world, device=run_device, progress=progress, expect=expect)
             if runs is None:
                 return None  # not rank 0: rank 0 checks and writes the report
             key, results = dist.merge_runs(runs)
             if npz_path is not None and world > 1:
                 save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
-            found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress) if checks else []
+            found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress,
+                                   expect) if checks else []
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                                 device=str(run_device))
             report = build_report(model_id, model_info(model), config, plan, results, found, command,
                                   hardware={k: str(v) for k, v in describe(run_device).items() if k != "device"})
         return write_report(report, json_path, md_path)
     finally:
+        if bar is not None:
+            bar.close()
         if distributed:
             dist.shutdown()
+
+
+def _expectation_bar(expect: Expectation | None, checks: bool, check_n: int, n: int, batch_sizes,
+                     progress: bool):
+    """Tell ``expect`` about the sanity checks to come and put its bar on top (None without either)."""
+    if expect is None:
+        return None
+    if checks:
+        rows = min(check_n, n)
+        expect.add_checks(rows, min(max(batch_sizes), rows), check_run_factors(), SQUARE_QUERIES)  # as run_checks
+    return progress_bar(expect) if progress else None
 
 
 def _evaluate_share(model: nn.Module, x: Tensor, y: Tensor, *, npz_path: Path | None, part: tuple[int, int],
@@ -111,12 +129,15 @@ def _evaluate_share(model: nn.Module, x: Tensor, y: Tensor, *, npz_path: Path | 
 
 
 def _sanity_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, batch_sizes, check_n: int,
-                   device, progress: bool) -> list:
+                   device, progress: bool, expect: Expectation | None = None) -> list:
     """The sanity checks' extra attack runs on the first ``check_n`` samples, in as few batches as the evaluation
-    batch sizes allow (they check the protocol, not the batch dependence)."""
+    batch sizes allow (they check the protocol, not the batch dependence); each run is reported to ``expect``."""
     n = min(check_n, len(y))
-    return run_checks(model, x[:n], y[:n], attack, batch_size=min(max(batch_sizes), n), device=device,
-                      progress=progress)
+    found = run_checks(model, x[:n], y[:n], attack, batch_size=min(max(batch_sizes), n), device=device,
+                       progress=progress, on_run_done=expect.check_run_done if expect is not None else None)
+    if expect is not None:
+        expect.checks_done()
+    return found
 
 
 def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, results: dict[int, SampleResults],

@@ -18,6 +18,7 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -94,17 +95,28 @@ def check_ce_saturation(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
                  + (" (APGD-CE is blind there: rely on DLR and Square)" if blind else ""))
 
 
+EPS_FACTORS = (0.25, 0.5, 1.0, 2.0)  # monotone_in_eps: the eps grid, as multiples of the evaluation's eps
+SQUARE_QUERIES = 500  # Square's query cap in the check runs
+
+
+def check_run_factors(eps_factors: tuple[float, ...] = EPS_FACTORS) -> list[float | None]:
+    """The protocol runs :func:`run_checks` makes, in order, as multiples of the evaluation's eps: the grid, the
+    huge eps (None: :func:`large_eps`), the evaluation's eps again (repeatable)."""
+    return [*sorted(eps_factors), None, 1.0]
+
+
 def large_eps(norm: str, x: Tensor) -> float:
     """An eps at which every image can be turned into mid-grey: 0.5 in Linf, 0.5*sqrt(dim) in L2."""
     return 0.5 if norm == "Linf" else 0.5 * float(np.sqrt(x[0].numel()))
 
 
 def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, batch_size: int,
-               eps_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0), square_queries: int = 500, device=None,
-               progress: bool = False) -> list[Check]:
+               eps_factors: tuple[float, ...] = EPS_FACTORS, square_queries: int = SQUARE_QUERIES, device=None,
+               progress: bool = False, on_run_done: Callable[[], None] | None = None) -> list[Check]:
     """The checks that need extra attack runs, on the small sample ``x, y`` (batches of ``batch_size``).
 
-    They use the evaluation's attacks with Square capped at ``square_queries`` (the cap is reported).
+    They use the evaluation's attacks with Square capped at ``square_queries`` (the cap is reported);
+    ``on_run_done`` is called after each of their protocol runs (:func:`check_run_factors`).
     """
     bar = tqdm(total=len(eps_factors) + 3, desc=f"sanity checks on {len(y)} images", unit="run",
                disable=not progress)
@@ -121,6 +133,8 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
         _, res, _ = run_protocol(model, x, y, attack=replace(attack, eps=eps), batch_sizes=[batch_size],
                                  device=device, progress=False)
         bar.update()
+        if on_run_done is not None:
+            on_run_done()
         return res[batch_size].robust
 
     grid = sorted(attack.eps * f for f in eps_factors)

@@ -23,11 +23,15 @@ class AttackConfig:
     targeted: bool = True  # the default plan adds APGD-T (False: the paper's MSA + Square exactly)
     schedule: str = "cumulative"  # "cumulative" (attack survivors) or "independent" (every attack on all)
     seed: int = 0  # APGD and Square seeds
+    batch_kappa: float | None = 0.5  # whole-batch attacks: a row's loss stops pulling the joint step once its
+    # surrogate margin exceeds this (logit units), and each row is also judged alone among the others clean;
+    # None: the earlier whole-batch attack (summed unclamped loss, the batch judged only as perturbed)
 
     def budget(self) -> dict:
         """The keywords of :func:`hpm.attacks.run_attack`: threat model, budgets and seed."""
         return {"norm": self.norm, "eps": self.eps, "n_iter": self.n_iter, "n_restarts": self.n_restarts,
-                "square_queries": self.square_queries, "n_target_classes": self.n_target_classes, "seed": self.seed}
+                "square_queries": self.square_queries, "n_target_classes": self.n_target_classes, "seed": self.seed,
+                "batch_kappa": self.batch_kappa}
 
     def validate(self) -> None:
         if self.norm not in NORMS:
@@ -38,5 +42,8 @@ class AttackConfig:
             raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps}")
         if min(self.n_iter, self.n_restarts, self.square_queries, self.n_target_classes) < 1:
             raise HPMError("n_iter, n_restarts, square_queries and n_target_classes must all be >= 1")
+        if self.batch_kappa is not None and not (isinstance(self.batch_kappa, (int, float))
+                                                 and 0 <= self.batch_kappa < float("inf")):
+            raise HPMError(f"batch_kappa must be a finite number >= 0 or None; got {self.batch_kappa!r}")
         if self.schedule not in SCHEDULES:
             raise HPMError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")

@@ -1,8 +1,13 @@
-"""How long an evaluation will take at most, from one timed attack step on this device, said before it starts."""
+"""How long an evaluation will take at most, from a few timed attack steps on this device, said before it starts.
+
+The bound assumes every attack runs on every image; :mod:`.expect` turns the same timings into an expectation
+once the first images have been attacked.
+"""
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -11,30 +16,66 @@ from ..attacks import AttackSpec
 from .config import AttackConfig
 
 
+def attack_passes(spec: AttackSpec, attack: AttackConfig, num_classes: int) -> int:
+    """Forward passes one run of ``spec`` makes over the images it attacks: APGD ``n_iter + 1`` per restart (per
+    target class for APGD-T), whether or not an image is broken already; Square at most one query per round."""
+    if spec.kind == "square":
+        return attack.square_queries
+    targets = min(attack.n_target_classes, num_classes - 1) if spec.loss == "dlr-targeted" else 1
+    return (attack.n_iter + 1) * attack.n_restarts * targets
+
+
 def forward_passes_per_image(plan: list[AttackSpec], attack: AttackConfig, num_classes: int) -> tuple[int, int]:
-    """``(gradient steps, forward-only queries)`` one image costs when every attack of ``plan`` runs on it:
-    APGD ``n_iter + 1`` passes per restart (per target class for APGD-T), Square one query per round."""
-    steps = queries = 0
-    for spec in plan:
-        if spec.kind == "square":
-            queries += attack.square_queries
-        else:
-            targets = min(attack.n_target_classes, num_classes - 1) if spec.loss == "dlr-targeted" else 1
-            steps += (attack.n_iter + 1) * attack.n_restarts * targets
+    """``(gradient steps, forward-only queries)`` one image costs when every attack of ``plan`` runs on it."""
+    steps = sum(attack_passes(s, attack, num_classes) for s in plan if s.kind != "square")
+    queries = sum(attack_passes(s, attack, num_classes) for s in plan if s.kind == "square")
     return steps, queries
 
 
+@dataclass
+class PassTimes:
+    """Seconds of one APGD step (forward + backward to the input) and of one Square query (forward) on ``m``
+    images, timed on this device at a few batch sizes and interpolated linearly between them."""
+
+    rows: list[int]  # batch sizes timed, ascending
+    step: list[float]  # seconds of one step at each of ``rows``
+    query: list[float]  # seconds of one query at each of ``rows``
+
+    def at(self, kind: str, m: float) -> float:
+        """Seconds of one pass of an attack of ``kind`` ("square": a query, else a step) on ``m`` images; an
+        expected count below the smallest timed batch scales its time down, one above the largest extrapolates."""
+        ys = self.query if kind == "square" else self.step
+        if m <= 0:
+            return 0.0
+        if m <= self.rows[0] or len(self.rows) == 1:
+            return ys[0] * m / self.rows[0]
+        i = next((i for i in range(1, len(self.rows)) if m <= self.rows[i]), len(self.rows) - 1)
+        (r0, r1), (y0, y1) = self.rows[i - 1:i + 1], ys[i - 1:i + 1]
+        return max(y0 + (y1 - y0) * (m - r0) / (r1 - r0), 0.0)
+
+
+@dataclass
+class Timing:
+    """The bound and what it was computed from."""
+
+    bound: float  # seconds: every attack on every image at every batch size run
+    basis: str  # the timings, in words
+    times: PassTimes
+    num_classes: int
+
+
 def _seconds(fn, device: torch.device, repeats: int = 2) -> float:
-    """Mean wall time of ``fn()`` after a warm-up call, waiting for the device's queued work."""
-    def timed() -> None:
+    """Shortest wall time of ``fn()`` over ``repeats`` calls after a warm-up call, waiting for the device's queued
+    work (the shortest: other processes only ever slow a call down; the expectation corrects for a busy machine
+    from the attacks' measured times)."""
+    def timed() -> float:
+        start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        return time.perf_counter() - start
     timed()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        timed()
-    return (time.perf_counter() - start) / repeats
+    return min(timed() for _ in range(repeats))
 
 
 def _step_seconds(model: nn.Module, x: Tensor) -> tuple[float, float]:
@@ -50,25 +91,49 @@ def _step_seconds(model: nn.Module, x: Tensor) -> tuple[float, float]:
     return _seconds(step, x.device), _seconds(query, x.device)
 
 
+def sizes_run(batch_sizes: list[int], batch_dependent: bool) -> list[int]:
+    """The evaluation batch sizes that are attack passes of their own: every one for a batch-dependent head, else
+    only the largest (the outcomes hold at every size)."""
+    return sorted(set(batch_sizes)) if batch_dependent else [max(batch_sizes)]
+
+
+def time_passes(model: nn.Module, x: Tensor, rows: list[int], device: torch.device) -> PassTimes:
+    """Time one step and one query at each batch size of ``rows`` (at most ``len(x)``) on ``device``."""
+    rows = sorted({min(r, len(x)) for r in rows})
+    timed = [_step_seconds(model, x[:r].to(device)) for r in rows]
+    return PassTimes(rows, [t[0] for t in timed], [t[1] for t in timed])
+
+
+def bound_seconds(times: PassTimes, n: int, plan: list[AttackSpec], attack: AttackConfig, sizes: list[int],
+                  num_classes: int) -> float:
+    """Seconds of every attack of ``plan`` on every one of ``n`` images, in full batches of each size of ``sizes``."""
+    steps, queries = forward_passes_per_image(plan, attack, num_classes)
+    return sum(math.ceil(n / min(bs, n)) * (steps * times.at("apgd", min(bs, n))
+                                            + queries * times.at("square", min(bs, n))) for bs in sizes)
+
+
+def time_evaluation(model: nn.Module, x: Tensor, plan: list[AttackSpec], attack: AttackConfig,
+                    batch_sizes: list[int], batch_dependent: bool, device: torch.device) -> Timing:
+    """Time this device's passes (at one image and at each evaluation batch size run, where the model is put in
+    eval mode, as the evaluation puts it) and bound the attacks' wall time: every attack on every image (the
+    cumulative schedule attacks only the survivors)."""
+    model = model.eval().to(device)
+    n = len(x)
+    sizes = sizes_run(batch_sizes, batch_dependent)
+    times = time_passes(model, x, [1, *sizes], device)
+    with torch.no_grad():
+        num_classes = model(x[:1].to(device)).shape[1]
+    total = bound_seconds(times, n, plan, attack, sizes, num_classes)
+    basis = "; ".join(f"batch {r}: step {s:.3g} s, query {q:.3g} s" for r, s, q in zip(times.rows, times.step,
+                                                                                         times.query))
+    return Timing(total, basis, times, num_classes)
+
+
 def estimate_seconds(model: nn.Module, x: Tensor, plan: list[AttackSpec], attack: AttackConfig,
                      batch_sizes: list[int], batch_dependent: bool, device: torch.device) -> tuple[float, str]:
-    """An upper bound of the attacks' wall time (every attack on every image; the cumulative schedule attacks
-    only the survivors), and how it was obtained. Each batch size's step is timed once on this device, where the
-    model is put in eval mode, as the evaluation puts it."""
-    model = model.eval().to(device)
-    n, num_classes = len(x), None
-    total, basis = 0.0, []
-    for bs in (sorted(set(batch_sizes)) if batch_dependent else [max(batch_sizes)]):
-        b = min(bs, n)
-        batch = x[:b].to(device)
-        step, query = _step_seconds(model, batch)
-        if num_classes is None:
-            with torch.no_grad():
-                num_classes = model(batch[:1]).shape[1]
-        steps, queries = forward_passes_per_image(plan, attack, num_classes)
-        total += math.ceil(n / b) * (steps * step + queries * query)
-        basis.append(f"batch {b}: step {step:.3g} s, query {query:.3g} s")
-    return total, "; ".join(basis)
+    """An upper bound of the attacks' wall time and how it was obtained (:func:`time_evaluation`)."""
+    timing = time_evaluation(model, x, plan, attack, batch_sizes, batch_dependent, device)
+    return timing.bound, timing.basis
 
 
 def describe_estimate(seconds: float) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from ..errors import HPMError
 from ..model import HPMClassifier
 from .config import AttackConfig
 from .samples import SampleResults, config_key, load_results, save_results
+
+if TYPE_CHECKING:
+    from .expect import Expectation
 
 
 @torch.no_grad()
@@ -80,6 +84,8 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
                  on_attack_done=None) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
     """Run the protocol on one evaluation batch.
 
+    ``on_attack_done(a, n_attacked, robust, seconds, n_broken)`` is called after each attack of the plan.
+
     Returns ``(clean_correct [b], attacked [A, b], broken [A, b], seconds [A])``.
     """
     scores, z_clean = _clean_pass(model, x)
@@ -100,7 +106,7 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
             robust[idx[hit]] = False
         seconds[a] = time.perf_counter() - start
         if on_attack_done is not None:
-            on_attack_done(a, len(idx), robust, seconds[a])
+            on_attack_done(a, len(idx), robust, seconds[a], int(broken[a].sum()))
     return correct.cpu(), attacked, broken, seconds
 
 
@@ -110,10 +116,13 @@ def _attack(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, idx: Tenso
 
     Normally only those rows are perturbed, the batch's other rows taking part clean (cached features). A
     whole-batch attack perturbs every row of the batch jointly, with the true labels, and a sample counts as
-    broken when the perturbed batch makes the deployed model misclassify it.
+    broken when the perturbed batch makes the deployed model misclassify it, or (``config.batch_kappa`` set) when
+    its own perturbation alone does, the batch's other rows clean.
     """
     if spec.whole_batch:
-        hit = run_attack(spec, BatchFeatures(model, None), x, y, num_classes=num_classes, **config.budget()).broken
+        clean = z_clean if config.batch_kappa is not None else None
+        hit = run_attack(spec, BatchFeatures(model, None, clean_rows=clean), x, y, num_classes=num_classes,
+                         **config.budget()).broken
         return hit[idx]
     batch = BatchFeatures(model, z_clean[~mask] if z_clean is not None else None)
     return run_attack(spec, batch, x[idx], y[idx], num_classes=num_classes, **config.budget()).broken
@@ -126,28 +135,34 @@ def batch_starts(n: int, batch_size: int, part: tuple[int, int] = (0, 1)) -> lis
     return [s for i, s in enumerate(range(0, n, batch_size)) if i % n_parts == k]
 
 
-def _progress_bars(r: SampleResults, starts: list[int], n: int, progress: bool) -> list[tqdm]:
-    """One bar per attack, counting this part's images (resumed ones already done)."""
+def _progress_bars(r: SampleResults, starts: list[int], n: int, progress: bool, below: int = 0) -> list[tqdm]:
+    """One bar per attack, counting this part's images (resumed ones already done), ``below`` bars down."""
     bs = r.batch_size
     total = sum(min(bs, n - s) for s in starts)
     done = sum(int(r.done[s:s + bs].sum()) for s in starts)
-    return [tqdm(total=total, initial=done, desc=f"bs={bs} {name}", position=i, leave=True, disable=not progress,
+    return [tqdm(total=total, initial=done, desc=f"bs={bs} {name}", position=below + i, leave=True,
+                 disable=not progress,
                  unit="img", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} img{postfix}")  # own time in the postfix
             for i, name in enumerate(r.attack_names)]
 
 
 def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResults, plan: list[AttackSpec],
-                         attack: AttackConfig, starts: list[int], device: torch.device, save, progress: bool) -> None:
-    """Fill ``r`` for the batches starting at ``starts`` (skipping those already done); ``save()`` after each."""
-    bars = _progress_bars(r, starts, len(y), progress)
+                         attack: AttackConfig, starts: list[int], device: torch.device, save, progress: bool,
+                         expect: Expectation | None = None) -> None:
+    """Fill ``r`` for the batches starting at ``starts`` (skipping those already done); ``save()`` after each;
+    the work done is reported to ``expect``."""
+    bars = _progress_bars(r, starts, len(y), progress, below=int(expect is not None))  # its bar on top
     for start in starts:
         sl = slice(start, min(start + r.batch_size, len(y)))
         if r.done[sl].all():
             continue
 
-        def show(a: int, n_attacked: int, robust_now: Tensor, seconds: float, _sl: slice = sl) -> None:
+        def show(a: int, n_attacked: int, robust_now: Tensor, seconds: float, n_broken: int,
+                 _sl: slice = sl) -> None:
             """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one) and the
             attack's own time (done batches, as the report counts it, + this one)."""
+            if expect is not None:
+                expect.attack_done(r.batch_size, _sl.stop - _sl.start, a, n_attacked, n_broken, seconds)
             seen = int(r.done.sum()) + (_sl.stop - _sl.start)
             bars[a].update(_sl.stop - _sl.start)
             bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%",
@@ -159,6 +174,8 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
         r.seconds += seconds
         r.done[sl] = True
         save()
+        if expect is not None:
+            expect.batch_done(r.batch_size, sl.stop - sl.start)
     for bar in bars:
         bar.close()
 
@@ -166,7 +183,8 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
 def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig, batch_sizes: list[int],
                  indices: np.ndarray | None = None, model_id: str = "model", results_path: Path | None = None,
                  shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
-                 progress: bool = True) -> tuple[list[AttackSpec], dict[int, SampleResults], str]:
+                 progress: bool = True,
+                 expect: Expectation | None = None) -> tuple[list[AttackSpec], dict[int, SampleResults], str]:
     """Evaluate ``x, y`` (already the chosen subset, in order) at every batch size; resumable.
 
     Args:
@@ -177,6 +195,7 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
         indices: dataset indices of the rows of ``x`` (recorded in the results).
         results_path: ``.npz`` of per-sample results: resumed from if it exists, updated after each batch.
         shard: ``(k, n)``: evaluate only batches whose number is ``k`` modulo ``n`` (merge shards later).
+        expect: told the batches to run, then each attack's outcome and time (:mod:`.expect`).
 
     Returns:
         ``(plan, {batch size: per-sample results}, config key)``.
@@ -200,9 +219,13 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
         if results_path is not None:
             save_results(results_path, results, key)
 
+    if expect is not None:
+        for bs in sizes_to_run:
+            expect.add_batches(bs, [min(bs, len(y) - s) for s in batch_starts(len(y), bs, shard)
+                                    if not results[bs].done[s:s + bs].all()])
     for bs in sizes_to_run:
         _evaluate_batch_size(model, x, y, results[bs], plan, attack, batch_starts(len(y), bs, shard), device, save,
-                             progress)
+                             progress, expect)
     for bs in batch_sizes:
         if bs not in sizes_to_run:  # batch-independent: identical outcomes at every size
             results[bs] = results[sizes_to_run[0]].with_batch_size(bs)

@@ -13,6 +13,7 @@ from scipy.stats import binomtest
 
 from ..attacks import AttackSpec
 from ..errors import HPMError
+from ..version import __version__
 from .config import AttackConfig
 from .samples import SampleResults
 
@@ -24,8 +25,8 @@ ORDER_NOTE = ("samples in subset order, split into consecutive batches of the ev
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for name in ("hpm", "torch", "torchvision", "pyautoattack", "robustbench", "numpy"):
+    out = {"python": platform.python_version(), "hpm": __version__}  # installed as hybrid-prototype-mixing
+    for name in ("torch", "torchvision", "pyautoattack", "robustbench", "numpy"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -123,8 +124,8 @@ class EvalConfig:
     def from_dict(cls, d: dict, where: str) -> "EvalConfig":
         config = _build(cls, d, where)
         attack = d["attack"]
-        if isinstance(attack, dict):  # reports without the setting predate APGD-T in the default plan
-            attack = {"targeted": False} | attack
+        if isinstance(attack, dict):  # settings a report lacks predate them: APGD-T in the default plan, and the
+            attack = {"targeted": False, "batch_kappa": None} | attack  # clamped, twice-judged whole-batch attack
         config.attack = _build(AttackConfig, attack, f"{where}.attack")
         return config
 
@@ -160,7 +161,8 @@ class EvalReport:
         report = _build(cls, d, where)
         report.checks = [_build(Check, c, f"{where}.checks[{i}]") for i, c in enumerate(d.get("checks", []))]
         report.config = EvalConfig.from_dict(d["config"], f"{where}.config")
-        report.plan = [AttackSpec(p["name"], p["kind"], p["loss"], tuple(p["surrogates"])) for p in d["plan"]]
+        report.plan = [AttackSpec(p["name"], p["kind"], p["loss"], tuple(p["surrogates"]),
+                                  p.get("whole_batch", p["name"].startswith("batch:"))) for p in d["plan"]]
         report.results = {str(bs): BatchSizeResult.from_dict(r, f"{where}.results[{bs}]")
                           for bs, r in d["results"].items()}
         return report
@@ -209,7 +211,9 @@ class EvalReport:
                  f"- data: {data.get('source', 'tensors passed by the caller')}, subset {data.get('subset', 'all')}, "
                  f"n = {data.get('n', next(iter(self.results.values())).n_planned if self.results else 0)}",
                  f"- threat model: {a.norm}, eps = {a.eps:.6g} ({a.eps * 255:.3g}/255); APGD {a.n_iter} iterations x "
-                 f"{a.n_restarts} restart(s); Square {a.square_queries} queries; schedule: {a.schedule}; seed {a.seed}",
+                 f"{a.n_restarts} restart(s); Square {a.square_queries} queries; schedule: {a.schedule}; seed {a.seed}"
+                 + (f"; batch: attacks clamped per row at margin {a.batch_kappa:g} and judged both ways"
+                    if a.batch_kappa is not None and any(p.whole_batch for p in self.plan) else ""),
                  f"- evaluation order: {self.evaluation_order}", *self._batch_dependence_note(), "",
                  "| eval batch size | n | clean | robust (worst case) | 95% CI |", "| --- | --- | --- | --- | --- |"]
         for bs, r in self.results.items():

@@ -113,7 +113,8 @@ def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indi
                batch_sizes: list[int]) -> str:
     """A digest of everything that determines the per-sample results (for resume and merge).
 
-    A budget is left out when the plan has no attack that uses it (Square's queries, APGD-T's target classes),
+    A budget is left out when the plan has no attack that uses it (Square's queries, APGD-T's target classes,
+    the whole-batch clamp),
     and so is the choice of default plan (the plan's names say it), so that adding such a setting never
     invalidates stored runs.
     """
@@ -123,6 +124,8 @@ def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indi
         del settings["square_queries"]
     if not any(s.loss == "dlr-targeted" for s in plan):
         del settings["n_target_classes"]
+    if not any(s.whole_batch for s in plan):
+        del settings["batch_kappa"]
     payload = json.dumps({"model": model_id, "attack": settings, "plan": [s.name for s in plan],
                           "indices": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest(),
                           "batch_sizes": sorted(batch_sizes)}, sort_keys=True)

@@ -1,8 +1,9 @@
-"""From evaluation reports to what people read: checkpoint metrics and cards, README tables and plots.
+"""From evaluation reports to what people read: checkpoint metrics and cards, README and docs tables and plots.
 
 - :mod:`.metrics`  reports -> ``config.json`` metrics, protocol names and lines
 - :mod:`.compare`  table rows, paired exact McNemar tests, per-sample worst cases, what APGD-CE alone missed
 - :mod:`.cards`    ``hpm card``: metrics recorded in a checkpoint, its model card rewritten
-- :mod:`.readme`   the README results section, generated from ``results/manifest.json``
+- :mod:`.readme`   README's headline and docs/results.md, generated from ``results/manifest.json``
 - :mod:`.sweeps`   robustness-vs-eps plots of sweep reports
+- :mod:`.backbones` HPM - FC on every robust backbone: paired intervals, the table, its plot and findings
 """

@@ -41,7 +41,18 @@ def protocol_text(report: EvalReport, *, with_eps: bool = True) -> str:
                 if any(p.loss == "dlr-targeted" for p in report.plan) else "")
     radius = f"{a.norm} eps {eps_text(a.eps)}: " if with_eps else f"{a.norm}: "
     return (f"{radius}{attacks} (APGD {a.n_iter} iterations x {a.n_restarts} "
-            f"restart(s){targeted}{square}; per-sample worst case, {a.schedule} schedule)")
+            f"restart(s){targeted}{square}{whole_batch_text(report)}; per-sample worst case, {a.schedule} schedule)")
+
+
+def whole_batch_text(report: EvalReport) -> str:
+    """How a report's whole-batch attacks ran ("" when it has none)."""
+    if not any(p.whole_batch for p in report.plan):
+        return ""
+    kappa = report.config.attack.batch_kappa
+    if kappa is None:
+        return "; batch: attacks with the summed loss, judged on the perturbed batch"
+    return (f"; batch: attacks with each row's loss clamped at margin {kappa:g}, judged on the perturbed batch and "
+            "with each row's perturbation alone")
 
 
 def load_report(path: str | Path) -> EvalReport:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,41 @@ def app_url():
     app_module.app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app_module.LAUNCH)
     yield f"http://127.0.0.1:{port}/"
     app_module.app.close()
+
+
+@pytest.fixture(scope="session")
+def app_without_data(tmp_path_factory):
+    """``python app.py`` as a Space or a newcomer starts it: no HPM_DATA_DIR and an empty cache (the dataset hosts
+    and the Hub are unreachable, as offline). Its Hub cache holds one ImageNet checkpoint, someone/tiny-imagenet.
+    Yields the page's address and the app's cache directory."""
+    from hub_cache import write_hub_cache, write_tiny_imagenet_checkpoint
+    root = tmp_path_factory.mktemp("app-without-data")
+    write_hub_cache(root / "hub", "someone/tiny-imagenet", {"3" * 40: write_tiny_imagenet_checkpoint(root / "ckpt")},
+                    {"main": "3" * 40})
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HPM_DATA_DIR"}
+    env.update(HPM_CACHE_DIR=str(root / "cache"), HF_HUB_CACHE=str(root / "hub"), HF_HUB_OFFLINE="1",
+               GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_DISABLE_TELEMETRY="1", GRADIO_SHARE="False", NO_PROXY="127.0.0.1,localhost")
+    log = root / "app.log"
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=log.open("w"))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"app.py exited: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"app.py served no page within two minutes: {log.read_text()[-2000:]}")
+        yield url, root / "cache"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
