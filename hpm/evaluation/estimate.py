@@ -98,10 +98,15 @@ def sizes_run(batch_sizes: list[int], batch_dependent: bool) -> list[int]:
 
 
 def time_passes(model: nn.Module, x: Tensor, rows: list[int], device: torch.device) -> PassTimes:
-    """Time one step and one query at each batch size of ``rows`` (at most ``len(x)``) on ``device``."""
+    """Time one step and one query at each batch size of ``rows`` (at most ``len(x)``) on ``device``. A smaller
+    batch never costs more than a larger one: a time above a larger batch's (another process held the device
+    then) is lowered to it."""
     rows = sorted({min(r, len(x)) for r in rows})
     timed = [_step_seconds(model, x[:r].to(device)) for r in rows]
-    return PassTimes(rows, [t[0] for t in timed], [t[1] for t in timed])
+
+    def monotone(ts: list[float]) -> list[float]:
+        return [min(ts[i:]) for i in range(len(ts))]
+    return PassTimes(rows, monotone([t[0] for t in timed]), monotone([t[1] for t in timed]))
 
 
 def bound_seconds(times: PassTimes, n: int, plan: list[AttackSpec], attack: AttackConfig, sizes: list[int],

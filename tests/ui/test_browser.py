@@ -169,7 +169,7 @@ def test_an_imagenet_model_from_the_hub_field_gets_its_own_gallery_and_radius(pa
     thumbs.first.click()
     page.locator("#current-image img").wait_for(timeout=30_000)
     page.get_by_role("button", name="Run attack").click()
-    page.locator("#attack-summary").get_by_text("ε = 4/255").wait_for(timeout=120_000)
+    page.locator("#attack-summary").get_by_text("ε = 1/255").wait_for(timeout=120_000)
     page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "imagenet.png"), full_page=True)
 
