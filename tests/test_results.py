@@ -294,15 +294,15 @@ def test_readme_time_per_example_shows_each_device_measured_and_says_which_is_no
 
 def test_every_timed_example_and_the_robust_check_finished_within_3x_of_what_it_first_expected():
     timed = json.loads((REPO / "results/timing/examples-cpu.json").read_text())
-    if "robust_check" not in timed:
-        pytest.skip("results/timing/examples-cpu.json predates expected times: regenerate it with "
-                    "python scripts/time_examples.py --data ../shared/data --quickstart")
+    assert "robust_check" in timed, ("results/timing/examples-cpu.json predates expected times: regenerate it with "
+                                     "python scripts/time_examples.py --data ../shared/data --quickstart")
     runs = [e["run"] for e in [*timed["examples"], timed["robust_check"]]]
     assert timed["robust_check"]["command"] == _time_examples_script().ROBUST_CHECK
     for run in runs:
         ratio = run["wall_seconds"] / run["expected"]["seconds"]
         assert 1 / 3 <= ratio <= 3 and run["measured_over_expected"] == pytest.approx(ratio, abs=0.01)
-        assert run["expected"]["printed_at_seconds"] < run["wall_seconds"] / 2  # said early in the run
+        # said before most of the run (a run of one large batch: once its first attack is done)
+        assert run["expected"]["printed_at_seconds"] < 0.75 * run["wall_seconds"] and run["expected"]["point"]
 
 
 def test_readme_benchmark_table_reads_what_the_benchmarks_write_and_says_what_is_not_measured(tmp_path):
