@@ -20,6 +20,10 @@ def _backbone_text(backbone: dict) -> str:
         o = backbone.get("options", {})
         return (f"a CIFAR ResNet-{o.get('depth')} of first-stage width {o.get('width')} trained from scratch by hpm "
                 f"(`hpm train-backbone`, {o.get('classifier')} classifier; weights included)")
+    if source == "checkpoint":
+        digest = backbone.get("options", {}).get("features_sha256", "")
+        return (f"the backbone stored in the checkpoint `{name}` (named, not copied: loading reads it from there and "
+                f"checks its weights' SHA-256 `{digest[:12]}…`)")
     if source == "module":
         return f"a user-supplied `{backbone.get('options', {}).get('class', 'nn.Module')}` (weights included)"
     return f"`{source}:{name}`"

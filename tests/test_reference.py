@@ -122,3 +122,29 @@ def test_pushing_a_head_that_names_a_local_backbone_needs_the_backbone_s_hub_cop
     assert pushed["backbone"]["name"] == "me/fc@v1"
     assert pushed["backbone"]["options"] == model.backbone_spec.options  # the same digest
     assert model.backbone_spec.name == "../fc"  # the model itself is unchanged
+
+
+def test_no_two_shipped_checkpoints_store_the_same_backbone():
+    """A shipped head on a shipped backbone names it (``python scripts/reference_backbones.py`` rewrites one that
+    stores a copy), which keeps the repository and the wheel lean."""
+    from hpm.checkpoint import CheckpointConfig, read_config, read_weights
+    from hpm.hub import shipped_checkpoints
+    from hpm.sources.reference import features_digest
+
+    stored: dict[str, str] = {}
+    for name, directory in sorted(shipped_checkpoints().items()):
+        config = read_config(directory)
+        if isinstance(config, CheckpointConfig) and config.backbone_weights_included:
+            digest = features_digest(read_weights(directory))
+            assert digest not in stored, f"{name} stores the backbone {stored.get(digest)} already stores"
+            stored[digest] = name
+    assert len(stored) >= 5  # the backbones trained by hpm: ResNet-20s from scratch, FGSM-RS, DP-NP...
+
+
+def test_a_shipped_head_names_its_backbone_checkpoint_and_its_card_says_so():
+    model = hpm.load("cifar10-resnet20w32-fgsmrs-20ep-hpm-full")
+    spec, config = model.backbone_spec, model.checkpoint_config
+    assert (spec.source, spec.name) == ("checkpoint", "cifar10-resnet20w32-fgsmrs-20ep-fc")
+    assert not config.backbone_weights_included
+    card = (hpm.hub.shipped_checkpoints()["cifar10-resnet20w32-fgsmrs-20ep-hpm-full"] / "README.md").read_text()
+    assert "stored in the checkpoint `cifar10-resnet20w32-fgsmrs-20ep-fc`" in card

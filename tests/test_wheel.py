@@ -70,6 +70,15 @@ def test_the_wheel_loads_a_shipped_checkpoint_by_name_from_outside_the_repositor
     assert location.startswith(str(bin_dir.parent)) and facts == "hpm 0.936"
 
 
+def test_a_shipped_head_finds_the_shipped_backbone_it_names_inside_the_wheel(venv):
+    bin_dir, outside = venv
+    code = ("import hpm, torch; m = hpm.load('cifar10-resnet20w32-fgsmrs-20ep-hpm-full'); "
+            "print(m.backbone_spec.source, m.backbone_spec.name, m(torch.zeros(2, 3, 32, 32)).shape[1])")
+    result = subprocess.run([str(bin_dir / "python"), "-c", code], cwd=outside, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["checkpoint", "cifar10-resnet20w32-fgsmrs-20ep-fc", "10"]
+
+
 def test_hpm_app_serves_the_demo_from_the_wheel(venv):
     bin_dir, outside = venv
     port = _free_port()

@@ -34,6 +34,7 @@ from scipy.stats import binomtest, spearmanr
 from ..checkpoint import read_config
 from ..errors import HPMError
 from ..evaluation.report import EvalReport
+from ..sources.reference import SOURCE as REFERENCE, resolve_reference
 from ..units import eps_text
 from .compare import SAME_EVALUATION, combined_robust, mcnemar_exact, sample_results
 from .metrics import load_report, protocol_name, protocol_text, worst_case_protocol_name
@@ -200,6 +201,8 @@ def _describe(root: Path, entry: dict, hpm: EvalReport) -> tuple[str, int]:
                        "'features' and 'architecture'")
     config = read_config(folder)
     spec = config.backbone
+    if spec.get("source") == REFERENCE:  # the head names the checkpoint that stores its backbone: describe that one
+        spec = read_config(resolve_reference(spec["name"], folder)).backbone
     options = ", ".join(f"{k} {v}" for k, v in spec.get("options", {}).items() if k not in ("num_classes",
                                                                                              "classifier"))
     return (entry.get("architecture") or f"{spec['source']}:{spec['name']}" + (f" ({options})" if options else ""),
