@@ -21,9 +21,9 @@ def _backbone_text(backbone: dict) -> str:
         return (f"a CIFAR ResNet-{o.get('depth')} of first-stage width {o.get('width')} trained from scratch by hpm "
                 f"(`hpm train-backbone`, {o.get('classifier')} classifier; weights included)")
     if source == "checkpoint":
-        digest = backbone.get("options", {}).get("features_sha256", "")
-        return (f"the backbone stored in the checkpoint `{name}` (named, not copied: loading reads it from there and "
-                f"checks its weights' SHA-256 `{digest[:12]}…`)")
+        digest = backbone.get("options", {}).get("features_sha256")
+        check = f"checks its weights' SHA-256 `{digest[:12]}…`" if digest else "has no digest to check its weights by"
+        return f"the backbone stored in the checkpoint `{name}` (named, not copied: loading reads it there and {check})"
     if source == "module":
         return f"a user-supplied `{backbone.get('options', {}).get('class', 'nn.Module')}` (weights included)"
     return f"`{source}:{name}`"

@@ -125,20 +125,53 @@ def test_pushing_a_head_that_names_a_local_backbone_needs_the_backbone_s_hub_cop
 
 
 def test_no_two_shipped_checkpoints_store_the_same_backbone():
-    """A shipped head on a shipped backbone names it (``python scripts/reference_backbones.py`` rewrites one that
-    stores a copy), which keeps the repository and the wheel lean."""
-    from hpm.checkpoint import CheckpointConfig, read_config, read_weights
+    """A shipped head or mixed branch on a shipped backbone names it (``python scripts/reference_backbones.py``
+    rewrites one that stores a copy), which keeps the repository and the wheel lean."""
     from hpm.hub import shipped_checkpoints
-    from hpm.sources.reference import features_digest
+    from hpm.sources.reference import stored_backbones
 
-    stored: dict[str, str] = {}
-    for name, directory in sorted(shipped_checkpoints().items()):
-        config = read_config(directory)
-        if isinstance(config, CheckpointConfig) and config.backbone_weights_included:
-            digest = features_digest(read_weights(directory))
-            assert digest not in stored, f"{name} stores the backbone {stored.get(digest)} already stores"
-            stored[digest] = name
+    stored = stored_backbones(shipped_checkpoints().values())
+    twice = {digest[:12]: [d.name + (f" [{part}]" if part else "") for d, part in copies]
+             for digest, copies in stored.items() if len(copies) > 1}
+    assert not twice
     assert len(stored) >= 5  # the backbones trained by hpm: ResNet-20s from scratch, FGSM-RS, DP-NP...
+
+
+def _config_naming(directory, name, digest="0" * 64):
+    """Rewrite the head checkpoint in ``directory`` to name the backbone checkpoint ``name`` (with ``digest``)."""
+    config = json.loads((directory / "config.json").read_text())
+    options = {"features_sha256": digest} if digest else {}
+    config["backbone"] = {"source": "checkpoint", "name": name, "options": options}
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_a_named_backbone_needs_its_digest_and_a_relative_path_a_shipped_name_or_a_hub_id(tmp_path):
+    fc_dir = _backbone_checkpoint(tmp_path / "fc")
+    _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm").save_pretrained(tmp_path / "ncm")
+    _config_naming(tmp_path / "ncm", "../fc", digest=None)
+    with pytest.raises(CheckpointError, match="without the digest"):
+        hpm.load(tmp_path / "ncm")
+    _config_naming(tmp_path / "ncm", str(fc_dir.resolve()))
+    with pytest.raises(CheckpointError, match="by the path"):
+        hpm.load(tmp_path / "ncm")
+    _config_naming(tmp_path / "ncm", "../no-such-fc")
+    with pytest.raises(CheckpointError, match="neither beside it"):
+        hpm.load(tmp_path / "ncm")
+
+
+def test_a_checkpoint_from_the_hub_cannot_name_a_folder_of_this_machine(tmp_path, monkeypatch):
+    """Whoever writes a Hub checkpoint must not make ``hpm.load`` (or the app) read local folders."""
+    from hub_cache import write_hub_cache
+    (tmp_path / "cache").mkdir()
+    fc_dir = _backbone_checkpoint(tmp_path / "cache" / "fc")  # beside the snapshots, where "../../../fc" leads
+    head = _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm")
+    head.save_pretrained(tmp_path / "ncm")
+    _config_naming(tmp_path / "ncm", "../../../fc", digest=head.backbone_spec.options["features_sha256"])
+    write_hub_cache(tmp_path / "cache", "someone/ncm", {"2" * 40: tmp_path / "ncm"}, {"main": "2" * 40})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="from the Hub: only those"):
+        hpm.load("someone/ncm")
 
 
 def test_a_shipped_head_names_its_backbone_checkpoint_and_its_card_says_so():

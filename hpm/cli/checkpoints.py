@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from .common import (add_data_args, add_device_arg, eps_arg, positive_float, positive_int, resolve_device,
                      uniform_subset)
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointConfig
 
 
 def register(sub) -> None:
@@ -69,6 +73,16 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_push)
 
 
+
+def _weights_text(config: CheckpointConfig) -> str:
+    """Where a checkpoint's backbone weights come from, as ``hpm info`` says it."""
+    if config.backbone_weights_included:
+        return "included"
+    if config.backbone["source"] == "checkpoint":
+        digest = config.backbone.get("options", {}).get("features_sha256", "")
+        return f"from checkpoint {config.backbone['name']} (sha256 {digest[:12]}…)"
+    return "from source"
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..checkpoint import read_config
     from ..hub import resolve_checkpoint
@@ -91,7 +105,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     b = config.backbone
     print(f"checkpoint: {args.checkpoint}")
     print(f"backbone:   {b['source']}:{b.get('name')}  input {tuple(config.input_size)}  "
-          f"weights {'included' if config.backbone_weights_included else 'from source'}")
+          f"weights {_weights_text(config)}")
     print(f"head:       {config.head['type']}  d={config.head['num_features']}  k={config.head['num_classes']}")
     print(f"dataset:    {config.dataset}   threat model: {config.threat_model or 'none'}")
     print(f"training:   {json.dumps({k: v for k, v in (config.training or {}).items() if k != 'commands'})}")

@@ -202,7 +202,8 @@ def _describe(root: Path, entry: dict, hpm: EvalReport) -> tuple[str, int]:
     config = read_config(folder)
     spec = config.backbone
     if spec.get("source") == REFERENCE:  # the head names the checkpoint that stores its backbone: describe that one
-        spec = read_config(resolve_reference(spec["name"], folder)).backbone
+        beside = folder.parent / spec["name"]  # a shipped name, read from this root's checkpoints first
+        spec = read_config(beside if beside.is_dir() else resolve_reference(spec["name"], folder)).backbone
     options = ", ".join(f"{k} {v}" for k, v in spec.get("options", {}).items() if k not in ("num_classes",
                                                                                              "classifier"))
     return (entry.get("architecture") or f"{spec['source']}:{spec['name']}" + (f" ({options})" if options else ""),

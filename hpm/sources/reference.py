@@ -18,14 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 import torch
 from torch import Tensor
 
 from ..checkpoint import CheckpointConfig, load_strict, read_config, read_weights
 from ..errors import CheckpointError
-from ..hub import is_repo_id, resolve_checkpoint, shipped_root, split_revision
+from ..hub import (download_checkpoint, is_repo_id, resolve_checkpoint, shipped_checkpoints, shipped_root,
+                   split_revision)
 
 T = TypeVar("T")
 SOURCE = "checkpoint"
@@ -63,14 +64,56 @@ def is_portable(name: str) -> bool:
     return is_repo_id(split_revision(name)[0]) or (root is not None and "/" not in name and (root / name).is_dir())
 
 
+def _in_hub_cache(directory: Path) -> bool:
+    """True for a folder inside the Hugging Face Hub cache (a downloaded checkpoint's snapshot)."""
+    from huggingface_hub import constants
+
+    return Path(directory).resolve().is_relative_to(Path(constants.HF_HUB_CACHE).expanduser().resolve())
+
+
 def resolve_reference(name: str, base_dir: str | Path | None = None) -> Path:
-    """The directory of a referenced backbone checkpoint: relative to ``base_dir`` (the referencing checkpoint)
-    when that path exists, else a shipped checkpoint or a Hub id (:func:`hpm.hub.resolve_checkpoint`)."""
-    if base_dir is not None and not is_repo_id(split_revision(name)[0]):
-        local = Path(base_dir) / name
-        if local.is_dir():
-            return local
-    return resolve_checkpoint(name)
+    """The directory of a referenced backbone checkpoint.
+
+    Named by a checkpoint in ``base_dir`` (the referencing checkpoint's folder): a path relative to it, else a
+    shipped checkpoint's name, else a Hub id (downloaded, never read as a local path). A checkpoint downloaded from
+    the Hub may name only a shipped checkpoint or a Hub id, so that it cannot point at a folder of this machine.
+    Without ``base_dir`` (a name the user gave): anything :func:`hpm.hub.resolve_checkpoint` takes.
+    """
+    if base_dir is None:
+        return resolve_checkpoint(name)
+    if is_repo_id(split_revision(name)[0]):
+        return download_checkpoint(name)
+    shipped = shipped_checkpoints().get(name)
+    if Path(name).is_absolute() or (shipped is None and _in_hub_cache(Path(base_dir))):
+        raise CheckpointError(f"{base_dir}: names its backbone checkpoint by the path {name!r}; a checkpoint names "
+                              "one beside it by a relative path, or a shipped checkpoint or a Hub id (from the Hub: "
+                              "only those)")
+    local = Path(base_dir) / name
+    if local.is_dir() and not _in_hub_cache(Path(base_dir)):
+        return local
+    if shipped is not None:
+        return shipped
+    raise CheckpointError(f"{base_dir}: names its backbone checkpoint {name!r}, which is neither beside it "
+                          f"({local} does not exist) nor a checkpoint shipped with hpm")
+
+
+def stored_backbones(directories: Iterable[Path]) -> dict[str, list[tuple[Path, str]]]:
+    """The backbone weights that the checkpoints ``directories`` store, by digest (:func:`features_digest`): each
+    as ``(checkpoint, part)``, ``part`` being ``""`` for a classifier, ``"standard"`` or ``"robust"`` for a branch
+    of a mixed classifier. Two entries under one digest are one backbone stored twice."""
+    found: dict[str, list[tuple[Path, str]]] = {}
+    for directory in directories:
+        config = read_config(directory)
+        parts = {"": config} if isinstance(config, CheckpointConfig) else {"standard": config.standard,
+                                                                            "robust": config.robust}
+        state = None
+        for part, branch in parts.items():
+            if branch.backbone_weights_included:
+                state = read_weights(directory) if state is None else state
+                prefix = f"{part}." if part else ""
+                digest = features_digest({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+                found.setdefault(digest, []).append((directory, part))
+    return found
 
 
 def backbone_config(directory: Path) -> CheckpointConfig:
@@ -86,6 +129,9 @@ def load_split(name: str, digest: str | None, base_dir: str | Path | None, build
     """The referenced checkpoint's backbone, built by ``build(backbone_entry, input_size)`` from that checkpoint's
     own config (a split model with ``features`` and ``fc``), its ``features`` weights loaded and checked against
     ``digest``."""
+    if not digest:
+        raise CheckpointError(f"{base_dir}: names the backbone checkpoint {name!r} without the digest of its weights "
+                              "(features_sha256), so what it was measured on cannot be checked")
     directory = resolve_reference(name, base_dir)
     config = backbone_config(directory)
     if config.backbone.get("source") == SOURCE:
@@ -93,7 +139,7 @@ def load_split(name: str, digest: str | None, base_dir: str | Path | None, build
                               "checkpoint that stores the weights")
     state = read_weights(directory)
     found = features_digest(state)
-    if digest is not None and found != digest:
+    if found != digest:
         raise CheckpointError(f"{directory}: its backbone weights are not the ones this head was trained on "
                               f"(features_sha256 {found[:12]}..., expected {digest[:12]}...); pin the backbone "
                               "checkpoint's revision")
