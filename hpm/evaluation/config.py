@@ -11,7 +11,7 @@ SCHEDULES = ("cumulative", "independent")
 
 @dataclass
 class AttackConfig:
-    """Threat model and attack budget; the paper's settings are the defaults except ``n_iter`` (AutoAttack 100)."""
+    """Threat model and attack budget; the defaults are the paper's (APGD 40 iterations; AutoAttack uses 100)."""
 
     norm: str = "Linf"  # "Linf" or "L2"
     eps: float = 8 / 255  # radius of the perturbation ball
