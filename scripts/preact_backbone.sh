@@ -3,10 +3,10 @@
 #   train   PreAct ResNet-18 with FGSM-RS at 8/255, Wong, Rice & Kolter's recipe (15 epochs, cyclic learning rate
 #           peaking at 0.2, SGD momentum 0.9 without Nesterov, weight decay 5e-4, batch 128, step 10/255, uniform
 #           start, random crop + flip) and the catastrophic-overfitting guard, on the JPEG copy of the training set;
-#           resumable mid-epoch from RUNS/at-preact18-e15 (a state every 50 steps). About 2.6 s a step on 2 idle CPU
-#           cores: ~17 min an epoch, ~4.3 h in all.
-#   check   the literature check: APGD-CE + APGD-T (9 target classes, AutoAttack's) on all 1000 lossless test images,
-#           beside the published numbers in results/literature/preact-resnet18-fgsmrs.json
+#           resumable mid-epoch from RUNS/at-preact18-e15 (a state every 50 steps). About 2-2.6 s a step on 2 idle CPU
+#           cores: 13-17 min an epoch, 3.3-4.3 h in all.
+#   check   the literature check: APGD-CE + APGD-T at AutoAttack's budget (100 iterations, 9 target classes) on all
+#           1000 lossless test images, beside the published numbers in results/literature/preact-resnet18-fgsmrs.json
 #   heads   on the frozen backbone: the l2 NCM head (class means of the training features), HPM with the paper's
 #           full IKL recipe (1 epoch, PGD-10, Adam 5e-5, batch 64, lambda 0.98) and its inner-product ablation;
 #           each names the FC checkpoint as its backbone instead of storing it again
@@ -53,8 +53,8 @@ for step in $STEPS; do
   case "$step" in
     train) hpm train-backbone --data "$DATA" --run-dir "$RUNS/at-preact18-e15" --out "$FC" --arch preact-resnet18 \
              --epochs 15 --lr 0.2 --no-nesterov --adversarial fgsm-rs --channels-last "${DEVICE[@]}" ;;
-    check) quiet "$OUT/pa18-fc-apgdt-n1000-eps8.json" hpm eval "$FC" --data "$DATA" --eps 8/255 --target-classes 9 \
-             --attacks apgd-ce/deployed,apgd-t/deployed --batch-sizes 250 ;;
+    check) quiet "$OUT/pa18-fc-apgdt-n1000-eps8.json" hpm eval "$FC" --data "$DATA" --eps 8/255 --iters 100 \
+             --target-classes 9 --attacks apgd-ce/deployed,apgd-t/deployed --batch-sizes 250 ;;
     heads) head_on_backbone ncm --head ncm --mode fit
            head_on_backbone hpm-full --head hpm --mode adversarial --save-every 50
            head_on_backbone hpm-dot --head hpm --mode adversarial --save-every 50 --ablation dot-score ;;
