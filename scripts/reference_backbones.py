@@ -8,8 +8,9 @@ the backbone's own checkpoint; ``hpm train`` on such a checkpoint now names it (
 digest-checked), and this script brings checkpoints written before that to the same form. The lender of a
 backbone is the checkpoint ``hpm train-backbone`` wrote (its recorded command says so). Before a checkpoint is
 rewritten, its outputs on 64 shipped sample images are compared with the rewritten one's: they must be identical,
-bit for bit. The rewritten checkpoint replaces the old folder in one rename. Needs the repository's hpm
-(``pip install -e .``): the names written are looked up among the checkpoints the running hpm ships.
+bit for bit. The rewritten folder replaces the old one by two renames, the old kept until the new is in place.
+Needs the repository's hpm (``pip install -e .``): the names written are looked up among the checkpoints the
+running hpm ships.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def outputs(directory: Path, images: torch.Tensor) -> torch.Tensor:
 
 def rewrite(checkpoint: Path, parts: list[str], lender: Path, images: torch.Tensor) -> None:
     """Rewrite ``checkpoint`` so that its ``parts`` name ``lender``'s backbone, once its outputs are checked to
-    stay exactly the same; the old folder is replaced by the new one in one rename."""
+    stay exactly the same; the old folder is kept until the new one is in place."""
     model = hpm.load(str(checkpoint))
     for part in parts:
         (getattr(model, part) if part else model).reference_backbone(lender.name)

@@ -73,7 +73,6 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_push)
 
 
-
 def _weights_text(config: CheckpointConfig) -> str:
     """Where a checkpoint's backbone weights come from, as ``hpm info`` says it."""
     if config.backbone_weights_included:
@@ -82,6 +81,7 @@ def _weights_text(config: CheckpointConfig) -> str:
         digest = config.backbone.get("options", {}).get("features_sha256", "")
         return f"from checkpoint {config.backbone['name']} (sha256 {digest[:12]}…)"
     return "from source"
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..checkpoint import read_config

@@ -92,9 +92,10 @@ def register(sub) -> None:
                     "/ torchvision:NAME for the original FC model, or mixed(standard=MODEL,robust=MODEL,alpha=A[,T=T]) "
                     "for Bai et al.'s mixed classifier of two such models) with APGD-CE and APGD-DLR on the FC "
                     "oracle, the soft-hybrid surrogate, their ensemble and the deployed model (BPDA), APGD-T on the FC "
-                    "oracle and the deployed model, then Square on the deployed model; every adversarial batch is judged on the deployed model. Writes OUT (.json), "
-                    "OUT.md and the resumable per-sample OUT.npz. Under torchrun the ranks share the batches (each "
-                    "resumable from OUT.rankR-of-W.npz) and rank 0 writes the one report.")
+                    "oracle and the deployed model, then Square on the deployed model; every adversarial batch is "
+                    "judged on the deployed model. Writes OUT (.json), OUT.md and the resumable per-sample OUT.npz. "
+                    "Under torchrun the ranks share the batches (each resumable from OUT.rankR-of-W.npz) and rank 0 "
+                    "writes the one report.")
     add_model_arg(e, required=False)
     e.add_argument("--out", default=None, metavar="REPORT.json",
                    help="report path (required unless --estimate-only); .md and .npz are written beside it")
