@@ -60,23 +60,26 @@ def venv(tmp_path_factory):
     return root / "venv" / "bin", outside
 
 
-def test_the_wheel_loads_a_shipped_checkpoint_by_name_from_outside_the_repository(venv):
+def _python_outside(venv, code: str, env: dict | None = None) -> str:
+    """What the wheel's venv python prints running ``code`` from a folder outside the repository."""
     bin_dir, outside = venv
+    result = subprocess.run([str(bin_dir / "python"), "-c", code], cwd=outside, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_the_wheel_loads_a_shipped_checkpoint_by_name_from_outside_the_repository(venv):
+    bin_dir, _ = venv
     code = ("import hpm; m = hpm.load('cifar10-resnet18-hpm-clean'); "
             "print(hpm.__file__); print(m.head_type, m.checkpoint_config.metrics['clean_accuracy']['value'])")
-    result = subprocess.run([str(bin_dir / "python"), "-c", code], cwd=outside, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    location, facts = result.stdout.strip().splitlines()
+    location, facts = _python_outside(venv, code).strip().splitlines()
     assert location.startswith(str(bin_dir.parent)) and facts == "hpm 0.936"
 
 
 def test_a_shipped_head_finds_the_shipped_backbone_it_names_inside_the_wheel(venv):
-    bin_dir, outside = venv
     code = ("import hpm, torch; m = hpm.load('cifar10-resnet20w32-fgsmrs-20ep-hpm-full'); "
             "print(m.backbone_spec.source, m.backbone_spec.name, m(torch.zeros(2, 3, 32, 32)).shape[1])")
-    result = subprocess.run([str(bin_dir / "python"), "-c", code], cwd=outside, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["checkpoint", "cifar10-resnet20w32-fgsmrs-20ep-fc", "10"]
+    assert _python_outside(venv, code).split() == ["checkpoint", "cifar10-resnet20w32-fgsmrs-20ep-fc", "10"]
 
 
 def test_hpm_app_serves_the_demo_from_the_wheel(venv):
@@ -103,13 +106,11 @@ def test_hpm_app_serves_the_demo_from_the_wheel(venv):
 
 
 def test_the_wheel_carries_the_sample_set(venv):
-    bin_dir, outside = venv
+    bin_dir, _ = venv
     code = ("from hpm.samples import samples_root, load_samples; print(samples_root()); "
             "print(len(load_samples('cifar10')), len(load_samples('imagenet')))")
     env = {k: v for k, v in os.environ.items() if k != "HPM_DATA_DIR"}
-    result = subprocess.run([str(bin_dir / "python"), "-c", code], cwd=outside, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    root, counts = result.stdout.strip().splitlines()
+    root, counts = _python_outside(venv, code, env).strip().splitlines()
     assert root.startswith(str(bin_dir.parent)) and root.endswith("hpm/assets") and counts == "300 10"
 
 
