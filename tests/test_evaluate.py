@@ -125,6 +125,53 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
         assert np.array_equal(getattr(resumed[4], name), getattr(full[4], name)), name
 
 
+def test_a_run_killed_inside_a_batch_resumes_after_its_last_finished_attack(tmp_path, monkeypatch):
+    model, x, y = tiny_hpm(seed=3)
+    cfg = AttackConfig(**{**FAST, "eps": 4 / 255}, schedule="independent")  # every attack runs
+    import hpm.evaluation.protocol as ev
+    real, calls = ev.run_attack, []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ev, "run_attack", counted)
+    plan, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], progress=False)
+    uninterrupted = len(calls)
+
+    def dies_at_the_fourth_attack(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return counted(*args, **kwargs)
+    calls.clear()
+    monkeypatch.setattr(ev, "run_attack", dies_at_the_fourth_attack)
+    path = tmp_path / "r.npz"
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(model, x, y, attack=cfg, batch_sizes=[16], results_path=path, progress=False)
+    _, partial = load_results(path)
+    assert not partial[16].done.any() and (partial[16].attacks_finished == 3).all()
+    calls.clear()
+    monkeypatch.setattr(ev, "run_attack", counted)
+    _, resumed, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], results_path=path, progress=False)
+    assert len(calls) == uninterrupted - 3 and calls[0] == plan[3].name  # the three finished attacks not rerun
+    for name in ("done", "clean_correct", "attacked", "broken", "attacks_finished"):
+        assert np.array_equal(getattr(resumed[16], name), getattr(full[16], name)), name
+
+
+def test_a_results_file_saved_only_per_batch_still_resumes(tmp_path):
+    model, x, y = tiny_hpm(seed=3)
+    cfg = AttackConfig(**{**FAST, "eps": 4 / 255})
+    path = tmp_path / "r.npz"
+    _, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[4], results_path=path, progress=False)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if not k.endswith("attacks_finished")}
+    arrays["bs4_done"][8:] = False  # two of four batches done, written before attacks were saved one by one
+    np.savez(path, **arrays)
+    _, old = load_results(path)
+    assert list(old[4].attacks_finished) == [len(full[4].attack_names)] * 8 + [0] * 8
+    _, resumed, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[4], results_path=path, progress=False)
+    assert np.array_equal(resumed[4].robust, full[4].robust)
+
+
 def test_two_shards_merge_into_the_full_run(tmp_path):
     model, x, y = tiny_hpm(seed=4)
     cfg = AttackConfig(**{**FAST, "eps": 4 / 255})

@@ -137,6 +137,19 @@ def test_a_large_first_batch_gives_an_expectation_after_its_first_attack():
     assert e.ready and e.first["point"] == "after the first attack (apgd-ce/deployed) on the first 100 images"
 
 
+def test_a_batch_resumed_after_its_first_attacks_is_expected_to_need_only_the_rest_at_their_break_rates():
+    e = expectation()
+    e.add_batches(10, [10, 10])
+    e.resume_batch(10, 10, correct=8, attacked=[8, 4], broken=[4, 2])  # 8 clean; 2 left after two attacks
+    square = 100 * TIMES.at("square", 2)  # Square has broken nothing yet: it is assumed to break nothing
+    rest_of_resumed = apgd(2, 2) + square
+    fresh = apgd(0, 8) + apgd(1, 4) + apgd(2, 2) + square  # the next batch at the resumed one's rates
+    assert e.remaining()[0] == pytest.approx(rest_of_resumed + fresh)
+    assert not e.ready  # no attack timed by this run yet
+    e.attack_done(10, 10, 2, 2, 0, apgd(2, 2))
+    assert e.remaining()[0] == pytest.approx(square + fresh)
+
+
 def test_sanity_checks_are_priced_at_their_eps_and_counted_down_run_by_run():
     e = expectation()
     e.add_batches(10, [10])

@@ -1,7 +1,7 @@
 """torchrun: the ranks share the evaluation batches, rank 0 gathers the per-sample outcomes and writes one report.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` of ``w`` evaluates every ``w``-th batch from the ``r``-th (the
-same split as ``--shard r/w``) and saves its outcomes after every batch to ``REPORT.rank{r}-of-{w}.npz`` beside
+same split as ``--shard r/w``) and saves its outcomes after every attack to ``REPORT.rank{r}-of-{w}.npz`` beside
 the report, so a killed job resumes per rank. Rank 0 then gathers every rank's outcomes, merges them with the
 same code that merges ``--shard`` runs (:func:`merge_runs`), saves the union at ``REPORT.npz`` and writes the
 one report. Outside torchrun everything here is a no-op: one process, one part, nothing gathered.

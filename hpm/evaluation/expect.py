@@ -100,6 +100,19 @@ class Expectation:
         self.current = (batch_size, rows, a + 1, survivors)
         self._changed()
 
+    def resume_batch(self, batch_size: int, rows: int, correct: int, attacked: list[int], broken: list[int]) -> None:
+        """A batch of ``rows`` images, ``correct`` of them clean-correct, resumes after the plan's first
+        ``len(attacked)`` attacks, which an interrupted run made: attack ``a`` ran on ``attacked[a]`` images and
+        broke ``broken[a]``. Their break rates count; their time, not measured by this run, does not."""
+        self._start(batch_size, rows)
+        self.clean_seen, self.clean_correct = self.clean_seen + rows, self.clean_correct + correct
+        for a, (n, hit) in enumerate(zip(attacked, broken)):
+            self.attacked[a] += n
+            self.broken[a] += hit
+        survivors = attacked[-1] - broken[-1] if self.attack.schedule == "cumulative" else correct
+        self.current = (batch_size, rows, len(attacked), survivors)
+        self._changed()
+
     def batch_done(self, batch_size: int, rows: int) -> None:
         """Every attack of the plan ran on an evaluation batch of ``rows`` images."""
         if self.current is None:

@@ -7,8 +7,8 @@ sample (``"independent"``: standalone robust accuracy per attack). A sample is b
 adversarial batch of that size — every member inside its eps-ball, the not-attacked members clean —
 makes the **deployed** model misclassify it. Robust accuracy is the per-sample worst case over attacks.
 
-Per-sample outcomes are written to an ``.npz`` after every batch, so a killed run resumes where it
-stopped, and runs over different batches (``shard``) merge into one.
+Per-sample outcomes are written to an ``.npz`` after every attack of every batch, so a killed run resumes at
+the attack it was in, and runs over different batches (``shard``) merge into one.
 """
 from __future__ import annotations
 
@@ -81,21 +81,28 @@ def _clean_pass(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec], config: AttackConfig,
-                 on_attack_done=None) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+                 on_attack_done=None, *,
+                 finished: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
     """Run the protocol on one evaluation batch.
 
-    ``on_attack_done(a, n_attacked, robust, seconds, n_broken)`` is called after each attack of the plan.
+    ``on_attack_done(a, clean_correct, attacked_a, broken_a, seconds)`` is called after each attack of the plan
+    with that attack's rows ``[b]``. ``finished = (attacked, broken)``, each ``[k, b]``: what the plan's first
+    ``k`` attacks did in an interrupted run of this batch; they are not run again. Each attack is a pure function
+    of its inputs and seed (:mod:`hpm.attacks`), so the result is the uninterrupted run's.
 
-    Returns ``(clean_correct [b], attacked [A, b], broken [A, b], seconds [A])``.
+    Returns ``(clean_correct [b], attacked [A, b], broken [A, b], seconds [A])`` (no seconds for finished attacks).
     """
     scores, z_clean = _clean_pass(model, x)
     correct = scores.argmax(1) == y
     num_classes = scores.shape[1]
-    robust = correct.clone()
     attacked = torch.zeros(len(plan), len(y), dtype=torch.bool)
     broken = torch.zeros_like(attacked)
+    k = 0 if finished is None else len(finished[0])
+    if k:
+        attacked[:k], broken[:k] = finished
+    robust = correct & ~broken.to(correct.device).any(0)
     seconds = np.zeros(len(plan))
-    for a, spec in enumerate(plan):
+    for a, spec in enumerate(plan[k:], start=k):
         start = time.perf_counter()
         mask = robust if config.schedule == "cumulative" else correct
         idx = mask.nonzero().flatten()
@@ -106,7 +113,7 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
             robust[idx[hit]] = False
         seconds[a] = time.perf_counter() - start
         if on_attack_done is not None:
-            on_attack_done(a, len(idx), robust, seconds[a], int(broken[a].sum()))
+            on_attack_done(a, correct.cpu(), attacked[a], broken[a], seconds[a])
     return correct.cpu(), attacked, broken, seconds
 
 
@@ -136,12 +143,12 @@ def batch_starts(n: int, batch_size: int, part: tuple[int, int] = (0, 1)) -> lis
 
 
 def _progress_bars(r: SampleResults, starts: list[int], n: int, progress: bool, below: int = 0) -> list[tqdm]:
-    """One bar per attack, counting this part's images (resumed ones already done), ``below`` bars down."""
+    """One bar per attack, counting this part's images (those it ran on before a resume already counted),
+    ``below`` bars down."""
     bs = r.batch_size
     total = sum(min(bs, n - s) for s in starts)
-    done = sum(int(r.done[s:s + bs].sum()) for s in starts)
-    return [tqdm(total=total, initial=done, desc=f"bs={bs} {name}", position=below + i, leave=True,
-                 disable=not progress,
+    return [tqdm(total=total, initial=sum(int((r.attacks_finished[s:s + bs] > i).sum()) for s in starts),
+                 desc=f"bs={bs} {name}", position=below + i, leave=True, disable=not progress,
                  unit="img", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} img{postfix}")  # own time in the postfix
             for i, name in enumerate(r.attack_names)]
 
@@ -149,35 +156,53 @@ def _progress_bars(r: SampleResults, starts: list[int], n: int, progress: bool, 
 def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResults, plan: list[AttackSpec],
                          attack: AttackConfig, starts: list[int], device: torch.device, save, progress: bool,
                          expect: Expectation | None = None) -> None:
-    """Fill ``r`` for the batches starting at ``starts`` (skipping those already done); ``save()`` after each;
-    the work done is reported to ``expect``."""
+    """Fill ``r`` for the batches starting at ``starts`` (skipping those already done, resuming a batch after the
+    attacks an interrupted run finished); ``save()`` after each attack; the work done is reported to ``expect``."""
     bars = _progress_bars(r, starts, len(y), progress, below=int(expect is not None))  # its bar on top
     for start in starts:
         sl = slice(start, min(start + r.batch_size, len(y)))
         if r.done[sl].all():
             continue
+        finished = _finished_attacks(r, sl)
+        if finished is not None and expect is not None:
+            expect.resume_batch(r.batch_size, sl.stop - sl.start, int(r.clean_correct[sl].sum()),
+                                [int(n) for n in finished[0].sum(1)], [int(n) for n in finished[1].sum(1)])
 
-        def show(a: int, n_attacked: int, robust_now: Tensor, seconds: float, n_broken: int,
-                 _sl: slice = sl) -> None:
-            """Advance attack ``a``'s bar; postfix: robust accuracy so far (done batches + this one) and the
-            attack's own time (done batches, as the report counts it, + this one)."""
+        def record(a: int, correct: Tensor, attacked: Tensor, broken: Tensor, seconds: float,
+                   _sl: slice = sl) -> None:
+            """Store attack ``a``'s outcome on the batch and save; advance its bar, whose postfix shows the robust
+            accuracy so far (done batches + this one) and the attack's own time."""
+            r.clean_correct[_sl] = correct.numpy()
+            r.attacked[a, _sl], r.broken[a, _sl] = attacked.numpy(), broken.numpy()
+            r.seconds[a] += seconds
+            r.attacks_finished[_sl] = a + 1
+            save()
             if expect is not None:
-                expect.attack_done(r.batch_size, _sl.stop - _sl.start, a, n_attacked, n_broken, seconds)
+                expect.attack_done(r.batch_size, _sl.stop - _sl.start, a, int(attacked.sum()), int(broken.sum()),
+                                   seconds)
+            standing = int((r.clean_correct[_sl] & ~r.broken[:a + 1, _sl].any(0)).sum())
             seen = int(r.done.sum()) + (_sl.stop - _sl.start)
             bars[a].update(_sl.stop - _sl.start)
-            bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + int(robust_now.sum())) / seen:.1f}%",
-                                own=f"{r.seconds[a] + seconds:.0f}s")
+            bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + standing) / seen:.1f}%",
+                                own=f"{r.seconds[a]:.0f}s")
 
-        correct, attacked, broken, seconds = attack_batch(model, x[sl].to(device), y[sl].to(device), plan, attack,
-                                                          show)
-        r.clean_correct[sl], r.attacked[:, sl], r.broken[:, sl] = correct.numpy(), attacked.numpy(), broken.numpy()
-        r.seconds += seconds
-        r.done[sl] = True
+        correct, _, _, _ = attack_batch(model, x[sl].to(device), y[sl].to(device), plan, attack, record,
+                                        finished=finished)
+        r.clean_correct[sl], r.attacks_finished[sl], r.done[sl] = correct.numpy(), len(plan), True
         save()
         if expect is not None:
             expect.batch_done(r.batch_size, sl.stop - sl.start)
     for bar in bars:
         bar.close()
+
+
+def _finished_attacks(r: SampleResults, sl: slice) -> tuple[Tensor, Tensor] | None:
+    """``(attacked, broken)`` ``[k, b]`` of the plan's first ``k`` attacks that an interrupted run finished on the
+    batch ``sl``; None if it finished none."""
+    k = int(r.attacks_finished[sl].min())
+    if k == 0:
+        return None
+    return torch.from_numpy(r.attacked[:k, sl].copy()), torch.from_numpy(r.broken[:k, sl].copy())
 
 
 def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig, batch_sizes: list[int],
@@ -193,7 +218,7 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
         batch_sizes: evaluation batch sizes; batch-independent models are evaluated once and the result
             is reported for each size.
         indices: dataset indices of the rows of ``x`` (recorded in the results).
-        results_path: ``.npz`` of per-sample results: resumed from if it exists, updated after each batch.
+        results_path: ``.npz`` of per-sample results: resumed from if it exists, updated after each attack.
         shard: ``(k, n)``: evaluate only batches whose number is ``k`` modulo ``n`` (merge shards later).
         expect: told the batches to run, then each attack's outcome and time (:mod:`.expect`).
 

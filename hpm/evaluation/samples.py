@@ -1,4 +1,4 @@
-"""Per-sample outcomes of an evaluation: what each attack did to each sample, saved after every batch.
+"""Per-sample outcomes of an evaluation: what each attack did to each sample, saved after every attack of a batch.
 
 The ``.npz`` written here is the ground truth of a report: it resumes a killed run, merges runs over
 different batches (shards, torchrun ranks) and feeds paired tests between models.
@@ -30,6 +30,7 @@ class SampleResults:
     attacked: np.ndarray = field(default=None)  # [A, N] bool: the attack ran on the sample
     broken: np.ndarray = field(default=None)  # [A, N] bool: the attack made the deployed model miss it
     seconds: np.ndarray = field(default=None)  # [A] wall time spent per attack
+    attacks_finished: np.ndarray = field(default=None)  # [N] int: attacks of the plan run on the sample's batch
 
     def __post_init__(self):
         n, a = len(self.indices), len(self.attack_names)
@@ -38,6 +39,9 @@ class SampleResults:
                 setattr(self, name, np.zeros(shape, dtype=bool))
         if self.seconds is None:
             self.seconds = np.zeros(a)
+        if self.attacks_finished is None:  # a file written before runs were saved attack by attack
+            self.attacks_finished = np.where(self.done, a, 0)
+        self.attacks_finished = np.asarray(self.attacks_finished, dtype=np.int64)
 
     @property
     def robust(self) -> np.ndarray:
@@ -47,7 +51,8 @@ class SampleResults:
     def with_batch_size(self, batch_size: int) -> "SampleResults":
         """A copy labelled with another batch size (for batch-independent models, identical at every size)."""
         return SampleResults(batch_size, list(self.attack_names), self.indices, self.labels, self.done.copy(),
-                             self.clean_correct.copy(), self.attacked.copy(), self.broken.copy(), self.seconds.copy())
+                             self.clean_correct.copy(), self.attacked.copy(), self.broken.copy(), self.seconds.copy(),
+                             self.attacks_finished.copy())
 
     def first_broken_by(self) -> np.ndarray:
         """Index of the first attack (plan order) that broke each sample; -1 if none."""
@@ -62,7 +67,8 @@ def save_results(path: Path, results: dict[int, SampleResults], config_key: str)
         p = f"bs{bs}_"
         arrays.update({p + "indices": r.indices, p + "labels": r.labels, p + "done": r.done,
                        p + "clean_correct": r.clean_correct, p + "attacked": r.attacked, p + "broken": r.broken,
-                       p + "seconds": r.seconds, p + "attack_names": np.array(r.attack_names)})
+                       p + "seconds": r.seconds, p + "attack_names": np.array(r.attack_names),
+                       p + "attacks_finished": r.attacks_finished})
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
@@ -84,12 +90,14 @@ def load_results(path: Path) -> tuple[str, dict[int, SampleResults]]:
             p = f"bs{bs}_"
             results[bs] = SampleResults(bs, [str(n) for n in data[p + "attack_names"]], data[p + "indices"],
                                         data[p + "labels"], data[p + "done"], data[p + "clean_correct"],
-                                        data[p + "attacked"], data[p + "broken"], data[p + "seconds"])
+                                        data[p + "attacked"], data[p + "broken"], data[p + "seconds"],
+                                        data.get(p + "attacks_finished"))
     return str(data["config_key"]), results
 
 
 def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> dict[int, SampleResults]:
-    """Union of two runs of the same configuration (e.g. two shards); overlapping samples must agree."""
+    """Union of two runs of the same configuration (e.g. two shards); overlapping samples must agree. Of a sample
+    neither run finished, the run further through the plan is kept."""
     if set(a) != set(b):
         raise HPMError(f"runs cover different batch sizes: {sorted(a)} vs {sorted(b)}")
     merged = {}
@@ -101,11 +109,11 @@ def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> d
         if both.any() and not (np.array_equal(x.broken[:, both], y.broken[:, both])
                                and np.array_equal(x.clean_correct[both], y.clean_correct[both])):
             raise HPMError(f"batch size {bs}: the runs disagree on samples both evaluated")
-        take = y.done & ~x.done
+        take = y.attacks_finished > x.attacks_finished  # finished samples have run every attack
         merged[bs] = SampleResults(bs, x.attack_names, x.indices, x.labels, x.done | y.done,
                                    np.where(take, y.clean_correct, x.clean_correct),
                                    np.where(take, y.attacked, x.attacked), np.where(take, y.broken, x.broken),
-                                   x.seconds + y.seconds)
+                                   x.seconds + y.seconds, np.maximum(x.attacks_finished, y.attacks_finished))
     return merged
 
 
