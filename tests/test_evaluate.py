@@ -11,7 +11,7 @@ from hpm.attacks import AttackTarget, BatchFeatures, BreakRecorder, SummedLossAP
 from hpm.evaluation.checks import ce_saturation
 from hpm.errors import HPMError
 from hpm.evaluation import AttackConfig, run_protocol
-from hpm.evaluation.samples import config_key, load_results, merge_results
+from hpm.evaluation.samples import config_key, load_results, merge_results, save_results
 from hpm.evaluation import evaluate_model
 
 from conftest import TinyMLP
@@ -125,9 +125,31 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
         assert np.array_equal(getattr(resumed[4], name), getattr(full[4], name)), name
 
 
+def killed_after_three_attacks(model, x, y, cfg, path, monkeypatch) -> None:
+    """Run the protocol at batch size 16 into ``path`` and kill it as its fourth attack starts."""
+    import hpm.evaluation.protocol as ev
+    real, calls = ev.run_attack, []
+
+    def dies_at_the_fourth_attack(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ev, "run_attack", dies_at_the_fourth_attack)
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(model, x, y, attack=cfg, batch_sizes=[16], results_path=path, progress=False)
+    monkeypatch.setattr(ev, "run_attack", real)
+
+
 def test_a_run_killed_inside_a_batch_resumes_after_its_last_finished_attack(tmp_path, monkeypatch):
     model, x, y = tiny_hpm(seed=3)
     cfg = AttackConfig(**{**FAST, "eps": 4 / 255}, schedule="independent")  # every attack runs
+    plan, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], progress=False)
+    path = tmp_path / "r.npz"
+    killed_after_three_attacks(model, x, y, cfg, path, monkeypatch)
+    _, partial = load_results(path)
+    assert not partial[16].done.any() and (partial[16].attacks_finished == 3).all()
+
     import hpm.evaluation.protocol as ev
     real, calls = ev.run_attack, []
 
@@ -135,26 +157,38 @@ def test_a_run_killed_inside_a_batch_resumes_after_its_last_finished_attack(tmp_
         calls.append(args[0].name)
         return real(*args, **kwargs)
     monkeypatch.setattr(ev, "run_attack", counted)
-    plan, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], progress=False)
-    uninterrupted = len(calls)
-
-    def dies_at_the_fourth_attack(*args, **kwargs):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return counted(*args, **kwargs)
-    calls.clear()
-    monkeypatch.setattr(ev, "run_attack", dies_at_the_fourth_attack)
-    path = tmp_path / "r.npz"
-    with pytest.raises(KeyboardInterrupt):
-        run_protocol(model, x, y, attack=cfg, batch_sizes=[16], results_path=path, progress=False)
-    _, partial = load_results(path)
-    assert not partial[16].done.any() and (partial[16].attacks_finished == 3).all()
-    calls.clear()
-    monkeypatch.setattr(ev, "run_attack", counted)
     _, resumed, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], results_path=path, progress=False)
-    assert len(calls) == uninterrupted - 3 and calls[0] == plan[3].name  # the three finished attacks not rerun
+    assert calls == [spec.name for spec in plan[3:]]  # the three finished attacks are not run again
     for name in ("done", "clean_correct", "attacked", "broken", "attacks_finished"):
         assert np.array_equal(getattr(resumed[16], name), getattr(full[16], name)), name
+
+
+def test_a_batch_whose_clean_predictions_changed_since_the_interruption_starts_over(tmp_path, monkeypatch):
+    model, x, y = tiny_hpm(seed=3)
+    cfg = AttackConfig(**{**FAST, "eps": 4 / 255}, schedule="independent")
+    path = tmp_path / "r.npz"
+    killed_after_three_attacks(model, x, y, cfg, path, monkeypatch)
+    _, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], progress=False)
+    key, partial = load_results(path)
+    partial[16].clean_correct[0] = not partial[16].clean_correct[0]  # as if saved by another device
+    save_results(path, partial, key)
+    with pytest.warns(UserWarning, match="3 finished attacks on this batch are run again"):
+        _, resumed, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], results_path=path, progress=False)
+    for name in ("clean_correct", "attacked", "broken"):
+        assert np.array_equal(getattr(resumed[16], name), getattr(full[16], name)), name
+
+
+def test_merging_refuses_runs_that_disagree_on_an_attack_both_finished(tmp_path, monkeypatch):
+    model, x, y = tiny_hpm(seed=3)
+    cfg = AttackConfig(**{**FAST, "eps": 4 / 255}, schedule="independent")
+    path = tmp_path / "r.npz"
+    killed_after_three_attacks(model, x, y, cfg, path, monkeypatch)
+    _, full, _ = run_protocol(model, x, y, attack=cfg, batch_sizes=[16], progress=False)
+    _, partial = load_results(path)
+    assert merge_results(partial, full)[16].done.all()  # the finished run completes the interrupted one
+    partial[16].broken[1, 0] = not partial[16].broken[1, 0]
+    with pytest.raises(HPMError, match="disagree"):
+        merge_results(partial, full)
 
 
 def test_a_results_file_saved_only_per_batch_still_resumes(tmp_path):

@@ -148,6 +148,9 @@ def test_a_batch_resumed_after_its_first_attacks_is_expected_to_need_only_the_re
     assert not e.ready  # no attack timed by this run yet
     e.attack_done(10, 10, 2, 2, 0, apgd(2, 2))
     assert e.remaining()[0] == pytest.approx(square + fresh)
+    e.attack_done(10, 10, 3, 2, 0, square)
+    e.batch_done(10, 10)
+    assert e.through_all == 0 and not e.ready  # its images did not go through every attack in this run
 
 
 def test_sanity_checks_are_priced_at_their_eps_and_counted_down_run_by_run():

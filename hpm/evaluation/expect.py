@@ -35,8 +35,8 @@ BIG_BATCH = 64  # ... or the first attack ran on this many (a large first batch)
 class Expectation:
     """Expected remaining seconds of an evaluation, updated from the work that finished.
 
-    The protocol reports its work (:meth:`add_batches`, :meth:`attack_done`, :meth:`batch_done`,
-    :meth:`add_checks`, :meth:`check_run_done`); :meth:`remaining` predicts the rest. Functions registered with
+    The protocol reports its work (:meth:`add_batches`, :meth:`resume_batch`, :meth:`attack_done`,
+    :meth:`batch_done`, :meth:`add_checks`, :meth:`check_run_done`); :meth:`remaining` predicts the rest. Functions registered with
     :meth:`subscribe` are called after every report; those registered with ``first=True`` once, when the first
     expectation is :attr:`ready`.
 
@@ -54,6 +54,7 @@ class Expectation:
         self.started = clock() if started is None else started  # the run's start, on ``clock``
         self.pending: list[tuple[int, int]] = []  # (batch size, rows) of evaluation batches not started, in order
         self.current: tuple[int, int, int, float] | None = None  # (batch size, rows, next attack, images it attacks)
+        self.current_resumed = False  # the current batch began in an interrupted run: not all of it timed here
         self.check_runs: list[float | None] = []  # eps factors of the sanity checks' runs left (None: a huge eps)
         self.check_rows = self.check_batch = self.check_queries = 0  # their images, batch size, Square budget
         self.total_rows = self.through_all = self.through_first = 0  # images: to run, past every / the first attack
@@ -103,22 +104,26 @@ class Expectation:
     def resume_batch(self, batch_size: int, rows: int, correct: int, attacked: list[int], broken: list[int]) -> None:
         """A batch of ``rows`` images, ``correct`` of them clean-correct, resumes after the plan's first
         ``len(attacked)`` attacks, which an interrupted run made: attack ``a`` ran on ``attacked[a]`` images and
-        broke ``broken[a]``. Their break rates count; their time, not measured by this run, does not."""
+        broke ``broken[a]``. Their break rates count; their time, not measured by this run, does not, nor does the
+        batch count towards the images that went through every attack here (:attr:`ready`)."""
+        if not attacked:
+            raise ValueError("resume_batch needs the outcome of at least one finished attack")
         self._start(batch_size, rows)
         self.clean_seen, self.clean_correct = self.clean_seen + rows, self.clean_correct + correct
         for a, (n, hit) in enumerate(zip(attacked, broken)):
             self.attacked[a] += n
             self.broken[a] += hit
         survivors = attacked[-1] - broken[-1] if self.attack.schedule == "cumulative" else correct
-        self.current = (batch_size, rows, len(attacked), survivors)
+        self.current, self.current_resumed = (batch_size, rows, len(attacked), survivors), True
         self._changed()
 
     def batch_done(self, batch_size: int, rows: int) -> None:
         """Every attack of the plan ran on an evaluation batch of ``rows`` images."""
         if self.current is None:
             self._start(batch_size, rows)
-        self.current = None
-        self.through_all += rows
+        if not self.current_resumed:
+            self.through_all += rows
+        self.current, self.current_resumed = None, False
         self._changed()
 
     def check_run_done(self) -> None:

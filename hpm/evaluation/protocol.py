@@ -13,8 +13,9 @@ the attack it was in, and runs over different batches (``shard``) merge into one
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ def _clean_pass(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec], config: AttackConfig,
-                 on_attack_done=None, *,
+                 on_attack_done: Callable[[int, Tensor, Tensor, Tensor, float], None] | None = None, *,
                  finished: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
     """Run the protocol on one evaluation batch.
 
@@ -163,7 +164,7 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
         sl = slice(start, min(start + r.batch_size, len(y)))
         if r.done[sl].all():
             continue
-        finished = _finished_attacks(r, sl)
+        finished = _finished_attacks(model, r, sl, x[sl].to(device), y[sl].to(device))
         if finished is not None and expect is not None:
             expect.resume_batch(r.batch_size, sl.stop - sl.start, int(r.clean_correct[sl].sum()),
                                 [int(n) for n in finished[0].sum(1)], [int(n) for n in finished[1].sum(1)])
@@ -196,11 +197,19 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
         bar.close()
 
 
-def _finished_attacks(r: SampleResults, sl: slice) -> tuple[Tensor, Tensor] | None:
+def _finished_attacks(model: nn.Module, r: SampleResults, sl: slice, x: Tensor,
+                      y: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(attacked, broken)`` ``[k, b]`` of the plan's first ``k`` attacks that an interrupted run finished on the
-    batch ``sl``; None if it finished none."""
+    batch ``sl`` of images ``x``; None if it finished none, or if the model's clean predictions on the batch are no
+    longer those the interrupted run saw (another device or library): the batch then starts over."""
     k = int(r.attacks_finished[sl].min())
     if k == 0:
+        return None
+    correct = (_clean_pass(model, x)[0].argmax(1) == y).cpu().numpy()
+    if not np.array_equal(correct, r.clean_correct[sl]):
+        warnings.warn(f"rows {sl.start}-{sl.stop - 1}: the clean predictions differ from those of the interrupted "
+                      f"run, so its {k} finished attacks on this batch are run again", stacklevel=2)
+        r.attacked[:, sl], r.broken[:, sl], r.attacks_finished[sl] = False, False, 0
         return None
     return torch.from_numpy(r.attacked[:k, sl].copy()), torch.from_numpy(r.broken[:k, sl].copy())
 

@@ -29,7 +29,7 @@ class SampleResults:
     clean_correct: np.ndarray = field(default=None)  # [N] bool
     attacked: np.ndarray = field(default=None)  # [A, N] bool: the attack ran on the sample
     broken: np.ndarray = field(default=None)  # [A, N] bool: the attack made the deployed model miss it
-    seconds: np.ndarray = field(default=None)  # [A] wall time spent per attack
+    seconds: np.ndarray = field(default=None)  # [A] wall time spent per attack (also on a batch not yet done)
     attacks_finished: np.ndarray = field(default=None)  # [N] int: attacks of the plan run on the sample's batch
 
     def __post_init__(self):
@@ -105,9 +105,11 @@ def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> d
         x, y = a[bs], b[bs]
         if not np.array_equal(x.indices, y.indices) or x.attack_names != y.attack_names:
             raise HPMError(f"batch size {bs}: the runs evaluated different samples or attacks")
-        both = x.done & y.done
-        if both.any() and not (np.array_equal(x.broken[:, both], y.broken[:, both])
-                               and np.array_equal(x.clean_correct[both], y.clean_correct[both])):
+        shared = np.minimum(x.attacks_finished, y.attacks_finished)  # attacks both runs finished, per sample
+        both = np.arange(len(x.attack_names))[:, None] < shared[None, :]
+        clean = (shared > 0) | (x.done & y.done)
+        if not (np.array_equal(x.broken[both], y.broken[both])
+                and np.array_equal(x.clean_correct[clean], y.clean_correct[clean])):
             raise HPMError(f"batch size {bs}: the runs disagree on samples both evaluated")
         take = y.attacks_finished > x.attacks_finished  # finished samples have run every attack
         merged[bs] = SampleResults(bs, x.attack_names, x.indices, x.labels, x.done | y.done,
