@@ -16,7 +16,8 @@
 #   diagnose  NCM on clean and on adversarial class means vs FC, per batch size
 #   publish   model cards from the reports, the cross-backbone figure and table, docs/results.md
 #   DATA=../shared/data nice bash scripts/preact_backbone.sh        # STEPS="train check heads eval diagnose publish"
-# Every step resumes where it stopped (training states, IKL's trainer_state.pt, the evaluations' .npz files).
+# Every step resumes where it stopped (training states, IKL's trainer_state.pt, the evaluations' .npz files), and
+# a head or report that exists is not made again (delete it to redo it).
 # DEVICE=cuda runs every command on a GPU.
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
@@ -31,10 +32,14 @@ PROTOCOL=(--data "$DATA" --n "$N" --eps 8/255 --target-classes 3 --square-querie
 WHOLE_BATCH=batch:apgd-ce/ensemble,batch:apgd-dlr/bpda,batch:apgd-margin/ensemble,batch:apgd-margin/bpda
 WHOLE_BATCH="$WHOLE_BATCH,apgd-margin/bpda,apgd-margin/ensemble"
 mkdir -p "$OUT"
-quiet() { local out="$1"; shift; "$@" "${DEVICE[@]}" --out "$out" > /dev/null 2> "${out%.json}.log"; }
+quiet() {  # OUT COMMAND...: run COMMAND --out OUT unless OUT exists, its progress in OUT's .log
+  local out="$1"; shift
+  [ -f "$out" ] || "$@" "${DEVICE[@]}" --out "$out" > /dev/null 2> "${out%.json}.log"
+}
 
 head_on_backbone() {  # NAME HPM-TRAIN-ARGS...: fine-tune in RUNS, then ship the checkpoint
   local name="$1"; shift
+  [ -f "$PREFIX-$name/model.safetensors" ] && return
   hpm train "$FC" --data "$DATA" --n-test 1000 --out "$RUNS/pa18-$name" "${DEVICE[@]}" "$@"
   rm -rf "$PREFIX-$name" && mkdir -p "$PREFIX-$name"
   cp "$RUNS/pa18-$name"/{config.json,model.safetensors,README.md} "$PREFIX-$name"/
