@@ -18,8 +18,10 @@ def _backbone_text(backbone: dict) -> str:
         return "the standard CIFAR-10 ResNet-18 shipped inside PyPI's `pyautoattack` (referenced, not copied)"
     if source == "hpm":
         o = backbone.get("options", {})
-        return (f"a CIFAR ResNet-{o.get('depth')} of first-stage width {o.get('width')} trained from scratch by hpm "
-                f"(`hpm train-backbone`, {o.get('classifier')} classifier; weights included)")
+        net = ("a PreAct ResNet-18 (Wong et al.'s architecture)" if name == "preact_resnet18"
+               else f"a CIFAR ResNet-{o.get('depth')} of first-stage width {o.get('width')}")
+        return (f"{net} trained from scratch by hpm (`hpm train-backbone`, {o.get('classifier')} classifier; "
+                "weights included)")
     if source == "checkpoint":
         digest = backbone.get("options", {}).get("features_sha256")
         check = f"checks its weights' SHA-256 `{digest[:12]}…`" if digest else "has no digest to check its weights by"

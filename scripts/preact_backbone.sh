@@ -3,10 +3,11 @@
 #   train   PreAct ResNet-18 with FGSM-RS at 8/255, Wong, Rice & Kolter's recipe (15 epochs, cyclic learning rate
 #           peaking at 0.2, SGD momentum 0.9 without Nesterov, weight decay 5e-4, batch 128, step 10/255, uniform
 #           start, random crop + flip) and the catastrophic-overfitting guard, on the JPEG copy of the training set;
-#           resumable mid-epoch from RUNS/at-preact18-e15 (a state every 50 steps). About 2-2.6 s a step on 2 idle CPU
-#           cores: 13-17 min an epoch, 3.3-4.3 h in all.
+#           resumable mid-epoch from RUNS/at-preact18-e15 (a state every 50 steps). 1.2-2.6 s a step on 2 idle CPU
+#           cores, by machine: 8-17 min an epoch, 2.1-4.3 h in all.
 #   check   the literature check: APGD-CE + APGD-T at AutoAttack's budget (100 iterations, 9 target classes) on all
-#           1000 lossless test images, beside the published numbers in results/literature/preact-resnet18-fgsmrs.json
+#           1000 lossless test images, beside the published numbers in results/literature/preact-resnet18-fgsmrs.json;
+#           and what the JPEG training set costs: clean accuracy on the lossless images vs their JPEG copies
 #   heads   on the frozen backbone: the l2 NCM head (class means of the training features), HPM with the paper's
 #           full IKL recipe (1 epoch, PGD-10, Adam 5e-5, batch 64, lambda 0.98) and its inner-product ablation;
 #           each names the FC checkpoint as its backbone instead of storing it again
@@ -59,7 +60,10 @@ for step in $STEPS; do
     train) hpm train-backbone --data "$DATA" --run-dir "$RUNS/at-preact18-e15" --out "$FC" --arch preact-resnet18 \
              --epochs 15 --lr 0.2 --no-nesterov --adversarial fgsm-rs --channels-last "${DEVICE[@]}" ;;
     check) quiet "$OUT/pa18-fc-apgdt-n1000-eps8.json" hpm eval "$FC" --data "$DATA" --eps 8/255 --iters 100 \
-             --target-classes 9 --attacks apgd-ce/deployed,apgd-t/deployed --batch-sizes 250 ;;
+             --target-classes 9 --attacks apgd-ce/deployed,apgd-t/deployed --batch-sizes 250
+           [ -f results/literature/preact-jpeg-shift.json ] || python scripts/jpeg_shift.py "$FC" \
+             checkpoints/cifar10-resnet20w32-fgsmrs-{20ep-,}fc pyautoattack:resnet18 --data "$DATA" \
+             --out results/literature/preact-jpeg-shift.json ;;
     heads) head_on_backbone ncm --head ncm --mode fit
            head_on_backbone hpm-full --head hpm --mode adversarial --save-every 50
            head_on_backbone hpm-dot --head hpm --mode adversarial --save-every 50 --ablation dot-score ;;

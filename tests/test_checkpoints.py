@@ -12,9 +12,11 @@ CHECKPOINTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "checkpoi
                      if (p / "config.json").is_file())
 
 
-def test_shipped_checkpoints_stay_within_60_mb():
+def test_shipped_checkpoints_stay_within_80_mb():
+    """The wheel carries every shipped checkpoint, and PyPI refuses files over 100 MB: the PreAct ResNet-18
+    (45 MB in float32) is stored once, and the heads on it name it."""
     total = sum(f.stat().st_size for p in CHECKPOINTS for f in p.rglob("*") if f.is_file())
-    assert total <= 60 * 2**20
+    assert total <= 80 * 2**20
 
 
 @pytest.mark.parametrize("directory", CHECKPOINTS, ids=lambda p: p.name)

@@ -163,6 +163,15 @@ def test_model_card_has_hub_metadata_and_a_generated_results_table(tmp_path):
     assert "hpm train pyautoattack --out x" in card
 
 
+def test_a_card_names_the_architecture_hpm_trained():
+    from hpm.model_card import _backbone_text
+    preact = {"source": "hpm", "name": "preact_resnet18", "options": {"num_classes": 10, "classifier": "fc"}}
+    resnet = {"source": "hpm", "name": "cifar_resnet", "options": {"depth": 20, "width": 32, "classifier": "fc"}}
+    assert _backbone_text(preact).startswith("a PreAct ResNet-18")
+    assert _backbone_text(resnet).startswith("a CIFAR ResNet-20 of first-stage width 32")
+    assert "None" not in _backbone_text(preact) + _backbone_text(resnet)
+
+
 def test_a_hub_only_lookup_never_reads_a_local_folder_of_the_same_name(tmp_path, monkeypatch):
     from hpm.hub import download_checkpoint
     (tmp_path / "owner" / "name").mkdir(parents=True)

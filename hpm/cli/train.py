@@ -137,9 +137,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _add_train_backbone(sub) -> None:
     b = sub.add_parser(
-        "train-backbone", help="train a CIFAR ResNet from scratch (FC or l2 classifier, optionally adversarial)",
-        description="Train a CIFAR ResNet-(6n+2) from scratch on the training split with a one-cycle SGD schedule "
-                    "and random crop + flip, standard or FGSM-RS adversarial training (Wong et al. 2020, with its "
+        "train-backbone",
+        help="train a CIFAR ResNet or PreAct ResNet-18 from scratch (FC or l2 classifier, optionally adversarial)",
+        description="Train a CIFAR ResNet-(6n+2) or a PreAct ResNet-18 from scratch on the training split with a "
+                    "one-cycle SGD schedule and random crop + flip, standard or FGSM-RS adversarial training (Wong et al. 2020, with its "
                     "catastrophic-overfitting guard), optionally Wu & Yu's average-margin regulariser or Adv-DPNP's "
                     "prototype classifier and loss. Every epoch is saved in --run-dir; rerunning the same "
                     "command resumes. The result is exported as an hpm checkpoint (FC head for an FC classifier, "
