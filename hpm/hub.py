@@ -1,14 +1,16 @@
-"""The Hugging Face Hub: resolve a repo id to a local checkpoint directory, and upload one. Nothing else.
+"""The Hugging Face Hub: resolve a repo id to a local checkpoint directory, and upload files. Nothing else.
 
 Downloads go through ``huggingface_hub`` (its cache, revisions and ``HF_HUB_OFFLINE`` included) and fail
 within seconds with :class:`hpm.OfflineError` when the Hub cannot be reached.
 """
 from __future__ import annotations
 
+import glob
 import re
 import tempfile
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 from .checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from .errors import CheckpointError, HPMError, OfflineError
@@ -109,16 +111,56 @@ def download_checkpoint(repo_id: str, *, revision: str | None = None, token: str
 def push_folder(write: Callable[[Path], object], repo_id: str, *, private: bool = False, token: str | None = None,
                 commit_message: str = "Upload HPM checkpoint") -> str:
     """Let ``write(directory)`` fill a temporary directory and upload it as one commit; returns the commit URL."""
-    from huggingface_hub import HfApi
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Path(tmp))
+        files = sorted(str(p.relative_to(tmp)) for p in Path(tmp).rglob("*") if p.is_file())
+        return upload_files(Path(tmp), files, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def upload_files(root: Path, files: list[str], repo_id: str, *, repo_type: str = "model",
+                 space_sdk: str | None = None, private: bool = False, token: str | None = None,
+                 commit_message: str = "Upload with hpm") -> str:
+    """Upload ``files`` (paths relative to ``root``, kept as they are) to the Hub repo ``repo_id`` in one commit,
+    creating the repo if needed; returns the commit URL. Large files go through the Hub's large-file storage,
+    which a plain ``git push`` of files over 10 MB would need git-lfs for.
+
+    Fails within seconds with :class:`hpm.OfflineError` when the Hub cannot be reached, and with
+    :class:`hpm.HPMError` when it refuses (a missing or read-only token, a repo of another's account)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .network import network_available
 
     if not _REPO_ID.match(repo_id):
         raise HPMError(f"repo id must look like owner/name; got {repo_id!r}")
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing or not files:
+        raise HPMError(f"nothing to upload from {root}" if not files else f"not files under {root}: {missing[:3]}")
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    if not network_available(host):
+        raise OfflineError(f"cannot reach {host} to upload to {repo_id!r}; nothing was uploaded")
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as tmp:
-        write(Path(tmp))
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-        except OSError as e:
-            raise OfflineError(f"uploading to {repo_id!r} failed ({e}); check the network and your token") from None
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, space_sdk=space_sdk, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=root, commit_message=commit_message,
+                                 allow_patterns=[glob.escape(f) for f in files])  # names, not patterns
+    except HfHubHTTPError as e:
+        raise HPMError(f"the Hub refused the upload to {repo_id!r} ({e}); check your token (`hf auth login` or "
+                       "token=...) and that you may write to that account") from None
+    except _transport_errors() as e:
+        raise OfflineError(f"uploading to {repo_id!r} failed ({type(e).__name__}: {e}); check the network") from None
     return str(getattr(info, "commit_url", info))
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What a Hub call raises when the connection fails: ``OSError``, and the base error of whichever HTTP client
+    the installed ``huggingface_hub`` uses (it has changed between versions)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)

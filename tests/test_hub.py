@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hpm
-from hpm.errors import CheckpointError, OfflineError
+from hpm.errors import CheckpointError, HPMError, OfflineError
 from hpm.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 from conftest import TinyNet
@@ -133,24 +133,56 @@ def test_hub_id_downloads_only_the_checkpoint_files(monkeypatch, tmp_path):
     assert set(calls["allow_patterns"]) == {"config.json", "model.safetensors", "README.md"}
 
 
-def test_push_to_hub_uploads_the_saved_directory_in_one_commit(monkeypatch):
-    uploaded = {}
+def fake_hub(monkeypatch, fail: Exception | None = None) -> dict:
+    """A reachable Hub whose API records what it is asked to do (or raises ``fail`` when asked)."""
+    calls = {}
 
     class FakeApi:
         def __init__(self, token=None):
             pass
 
-        def create_repo(self, repo_id, private=False, exist_ok=False):
-            uploaded["created"] = (repo_id, private, exist_ok)
+        def create_repo(self, repo_id, repo_type="model", space_sdk=None, private=False, exist_ok=False):
+            if fail is not None:
+                raise fail
+            calls["created"] = (repo_id, repo_type, space_sdk, private, exist_ok)
 
-        def upload_folder(self, repo_id, folder_path, commit_message):
+        def upload_folder(self, repo_id, repo_type, folder_path, allow_patterns, commit_message):
             from pathlib import Path
-            uploaded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*")
+                                    if p.is_file() and str(p.relative_to(folder_path)) in allow_patterns)
+            if CONFIG_NAME in calls["files"]:
+                calls["config"] = json.loads((Path(folder_path) / CONFIG_NAME).read_text())
             return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    monkeypatch.setattr("hpm.network.network_available", lambda host, *a, **k: True)
+    return calls
+
+
+def test_push_to_hub_uploads_the_saved_directory_in_one_commit(monkeypatch):
+    uploaded = fake_hub(monkeypatch)
     url = hpm.wrap("pyautoattack", head="hpm").push_to_hub("me/hpm-test", private=True)
     assert url == "https://hub/me/hpm-test/commit/1"
-    assert uploaded == {"created": ("me/hpm-test", True, True), "files": ["README.md", CONFIG_NAME, WEIGHTS_NAME]}
+    assert uploaded["created"] == ("me/hpm-test", "model", None, True, True)
+    assert uploaded["files"] == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
+
+
+def test_an_upload_fails_fast_offline_and_says_why_when_the_hub_refuses(monkeypatch, tmp_path):
+    from huggingface_hub.errors import HfHubHTTPError
+    from hpm.hub import upload_files
+    (tmp_path / "a.txt").write_text("a")
+    monkeypatch.setattr("hpm.network.network_available", lambda host, *a, **k: False)
+    with pytest.raises(OfflineError, match="cannot reach huggingface.co.*nothing was uploaded"):
+        upload_files(tmp_path, ["a.txt"], "me/x")
+    refused = HfHubHTTPError.__new__(HfHubHTTPError)  # its constructor's response argument differs by version
+    Exception.__init__(refused, "401 Unauthorized")
+    fake_hub(monkeypatch, fail=refused)
+    with pytest.raises(HPMError, match="the Hub refused the upload to 'me/x'.*token"):
+        upload_files(tmp_path, ["a.txt"], "me/x")
+    fake_hub(monkeypatch, fail=ConnectionResetError("reset by peer"))
+    with pytest.raises(OfflineError, match="uploading to 'me/x' failed.*reset by peer"):
+        upload_files(tmp_path, ["a.txt"], "me/x")
+    with pytest.raises(HPMError, match="not files under"):
+        upload_files(tmp_path, ["a.txt", "missing.bin"], "me/x")
 
 
 def test_model_card_has_hub_metadata_and_a_generated_results_table(tmp_path):

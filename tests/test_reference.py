@@ -1,7 +1,6 @@
 """Heads on one backbone store it once: a checkpoint may name the checkpoint that stores its backbone (a path
 beside it, a shipped checkpoint's name or a Hub id), and loading checks that backbone's weights by digest."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -100,27 +99,15 @@ def test_hpm_train_on_a_checkpoint_that_stores_its_backbone_names_it_unless_told
 
 def test_pushing_a_head_that_names_a_local_backbone_needs_the_backbone_s_hub_copy(tmp_path, monkeypatch):
     from hpm.errors import HPMError
-    pushed = {}
-
-    class FakeApi:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, private=False, exist_ok=False):
-            pass
-
-        def upload_folder(self, repo_id, folder_path, commit_message):
-            pushed["backbone"] = json.loads((Path(folder_path) / "config.json").read_text())["backbone"]
-            return "url"
-
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    from test_hub import fake_hub
+    pushed = fake_hub(monkeypatch)
     fc_dir = _backbone_checkpoint(tmp_path / "fc")
     model = _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm")
     with pytest.raises(HPMError, match="push that checkpoint first"):
         model.push_to_hub("me/ncm")
     model.push_to_hub("me/ncm", backbone_repo="me/fc@v1")
-    assert pushed["backbone"]["name"] == "me/fc@v1"
-    assert pushed["backbone"]["options"] == model.backbone_spec.options  # the same digest
+    assert pushed["config"]["backbone"]["name"] == "me/fc@v1"
+    assert pushed["config"]["backbone"]["options"] == model.backbone_spec.options  # the same digest
     assert model.backbone_spec.name == "../fc"  # the model itself is unchanged
 
 

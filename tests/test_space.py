@@ -29,3 +29,25 @@ def test_requirements_are_the_packages_dependencies_since_the_space_imports_hpm_
     lines = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert lines == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert (REPO / "hpm" / "__init__.py").is_file()
+
+
+def test_the_space_is_pushed_as_the_files_git_tracks_through_the_hubs_large_file_storage(monkeypatch):
+    import shutil
+    import sys
+
+    import pytest
+    from test_hub import fake_hub
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs a git clone")
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import push_space
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    calls = fake_hub(monkeypatch)
+    assert push_space.main(["me/hpm-space", "--private"]) == 0
+    assert calls["created"] == ("me/hpm-space", "space", "gradio", True, True)
+    assert {"app.py", "README.md", "requirements.txt", "hpm/__init__.py"} <= set(calls["files"])
+    assert any(f.startswith("checkpoints/") and f.endswith(".safetensors") for f in calls["files"])
+    assert set(calls["files"]) == set(push_space.space_files())  # nothing git ignores (runs/, caches)
