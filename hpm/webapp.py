@@ -42,9 +42,9 @@ DATA = os.environ.get("HPM_DATA_DIR") or (str(SAMPLES) if SAMPLES else None)
 GALLERY_SIZE = 24  # test samples offered in the gallery
 CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
 HUB_RECHECK_SECONDS = 600  # how often a Hub id (a branch may move) is looked up again
-# HPM on the project's stronger robust backbone (FGSM-RS, 20 epochs), fine-tuned with the paper's full IKL recipe:
-# the best HPM checkpoint shipped for a robust comparison (its card holds the numbers per batch size and order)
-ROBUST_HPM = "cifar10-resnet20w32-fgsmrs-20ep-hpm-full"
+# HPM on the project's strongest robust backbone (a PreAct ResNet-18, FGSM-RS, 15 epochs), fine-tuned with the
+# paper's full IKL recipe: the HPM checkpoint shipped for a robust comparison (its card holds its measured numbers)
+ROBUST_HPM = "cifar10-preactresnet18-fgsmrs-15ep-hpm-full"
 
 try:  # ZeroGPU Spaces: run attacks on the GPU when the `spaces` package is present
     import spaces
