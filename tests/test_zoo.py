@@ -130,6 +130,22 @@ def test_one_cycle_rises_from_zero_to_the_peak_then_falls_to_zero():
     assert np.allclose(np.diff(lrs[:41]), 0.2 / 40) and np.allclose(np.diff(lrs[40:]), -0.2 / 60)  # linear
 
 
+def test_with_half_warmup_and_cycled_momentum_the_schedule_is_torch_s_cyclic_lr_as_wong_et_al_configure_it():
+    from hpm.train.scratch import cycle_momentum
+    ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9)
+    config = BackboneConfig(lr=0.2, warmup=0.5, momentum=0.9, momentum_at_peak=0.8)
+    schedule = one_cycle_schedule(ours, 100, config)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9)
+    cyclic = torch.optim.lr_scheduler.CyclicLR(theirs, base_lr=0.0, max_lr=0.2, step_size_up=50, step_size_down=50)
+    for _ in range(100):
+        cycle_momentum(ours, config)
+        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"], abs=1e-12)
+        assert ours.param_groups[0]["momentum"] == pytest.approx(theirs.param_groups[0]["momentum"], abs=1e-12)
+        ours.step(), theirs.step(), schedule.step(), cyclic.step()
+    with pytest.raises(HPMError, match="momentum_at_peak"):
+        BackboneConfig(momentum_at_peak=1.5)
+
+
 def test_augment_crops_and_flips_without_changing_shape_or_values():
     x = torch.rand(16, 3, 32, 32)
     out = augment(x, torch.Generator().manual_seed(0))
@@ -246,7 +262,8 @@ def test_the_average_margin_regulariser_enters_the_recipe_and_old_runs_resume_wi
         BackboneConfig(margin_tau=0)
 
 
-@pytest.mark.parametrize("options, head", [(["--margin-reg", "0.5", "--margin-tau", "2"], "fc"),
+@pytest.mark.parametrize("options, head", [(["--margin-reg", "0.5", "--margin-tau", "2", "--warmup", "0.5",
+                                             "--momentum-at-peak", "0.8"], "fc"),
                                            (["--classifier", "dpnp", "--dpnp-weights", "0.1,1,0.5"], "dpnp")])
 def test_train_backbone_cli_trains_each_defence_and_records_its_recipe(tiny_data_root, tmp_path, options, head):
     from hpm.cli import main
@@ -258,6 +275,7 @@ def test_train_backbone_cli_trains_each_defence_and_records_its_recipe(tiny_data
     assert config["head"]["type"] == head and hpm.load(out).head_type == head
     recipe = config["training"]
     assert (recipe["margin_reg"], recipe["margin_tau"]) == (0.5, 2.0) if head == "fc" else recipe["dpnp_consistency"] == 0.5
+    assert (recipe["warmup"], recipe.get("momentum_at_peak")) == ((0.5, 0.8) if head == "fc" else (0.4, None))
 
 
 def test_dpnp_weights_must_be_three_non_negative_numbers(tmp_path, capsys):

@@ -161,6 +161,12 @@ def _add_train_backbone(sub) -> None:
     b.add_argument("--epochs", type=positive_int, default=30)
     b.add_argument("--batch-size", type=positive_int, default=128)
     b.add_argument("--lr", type=float, default=0.1, help="peak one-cycle learning rate (default 0.1)")
+    b.add_argument("--warmup", type=float, default=0.4, metavar="FRACTION",
+                   help="share of the steps the learning rate climbs from 0 to --lr, then falls linearly to 0 "
+                        "(default 0.4; torch's CyclicLR in Wong et al.'s FGSM-RS code: 0.5)")
+    b.add_argument("--momentum-at-peak", type=float, default=None, metavar="M",
+                   help="cycle the momentum against the learning rate: 0.9 at rate 0, M at the peak (Wong et al.'s "
+                        "code: 0.8, CyclicLR's default); default constant 0.9")
     b.add_argument("--weight-decay", type=float, default=5e-4)
     b.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                    help="Nesterov momentum (default on; Wong et al.'s recipe: --no-nesterov)")
@@ -210,7 +216,8 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
         raise HPMError(f"--batch-size {args.batch_size} exceeds the {len(train_set)} training images")
     config = BackboneConfig(arch=args.arch.replace("-", "_"), depth=args.depth, width=args.width,
                             classifier=args.classifier, num_classes=len(train_set.classes), epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, nesterov=args.nesterov,
+                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                            momentum_at_peak=args.momentum_at_peak, nesterov=args.nesterov,
                             weight_decay=args.weight_decay, adversarial=args.adversarial, eps=args.eps,
                             dpnp_radius=args.dpnp_radius, dpnp_align=args.dpnp_weights[0],
                             dpnp_repel=args.dpnp_weights[1], dpnp_consistency=args.dpnp_weights[2],

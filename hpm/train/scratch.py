@@ -61,6 +61,8 @@ class BackboneConfig:
     nesterov: bool = True  # Nesterov momentum (Wong et al.'s recipe uses plain momentum: False)
     weight_decay: float = 5e-4
     warmup: float = 0.4  # share of the iterations the learning rate climbs linearly from 0 to lr
+    momentum_at_peak: float | None = None  # momentum at the learning-rate peak, linear in the rate from `momentum`
+    # at rate 0 (torch's CyclicLR in Wong et al.'s code: 0.8 with momentum 0.9); None: constant momentum
     adversarial: str | None = None  # None (standard training) or "fgsm-rs"
     eps: float = 8 / 255  # l_inf radius of the training attack
     fgsm_step: float | None = None  # FGSM-RS step; None: 1.25 eps (Wong et al.)
@@ -84,6 +86,8 @@ class BackboneConfig:
             raise HPMError(f"adversarial must be one of {ADVERSARIAL}; got {self.adversarial!r}")
         if not 0 <= self.warmup < 1:
             raise HPMError(f"warmup must be in [0, 1); got {self.warmup}")
+        if self.momentum_at_peak is not None and not 0 <= self.momentum_at_peak < 1:
+            raise HPMError(f"momentum_at_peak must be in [0, 1); got {self.momentum_at_peak}")
         if self.classifier == "dpnp" and self.adversarial != "fgsm-rs":
             raise HPMError("the dpnp classifier trains on clean and adversarial inputs: give adversarial='fgsm-rs'")
         if self.dpnp_radius <= 0:
@@ -125,6 +129,16 @@ def one_cycle_schedule(opt: torch.optim.Optimizer, total: int, config: BackboneC
     for group in opt.param_groups:
         group["lr"] = 1.0  # LambdaLR sets lr = 1.0 * rate(step): the rates exactly as computed above
     return LambdaLR(opt, rate)
+
+
+def cycle_momentum(opt: torch.optim.Optimizer, config: BackboneConfig) -> None:
+    """Set the momentum against the current learning rate, as torch's ``CyclicLR`` cycles it: ``config.momentum``
+    at rate 0, ``config.momentum_at_peak`` at the peak ``config.lr``, linear in the rate between (no-op when
+    ``momentum_at_peak`` is None)."""
+    if config.momentum_at_peak is None:
+        return
+    for group in opt.param_groups:
+        group["momentum"] = config.momentum - (config.momentum - config.momentum_at_peak) * group["lr"] / config.lr
 
 
 def augment(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -273,6 +287,7 @@ def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDatase
         loss, logits = _training_loss(run.net, config, x, y, gen)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
+        cycle_momentum(run.opt, config)
         run.opt.step()
         run.schedule.step()
         loss_sum += loss.item() * len(y)
@@ -361,6 +376,7 @@ def training_summary(config: BackboneConfig, history: list[dict], train_source: 
     recipe = {key: value for key, value in asdict(config).items()
               if not (key.startswith("dpnp_") and config.classifier != "dpnp")
               and not (key.startswith("margin_") and not config.margin_reg)
+              and not (key == "momentum_at_peak" and config.momentum_at_peak is None)
               and not (key in ("depth", "width") and key not in OPTIONS[config.arch])}  # options not used
     return {"mode": "from-scratch" if not config.adversarial else f"adversarial ({config.adversarial})",
             **recipe, "train_source": train_source, "epochs_run": len(history),
