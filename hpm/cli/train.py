@@ -140,11 +140,12 @@ def _add_train_backbone(sub) -> None:
         "train-backbone",
         help="train a CIFAR ResNet or PreAct ResNet-18 from scratch (FC or l2 classifier, optionally adversarial)",
         description="Train a CIFAR ResNet-(6n+2) or a PreAct ResNet-18 from scratch on the training split with a "
-                    "one-cycle SGD schedule and random crop + flip, standard or FGSM-RS adversarial training (Wong et al. 2020, with its "
-                    "catastrophic-overfitting guard), optionally Wu & Yu's average-margin regulariser or Adv-DPNP's "
-                    "prototype classifier and loss. Every epoch is saved in --run-dir; rerunning the same "
-                    "command resumes. The result is exported as an hpm checkpoint (FC head for an FC classifier, "
-                    "NCM head with the learned centres for an l2 classifier, dpnp head for a dpnp one).")
+                    "one-cycle SGD schedule and random crop + flip, standard or FGSM-RS adversarial training (Wong "
+                    "et al. 2020, with its catastrophic-overfitting guard), optionally Wu & Yu's average-margin "
+                    "regulariser or Adv-DPNP's prototype classifier and loss. Every epoch is saved in --run-dir; "
+                    "rerunning the same command resumes. The result is exported as an hpm checkpoint (FC head for an "
+                    "FC classifier, NCM head with the learned centres for an l2 classifier, dpnp head for a dpnp "
+                    "one).")
     b.add_argument("--run-dir", required=True, metavar="DIR", help="per-epoch states and history (resumes)")
     b.add_argument("--out", required=True, metavar="DIR", help="hpm checkpoint directory to export")
     b.add_argument("--arch", default="cifar-resnet", choices=["cifar-resnet", "preact-resnet18"],
