@@ -269,6 +269,18 @@ def load_dataset(name: str = "cifar10", split: str = "test", data: str | os.Path
         raise type(e)(f"{where}; {e}") from None
 
 
+def jpeg_copy_index(labels: Tensor, per_class: int) -> Tensor:
+    """Where each image of the official CIFAR test order (``labels``) sits in the ``test-jpeg`` split, which is
+    sorted by class: class ``c``'s ``k``-th image in the official order is the archive's ``test/<c>/k``, the
+    ``k``-th of its class (the archive names its files by their order within the class)."""
+    seen = torch.zeros(int(labels.max()) + 1, dtype=torch.long)
+    index = torch.empty(len(labels), dtype=torch.long)
+    for i, c in enumerate(labels.tolist()):
+        index[i] = c * per_class + seen[c]
+        seen[c] += 1
+    return index
+
+
 def _expected(root: Path, name: str, split: str) -> str:
     """The files :func:`load_dataset` reads under a data root for ``name`` and ``split``."""
     cifar10 = root / "cifar10"

@@ -5,7 +5,6 @@ within seconds with :class:`hpm.OfflineError` when the Hub cannot be reached.
 """
 from __future__ import annotations
 
-import glob
 import re
 import tempfile
 from pathlib import Path
@@ -118,38 +117,66 @@ def push_folder(write: Callable[[Path], object], repo_id: str, *, private: bool 
 
 
 def upload_files(root: Path, files: list[str], repo_id: str, *, repo_type: str = "model",
-                 space_sdk: str | None = None, private: bool = False, token: str | None = None,
+                 space_sdk: str | None = None, mirror: bool = False, private: bool = False, token: str | None = None,
                  commit_message: str = "Upload with hpm") -> str:
-    """Upload ``files`` (paths relative to ``root``, kept as they are) to the Hub repo ``repo_id`` in one commit,
-    creating the repo if needed; returns the commit URL. Large files go through the Hub's large-file storage,
-    which a plain ``git push`` of files over 10 MB would need git-lfs for.
+    """Upload ``files`` to the Hub repo ``repo_id`` in one commit, creating the repo if needed.
 
-    Fails within seconds with :class:`hpm.OfflineError` when the Hub cannot be reached, and with
-    :class:`hpm.HPMError` when it refuses (a missing or read-only token, a repo of another's account)."""
-    from huggingface_hub import HfApi, constants
+    Large files go through the Hub's large-file storage, which a plain ``git push`` of files over 10 MB would
+    need git-lfs for. Fails within seconds with :class:`hpm.OfflineError` when the Hub cannot be reached, and
+    with :class:`hpm.HPMError` when it refuses (the message gives the HTTP status).
+
+    Args:
+        root: the local folder the paths are relative to.
+        files: paths relative to ``root``, kept as the paths in the repo.
+        repo_id: ``owner/name``.
+        repo_type: ``model``, ``dataset`` or ``space``.
+        space_sdk: a new Space's SDK (``gradio``).
+        mirror: also delete the repo's files that are not in ``files`` (never ``.gitattributes``), so that the
+            repo holds exactly these files.
+
+    Returns:
+        The commit's URL.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
-
-    from .network import network_available
 
     if not _REPO_ID.match(repo_id):
         raise HPMError(f"repo id must look like owner/name; got {repo_id!r}")
+    if not files:
+        raise HPMError(f"nothing to upload from {root}")
     missing = [f for f in files if not (root / f).is_file()]
-    if missing or not files:
-        raise HPMError(f"nothing to upload from {root}" if not files else f"not files under {root}: {missing[:3]}")
-    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
-    if not network_available(host):
-        raise OfflineError(f"cannot reach {host} to upload to {repo_id!r}; nothing was uploaded")
+    if missing:
+        raise HPMError(f"{len(missing)} of the files to upload are not files under {root}, e.g. {missing[:3]}")
+    _check_reachable(repo_id)
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type=repo_type, space_sdk=space_sdk, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=root, commit_message=commit_message,
-                                 allow_patterns=[glob.escape(f) for f in files])  # names, not patterns
+        stale = set(api.list_repo_files(repo_id, repo_type=repo_type)) - set(files) - {".gitattributes"}
+        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(root / f)) for f in files]
+        operations += [CommitOperationDelete(path_in_repo=f) for f in sorted(stale)] if mirror else []
+        info = api.create_commit(repo_id, repo_type=repo_type, operations=operations, commit_message=commit_message)
     except HfHubHTTPError as e:
-        raise HPMError(f"the Hub refused the upload to {repo_id!r} ({e}); check your token (`hf auth login` or "
-                       "token=...) and that you may write to that account") from None
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = ("; check your token (`hf auth login` or token=...) and that you may write to that account"
+                if status in (401, 403) else "")
+        raise HPMError(f"the Hub refused the upload to {repo_id!r} (HTTP {status or '?'}: {e}){hint}") from None
+    except ValueError as e:  # huggingface_hub's own checks, e.g. a Space README whose metadata does not parse
+        raise HPMError(f"the upload to {repo_id!r} was not made: {e}") from None
     except _transport_errors() as e:
         raise OfflineError(f"uploading to {repo_id!r} failed ({type(e).__name__}: {e}); check the network") from None
     return str(getattr(info, "commit_url", info))
+
+
+def _check_reachable(repo_id: str) -> None:
+    """Raise :class:`OfflineError` within seconds when the Hub endpoint (``HF_ENDPOINT``) does not answer."""
+    from huggingface_hub import constants
+
+    from .network import network_available
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or constants.ENDPOINT, url.port or (80 if url.scheme == "http" else 443)
+    if not network_available(host, port):
+        raise OfflineError(f"cannot reach {host} to upload to {repo_id!r}; nothing was uploaded")
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

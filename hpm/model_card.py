@@ -18,7 +18,8 @@ def _backbone_text(backbone: dict) -> str:
         return "the standard CIFAR-10 ResNet-18 shipped inside PyPI's `pyautoattack` (referenced, not copied)"
     if source == "hpm":
         o = backbone.get("options", {})
-        net = ("a PreAct ResNet-18 (Wong et al.'s architecture)" if name == "preact_resnet18"
+        net = ("a PreAct ResNet-18 (He et al.'s pre-activation ResNet, as Wong et al. train it)"
+               if name == "preact_resnet18"
                else f"a CIFAR ResNet-{o.get('depth')} of first-stage width {o.get('width')}")
         return (f"{net} trained from scratch by hpm (`hpm train-backbone`, {o.get('classifier')} classifier; "
                 "weights included)")

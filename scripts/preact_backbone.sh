@@ -2,7 +2,9 @@
 # The literature's standard small robust backbone, trained by the project, and HPM on it.
 #   train   PreAct ResNet-18 with FGSM-RS at 8/255, Wong, Rice & Kolter's recipe (15 epochs, cyclic learning rate
 #           peaking at 0.2, SGD momentum 0.9 without Nesterov, weight decay 5e-4, batch 128, step 10/255, uniform
-#           start, random crop + flip) and the catastrophic-overfitting guard, on the JPEG copy of the training set;
+#           start, random crop + flip; hpm's schedule peaks at 40% of the steps with a constant momentum, their code's
+#           at half way with the momentum cycled, --warmup 0.5 --momentum-at-peak 0.8) and the catastrophic-overfitting
+#           guard, on the JPEG copy of the training set;
 #           resumable mid-epoch from RUNS/at-preact18-e15 (a state every 50 steps). 1.2-2.6 s a step on 2 idle CPU
 #           cores, by machine: 8-17 min an epoch, 2.1-4.3 h in all.
 #   check   the literature check: APGD-CE + APGD-T at AutoAttack's budget (100 iterations, 9 target classes) on all

@@ -1,4 +1,4 @@
-"""Publish the repository as a Hugging Face Space: every file git tracks, uploaded in one commit.
+"""Publish the repository as a Hugging Face Space: exactly the files git tracks, in one commit.
 
     python scripts/push_space.py OWNER/NAME            # creates the Space if needed, then uploads
     python scripts/push_space.py OWNER/NAME --dry-run  # lists what would be uploaded
@@ -7,7 +7,8 @@ A Space is a git repository on the Hub, and the Hub refuses files over 10 MB tha
 storage; the shipped PreAct ResNet-18 backbone (45 MB) is one, so a plain ``git push`` of this history is refused.
 Uploading through ``huggingface_hub`` stores such files there by itself: no git-lfs set-up, no history rewrite.
 README's front matter makes the Space a Gradio one (``app.py``, the pinned ``sdk_version``), and the Space installs
-``requirements.txt``. Files git does not track (run directories, caches, a virtual environment) stay home.
+``requirements.txt``. Files git does not track (run directories, caches, a virtual environment) stay home, and
+files the Space holds that git no longer tracks are deleted in the same commit (never ``.gitattributes``).
 Needs the repository's hpm (``pip install -e .``), the network and a Hub token with write access (``hf auth
 login``, or ``--token``); offline it says so within seconds and uploads nothing.
 """
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(files))
             return 0
         url = upload_files(ROOT, files, args.repo_id, repo_type="space", space_sdk="gradio", private=args.private,
-                           token=args.token, commit_message="Upload the hpm app")
+                           token=args.token, mirror=True, commit_message="Upload the hpm app")
     except HPMError as e:
         print(f"push_space: error: {e}", file=sys.stderr)
         return 1

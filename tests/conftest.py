@@ -53,6 +53,49 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+class FakeHub:
+    """What a fake, reachable Hub was asked: the repo created, the files committed (their bytes, up to 1 MB each)
+    and deleted; ``remote`` lists the files it holds before, ``fail`` is raised when a repo is created."""
+
+    def __init__(self):
+        self.fail: Exception | None = None
+        self.remote: list[str] = []
+        self.created: tuple | None = None
+        self.added: dict[str, bytes | None] = {}
+        self.deleted: list[str] = []
+
+
+@pytest.fixture
+def fake_hub(monkeypatch) -> FakeHub:
+    """``huggingface_hub.HfApi`` replaced by one that records into the returned :class:`FakeHub`."""
+    hub = FakeHub()
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, repo_type="model", space_sdk=None, private=False, exist_ok=False):
+            if hub.fail is not None:
+                raise hub.fail
+            hub.created = (repo_id, repo_type, space_sdk, private, exist_ok)
+
+        def list_repo_files(self, repo_id, repo_type="model"):
+            return list(hub.remote)
+
+        def create_commit(self, repo_id, repo_type, operations, commit_message):
+            for op in operations:
+                if hasattr(op, "path_or_fileobj"):
+                    path = Path(op.path_or_fileobj)
+                    hub.added[op.path_in_repo] = path.read_bytes() if path.stat().st_size <= 2**20 else None
+                else:
+                    hub.deleted.append(op.path_in_repo)
+            return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    monkeypatch.setattr("hpm.network.network_available", lambda host, port=443, timeout=3.0: True)
+    return hub
+
+
 @pytest.fixture
 def tiny_net():
     torch.manual_seed(0)

@@ -88,3 +88,9 @@ def test_imagenet_samples_are_labelled_by_their_file_name(tmp_path):
     ds = load_dataset("imagenet", "test", tmp_path)
     assert ds.labels.tolist() == [10, 20] and ds.images.shape == (2, 3, 224, 224)
     assert ds.classes[10] == "brambling"
+
+
+def test_the_jpeg_copy_of_an_official_test_image_is_found_by_its_class_and_its_rank_within_the_class():
+    from hpm.data import jpeg_copy_index
+    labels = torch.tensor([3, 8, 8, 0, 3, 8])  # the official order; the JPEG split holds 4 images per class, sorted
+    assert jpeg_copy_index(labels, per_class=4).tolist() == [12, 32, 33, 0, 13, 34]

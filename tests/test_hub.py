@@ -133,66 +133,56 @@ def test_hub_id_downloads_only_the_checkpoint_files(monkeypatch, tmp_path):
     assert set(calls["allow_patterns"]) == {"config.json", "model.safetensors", "README.md"}
 
 
-def fake_hub(monkeypatch, fail: Exception | None = None) -> dict:
-    """A reachable Hub whose API records what it is asked to do (or raises ``fail`` when asked)."""
-    calls = {}
-
-    class FakeApi:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, repo_type="model", space_sdk=None, private=False, exist_ok=False):
-            if fail is not None:
-                raise fail
-            calls["created"] = (repo_id, repo_type, space_sdk, private, exist_ok)
-
-        def upload_folder(self, repo_id, repo_type, folder_path, allow_patterns, commit_message):
-            from pathlib import Path
-            calls["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*")
-                                    if p.is_file() and str(p.relative_to(folder_path)) in allow_patterns)
-            if CONFIG_NAME in calls["files"]:
-                calls["config"] = json.loads((Path(folder_path) / CONFIG_NAME).read_text())
-            return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    monkeypatch.setattr("hpm.network.network_available", lambda host, *a, **k: True)
-    return calls
-
-
-def test_push_to_hub_uploads_the_saved_directory_in_one_commit(monkeypatch):
-    uploaded = fake_hub(monkeypatch)
+def test_push_to_hub_uploads_the_saved_directory_in_one_commit(fake_hub):
     url = hpm.wrap("pyautoattack", head="hpm").push_to_hub("me/hpm-test", private=True)
     assert url == "https://hub/me/hpm-test/commit/1"
-    assert uploaded["created"] == ("me/hpm-test", "model", None, True, True)
-    assert uploaded["files"] == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
+    assert fake_hub.created == ("me/hpm-test", "model", None, True, True)
+    assert sorted(fake_hub.added) == ["README.md", CONFIG_NAME, WEIGHTS_NAME] and fake_hub.deleted == []
 
 
-def test_an_upload_fails_fast_offline_and_says_why_when_the_hub_refuses(monkeypatch, tmp_path):
-    from huggingface_hub.errors import HfHubHTTPError
+def test_an_upload_fails_within_seconds_when_the_hub_is_unreachable(monkeypatch, tmp_path):
     from hpm.hub import upload_files
     (tmp_path / "a.txt").write_text("a")
-    monkeypatch.setattr("hpm.network.network_available", lambda host, *a, **k: False)
-    with pytest.raises(OfflineError, match="cannot reach huggingface.co.*nothing was uploaded"):
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://huggingface.co")
+    monkeypatch.setattr("hpm.network.network_available", lambda host, port=443, timeout=3.0: False)
+    with pytest.raises(OfflineError, match="cannot reach huggingface.co to upload to 'me/x'; nothing was uploaded"):
         upload_files(tmp_path, ["a.txt"], "me/x")
-    refused = HfHubHTTPError.__new__(HfHubHTTPError)  # its constructor's response argument differs by version
-    Exception.__init__(refused, "401 Unauthorized")
-    fake_hub(monkeypatch, fail=refused)
-    with pytest.raises(HPMError, match="the Hub refused the upload to 'me/x'.*token"):
+
+
+def _http_error(status: int) -> Exception:
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+    error = HfHubHTTPError.__new__(HfHubHTTPError)  # its constructor's arguments differ between versions
+    Exception.__init__(error, f"{status} from the Hub")
+    error.response = SimpleNamespace(status_code=status)
+    return error
+
+
+@pytest.mark.parametrize("failure, error, message", [
+    (_http_error(401), HPMError, r"refused the upload to 'me/x' \(HTTP 401.*check your token"),
+    (_http_error(500), HPMError, r"refused the upload to 'me/x' \(HTTP 500: 500 from the Hub\)$"),
+    (ConnectionResetError("reset by peer"), OfflineError, "uploading to 'me/x' failed.*reset by peer"),
+    (ValueError("bad front matter"), HPMError, "was not made: bad front matter"),
+], ids=["unauthorised", "server-error", "connection-lost", "refused-locally"])
+def test_an_upload_the_hub_refuses_or_loses_says_why(fake_hub, tmp_path, failure, error, message):
+    from hpm.hub import upload_files
+    (tmp_path / "a.txt").write_text("a")
+    fake_hub.fail = failure
+    with pytest.raises(error, match=message):
         upload_files(tmp_path, ["a.txt"], "me/x")
-    fake_hub(monkeypatch, fail=ConnectionResetError("reset by peer"))
-    with pytest.raises(OfflineError, match="uploading to 'me/x' failed.*reset by peer"):
-        upload_files(tmp_path, ["a.txt"], "me/x")
-    with pytest.raises(HPMError, match="not files under"):
+
+
+def test_an_upload_names_missing_files_and_a_mirror_deletes_what_it_does_not_list(fake_hub, tmp_path):
+    from hpm.hub import upload_files
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(HPMError, match=r"1 of the files to upload are not files under .*missing.bin"):
         upload_files(tmp_path, ["a.txt", "missing.bin"], "me/x")
-
-
-def test_model_card_has_hub_metadata_and_a_generated_results_table(tmp_path):
-    metrics = {"robust_accuracy": {"value": 0.421, "protocol": "MSA+Square, Linf 8/255", "n": 200, "batch_size": 64}}
-    hpm.wrap("pyautoattack", head="hpm").save_pretrained(tmp_path, metrics=metrics,
-                                                         training={"commands": ["hpm train pyautoattack --out x"]})
-    card = (tmp_path / "README.md").read_text()
-    assert card.startswith("---\n") and "library_name: hpm" in card and "- cifar10" in card
-    assert "| robust_accuracy | 42.1% |  | MSA+Square, Linf 8/255 | 200 | 64 |" in card
-    assert "hpm train pyautoattack --out x" in card
+    fake_hub.remote = [".gitattributes", "a.txt", "old.txt"]
+    upload_files(tmp_path, ["a.txt"], "me/x")
+    assert fake_hub.deleted == []
+    upload_files(tmp_path, ["a.txt"], "me/x", mirror=True)
+    assert fake_hub.deleted == ["old.txt"] and fake_hub.added == {"a.txt": b"a"}
 
 
 def test_a_card_names_the_architecture_hpm_trained():

@@ -97,17 +97,16 @@ def test_hpm_train_on_a_checkpoint_that_stores_its_backbone_names_it_unless_told
         assert torch.allclose(hpm.load(tmp_path / "named")(x), hpm.load(tmp_path / "copy")(x), atol=1e-5)
 
 
-def test_pushing_a_head_that_names_a_local_backbone_needs_the_backbone_s_hub_copy(tmp_path, monkeypatch):
+def test_pushing_a_head_that_names_a_local_backbone_needs_the_backbone_s_hub_copy(tmp_path, fake_hub):
     from hpm.errors import HPMError
-    from test_hub import fake_hub
-    pushed = fake_hub(monkeypatch)
     fc_dir = _backbone_checkpoint(tmp_path / "fc")
     model = _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm")
     with pytest.raises(HPMError, match="push that checkpoint first"):
         model.push_to_hub("me/ncm")
     model.push_to_hub("me/ncm", backbone_repo="me/fc@v1")
-    assert pushed["config"]["backbone"]["name"] == "me/fc@v1"
-    assert pushed["config"]["backbone"]["options"] == model.backbone_spec.options  # the same digest
+    pushed = json.loads(fake_hub.added["config.json"])["backbone"]
+    assert pushed["name"] == "me/fc@v1"
+    assert pushed["options"] == model.backbone_spec.options  # the same digest
     assert model.backbone_spec.name == "../fc"  # the model itself is unchanged
 
 

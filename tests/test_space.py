@@ -31,23 +31,20 @@ def test_requirements_are_the_packages_dependencies_since_the_space_imports_hpm_
     assert (REPO / "hpm" / "__init__.py").is_file()
 
 
-def test_the_space_is_pushed_as_the_files_git_tracks_through_the_hubs_large_file_storage(monkeypatch):
+def test_the_space_is_pushed_as_exactly_the_files_git_tracks_in_one_commit(fake_hub, monkeypatch):
     import shutil
-    import sys
 
     import pytest
-    from test_hub import fake_hub
 
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs a git clone")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import push_space
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    calls = fake_hub(monkeypatch)
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import push_space
+
+    fake_hub.remote = [".gitattributes", "app.py", "a-file-git-no-longer-tracks.py"]
     assert push_space.main(["me/hpm-space", "--private"]) == 0
-    assert calls["created"] == ("me/hpm-space", "space", "gradio", True, True)
-    assert {"app.py", "README.md", "requirements.txt", "hpm/__init__.py"} <= set(calls["files"])
-    assert any(f.startswith("checkpoints/") and f.endswith(".safetensors") for f in calls["files"])
-    assert set(calls["files"]) == set(push_space.space_files())  # nothing git ignores (runs/, caches)
+    assert fake_hub.created == ("me/hpm-space", "space", "gradio", True, True)
+    assert sorted(fake_hub.added) == sorted(push_space.space_files())  # nothing git ignores (runs/, caches)
+    assert {"app.py", "README.md", "requirements.txt", "hpm/__init__.py"} <= set(fake_hub.added)
+    assert any(f.startswith("checkpoints/") and f.endswith(".safetensors") for f in fake_hub.added)
+    assert fake_hub.deleted == ["a-file-git-no-longer-tracks.py"]

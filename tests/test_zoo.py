@@ -141,9 +141,16 @@ def test_with_half_warmup_and_cycled_momentum_the_schedule_is_torch_s_cyclic_lr_
         cycle_momentum(ours, config)
         assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"], abs=1e-12)
         assert ours.param_groups[0]["momentum"] == pytest.approx(theirs.param_groups[0]["momentum"], abs=1e-12)
-        ours.step(), theirs.step(), schedule.step(), cyclic.step()
-    with pytest.raises(HPMError, match="momentum_at_peak"):
-        BackboneConfig(momentum_at_peak=1.5)
+        for optimizer in (ours, theirs):
+            optimizer.step()
+        schedule.step()
+        cyclic.step()
+
+
+@pytest.mark.parametrize("options", [{"momentum_at_peak": 1.5}, {"warmup": 1.0}, {"lr": 0.0}])
+def test_a_schedule_that_cannot_be_run_is_refused(options):
+    with pytest.raises(HPMError, match=f"{next(iter(options))} must be"):
+        BackboneConfig(**options)
 
 
 def test_augment_crops_and_flips_without_changing_shape_or_values():

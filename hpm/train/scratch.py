@@ -84,6 +84,8 @@ class BackboneConfig:
             raise HPMError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
         if self.adversarial not in ADVERSARIAL:
             raise HPMError(f"adversarial must be one of {ADVERSARIAL}; got {self.adversarial!r}")
+        if self.lr <= 0:
+            raise HPMError(f"lr must be > 0; got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise HPMError(f"warmup must be in [0, 1); got {self.warmup}")
         if self.momentum_at_peak is not None and not 0 <= self.momentum_at_peak < 1:
