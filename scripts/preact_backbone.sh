@@ -10,6 +10,10 @@
 #   check   the literature check: APGD-CE + APGD-T at AutoAttack's budget (100 iterations, 9 target classes) on all
 #           1000 lossless test images, beside the published numbers in results/literature/preact-resnet18-fgsmrs.json;
 #           and what the JPEG training set costs: clean accuracy on the lossless images vs their JPEG copies
+#   schedule  the same training with Wong et al.'s own schedule (torch's CyclicLR: peak at half way, momentum cycled
+#           0.9 -> 0.8 -> 0.9 against the rate; --warmup 0.5 --momentum-at-peak 0.8) in RUNS/pa18-cyclic-fc, not
+#           shipped, its clean accuracy on the lossless and the JPEG test images, and the literature check on it:
+#           does the schedule explain the clean gap? (as long as train, then about an hour)
 #   heads   on the frozen backbone: the l2 NCM head (class means of the training features), HPM with the paper's
 #           full IKL recipe (1 epoch, PGD-10, Adam 5e-5, batch 64, lambda 0.98) and its inner-product ablation;
 #           each names the FC checkpoint as its backbone instead of storing it again
@@ -24,7 +28,7 @@
 # DEVICE=cuda runs every command on a GPU.
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
-STEPS="${STEPS:-train check heads eval diagnose publish}"
+STEPS="${STEPS:-train check heads eval diagnose publish}"  # schedule: on request
 RUNS="${RUNS:-runs}"
 N="${N:-500}"
 DEVICE=(${DEVICE:+--device "$DEVICE"})
@@ -66,6 +70,15 @@ for step in $STEPS; do
            [ -f results/literature/preact-jpeg-shift.json ] || python scripts/jpeg_shift.py "$FC" \
              checkpoints/cifar10-resnet20w32-fgsmrs-{20ep-,}fc pyautoattack:resnet18 --data "$DATA" \
              --out results/literature/preact-jpeg-shift.json ;;
+    schedule) hpm train-backbone --data "$DATA" --run-dir "$RUNS/at-preact18-e15-cyclic" --out "$RUNS/pa18-cyclic-fc" \
+                --arch preact-resnet18 --epochs 15 --lr 0.2 --warmup 0.5 --momentum-at-peak 0.8 --no-nesterov \
+                --adversarial fgsm-rs --channels-last --n-test 1000 "${DEVICE[@]}"
+              cp "$RUNS/at-preact18-e15-cyclic/history.json" results/training/preact18-fgsmrs-15ep-cyclic-history.json
+              [ -f results/literature/preact-cyclic-jpeg-shift.json ] || python scripts/jpeg_shift.py \
+                "$RUNS/pa18-cyclic-fc" --data "$DATA" --out results/literature/preact-cyclic-jpeg-shift.json
+              quiet "$OUT/pa18-cyclic-fc-apgdt-n1000-eps8.json" hpm eval "$RUNS/pa18-cyclic-fc" --data "$DATA" \
+                --eps 8/255 --iters 100 --target-classes 9 --attacks apgd-ce/deployed,apgd-t/deployed \
+                --batch-sizes 250 ;;
     heads) head_on_backbone ncm --head ncm --mode fit
            head_on_backbone hpm-full --head hpm --mode adversarial --save-every 50
            head_on_backbone hpm-dot --head hpm --mode adversarial --save-every 50 --ablation dot-score ;;
@@ -84,6 +97,6 @@ for step in $STEPS; do
              done
              python scripts/plot_backbones.py
              python scripts/results_section.py ;;
-    *) echo "unknown step $step; steps: train check heads eval diagnose publish" >&2; exit 2 ;;
+    *) echo "unknown step $step; steps: train check schedule heads eval diagnose publish" >&2; exit 2 ;;
   esac
 done

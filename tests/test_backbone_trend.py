@@ -137,14 +137,21 @@ def test_the_findings_are_generated_from_the_intervals_and_never_claim_a_trend_f
     assert "two backbones of one architecture, hpm:cifar_resnet (depth 20, width 32)" in supported
     assert "clean accuracy is below FC's on both backbones (95% interval below zero)" in supported
     assert "below FC's on 10 ep (95% interval below zero); not distinguishable from FC's on 20 ep" in supported
-    assert "too few to establish a trend" in unsupported and "intervals overlap" in unsupported
+    assert "Two backbones are too few to test a trend" in unsupported and "intervals overlap" in unsupported
     assert "other architectures" in unsupported and "outside 35.8–39.0%" in unsupported
     one = finding_lines([replace(two[0], robust={**two[0].robust, "ci": [0.01, 0.05]})])
     assert "above FC's on the one backbone (95% interval above zero)" in one[0] and "One backbone" in one[2]
     three = two + [_row("PreAct-18", 0.45, [0.01, 0.05], architecture="hpm:preact_resnet18")]
     supported, _, unsupported = finding_lines(three)
-    assert "two architectures" in supported and "rank correlation" in unsupported
-    assert "no monotone trend at the 5% level" in unsupported  # three points can never reach it
+    assert "two architectures" in supported and "architectures not listed" in unsupported
+    assert "not attacked alike" not in supported
+    supported = finding_lines([*two, replace(three[2], protocol="full + APGD-T + whole-batch")])[0]
+    assert "not attacked alike (10 ep: full; 20 ep: full; PreAct-18: full + APGD-T + whole-batch)" in supported
+    assert "Three backbones are too few to test a trend" in unsupported  # a perfect order has p = 2/3! = 0.33
+    assert "permutation p = 0.33" in unsupported and "not all their 95% intervals overlap" in unsupported
+    five = [_row(f"b{i}", 0.35 + i / 100, [-0.05 + i / 100, -0.01 + i / 100]) for i in range(5)]
+    assert "rank correlation" in finding_lines(five)[2]  # 2/5! = 0.017: five points can show a trend
+    assert "a monotone trend at the 5% level" in finding_lines(five)[2]
 
 
 def test_the_rank_correlation_test_is_exact_for_few_points():
@@ -175,3 +182,16 @@ def test_the_backbones_section_of_the_results_page_is_what_the_reports_say():
     body = block[len(BEGIN):-len(END)].strip()
     assert body in document.read_text()  # scripts/results_section.py --check covers the whole page
     assert "](../results/figures/backbones.png)" in body and "McNemar p, robust" in body
+
+
+def test_readmes_compact_view_reads_the_entries_of_the_full_section_it_names():
+    from hpm.publish.readme import with_shared_entries
+    full = {"kind": "backbones", "title": "All", "figure": "results/figures/backbones", "entries": [E20]}
+    compact = {"kind": "backbones", "compact": True, "title": "Short", "entries_from": "All"}
+    manifest = with_shared_entries({"headline": [compact], "sections": [full]})
+    assert manifest["headline"][0]["entries"] is full["entries"] and manifest["headline"][0]["figure"] == full["figure"]
+    body = render(REPO, manifest["headline"])
+    assert "**What these numbers support.**" in body and "**What they do not support.**" in body
+    assert "| backbone |" not in body and "Protocols, as the reports record them" not in body  # no table, no list
+    with pytest.raises(HPMError, match="no section titled 'Gone'"):
+        with_shared_entries({"headline": [{**compact, "entries_from": "Gone"}], "sections": [full]})

@@ -2,12 +2,15 @@
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+import hpm
 
 from hpm.train.scratch import BackboneConfig, to_hpm
 from hpm.cli import main
@@ -364,3 +367,54 @@ def test_defences_are_compared_on_the_same_images_and_budget_against_the_first_r
             "robust_ci": (0.2, 0.4)}
     trace, = defences_figure([lone]).data  # the legend names a lone point, without the checkpoint it cites
     assert trace.name == "NCM" and trace.mode == "markers"
+
+
+def test_an_extra_report_at_one_batch_size_joins_only_that_batch_sizes_row(checkpoint, tiny_data_root, tmp_path):
+    from hpm.publish.readme import comparison_table
+    fc_model = hpm.load(checkpoint)
+    head = hpm.create_head("hpm", fc_model.fc.in_features, fc_model.fc.out_features)
+    batch_dependent = hpm.HPMClassifier(fc_model.features, fc_model.fc, head, backbone_spec=fc_model.backbone_spec,
+                                        dataset="cifar10").eval().save_pretrained(tmp_path / "hpm")
+    _eval(checkpoint, tiny_data_root, tmp_path / "fc.json", "--eps", "2/255", "--attacks", "apgd-ce/deployed")
+    _eval(batch_dependent, tiny_data_root, tmp_path / "plan.json", "--eps", "2/255", "--attacks", "apgd-ce/deployed",
+          "--batch-sizes", "1,4")
+    _eval(batch_dependent, tiny_data_root, tmp_path / "extra.json", "--eps", "2/255", "--attacks", "apgd-t/deployed",
+          "--target-classes", "2")
+    entry = {"label": "x", "fc": "fc.json", "hpm": ["plan.json", "extra.json"]}
+    rows = [row.split(" | ") for row in comparison_table(tmp_path, [entry])[2:]]
+    assert [r[4] for r in rows] == ["1", "4"]  # the extra report ran at batch size 4 only
+    plan, extra = (protocol_name(load_report(tmp_path / f)) for f in ("plan.json", "extra.json"))
+    assert rows[0][1] == plan and rows[1][1] == f"{plan} + {extra}"
+    alone, worst = paired_robust(tmp_path / "plan.json", 1), combined_robust([tmp_path / "plan.json",
+                                                                             tmp_path / "extra.json"], 4)
+    assert rows[0][8] == f"{100 * sum(alone.values()) / 4:.1f}" and rows[1][8] == f"{100 * sum(worst.values()) / 4:.1f}"
+    named = comparison_table(tmp_path, [entry | {"protocol": "plan + extra"}])[2:]
+    assert [r.split(" | ")[1] for r in named] == [plan, "plan + extra"]  # a name for all reports, where all joined
+    _eval(batch_dependent, tiny_data_root, tmp_path / "shuffled.json", "--eps", "2/255", "--attacks",
+          "apgd-t/deployed", "--target-classes", "2", "--order-seed", "1")
+    with pytest.raises(HPMError, match="differ in evaluation order"):
+        comparison_table(tmp_path, [entry | {"hpm": ["plan.json", "shuffled.json"]}])
+
+
+def test_a_trained_backbone_is_set_beside_the_published_numbers_of_its_recipe(tmp_path):
+    from hpm.publish.literature import literature_lines
+    # the literature check of the shipped PreAct FC: 78.6% clean, 41.8% robust
+    shutil.copy(REPO / "results/eval/preact/pa18-fc-apgdt-n1000-eps8.json", tmp_path / "ours.json")
+    (tmp_path / "published.json").write_text(json.dumps({"recipe": "FGSM-RS", "entries": [
+        {"source": "Paper A", "evaluation": "PGD-50, all 10000 images", "clean_accuracy": 0.8,
+         "robust_accuracy": 0.4}]}))
+    (tmp_path / "shift.json").write_text(json.dumps({"mean_absolute_pixel_error_255": 5.8, "checkpoints": [
+        {"checkpoint": "runs/x", "n": 1000, "lossless_accuracy": 0.785, "jpeg_accuracy": 0.777, "mcnemar_exact_p": 0.12,
+         "jpeg_test_set": {"n": 10000, "accuracy": 0.769}}]}))
+    section = {"file": "published.json", "entries": [{"label": "ours", "report": "ours.json"}], "shift": ["shift.json"],
+               "shift_labels": {"runs/x": "another schedule"}}
+    lines = literature_lines(tmp_path, section)
+    assert lines[2] == "| Paper A (published) | PGD-50, all 10000 images | 80.0 | 40.0 | |"
+    assert lines[3].startswith("| ours | Linf eps 8/255: apgd-ce/deployed, apgd-t/deployed (APGD 100 iterations")
+    assert lines[3].endswith("1000 images of `test-first1000.npz`, batch size 250 | 78.6 | 41.8 | 38.7–44.9 |")
+    assert "- ours vs Paper A: clean -1.4, robust +1.8" in lines
+    assert "| `runs/x` (another schedule) | 78.5 (n 1000) | 77.7 | 0.12 | 76.9 (n 10000) |" in lines
+    assert lines[-1].endswith("per pixel: 5.80/255 in `shift.json`.")
+    section["entries"] = [{"label": "hpm", "report": "results/eval/preact/pa18-hpm-full-full-eps8.json"}]
+    with pytest.raises(HPMError, match="3 evaluation batch sizes"):  # a batch-dependent head's numbers need theirs
+        literature_lines(REPO, section | {"file": "results/literature/preact-resnet18-fgsmrs.json", "shift": []})

@@ -36,8 +36,8 @@ from ..errors import HPMError
 from ..evaluation.report import EvalReport
 from ..sources.reference import SOURCE as REFERENCE, resolve_reference
 from ..units import eps_text
-from .compare import SAME_EVALUATION, combined_robust, mcnemar_exact, sample_results
-from .metrics import load_report, protocol_name, protocol_text, worst_case_protocol_name
+from .compare import check_same_evaluation, combined_robust, mcnemar_exact, sample_results
+from .metrics import load_report, pct, points, protocol_name, protocol_text, worst_case_protocol_name
 
 DIAGNOSIS_FC, DIAGNOSIS_NCM = "fc", "ncm (clean class means)"  # the diagnosis rows of the NCM - FC gap
 
@@ -144,12 +144,7 @@ def _paths(entry: dict, key: str) -> list[str]:
 def _head_outcomes(root: Path, name: str, head: str, paths: list[str], batch_size: int) -> tuple[dict, dict]:
     """``(clean, robust)`` per-sample outcomes of one head's reports at ``batch_size``: clean correctness (the same
     in every report) and the per-sample worst case over them."""
-    reports = [load_report(root / p) for p in paths]
-    for path, report in zip(paths[1:], reports[1:]):
-        for what, value in SAME_EVALUATION.items():
-            if value(report) != value(reports[0]):
-                raise HPMError(f"backbone {name!r}: {head} reports {path} and {paths[0]} differ in {what} "
-                               f"({value(report)!r} vs {value(reports[0])!r})")
+    check_same_evaluation({p: load_report(root / p) for p in paths}, f"backbone {name!r}, {head} reports: ")
     cleans = []
     for path in paths:
         r = sample_results(root / path, batch_size)
@@ -273,12 +268,8 @@ def backbone_rows(root: Path, entries: list[dict]) -> list[BackboneRow]:
     return rows
 
 
-def _points(v: float) -> str:
-    return f"{100 * v:+.1f}"
-
-
 def _delta(d: dict) -> str:
-    return f"{_points(d['delta'])} [{_points(d['ci'][0])}, {_points(d['ci'][1])}]"
+    return f"{points(d['delta'])} [{points(d['ci'][0])}, {points(d['ci'][1])}]"
 
 
 def _p(test: dict) -> str:
@@ -292,10 +283,10 @@ def backbones_table(rows: list[BackboneRow]) -> list[str]:
              "| HPM − FC robust [95% CI] | McNemar p, robust |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        gap = "not measured" if r.ncm_gap is None else f"{_points(r.ncm_gap)} (n {r.ncm_gap_n})"
+        gap = "not measured" if r.ncm_gap is None else f"{points(r.ncm_gap)} (n {r.ncm_gap_n})"
         order = "" if r.order_seed is None else f" (order seed {r.order_seed})"
         lines.append(f"| {r.name} | {r.architecture} | {r.features} | {r.protocol} | {r.n} | {r.batch_size}{order} | "
-                     f"{100 * r.fc_clean:.1f} | {100 * r.fc_robust:.1f} | {gap} | {_delta(r.clean)} | "
+                     f"{pct(r.fc_clean)} | {pct(r.fc_robust)} | {gap} | {_delta(r.clean)} | "
                      f"{_p(r.clean['test'])} | {_delta(r.robust)} | {_p(r.robust['test'])} |")
     return lines
 
@@ -334,14 +325,15 @@ def _trend(rows: list[BackboneRow]) -> str:
     ordered = sorted(rows, key=lambda r: r.fc_robust)
     if len(rows) == 1:
         return "One backbone is one point: it says nothing about a trend with backbone robustness."
-    if len(rows) == 2:
-        (a, b), (lo_a, hi_a), (lo_b, hi_b) = ordered, ordered[0].robust["ci"], ordered[1].robust["ci"]
-        overlap = lo_a <= hi_b and lo_b <= hi_a
-        return (f"Two backbones are two points, too few to establish a trend with backbone robustness: HPM − FC "
-                f"robust is {_points(a.robust['delta'])} points at FC robust {100 * a.fc_robust:.1f}% ({a.name}) and "
-                f"{_points(b.robust['delta'])} points at {100 * b.fc_robust:.1f}% ({b.name}), and "
-                + ("their 95% intervals overlap." if overlap
-                   else "their 95% intervals do not overlap, yet two points still make no trend."))
+    smallest_p = 2 / math.factorial(len(rows))  # two-sided exact permutation test: a perfect rank order
+    if smallest_p >= 0.05:
+        overlap = max(r.robust["ci"][0] for r in rows) <= min(r.robust["ci"][1] for r in rows)
+        return (f"{_count(len(rows)).capitalize()} backbones are too few to test a trend with backbone robustness "
+                f"(even a perfect rank order would have permutation p = {smallest_p:.2g}): HPM − FC robust is "
+                + ", ".join(f"{points(r.robust['delta'])} points at FC robust {pct(r.fc_robust)}% ({r.name})"
+                            for r in ordered)
+                + (", and their 95% intervals overlap." if overlap
+                   else ", and not all their 95% intervals overlap, yet so few points still make no trend."))
     x = np.array([r.fc_robust for r in rows])
     y = np.array([r.robust["delta"] for r in rows])
     rho, p = rank_correlation_test(x, y)
@@ -367,7 +359,7 @@ def finding_lines(rows: list[BackboneRow]) -> list[str]:
     dataset = ", ".join(dict.fromkeys(r.dataset.upper().replace("CIFAR", "CIFAR-") for r in rows))
     threat = f"{rows[0].norm} ε = {eps_text(rows[0].eps)}"
     low, high = min(r.fc_robust for r in rows), max(r.fc_robust for r in rows)
-    span = f"{100 * low:.1f}%" if low == high else f"{100 * low:.1f}–{100 * high:.1f}%"
+    span = f"{pct(low)}%" if low == high else f"{pct(low)}–{pct(high)}%"
     archs = len({r.architecture for r in rows})
     gaps = [r for r in rows if r.ncm_gap is not None]
     supported = (f"**What these numbers support.** On {_count(len(rows))} backbone{'s' * (len(rows) > 1)} of "
@@ -378,8 +370,11 @@ def finding_lines(rows: list[BackboneRow]) -> list[str]:
                  "above or level with": [r for r in gaps if r.ncm_gap >= 0]}
         supported += (" In the diagnoses (on their own images), the l2 nearest-class-mean head's clean accuracy is "
                        + "; ".join(f"{where} FC's on {_names([r.name for r in rs], len(rows))} ("
-                                   + ", ".join(f"{_points(r.ncm_gap)} points" for r in rs) + ")"
+                                   + ", ".join(f"{points(r.ncm_gap)} points" for r in rs) + ")"
                                    for where, rs in signs.items() if rs) + ".")
+    if len({r.protocol for r in rows}) > 1:
+        supported += (" The backbones were not attacked alike (" + "; ".join(f"{r.name}: {r.protocol}" for r in rows)
+                      + "), and more attacks can only lower a head's robust accuracy.")
     unsupported = (f"**What they do not support.** {_trend(rows)} Nothing here speaks for "
                    + ("other architectures" if archs == 1 else "architectures not listed")
                    + f", for backbones whose FC robust accuracy lies outside {span}, or for other datasets and radii.")
@@ -387,10 +382,16 @@ def finding_lines(rows: list[BackboneRow]) -> list[str]:
 
 
 def backbones_lines(root: Path, section: dict) -> list[str]:
-    """The lines of a ``backbones`` section: the table, how to read it, the figure, the findings, the protocols."""
+    """The lines of a ``backbones`` section: the table, how to read it, the figure, the findings, the protocols
+    (``compact``: the figure and the findings only)."""
     rows = backbone_rows(root, section["entries"])
     if not rows:
         return ["_No backbone measured yet._"]
+    png = f"{section['figure']}.png" if section.get("figure") else None
+    figure = ([f"![HPM − FC in clean and robust accuracy against each backbone's FC robust accuracy]({png}) "
+               f"([interactive]({section['figure']}.html))"] if png and (root / png).is_file() else [])
+    if section.get("compact"):
+        return figure + ["", *finding_lines(rows)]
     lines = backbones_table(rows) + [
         "", f"Accuracy in %, differences HPM − FC in percentage points, on the same n lossless test images per "
             f"backbone (FC and HPM), {rows[0].norm} ε = {eps_text(rows[0].eps)}; HPM at the evaluation batch size of "
@@ -398,10 +399,8 @@ def backbones_lines(root: Path, section: dict) -> list[str]:
             "attack of the head's reports. Intervals: Newcombe's hybrid score interval for a paired difference of "
             "proportions (95%); p: exact McNemar test on the same images. NCM − FC clean: the diagnosis's l2 "
             "nearest-class-mean head on the clean class means minus FC, on its own n test images."]
-    png = f"{section['figure']}.png" if section.get("figure") else None
-    if png and (root / png).is_file():
-        lines += ["", f"![HPM − FC in clean and robust accuracy against each backbone's FC robust accuracy]({png}) "
-                      f"([interactive]({section['figure']}.html))"]
+    if figure:
+        lines += ["", *figure]
     lines += ["", *finding_lines(rows), "", "Protocols, as the reports record them:", ""]
     for r in rows:
         for head, paths in (("FC", r.fc_reports), ("HPM", r.hpm_reports)):

@@ -54,6 +54,17 @@ SAME_EVALUATION = {"model": lambda r: r.model, "norm": lambda r: r.config.attack
                    "evaluation order": lambda r: r.config.order_seed}  # what reports joined per sample share
 
 
+def check_same_evaluation(reports: dict, context: str = "") -> None:
+    """Refuse reports (``{path: EvalReport}``) whose per-sample worst case would mean nothing: they must share
+    everything in :data:`SAME_EVALUATION` with the first. ``context`` prefixes the error message."""
+    (first, reference), *others = reports.items()
+    for path, report in others:
+        for what, value in SAME_EVALUATION.items():
+            if value(report) != value(reference):
+                raise HPMError(f"{context}{path} and {first} differ in {what} ({value(report)!r} vs "
+                               f"{value(reference)!r}): their per-sample worst case would mean nothing")
+
+
 def worst_case_rows(label: str, paths: list[Path]) -> list[dict]:
     """Rows (as :func:`comparison_rows`) of the per-sample worst case of several reports of one model on the same
     samples (two or more; same model, norm, eps, data and evaluation order), one per evaluation batch size of the
@@ -61,11 +72,7 @@ def worst_case_rows(label: str, paths: list[Path]) -> list[dict]:
     if len(paths) < 2:
         raise HPMError(f"a per-sample worst case needs two or more reports of the same samples; got {len(paths)}")
     reports = [load_report(p) for p in paths]
-    for path, report in zip(paths[1:], reports[1:]):
-        for what, value in SAME_EVALUATION.items():
-            if value(report) != value(reports[0]):
-                raise HPMError(f"{path} and {paths[0]} differ in {what} ({value(report)!r} vs "
-                               f"{value(reports[0])!r}): their per-sample worst case would mean nothing")
+    check_same_evaluation(dict(zip(paths, reports)))
     rows = []
     for bs, r in reports[0].results.items():
         robust = combined_robust(paths, int(bs))

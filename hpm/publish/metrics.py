@@ -32,6 +32,16 @@ def protocol_name(report: EvalReport) -> str:
     return "+".join(p.name for p in report.plan)
 
 
+def pct(v: float) -> str:
+    """An accuracy in percent, one decimal."""
+    return f"{100 * v:.1f}"
+
+
+def points(v: float) -> str:
+    """A difference of two accuracies in percentage points, signed."""
+    return f"{100 * v:+.1f}"
+
+
 def protocol_text(report: EvalReport, *, with_eps: bool = True) -> str:
     """One line saying exactly what was run (``with_eps=False``: the same line without the radius)."""
     a = report.config.attack
