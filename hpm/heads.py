@@ -308,10 +308,14 @@ class HPMHead(_PrototypeHead):
             self.attack_targets, self.target_descriptions = _PrototypeHead.attack_targets, \
                 _PrototypeHead.target_descriptions
             self.deployed_modes = Head.deployed_modes
-        ablated = [name for name, on in (("w/o C_batch", not batch_prototypes), ("mean mixer", mixer == "mean"),
-                                         ("dot score", score == "dot")) if on]
+        ablated = [(name, what) for name, what, on in (
+            ("w/o C_batch", "no batch-level prototypes, C_hybrid = C_global W_g + b (per-sample)", not batch_prototypes),
+            ("mean mixer", "C_hybrid = (C_global + C_batch) / 2 instead of the learned mixer", mixer == "mean"),
+            ("dot score", "inner-product scores z . C_hybrid instead of the -l2 distance", score == "dot")) if on]
         if ablated:
-            self.label = f"HPM ({', '.join(ablated)})"
+            self.label = f"HPM ({', '.join(name for name, _ in ablated)})"
+            self.description = (f"Hybrid Prototype Mixing (HPM, Eq. 14-18) with the paper's ablation "
+                                f"(Sec. 4.4): {'; '.join(what for _, what in ablated)}")
 
     @torch.no_grad()
     def reset_mixer(self) -> None:

@@ -200,6 +200,15 @@ def test_ablated_heads_round_trip_through_their_config(options, batch):
     assert HPMHead(z.shape[1], logits.shape[1]).extra_config() == {"momentum": 0.98, "eps": 1e-8}
 
 
+@pytest.mark.parametrize("options, says", [({"batch_prototypes": False}, "no batch-level prototypes"),
+                                           ({"mixer": "mean"}, "(C_global + C_batch) / 2"),
+                                           ({"score": "dot"}, "inner-product scores")])
+def test_an_ablated_head_describes_what_was_ablated_and_not_the_method_it_replaces(options, says):
+    description = HPMHead(4, 3, **options).description  # what a model card and the app print
+    assert "ablation" in description and says in description and "scores = -l2 distance" not in description
+    assert "scores = -l2 distance" in HPMHead(4, 3).description
+
+
 @pytest.mark.parametrize("options, message", [({"mixer": "max"}, "mixer must be one of"),
                                               ({"score": "cos"}, "score one of"),
                                               ({"mixer": "mean", "batch_prototypes": False}, "needs batch")])
