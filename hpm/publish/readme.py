@@ -333,14 +333,16 @@ def comparison_lines(root: Path, section: dict) -> list[str]:
     out.append("Clean / robust accuracy in %; robust = per-sample worst case over every attack of the protocol. "
                "Reports: " + ", ".join(dict.fromkeys(f"`{p}`" for e in entries for k in ("fc", "hpm")
                                                      for p in _paths(e, k))) + ".")
-    if section.get("compact"):  # the budget only, from each entry's (first) HPM report
+    if section.get("compact"):  # the budget only, of each entry's HPM reports
         budgets = []
         for e in entries:
-            report = load_report(root / _paths(e, "hpm")[0])
-            text = protocol_text(report)
-            budgets.append(f"{text[text.index(' (') + 2:-1]}; data: {report.config.data['source'].split('/')[-1]}")
+            reports = [load_report(root / p) for p in _paths(e, "hpm")]
+            texts = [protocol_text(report) for report in reports]
+            budgets.append(" + ".join(dict.fromkeys(text[text.index(" (") + 2:-1] for text in texts))
+                           + f"; data: {reports[0].config.data['source'].split('/')[-1]}")
         if len(entries) == 1:
-            return out + ["", f"Budget, as that report records it: {budgets[0]}."]
+            source = "that report records" if len(_paths(entries[0], "hpm")) == 1 else "those reports record"
+            return out + ["", f"Budget, as {source} it: {budgets[0]}."]
         return out + ["", "Budgets, as the reports record them:", ""] + [
             f"- {e['label']}: {b}" for e, b in zip(entries, budgets)]
     out += ["", "Protocols, as the reports record them:", ""]
