@@ -370,6 +370,7 @@ def test_defences_are_compared_on_the_same_images_and_budget_against_the_first_r
 
 
 def test_an_extra_report_at_one_batch_size_joins_only_that_batch_sizes_row(checkpoint, tiny_data_root, tmp_path):
+    from hpm.publish.compare import worst_case_rows
     from hpm.publish.readme import comparison_lines, comparison_table
     fc_model = hpm.load(checkpoint)
     head = hpm.create_head("hpm", fc_model.fc.in_features, fc_model.fc.out_features)
@@ -390,6 +391,8 @@ def test_an_extra_report_at_one_batch_size_joins_only_that_batch_sizes_row(check
     assert rows[0][8] == f"{100 * sum(alone.values()) / 4:.1f}" and rows[1][8] == f"{100 * sum(worst.values()) / 4:.1f}"
     budget = comparison_lines(tmp_path, {"compact": True, "entries": [entry]})[-1]
     assert budget.startswith("Budget, as those reports record it: APGD 2 iterations") and " + APGD 2 " in budget
+    [joined_row] = worst_case_rows("x", [tmp_path / "plan.json", tmp_path / "extra.json"])  # the shared size only
+    assert joined_row["batch_size"] == 4 and joined_row["robust"] == sum(worst.values()) / 4
     named = comparison_table(tmp_path, [entry | {"protocol": "plan + extra"}])[2:]
     assert [r.split(" | ")[1] for r in named] == [plan, "plan + extra"]  # a name for all reports, where all joined
     _eval(batch_dependent, tiny_data_root, tmp_path / "shuffled.json", "--eps", "2/255", "--attacks",

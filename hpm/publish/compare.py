@@ -67,14 +67,19 @@ def check_same_evaluation(reports: dict, context: str = "") -> None:
 
 def worst_case_rows(label: str, paths: list[Path]) -> list[dict]:
     """Rows (as :func:`comparison_rows`) of the per-sample worst case of several reports of one model on the same
-    samples (two or more; same model, norm, eps, data and evaluation order), one per evaluation batch size of the
-    first; ``paths`` are kept for paired tests. :class:`hpm.HPMError` for reports that do not share those."""
+    samples (two or more; same model, norm, eps, data and evaluation order), one per evaluation batch size that every
+    one of them ran; ``paths`` are kept for paired tests. :class:`hpm.HPMError` for reports that do not share those
+    or no batch size."""
     if len(paths) < 2:
         raise HPMError(f"a per-sample worst case needs two or more reports of the same samples; got {len(paths)}")
     reports = [load_report(p) for p in paths]
     check_same_evaluation(dict(zip(paths, reports)))
+    shared = [bs for bs in reports[0].results if all(bs in rep.results for rep in reports[1:])]
+    if not shared:
+        raise HPMError(f"{', '.join(map(str, paths))} share no evaluation batch size")
     rows = []
-    for bs, r in reports[0].results.items():
+    for bs in shared:
+        r = reports[0].results[bs]
         robust = combined_robust(paths, int(bs))
         k, n = sum(robust.values()), len(robust)
         rows.append({"label": label, "protocol": worst_case_protocol_name(reports),
