@@ -52,13 +52,13 @@ head_on_backbone() {  # NAME HPM-TRAIN-ARGS...: fine-tune in RUNS, then ship the
   cp "$RUNS/pa18-$name"/{config.json,model.safetensors,README.md} "$PREFIX-$name"/
 }
 
-evaluate_head() {  # NAME: the default plan per batch size and order, and the whole-batch attacks
+evaluate_head() {  # NAME: the default plan per batch size, the whole-batch attacks, a shuffled order
   local ckpt="$PREFIX-$1" base="$OUT/pa18-$1"
   quiet "$base-full-eps8.json" hpm eval "$ckpt" "${PROTOCOL[@]}" --batch-sizes 1,16,250
-  quiet "$base-full-order1-eps8.json" hpm eval "$ckpt" "${PROTOCOL[@]}" --batch-sizes 16,250 --order-seed 1 \
-    --no-checks
   quiet "$base-wholebatch-eps8.json" hpm eval "$ckpt" --data "$DATA" --n "$N" --eps 8/255 --batch-sizes 250 \
     --no-checks --restarts 2 --attacks "$WHOLE_BATCH"
+  quiet "$base-full-order1-eps8.json" hpm eval "$ckpt" "${PROTOCOL[@]}" --batch-sizes 16,250 --order-seed 1 \
+    --no-checks
 }
 
 for step in $STEPS; do
@@ -91,9 +91,14 @@ for step in $STEPS; do
                 --out results/diagnosis/pa18-fgsmrs.json ;;
     publish) hpm card "$FC" --eval "$OUT/pa18-fc-apgdt-n1000-eps8.json" "$OUT/pa18-fc-full-eps8.json"
              hpm card "$PREFIX-ncm" --eval "$OUT/pa18-ncm-full-eps8.json"
-             for name in hpm-full hpm-dot; do
-               hpm card "$PREFIX-$name" --eval "$OUT/pa18-$name"-{full,full-order1,wholebatch}-eps8.json \
-                 --worst-case "$OUT/pa18-$name-full-eps8.json" "$OUT/pa18-$name-wholebatch-eps8.json"
+             for name in hpm-full hpm-dot; do  # from the reports that exist so far
+               reports=() worst=()
+               for f in "$OUT/pa18-$name"-{full,full-order1,wholebatch}-eps8.json; do
+                 [ -f "$f" ] && reports+=("$f")
+               done
+               [ -f "$OUT/pa18-$name-wholebatch-eps8.json" ] && worst=(--worst-case "$OUT/pa18-$name-full-eps8.json" \
+                 "$OUT/pa18-$name-wholebatch-eps8.json")
+               hpm card "$PREFIX-$name" --eval "${reports[@]}" "${worst[@]}"
              done
              python scripts/plot_backbones.py
              python scripts/results_section.py ;;
