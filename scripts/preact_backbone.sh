@@ -92,12 +92,12 @@ for step in $STEPS; do
     publish) hpm card "$FC" --eval "$OUT/pa18-fc-apgdt-n1000-eps8.json" "$OUT/pa18-fc-full-eps8.json"
              hpm card "$PREFIX-ncm" --eval "$OUT/pa18-ncm-full-eps8.json"
              for name in hpm-full hpm-dot; do  # from the reports that exist so far
+               full="$OUT/pa18-$name-full-eps8.json" whole="$OUT/pa18-$name-wholebatch-eps8.json"
                reports=() worst=()
-               for f in "$OUT/pa18-$name"-{full,full-order1,wholebatch}-eps8.json; do
+               for f in "$full" "$OUT/pa18-$name-full-order1-eps8.json" "$whole"; do
                  [ -f "$f" ] && reports+=("$f")
                done
-               [ -f "$OUT/pa18-$name-wholebatch-eps8.json" ] && worst=(--worst-case "$OUT/pa18-$name-full-eps8.json" \
-                 "$OUT/pa18-$name-wholebatch-eps8.json")
+               [ -f "$whole" ] && worst=(--worst-case "$full" "$whole")
                hpm card "$PREFIX-$name" --eval "${reports[@]}" "${worst[@]}"
              done
              python scripts/plot_backbones.py
