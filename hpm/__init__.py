@@ -6,6 +6,7 @@ Public API::
     model.save_pretrained("my-ckpt"); model = hpm.load("my-ckpt")
     model.fc_oracle(), model.soft_surrogate(), model.deployed()   # attackable nn.Modules
     report = hpm.evaluate_model(model, x, y, attack=hpm.AttackConfig(eps=8/255), batch_sizes=[16, 256])
+    hpm.evaluate_model(hpm.Defence(my_model, batch_dependent=True, surrogates={"s": my_surrogate}), x, y)
 """
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ from .version import __version__
 # The rest imports torch, so it is imported on first use: ``hpm --help`` and ``hpm --version`` answer at once.
 _LAZY = {"CosineHead": "heads", "FCHead": "heads", "HPMHead": "heads", "NCMHead": "heads", "create_head": "heads",
          "HPMClassifier": "model", "load": "model", "wrap": "model",
-         "AttackConfig": "evaluation", "EvalReport": "evaluation", "evaluate_model": "evaluation"}
+         "AttackConfig": "evaluation", "EvalReport": "evaluation", "evaluate_model": "evaluation",
+         "Defence": "defence"}
 
 if TYPE_CHECKING:
+    from .defence import Defence
     from .evaluation import AttackConfig, EvalReport, evaluate_model
     from .heads import CosineHead, FCHead, HPMHead, NCMHead, create_head
     from .model import HPMClassifier, load, wrap
 
 __all__ = [
     "HPMClassifier", "HPMHead", "NCMHead", "CosineHead", "FCHead", "create_head",
-    "wrap", "load", "evaluate_model", "AttackConfig", "EvalReport", "HPMError", "CheckpointError", "OfflineError",
+    "wrap", "load", "evaluate_model", "AttackConfig", "EvalReport", "Defence", "HPMError", "CheckpointError", "OfflineError",
     "__version__",
 ]
 

@@ -80,13 +80,13 @@ TARGETED_ON = ("fc", "bpda", "deployed")  # APGD-T in the default plan: the FC o
 def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: bool = True,
                  targeted: bool = True) -> list[AttackSpec]:
     """The attacks for this model: the paper's MSA (APGD with each loss on each of :func:`apgd_targets`), then
-    (``targeted``) APGD-T on the FC oracle and on the deployed model (through BPDA where the head has it), then
-    Square. ``targeted=False`` is the paper's protocol exactly."""
+    (``targeted``) APGD-T on the FC oracle and on the deployed model (through BPDA where the head has it; a model
+    may name its own with ``targeted_on``, as :class:`hpm.Defence` does), then Square. ``targeted=False`` is the paper's protocol exactly."""
     targets = apgd_targets(model)
     plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, modes) for t, modes in targets.items() for loss in losses]
     if targeted:
-        plan += [AttackSpec(f"apgd-t/{t}", "apgd", ATTACK_LOSSES["t"], targets[t]) for t in TARGETED_ON
-                 if t in targets]
+        plan += [AttackSpec(f"apgd-t/{t}", "apgd", ATTACK_LOSSES["t"], targets[t])
+                 for t in getattr(model, "targeted_on", TARGETED_ON) if t in targets]
     return plan + ([AttackSpec("square", "square")] if square else [])
 
 
@@ -119,8 +119,9 @@ def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
     targets = accepted_targets(model)
     known = {t for head in HEADS.values() for t in head.attack_targets} | {"deployed", "fc"} | set(targets)
     whole_batch = name.startswith("batch:")
-    if whole_batch and not (isinstance(model, HPMClassifier) and model.head.batch_dependent):
-        raise ValueError(f"attack {name!r}: whole-batch attacks apply only to batch-dependent heads")
+    if whole_batch and not getattr(model, "batch_dependent", False):
+        raise ValueError(f"attack {name!r}: whole-batch attacks apply only to batch-dependent models (declare "
+                         "batch_dependent=True, or --batch-dependent, if its predictions depend on its batch)")
     kind, _, target = name.removeprefix("batch:").partition("/")
     if kind == "square" and not target:
         return AttackSpec(name, "square", whole_batch=whole_batch)
@@ -130,35 +131,53 @@ def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
                          f"or apgd-{{ce,dlr,t,margin}}/TARGET (optionally after batch:) with a TARGET of "
                          f"{', '.join(sorted(known))}")
     if target not in targets:
-        head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else f"a {type(model).__name__}"
+        head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else \
+            repr(model.describe()["head"]) if hasattr(model, "describe") else f"a {type(model).__name__}"
         raise ValueError(f"attack {name!r} does not apply to this model ({head}); its APGD targets are "
                          f"{', '.join(targets)}")
     return AttackSpec(name, "apgd", loss, targets[target], whole_batch)
 
 
 class BatchFeatures:
-    """Computes ``[B, k]`` scores of a batch whose rows are attacked, inside a fixed context: cached
-    features of the batch's other samples (only batch-dependent heads use it; see ``HPMClassifier.forward_head``).
+    """Computes ``[B, k]`` scores of a batch whose rows are attacked, inside a fixed context: the batch's other
+    samples (only batch-dependent models use it). An :class:`HPMClassifier` keeps them as cached features and
+    runs only its head on them (``HPMClassifier.forward_head``); any other model's "features" are its images, and
+    the attacked rows are put back at their places among the others (``rows``), so it sees the evaluation batch
+    in its evaluation order.
 
     ``clean_rows [B, d]``: the clean features of the attacked rows themselves, given for a whole-batch attack so
     that each row can also be judged alone among the others clean (:meth:`scores_alone`).
+    ``rows [n]`` (bool): which rows of the evaluation batch are attacked, the others being ``fixed_features`` in
+    order (default: the attacked rows first).
     """
 
-    def __init__(self, model: nn.Module, fixed_features: Tensor | None, clean_rows: Tensor | None = None):
+    def __init__(self, model: nn.Module, fixed_features: Tensor | None, clean_rows: Tensor | None = None,
+                 rows: Tensor | None = None):
         self.model = model
         self.fixed = fixed_features if fixed_features is not None and len(fixed_features) else None
         self.clean_rows = clean_rows
+        self.rows = rows
         self.hpm = isinstance(model, HPMClassifier)
         self.modal = not self.hpm and hasattr(model, "attack_targets")  # a model with forward modes of its own
+        # judging each row alone costs a head pass per row for HPM, a whole forward pass per row otherwise: every
+        # iterate for HPM, the end of every run otherwise
+        self.alone_every_step = self.hpm
 
     def features(self, x: Tensor) -> Tensor:
         return self.model.forward_features(x) if self.hpm else x
 
     def scores(self, z: Tensor, mode: str) -> Tensor:
         """Scores of the attacked rows, computed inside the full batch (attacked + fixed rows)."""
-        if not self.hpm:
-            return self.model(z, mode=mode) if self.modal else self.model(z)
-        return self.model.forward_head(z, mode=mode, context=self.fixed)
+        if self.hpm:
+            return self.model.forward_head(z, mode=mode, context=self.fixed)
+        if self.fixed is None:
+            return self._call(z, mode)
+        rows = self.rows if self.rows is not None else \
+            torch.arange(len(z) + len(self.fixed), device=z.device) < len(z)
+        return self._call(_assemble(z, self.fixed, rows), mode)[rows]
+
+    def _call(self, x: Tensor, mode: str) -> Tensor:
+        return self.model(x, mode=mode) if self.modal else self.model(x)
 
     @torch.no_grad()
     def scores_alone(self, z: Tensor, rows: Tensor) -> Tensor:
@@ -168,6 +187,8 @@ class BatchFeatures:
         One vectorised head pass over the ``len(rows)`` batches (``torch.func.vmap``, in chunks); a head whose
         forward vmap cannot trace (data-dependent control flow) is run row by row instead."""
         assert self.clean_rows is not None, "scores_alone needs the attacked rows' clean features"
+        if not self.hpm:
+            return self._scores_alone_by_forward(z, rows)
         clean = self.clean_rows if self.fixed is None else torch.cat([self.clean_rows, self.fixed])  # [m, d]
         masks = torch.zeros(len(rows), len(clean), dtype=torch.bool, device=clean.device)
         masks[torch.arange(len(rows)), rows.to(clean.device)] = True  # [r, m]: the row swapped in
@@ -180,6 +201,24 @@ class BatchFeatures:
             return torch.func.vmap(one, chunk_size=64)(masks, z[rows])
         except RuntimeError:  # vmap cannot trace this head
             return torch.stack([one(mask, row) for mask, row in zip(masks, z[rows])])
+
+    def _scores_alone_by_forward(self, x: Tensor, rows: Tensor) -> Tensor:
+        """:meth:`scores_alone` for a model without a head of its own: one forward pass of the whole batch per
+        listed row, that row perturbed (``x``), the others clean."""
+        out = []
+        for row in rows.tolist():
+            batch = self.clean_rows.clone()
+            batch[row] = x[row]
+            out.append(self.scores(batch, "hard")[row])
+        return torch.stack(out)
+
+
+def _assemble(attacked: Tensor, fixed: Tensor, rows: Tensor) -> Tensor:
+    """The evaluation batch ``[n, ...]``: ``attacked`` at the ``rows`` (bool ``[n]``), ``fixed`` at the others;
+    differentiable in ``attacked``."""
+    full = fixed.new_zeros((len(rows), *fixed.shape[1:]))
+    full = full.index_put((rows.nonzero().flatten(),), attacked)
+    return full.index_put(((~rows).nonzero().flatten(),), fixed)
 
 
 class BreakRecorder:
@@ -227,7 +266,7 @@ class AttackTarget(nn.Module):
             deployed = logits[self.surrogates.index("hard")] if "hard" in self.surrogates \
                 else self.batch.scores(z.detach(), "hard")
             self.recorder.update(x, deployed)
-            if self.batch.clean_rows is not None:
+            if self.batch.clean_rows is not None and self.batch.alone_every_step:
                 self.recorder.update_alone(x, z, self.batch)
         if self.on_step is not None:
             self.on_step()
@@ -323,6 +362,9 @@ def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, no
         for restart in range(n_restarts):
             with seeded(seed + restart, x.device):
                 x_best, *_ = apgd.attack_single_run(x, y)
+            if batch.clean_rows is not None and not batch.alone_every_step:  # each row alone, on the run's end
+                with torch.no_grad():
+                    recorder.update_alone(x_best, batch.features(x_best), batch)
     x_adv = x_best.detach().clone()
     if keep_first_break and recorder.witness is not None:
         x_adv[recorder.broken] = recorder.witness[recorder.broken]

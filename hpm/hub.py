@@ -5,6 +5,7 @@ within seconds with :class:`hpm.OfflineError` when the Hub cannot be reached.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import tempfile
 from pathlib import Path
@@ -52,6 +53,16 @@ def shipped_checkpoints() -> dict[str, Path]:
     return {} if root is None else _checkpoints_in(root)
 
 
+def closest_shipped(text: str) -> str:
+    """``"; did you mean NAME?"`` for the shipped checkpoint names closest to ``text`` (all of them if none is
+    close), for error messages."""
+    names = sorted(shipped_checkpoints())
+    close = difflib.get_close_matches(Path(text).name, names, n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {' or '.join(close)}?"
+    return f"; shipped checkpoints: {', '.join(names)}" if names else ""
+
+
 def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = None,
                        token: str | None = None) -> Path:
     """A local checkpoint directory; else a shipped checkpoint by name (``NAME`` or ``checkpoints/NAME``, as the
@@ -70,7 +81,8 @@ def resolve_checkpoint(path_or_repo_id: str | Path, *, revision: str | None = No
         raise CheckpointError(f"{text}: no such checkpoint directory; checkpoints in {parent}: "
                               f"{', '.join(_checkpoints_in(parent)) or 'none'}")
     if not is_repo_id(split_revision(text)[0]):
-        raise CheckpointError(f"{text}: no such checkpoint directory (and not a Hub repo id of the form owner/name)")
+        raise CheckpointError(f"{text}: no such checkpoint directory, shipped checkpoint or Hub repo id (owner/name)"
+                              f"{closest_shipped(text)}")
     return download_checkpoint(text, revision=revision, token=token)
 
 
@@ -92,9 +104,15 @@ def download_checkpoint(repo_id: str, *, revision: str | None = None, token: str
         RepositoryNotFoundError,
     )
 
+    files = dict(allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME])
     try:
-        return Path(snapshot_download(text, revision=revision, token=token, etag_timeout=5,
-                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
+        try:
+            return Path(snapshot_download(text, revision=revision, token=token, etag_timeout=5, **files))
+        except RepositoryNotFoundError:
+            raise
+        except (HfHubHTTPError, OSError):  # unreachable (huggingface_hub < 2 does not fall back on its cache
+            # itself when it cannot list the files): the cached snapshot, if there is one
+            return Path(snapshot_download(text, revision=revision, token=token, local_files_only=True, **files))
     except RepositoryNotFoundError:
         raise CheckpointError(f"Hub repo {text!r} does not exist or is private (pass token=...); for a local "
                               f"checkpoint give a directory path such as ./checkpoints/NAME") from None

@@ -20,6 +20,10 @@ from .errors import HPMError
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # larger files are refused before decoding
 MAX_PIXELS = 40_000_000  # decompression-bomb guard (width * height)
 MAX_SIDE = 12_000  # longest side accepted
+SOURCE_MODE = "hpm_source_mode"  # Image.info key: the PIL mode an image had before open_image made it RGB
+MODE_NAMES = {"L": "greyscale", "LA": "greyscale with alpha", "1": "black-and-white", "P": "palette",
+              "RGBA": "RGB with alpha", "CMYK": "CMYK", "I;16": "16-bit greyscale", "I": "32-bit greyscale",
+              "F": "float greyscale", "YCbCr": "YCbCr", "PA": "palette with alpha"}
 
 
 def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
@@ -44,7 +48,9 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
     try:  # the size limits above are below PIL's own decompression-bomb limits
         frame = next(ImageSequence.Iterator(image)).copy()  # animated: the first frame
         frame = ImageOps.exif_transpose(frame)
-        return _to_rgb(frame)
+        rgb = _to_rgb(frame)
+        rgb.info[SOURCE_MODE] = frame.mode  # what it was, for describe_conversion
+        return rgb
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise HPMError(f"the image could not be decoded ({type(e).__name__}: {e})") from None
 
@@ -85,6 +91,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+def describe_conversion(image: Image.Image, input_size: tuple[int, int, int]) -> str | None:
+    """What :func:`open_image` and :func:`image_to_tensor` do to ``image`` on the way to the model, in words
+    (``"converted from greyscale (L) to RGB; resized from 28x28 to 32x32"``), or None when it goes in as it is."""
+    steps = []
+    mode = image.info.get(SOURCE_MODE, image.mode)
+    if mode != "RGB":
+        steps.append(f"converted from {MODE_NAMES.get(mode, 'mode')} ({mode}) to RGB")
+    _, h, w = input_size
+    if image.size != (w, h):
+        scale = min(h, w) / min(image.size)
+        resized = (round(image.size[0] * scale), round(image.size[1] * scale))
+        steps.append(f"resized from {image.size[0]}x{image.size[1]} to {resized[0]}x{resized[1]} (short side "
+                     f"{min(h, w)})" + (f", centre-cropped to {w}x{h}" if resized != (w, h) else ""))
+    return "; ".join(steps) or None
 
 
 def image_to_tensor(image: Image.Image, input_size: tuple[int, int, int]) -> Tensor:

@@ -6,6 +6,7 @@ module), :meth:`HPMClassifier.save_pretrained` and :func:`load` (checkpoint dire
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ from .devices import CPU
 from .errors import CheckpointError, HPMError
 from .heads import Head, Mode, check_mode, create_head
 from .mixed import MixedClassifier, MixingNetwork
-from .hub import is_repo_id, push_folder, resolve_checkpoint
+from .hub import closest_shipped, is_repo_id, push_folder, resolve_checkpoint, shipped_checkpoints, split_revision
 from .model_card import model_card
 from .sources import (
     DATASET_OF_SOURCE,
@@ -34,6 +35,8 @@ from .sources import (
     load_backbone,
     parse_source,
 )
+from .sources.external import LOADERS
+from .sources.factory import is_factory, load_factory
 
 
 class ModeView(nn.Module):
@@ -128,6 +131,25 @@ class HPMClassifier(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.fc.weight.device
+
+    # -- what an evaluation asks (hpm.defence.Declared): the head declares it -------------------------
+    @property
+    def batch_dependent(self) -> bool:
+        return self.head.batch_dependent
+
+    @property
+    def attack_targets(self) -> Mapping[str, tuple[str, ...]]:
+        return self.head.attack_targets
+
+    @property
+    def target_descriptions(self) -> Mapping[str, str]:
+        return self.head.target_descriptions
+
+    def describe(self) -> dict:
+        """What an evaluation report records about the model."""
+        spec = self.backbone_spec
+        return {"head": self.head_type, "backbone": f"{spec.source}:{spec.name}", "dataset": self.dataset,
+                "batch_dependent": self.head.batch_dependent}
 
     def train(self, mode: bool = True) -> "HPMClassifier":
         super().train(mode)
@@ -317,7 +339,9 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
     """Load an HPM checkpoint from a local directory or a Hub repo id.
 
     Args:
-        path_or_repo_id: a directory written by ``save_pretrained`` or ``"owner/name"`` on the Hub.
+        path_or_repo_id: a directory written by ``save_pretrained``, a shipped checkpoint's name,
+            ``"owner/name"`` on the Hub, or ``"file.py:factory"`` / ``"package.module:factory"`` (the model the
+            factory returns, as it returns it).
         backbone: the architecture for checkpoints whose backbone is an arbitrary module (its weights
             come from the checkpoint; the module passed is not modified).
         device: where to put the model (default CPU).
@@ -330,6 +354,8 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
         CheckpointError: missing files, invalid JSON, wrong keys or shapes, non-safetensors weights.
         OfflineError: a Hub id while the Hub is unreachable (fails within seconds).
     """
+    if isinstance(path_or_repo_id, str) and is_factory(path_or_repo_id) and not Path(path_or_repo_id).is_dir():
+        return load_factory(path_or_repo_id)
     directory = resolve_checkpoint(path_or_repo_id, revision=revision, token=token)
     config = read_config(directory)
     state = read_weights(directory)
@@ -393,7 +419,9 @@ def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], direct
 
 
 def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None = None) -> nn.Module:
-    """A checkpoint directory or Hub id (:func:`load`), a source string (:func:`wrap` with its own FC head), or
+    """Any model by name, as every command takes it (:func:`model_kind`): a checkpoint (directory, shipped name or
+    Hub id: :func:`load`), a source string (:func:`wrap` with its own FC head), ``file.py:factory`` or
+    ``package.module:factory`` (the model the factory returns), or
     ``mixed(standard=MODEL,robust=MODEL,alpha=A[,T=T])``: Bai et al.'s mixed classifier of two such models
     (:class:`hpm.mixed.MixedClassifier`).
 
@@ -401,9 +429,50 @@ def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None 
     """
     if text.startswith("mixed(") and text.endswith(")"):
         return _mixed(text, model_dir=model_dir, dataset=dataset)
-    if Path(text).is_dir() or is_repo_id(text) or ("/" in text and ":" not in text):
-        return load(text)
-    return wrap(text, head="fc", source_options=source_options(text, model_dir, dataset))
+    kind = model_kind(text)
+    if kind == "factory":
+        return load_factory(text)
+    if kind == "source":
+        return wrap(text, head="fc", source_options=source_options(text, model_dir, dataset))
+    return load(text)
+
+
+def load_classifier(text: str, **where) -> HPMClassifier | MixedClassifier:
+    """:func:`load_or_wrap` for commands that look inside the model (predict, attack, analyze): hpm's models as
+    they are, any other classifier wrapped with its own FC head (:func:`wrap`; it must end in ``nn.Linear``)."""
+    model = load_or_wrap(text, **where)
+    if isinstance(model, (HPMClassifier, MixedClassifier)):
+        return model
+    if not isinstance(model, nn.Module):
+        raise HPMError(f"{text} gave a {type(model).__name__}; this command needs an nn.Module classifier "
+                       "(hpm eval takes any callable)")
+    try:
+        return wrap(model, head="fc", input_size=getattr(model, "input_size", None))
+    except (HPMError, ValueError) as e:
+        raise HPMError(f"{text}: this command reads the classifier's features and final nn.Linear, which this "
+                       f"model does not expose ({e}); hpm eval evaluates it as it is") from None
+
+
+def model_kind(text: str) -> str:
+    """What a model name is: ``"checkpoint"`` (a directory, a shipped checkpoint's name, a Hub id
+    ``owner/name[@revision]``), ``"source"`` (``pyautoattack``, ``robustbench:NAME``, ``timm:NAME``,
+    ``torchvision:NAME``) or ``"factory"`` (``file.py:NAME``, ``package.module:NAME``).
+
+    Raises:
+        HPMError: none of these, with the shipped names closest to ``text``.
+    """
+    if Path(text).expanduser().is_dir() or text.removeprefix("checkpoints/") in shipped_checkpoints():
+        return "checkpoint"
+    prefix, colon, name = text.partition(":")
+    if text == "pyautoattack" or (colon and prefix in LOADERS and name):
+        return "source"
+    if is_factory(text):
+        return "factory"
+    if is_repo_id(split_revision(text)[0]) or ("/" in text and ":" not in text):
+        return "checkpoint"  # a Hub id, or a path whose error load() words
+    raise HPMError(f"unknown model {text!r}{closest_shipped(text)}; a model is a checkpoint directory, a shipped "
+                   f"checkpoint's name, a Hub id owner/name, pyautoattack, robustbench:NAME, timm:NAME, "
+                   f"torchvision:NAME, file.py:FACTORY or package.module:FACTORY")
 
 
 def _mixed(text: str, **where) -> MixedClassifier:

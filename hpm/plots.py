@@ -1,12 +1,17 @@
-"""Plotly figures: the paper's Fig. 2 (isotropic CDFs) and Fig. 3 (angle histograms, modelled vs empirical CDF)."""
+"""Plotly figures: the paper's Fig. 2 (isotropic CDFs) and Fig. 3 (angle histograms, modelled vs empirical CDF),
+the results figures, and :func:`write_figures`, the one writer of their HTML (offline) and PNG files."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .errors import HPMError
 from .sensitivity import AngleReport, isotropic_cdf
 
 DEFAULT_DIMS = (2, 8, 32, 128, 512, 2048)
@@ -173,14 +178,88 @@ def perturbation_heatmap(magnitude: np.ndarray, eps: float) -> go.Figure:
     return fig
 
 
-def write_png(fig: go.Figure, path, width: int = 1100, height: int = 500) -> None:
-    """Write a PNG with kaleido, pointing it at a system Chrome/Chromium when ``BROWSER_PATH`` is unset."""
-    import os
-    import shutil
+PLOTLY_JS = "plotly.min.js"  # the plotly.js bundle every HTML figure loads from its own directory
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+PNG_FIX = ("install kaleido>=1.0 (pip install 'kaleido>=1.0') and a Chrome/Chromium (Debian: apt-get install "
+           "chromium), or set BROWSER_PATH to a Chrome/Chromium executable")
 
-    if "BROWSER_PATH" not in os.environ:
-        found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
-                     None)
-        if found:
-            os.environ["BROWSER_PATH"] = found
+
+class FigureExportError(HPMError):
+    """A PNG export failed. ``written``: the files on disk (every HTML, its plotly.min.js, earlier PNGs);
+    ``failed``: the PNGs not written, the first of which raised ``cause`` (the rest were not attempted);
+    ``html_only``: how the caller skips PNGs."""
+
+    def __init__(self, written: list[Path], failed: list[Path], cause: BaseException,
+                 html_only: str = "write HTML only"):
+        self.written, self.failed, self.cause, self.html_only = list(written), list(failed), cause, html_only
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        cause = " ".join(str(self.cause).split())  # one line, as the CLI prints errors
+        rest = f"; not attempted: {_listed(self.failed[1:])}" if self.failed[1:] else ""
+        return (f"could not write {self.failed[0]} ({type(self.cause).__name__}: {cause}){rest}; "
+                f"written: {_listed(self.written) or 'nothing'}; fix: {PNG_FIX}; or {self.html_only}")
+
+
+def _listed(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
+def _with_suffix(stem: Path, suffix: str) -> Path:
+    """``stem`` + ``suffix``; a stem that already ends in .html or .png has that suffix replaced."""
+    stem = Path(stem)
+    return stem.with_suffix(suffix) if stem.suffix in (".html", ".png") else stem.with_name(stem.name + suffix)
+
+
+def write_html(fig: go.Figure, path: Path) -> list[Path]:
+    """Write ``path``, a full page that loads plotly.js from ``plotly.min.js`` beside it (written or refreshed
+    here, one per directory), so that it shows offline; return both paths."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bundle = path.parent / PLOTLY_JS
+    js = get_plotlyjs().encode("utf-8")
+    if not bundle.is_file() or bundle.read_bytes() != js:  # absent, or another plotly version's
+        bundle.write_bytes(js)
+    fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
+    return [path, bundle]
+
+
+def system_browser() -> str | None:
+    """The Chrome/Chromium kaleido is to drive: ``BROWSER_PATH`` if set, else the first of :data:`BROWSERS` on
+    PATH; None where there is none."""
+    return os.environ.get("BROWSER_PATH") or next((path for path in map(shutil.which, BROWSERS) if path), None)
+
+
+def write_png(fig: go.Figure, path: Path, width: int = 1100, height: int = 500) -> Path:
+    """Write a PNG with kaleido (>= 1.0) through :func:`system_browser`, given to kaleido as ``BROWSER_PATH`` where
+    that is unset; return the PNG's path."""
+    browser = system_browser()
+    if browser and not os.environ.get("BROWSER_PATH"):
+        os.environ["BROWSER_PATH"] = browser
     fig.write_image(str(path), width=width, height=height)
+    return Path(path)
+
+
+def write_figures(figures: dict[Path, go.Figure], png: bool = False, width: int = 1100, height: int = 500,
+                  html_only: str = "write HTML only") -> list[Path]:
+    """Write each figure as ``STEM.html`` (:func:`write_html`), then, with ``png``, as ``STEM.png``; return the
+    files written, each once. Every HTML comes first: a failed PNG raises :class:`FigureExportError`, which
+    lists what was written and what was not (``html_only``: how the caller skips PNGs)."""
+    written: list[Path] = []
+    for stem, fig in figures.items():
+        written += [p for p in write_html(fig, _with_suffix(stem, ".html")) if p not in written]
+    pngs = [_with_suffix(stem, ".png") for stem in figures] if png else []
+    for i, (fig, path) in enumerate(zip(figures.values(), pngs)):
+        try:
+            written.append(write_png(fig, path, width, height))
+        except Exception as e:  # kaleido or its browser missing, or the browser failed: any of them
+            raise FigureExportError(written, pngs[i:], e, html_only) from e
+    return written
+
+
+def write_figure(fig: go.Figure, stem: Path, png: bool = False, width: int = 1100, height: int = 500,
+                 html_only: str = "write HTML only") -> list[Path]:
+    """:func:`write_figures` for one figure: ``STEM.html``, its ``plotly.min.js`` and, with ``png``, ``STEM.png``."""
+    return write_figures({Path(stem): fig}, png, width, height, html_only)

@@ -326,11 +326,12 @@ def test_quick_fills_in_what_the_command_line_left_at_its_default_and_an_estimat
     data = json.loads(out.read_text())
     attack = data["config"]["attack"]
     assert attack["n_iter"] == 2 and attack["n_target_classes"] == 9  # given (9 is also the default): kept
-    assert attack["square_queries"] == 500 and data["results"]["256"]["n"] == 4  # left out: --quick's
+    assert attack["square_queries"] == 500  # left out: --quick's
+    assert list(data["results"]) == ["4"] and data["results"]["4"]["n"] == 4  # the batch size run: one batch of 4
     assert not any(check["name"] == "monotone_in_eps" for check in data["checks"])  # no extra check runs
     err = capsys.readouterr().err
     assert "a first look, not a number to publish" in err
-    assert err.index("attacks take at most") < err.index("apgd-ce/deployed")  # said before the attacks start
+    assert err.index("attacks take at most") < err.index("bs=4: 4 attacks")  # said before the attacks start
     assert "own=" in err  # each attack's own time, not the run's
 
 
@@ -444,7 +445,7 @@ def test_targeted_and_whole_batch_attacks_are_parsed_for_the_heads_they_apply_to
     b, = parse_attacks(["batch:apgd-ce/ensemble"], model)
     assert b.whole_batch and b.surrogates == ("fc", "soft") and b.name == "batch:apgd-ce/ensemble"
     net, _, _ = tiny_fc()
-    with pytest.raises(ValueError, match="only to batch-dependent heads"):
+    with pytest.raises(ValueError, match="only to batch-dependent models"):
         parse_attacks(["batch:apgd-ce/deployed"], net)
     with pytest.raises(ValueError, match="unknown attack"):
         parse_attacks(["apgd-x/fc"], model)

@@ -50,7 +50,7 @@ def test_arbitrary_module_backbone_is_saved_and_reloads_with_backbone_argument(t
     net = TinyNet()
     model = trained_like(hpm.wrap(net, head="hpm"))
     model.save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="backbone=your_module"):
+    with pytest.raises(CheckpointError, match="backbone=YourNet()"):
         hpm.load(tmp_path)
     loaded = hpm.load(tmp_path, backbone=TinyNet())  # fresh weights: the checkpoint's replace them
     x = torch.rand(3, 3, 32, 32)

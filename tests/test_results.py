@@ -188,7 +188,7 @@ def test_several_reports_of_one_model_combine_per_sample_into_their_worst_case(c
           "--target-classes", "2")
     ce, t = paired_robust(tmp_path / "ce.json", 4), paired_robust(tmp_path / "t.json", 4)
     assert combined_robust([tmp_path / "ce.json", tmp_path / "t.json"], 4) == {i: ce[i] and t[i] for i in ce}
-    _eval(checkpoint, tiny_data_root, tmp_path / "other.json", "--n", "3")
+    _eval(checkpoint, tiny_data_root, tmp_path / "other.json", "--subset", "uniform")  # 4 other images
     with pytest.raises(HPMError, match="different samples"):
         combined_robust([tmp_path / "ce.json", tmp_path / "other.json"], 4)
 
@@ -343,7 +343,8 @@ def test_defences_are_compared_on_the_same_images_and_budget_against_the_first_r
     from hpm.plots import defences_figure
     from hpm.publish.defences import defence_rows, defences_table
 
-    for name, extra in (("fc", ()), ("other", ("--seed", "1")), ("more", ("--iters", "3")), ("fewer", ("--n", "3"))):
+    for name, extra in (("fc", ()), ("other", ("--seed", "1")), ("more", ("--iters", "3")),
+                        ("others", ("--subset", "uniform"))):
         _eval(checkpoint, tiny_data_root, tmp_path / f"{name}.json", "--eps", "8/255", "--batch-sizes", "4", *extra)
     entries = [{"label": "FC", "reports": ["fc.json"]},
                {"label": "mixed, α = 0.5", "group": "mixed", "point": "α = 0.5", "reports": ["other.json"]},
@@ -359,7 +360,7 @@ def test_defences_are_compared_on_the_same_images_and_budget_against_the_first_r
     with pytest.raises(HPMError, match="APGD iterations"):  # another budget is another protocol
         defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["more.json"]}], batch_size=4)
     with pytest.raises(HPMError, match="other images"):
-        defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["fewer.json"]}], batch_size=4)
+        defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["others.json"]}], batch_size=4)
     from dataclasses import asdict
     figure = defences_figure([asdict(r) for r in rows])
     assert [t.name for t in figure.data] == ["FC", "mixed"] and list(figure.data[1].text) == ["α = 0.5"]

@@ -23,7 +23,8 @@ def register(sub) -> None:
         description="Measure the angles between MODEL's test features and its FC class vectors (theta_c) and l2 "
                     "prototypes (theta_d), fit the truncated-normal model (Eq. 12), compare the modelled CDF (Eq. 13) "
                     "with the measured one, check Eq. 8 on adversarial feature perturbations, and write "
-                    "angle_stats.json plus the figures (HTML; PNG with --png) into OUT.")
+                    "angle_stats.json plus the figures into OUT: HTML that loads plotly.min.js from beside it "
+                    "(offline), and PNG with --png.")
     add_model_arg(a)
     a.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_data_args(a)
@@ -34,20 +35,16 @@ def register(sub) -> None:
     a.add_argument("--dims", default="2,8,32,128,512,2048", help="dimensions of the isotropic Fig. 2 curves")
     a.add_argument("--check-n", type=int, default=64, help="test images attacked for the Eq. 8 check (0: skip)")
     a.add_argument("--eps", type=eps_arg, default=8 / 255, help="Linf radius of that attack (default 8/255)")
-    a.add_argument("--png", action="store_true", help="also write PNGs (needs kaleido and a Chrome/Chromium)")
+    a.add_argument("--png", action="store_true",
+                   help="also write PNGs (needs kaleido>=1.0 and a Chrome/Chromium, e.g. Debian's chromium)")
     add_device_arg(a)
     a.set_defaults(func=_cmd_analyze)
 
 
 def _cmd_analyze(args) -> int:
     from ..data import load_dataset
-    from ..model import load_or_wrap
-    from ..plots import (
-        angle_histogram_figure,
-        cdf_comparison_figure,
-        isotropic_cdf_figure,
-        write_png,
-    )
+    from ..model import load_classifier
+    from ..plots import angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure
     from ..sensitivity import angle_statistics
     from ..train import extract_features
 
@@ -58,7 +55,7 @@ def _cmd_analyze(args) -> int:
     if min(dims) < 2:
         raise HPMError("--dims must all be >= 2")
     device = resolve_device(args.device)
-    model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset).to(device)
+    model = load_classifier(args.model, model_dir=args.model_dir, dataset=args.dataset).to(device)
     dataset = dataset_of(args, model)
     test = load_dataset(dataset, "test", args.data)
     if args.n:
@@ -84,15 +81,22 @@ def _cmd_analyze(args) -> int:
     (out / "angle_stats.json").write_text(json.dumps(result, indent=2) + "\n")
     figures = {"fig2_isotropic": isotropic_cdf_figure(dims), "fig3_angles": angle_histogram_figure(report),
                "fig3_cdf": cdf_comparison_figure(report)}
-    for name, fig in figures.items():
-        fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
-        if args.png:
-            try:
-                write_png(fig, out / f"{name}.png")
-            except Exception as e:  # kaleido needs a browser; say so, keep the HTML
-                raise HPMError(f"could not write {name}.png ({type(e).__name__}: {e}); the HTML files are written") from None
-    _print(result, out)
+    _print(result)
+    written = [out / "angle_stats.json", *_write_figures(figures, out, args.png)]
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _write_figures(figures: dict, out: Path, png: bool) -> list[Path]:
+    """Write ``OUT/NAME.html`` (plotly.min.js beside them) and, with ``png``, ``OUT/NAME.png``; return the paths.
+    A failed PNG export names every file written, angle_stats.json first, and the PNGs that were not."""
+    from ..plots import FigureExportError, write_figures
+
+    try:
+        return write_figures({out / name: fig for name, fig in figures.items()}, png=png,
+                             html_only="run without --png")
+    except FigureExportError as e:
+        raise FigureExportError([out / "angle_stats.json", *e.written], e.failed, e.cause, e.html_only) from e.cause
 
 
 def _eq8_check(model, test, prototypes, n: int, eps: float, device) -> dict:
@@ -115,7 +119,7 @@ def _eq8_check(model, test, prototypes, n: int, eps: float, device) -> dict:
             "implication_violations": int((~holds).sum())}
 
 
-def _print(result: dict, out: Path) -> None:
+def _print(result: dict) -> None:
     fc, l2 = result["fc"], result["l2"]
     print(f"angles of {result['n_samples']} test features (d={result['num_features']}, k={result['num_classes']}); "
           f"l2 prototypes: {result['prototypes']}")
@@ -128,4 +132,3 @@ def _print(result: dict, out: Path) -> None:
         print(f"  Eq. 8 on adversarial feature shifts: condition holds for {100 * c['condition_holds_fraction']:.1f}% "
               f"of {c['pairs']} pairs; S_c >= sup S_d for {100 * c['S_c_ge_sup_S_d_fraction']:.1f}%; "
               f"implication violations: {c['implication_violations']}")
-    print(f"wrote {out}/angle_stats.json and figures")

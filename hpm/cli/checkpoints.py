@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import (add_data_args, add_device_arg, eps_arg, positive_float, positive_int, resolve_device,
-                     uniform_subset)
+from .common import (MODEL_HELP, add_data_args, add_device_arg, eps_arg, positive_float, positive_int,
+                     resolve_device, uniform_subset)
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointConfig
@@ -17,7 +18,7 @@ def register(sub) -> None:
     """Add this module's commands to the ``hpm`` subparsers ``sub``."""
     i = sub.add_parser("info", help="print a checkpoint's configuration and measured metrics",
                        description="Print what config.json of a checkpoint directory (or Hub repo) says.")
-    i.add_argument("checkpoint", help="checkpoint directory or Hub repo id")
+    i.add_argument("checkpoint", metavar="model", help=MODEL_HELP)
     i.add_argument("--json", action="store_true", help="print the raw config as JSON")
     i.set_defaults(func=_cmd_info)
 
@@ -25,7 +26,8 @@ def register(sub) -> None:
                        description="Add the clean and robust accuracies of hpm eval reports (JSON) to CHECKPOINT's "
                                    "config.json, with their protocol, subset, batch size and command, and rewrite "
                                    "its README.md model card from it. Weights are not touched.")
-    c.add_argument("checkpoint", help="checkpoint directory")
+    c.add_argument("checkpoint", help="checkpoint directory, or a shipped checkpoint's name (in a clone: "
+                                      "checkpoints/NAME)")
     c.add_argument("--eval", nargs="*", default=[], metavar="REPORT.json",
                    help="reports written by hpm eval (none: only regenerate the card from config.json)")
     c.add_argument("--worst-case", nargs="+", action="append", default=[], metavar="REPORT.json",
@@ -88,6 +90,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ..hub import resolve_checkpoint
     from ..model_card import metrics_table
 
+    from ..model import load_or_wrap, model_kind
+
+    if model_kind(args.checkpoint) != "checkpoint":  # a source or a factory: what the evaluation would see
+        from ..defence import declare
+
+        described = declare(load_or_wrap(args.checkpoint)).describe()
+        print(json.dumps(described, indent=2) if args.json else
+              "\n".join(f"{k + ':':<16}{v}" for k, v in described.items()))
+        return 0
     config = read_config(resolve_checkpoint(args.checkpoint))
     if args.json:
         print(json.dumps(asdict(config), indent=2))
@@ -117,7 +128,11 @@ def _cmd_card(args: argparse.Namespace) -> int:
     from ..model_card import metrics_table
     from ..publish.cards import record_evaluations
 
-    metrics = record_evaluations(args.checkpoint, args.eval, worst_cases=args.worst_case, command=args.command_line)
+    from ..hub import is_repo_id, resolve_checkpoint
+
+    local = Path(args.checkpoint)
+    directory = local if local.is_dir() or is_repo_id(args.checkpoint) else resolve_checkpoint(args.checkpoint)
+    metrics = record_evaluations(directory, args.eval, worst_cases=args.worst_case, command=args.command_line)
     print(metrics_table(metrics), end="")
     return 0
 

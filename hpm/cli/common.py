@@ -48,11 +48,14 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
 
 
+MODEL_HELP = ("a shipped checkpoint's name, a checkpoint directory, a Hub repo id owner/name, a model source "
+              "(pyautoattack, robustbench:NAME, timm:NAME, torchvision:NAME), or your own model: file.py:FACTORY or "
+              "package.module:FACTORY (FACTORY returns the model)")
+
+
 def add_model_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """The MODEL positional and where RobustBench weights live."""
-    p.add_argument("model", nargs=None if required else "?",
-                   help="checkpoint directory, Hub repo id, or model source (pyautoattack, robustbench:NAME, "
-                        "timm:NAME, torchvision:NAME)")
+    p.add_argument("model", nargs=None if required else "?", help=MODEL_HELP)
     p.add_argument("--model-dir", default="./models", help="robustbench: where zoo weights live")
 
 

@@ -29,6 +29,14 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _surrogate(text: str) -> tuple[str, str]:
+    """``--surrogate NAME=FACTORY`` -> ``(NAME, FACTORY)``."""
+    name, eq, factory = text.partition("=")
+    if not (eq and name.strip() and factory.strip()):
+        raise argparse.ArgumentTypeError(f"give NAME=file.py:FACTORY or NAME=package.module:FACTORY; got {text!r}")
+    return name.strip(), factory.strip()
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(t) for t in text.split("/"))
@@ -97,6 +105,13 @@ def register(sub) -> None:
                     "Under torchrun the ranks share the batches (each resumable from OUT.rankR-of-W.npz) and rank 0 "
                     "writes the one report.")
     add_model_arg(e, required=False)
+    e.add_argument("--batch-dependent", action="store_true",
+                   help="your model's predictions depend on its batch (BatchNorm on test-batch statistics, test-time "
+                        "adaptation, a transductive defence): evaluate it at each batch size (default 1,16,256), "
+                        "keep the order, allow batch: attacks; hpm's own models declare theirs")
+    e.add_argument("--surrogate", action="append", default=[], type=_surrogate, metavar="NAME=FACTORY",
+                   help="a differentiable stand-in for your model that APGD attacks, every adversarial batch judged "
+                        "on MODEL (FACTORY: file.py:NAME or package.module:NAME); may be repeated")
     e.add_argument("--out", default=None, metavar="REPORT.json",
                    help="report path (required unless --estimate-only); .md and .npz are written beside it")
     add_data_args(e)
@@ -124,6 +139,8 @@ def register(sub) -> None:
     e.set_defaults(func=_cmd_eval)
 
 
+WRONG_NUMBER_CHECKS = ("clean_matches_card", "batch_independent")  # a failure means the numbers are wrong, not
+# weak: the command exits with status 1 after writing the report
 DEFAULTS = {"iters": 40, "square_queries": 5000, "target_classes": 9}  # options whose parser default is None
 QUICK = {"n": 100, "iters": 20, "square_queries": 500, "target_classes": 3}  # --quick, plus --no-checks
 QUICK_TEXT = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in QUICK.items()) + " --no-checks"
@@ -148,7 +165,9 @@ def _cmd_eval(args) -> int:
         load_eval_data,
         merge_reports,
     )
-    from ..model import load_or_wrap
+    from ..evaluation.api import default_batch_sizes
+    from ..evaluation.inputs import check_inputs, num_classes_of
+    from ..evaluation.protocol import sizes_that_differ
 
     if not args.out and not args.estimate_only:
         raise HPMError("--out REPORT.json is required (unless --estimate-only is given)")
@@ -171,29 +190,53 @@ def _cmd_eval(args) -> int:
               file=sys.stderr)
     if args.out:
         output_paths(args.out)  # a bad --out is refused before anything runs
-    device = resolve_device(args.device)
-    model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
-    dataset = dataset_of(args, model)
-    subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file,
-                    order_seed=args.order_seed)
-    x, y, idx, info = load_eval_data(dataset, args.split, args.data, subset)
     attack = AttackConfig(norm=args.norm, eps=args.eps, n_iter=args.iters, n_restarts=args.restarts,
                           square_queries=args.square_queries, n_target_classes=args.target_classes,
                           schedule=args.schedule, seed=args.seed, targeted=not args.no_targeted,
                           batch_kappa=args.batch_kappa,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
+    device = resolve_device(args.device)
+    model = _declared_model(args, attack)
+    subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file,
+                    order_seed=args.order_seed)
+    x, y, idx, info = load_eval_data(dataset_of(args, model), args.split, args.data, subset)
+    check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
+    sizes = sizes_that_differ(args.batch_sizes or default_batch_sizes(model), len(y))
     if args.estimate_only:
-        print(json.dumps(_print_estimate(model, x, attack, args.batch_sizes, device, started)[0]))
+        print(json.dumps(_print_estimate(model, x, attack, sizes, device, started)[0]))
         return 0
-    expect = None if dist.under_torchrun() else _print_estimate(model, x, attack, args.batch_sizes, device,
-                                                                 started)[1]
-    report = evaluate_model(model, x, y, attack=attack, batch_sizes=args.batch_sizes, indices=idx.numpy(),
+    expect = None if dist.under_torchrun() else _print_estimate(model, x, attack, sizes, device, started)[1]
+    report = evaluate_model(model, x, y, attack=attack, batch_sizes=sizes, indices=idx.numpy(),
                             data_info=info, model_id=args.model, out=args.out, checks=not args.no_checks,
                             check_n=args.check_n, shard=args.shard, device=device,
                             command=args.command_line, distributed=dist.under_torchrun(), expect=expect)
-    if report is not None:  # under torchrun only rank 0 has the report
-        print(report.to_markdown())
-    return 0
+    if report is None:  # under torchrun only rank 0 has the report
+        return 0
+    print(report.to_markdown())
+    return _exit_status(report)
+
+
+def _exit_status(report) -> int:
+    """1 when a check says the numbers are wrong (:data:`WRONG_NUMBER_CHECKS`; each is said on stderr), else 0."""
+    wrong = [c for c in report.checks if c.passed is False and c.name.startswith(WRONG_NUMBER_CHECKS)]
+    for check in wrong:
+        print(f"hpm eval: check {check.name} failed: {check.detail}", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+def _declared_model(args, attack):
+    """MODEL as the evaluation sees it: loaded, declared (``--batch-dependent``, ``--surrogate``), and its attacks
+    checked against it before any data is read."""
+    from ..defence import declare
+    from ..evaluation.protocol import resolve_plan
+    from ..model import load_or_wrap
+    from ..sources.factory import load_factory
+
+    model = declare(load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset),
+                    batch_dependent=True if args.batch_dependent else None,
+                    surrogates={name: load_factory(spec) for name, spec in args.surrogate})
+    resolve_plan(model, attack)
+    return model
 
 
 def _kappa(text: str) -> float | None:

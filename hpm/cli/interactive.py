@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .common import (
@@ -68,12 +69,14 @@ def _load(args: argparse.Namespace):
     """``(model, image tensor [1, 3, H, W], context)`` on the chosen device."""
     from .. import interactive
     from ..devices import device_of
-    from ..images import image_to_tensor, open_image
-    from ..model import load_or_wrap
+    from ..images import describe_conversion, image_to_tensor, open_image
+    from ..model import load_classifier
 
     image = open_image(Path(args.image))  # a bad file fails here, before any model is loaded
-    model = load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset)
+    model = load_classifier(args.model, model_dir=args.model_dir, dataset=args.dataset)
     model.to(resolve_device(args.device))
+    if (converted := describe_conversion(image, model.input_size)) is not None:
+        print(f"{args.image}: {converted} for the model's input", file=sys.stderr)
     x = image_to_tensor(image, model.input_size).to(device_of(model))
     context = interactive.no_context()
     if args.context:

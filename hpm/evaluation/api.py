@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -10,13 +11,13 @@ from torch import Tensor, nn
 from ..data import Subset, load_dataset
 from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
-from ..mixed import MixedClassifier
-from ..model import HPMClassifier
+from ..defence import declare, evaluation_copy
 from . import dist
-from .checks import SQUARE_QUERIES, check_results, check_run_factors, run_checks
+from .checks import SQUARE_QUERIES, check_against_card, check_results, check_run_factors, run_checks
 from .config import AttackConfig
 from .expect import Expectation, progress_bar
-from .protocol import run_protocol
+from .inputs import check_inputs, num_classes_of
+from .protocol import is_batch_dependent, run_protocol, sizes_that_differ
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
 from .samples import SampleResults, load_results, save_results
 
@@ -27,61 +28,62 @@ BATCH_CURVE = (1, 16, 256)  # a batch-dependent model: its accuracy is a curve o
 
 def default_batch_sizes(model: nn.Module) -> list[int]:
     """The evaluation batch sizes of :func:`evaluate_model` when none are given: a curve for batch-dependent
-    heads (whose predictions change with the batch), a single size otherwise."""
-    return list(BATCH_CURVE if model_info(model)["batch_dependent"] else PER_SAMPLE_BATCH_SIZES)
+    models (whose predictions change with the batch), a single size otherwise."""
+    return list(BATCH_CURVE if is_batch_dependent(model) else PER_SAMPLE_BATCH_SIZES)
 
 
-def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
-    """``report.json`` -> (``report.json``, ``report.md``, ``report.npz``)."""
+def output_paths(out: str | Path, create_folder: bool = False) -> tuple[Path, Path, Path]:
+    """``report.json`` -> (``report.json``, ``report.md``, ``report.npz``); ``create_folder``: make their folder."""
     out = Path(out)
     if out.suffix != ".json":
         raise HPMError(f"--out must name a .json file; got {out}")
+    if create_folder:
+        out.parent.mkdir(parents=True, exist_ok=True)
     return out, out.with_suffix(".md"), out.with_suffix(".npz")
 
 
 def model_info(model: nn.Module) -> dict:
-    if isinstance(model, HPMClassifier):
-        spec = model.backbone_spec
-        return {"head": model.head_type, "backbone": f"{spec.source}:{spec.name}", "dataset": model.dataset,
-                "batch_dependent": model.head.batch_dependent}
-    if isinstance(model, MixedClassifier):
-        return model.describe()
-    return {"head": "plain classifier", "backbone": type(model).__name__, "batch_dependent": False}
+    """What the report records about ``model``: what it declares (:class:`hpm.defence.Declared`)."""
+    return declare(model).describe()
 
 
-def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig = AttackConfig(),
-                   batch_sizes: tuple[int, ...] | list[int] | None = None, indices=None, data_info: dict | None = None,
-                   model_id: str = "model", out: str | Path | None = None, checks: bool = True, check_n: int = 16,
-                   shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None,
-                   progress: bool = True, command: str | None = None,
-                   distributed: bool = False, expect: Expectation | None = None) -> EvalReport | None:
+def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *,
+                   attack: AttackConfig = AttackConfig(), batch_sizes: tuple[int, ...] | list[int] | None = None,
+                   batch_dependent: bool | None = None, surrogates: Mapping[str, Callable] | None = None,
+                   indices=None, data_info: dict | None = None, model_id: str = "model",
+                   out: str | Path | None = None, checks: bool = True, check_n: int = 16,
+                   shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None, progress: bool = True,
+                   command: str | None = None, distributed: bool = False,
+                   expect: Expectation | None = None) -> EvalReport | None:
     """Run the MSA protocol (+ Square) on ``x, y`` at every batch size and build the report.
 
+    The model is evaluated as a copy in eval mode on ``device``: the module passed is left as it was.
+
     Args:
-        model: an :class:`hpm.HPMClassifier` (any head) or a plain ``images -> logits`` classifier.
-        x, y: the evaluation subset in evaluation order (images in [0, 1]).
+        model: the deployed ``images -> scores`` model: an :class:`hpm.HPMClassifier`, a mixed classifier, an
+            :class:`hpm.Defence`, or any ``nn.Module`` or function (declared with the next two arguments).
+        x, y: float images ``[N, C, H, W]`` in [0, 1] and integer labels ``[N]``, in evaluation order; checked
+            first (:func:`hpm.evaluation.inputs.check_inputs`).
         attack: threat model, eps, iterations, restarts, attack plan, schedule, seed.
-        batch_sizes: evaluation batch sizes (HPM predictions depend on the batch); default
-            :func:`default_batch_sizes`: 1, 16 and 256 for a batch-dependent head, 256 otherwise.
+        batch_sizes: default :func:`default_batch_sizes` (1, 16, 256 for a batch-dependent model, else 256); a
+            size above ``len(y)`` is one batch of all images, reported as ``len(y)``.
+        batch_dependent, surrogates: for a plain model, as :class:`hpm.Defence` takes them (hpm's models and a
+            Defence declare their own).
         out: ``report.json`` path; ``report.md`` and the resumable per-sample ``report.npz`` go beside it.
         checks: run the sanity checks (extra small attack runs on the first ``check_n`` samples).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
         command: the command line to record in the report (so model cards can cite it).
         distributed: share the batches among the ranks of a torchrun job (:mod:`hpm.evaluation.dist`; every
-            rank must call this); rank 0 gathers the outcomes and returns the one report, other ranks None.
-            ``hpm eval`` sets it when launched by torchrun.
-        expect: an :class:`hpm.evaluation.expect.Expectation`, told the work as it finishes (attacks, batches,
-            sanity checks); with ``progress``, a top-level bar shows the time it expects left.
+            rank calls this; rank 0 returns the one report, the others None).
+        expect: an :class:`hpm.evaluation.expect.Expectation` told the work as it finishes; with ``progress``, a
+            top-level bar shows the time it expects left.
 
     Example:
-        >>> report = hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256])
-        >>> report.worst_case()   # {64: ..., 256: ...}
+        >>> hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256]).worst_case()
     """
-    json_path, md_path, npz_path = output_paths(out) if out is not None else (None, None, None)
-    batch_sizes = default_batch_sizes(model) if batch_sizes is None else batch_sizes
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-    run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
+    json_path, md_path, npz_path = output_paths(out, create_folder=True) if out is not None else (None,) * 3
+    model, batch_sizes, run_device = _prepare(model, x, y, attack, batch_sizes, batch_dependent, surrogates, device,
+                                              distributed)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     bar = _expectation_bar(expect, checks, check_n, len(y), batch_sizes, progress and rank == 0)
     try:
@@ -98,14 +100,35 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConf
                                    expect) if checks else []
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                                 device=str(run_device))
-            report = build_report(model_id, model_info(model), config, plan, results, found, command,
-                                  hardware={k: str(v) for k, v in describe(run_device).items() if k != "device"})
+            report = _report(model, model_id, config, plan, results, found, command)
         return write_report(report, json_path, md_path)
     finally:
         if bar is not None:
             bar.close()
         if distributed:
             dist.shutdown()
+
+
+def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, results: dict[int, SampleResults],
+            found: list[Check], command: str | None) -> EvalReport:
+    """:func:`build_report` of an evaluation just run, with the hardware it ran on and the card's clean check."""
+    hardware = {k: str(v) for k, v in describe(torch.device(config.device)).items() if k != "device"}
+    report = build_report(model_id, model_info(model), config, plan, results, found, command, hardware=hardware)
+    report.checks += [c for s in report.results.values() if (c := check_against_card(model, s))]
+    return report
+
+
+def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig, batch_sizes, batch_dependent: bool | None,
+             surrogates: Mapping[str, Callable] | None, device, distributed: bool) -> tuple[nn.Module, list[int],
+                                                                                            torch.device]:
+    """Everything checked before anything runs: the declared model's evaluation copy on its device, the batch sizes
+    really run, the run's device."""
+    model = declare(model, batch_dependent=batch_dependent, surrogates=surrogates)
+    attack.validate()
+    check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
+    sizes = sizes_that_differ(default_batch_sizes(model) if batch_sizes is None else batch_sizes, len(y))
+    run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
+    return evaluation_copy(model, run_device), sizes, run_device  # the caller's module stays as it was given
 
 
 def _expectation_bar(expect: Expectation | None, checks: bool, check_n: int, n: int, batch_sizes,

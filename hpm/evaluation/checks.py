@@ -9,6 +9,11 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 - ``black_box_vs_white_box``: Square breaking samples that every gradient attack missed is a sign of
   gradient masking.
 - ``repeatable``: the same evaluation with the same seed gives identical per-sample outcomes.
+- ``batch_independent``: a model declared per-sample gives each image the same scores alone as inside its batch
+  (BatchNorm on test-batch statistics or test-time adaptation undeclared would make every batch size but one a
+  guess).
+- ``clean_matches_card``: the clean accuracy is not far below the one the checkpoint's card records (images in
+  the wrong range, another dataset or normalisation give plausible-looking but wrong numbers).
 - model-specific pitfalls a model declares itself (``model.pitfall_checks(x)``), e.g. a mixed classifier's
   robust branch saturating its softmax at a low temperature.
 - ``ce_not_saturated``: no clean-correct sample has a float32 cross-entropy of exactly 0 or an all-zero input
@@ -23,10 +28,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..devices import resolve
+from ..progress import progress_bar
 from .config import AttackConfig
 from .protocol import run_protocol
 from .report import BatchSizeResult, Check
@@ -43,6 +49,52 @@ def check_results(summary: BatchSizeResult) -> list[Check]:
                         f"{only_bb} sample(s) broken by Square but by no gradient attack"
                         + (" (possible gradient masking: attack harder)" if only_bb else "")))
     return checks
+
+
+def check_against_card(model: nn.Module, summary: BatchSizeResult, alpha: float = 1e-3) -> Check | None:
+    """The clean accuracy at one batch size against the card's (``config.json`` metric ``clean_accuracy``): fails
+    when an exact one-sided binomial test puts it below the card's at level ``alpha``; None without a card."""
+    recorded = _card_clean_accuracy(model)
+    if recorded is None:
+        return None
+    value, n_card = recorded
+    n, correct = summary.n, round(summary.clean_accuracy * summary.n)
+    p = binomtest(correct, n, value, alternative="less").pvalue if n else 1.0
+    ok = bool(p >= alpha)
+    return Check(f"clean_matches_card[bs={summary.batch_size}]", ok,
+                 f"clean {100 * summary.clean_accuracy:.1f}% on {n} images vs {100 * value:.1f}% on the card "
+                 f"({n_card} images); one-sided exact binomial p = {p:.2g}"
+                 + ("" if ok else ": far below the card: are the images in [0, 1], of the model's dataset and "
+                                  "split, not normalised twice?"))
+
+
+def _card_clean_accuracy(model: nn.Module) -> tuple[float, int] | None:
+    """``(value, n)`` of the card's clean accuracy of the deployed model (its largest-n entry), if any."""
+    config = getattr(model, "checkpoint_config", None)
+    entries = [m for m in (getattr(config, "metrics", None) or {}).values()
+               if isinstance(m, dict) and m.get("protocol") == "clean" and m.get("mode", "hard") == "hard"
+               and isinstance(m.get("value"), (int, float)) and isinstance(m.get("n"), int)]
+    if not entries:
+        return None
+    best = max(entries, key=lambda m: m["n"])
+    return float(best["value"]), int(best["n"])
+
+
+@torch.no_grad()
+def check_batch_independent(model: nn.Module, x: Tensor) -> Check:
+    """A model declared per-sample scores each image alone (batch size 1) as it does inside the batch ``x``: same
+    predictions, scores equal up to float rounding (relative 1e-3)."""
+    if getattr(model, "batch_dependent", False):
+        return Check("batch_independent", None, "declared batch-dependent: evaluated at each batch size")
+    together = model(x).float()
+    alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))]).float()
+    changed = int((together.argmax(1) != alone.argmax(1)).sum())
+    gap = float((together - alone).abs().max())
+    ok = changed == 0 and gap <= 1e-3 * max(1.0, float(together.abs().max()))
+    return Check("batch_independent", ok,
+                 f"alone vs in a batch of {len(x)}: {changed} prediction(s) change, largest score change {gap:.3g}"
+                 + ("" if ok else "; its scores depend on the batch: declare batch_dependent=True "
+                                  "(hpm eval --batch-dependent), or evaluate it in eval mode"))
 
 
 @torch.no_grad()
@@ -118,9 +170,10 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
     They use the evaluation's attacks with Square capped at ``square_queries`` (the cap is reported);
     ``on_run_done`` is called after each of their protocol runs (:func:`check_run_factors`).
     """
-    bar = tqdm(total=len(eps_factors) + 3, desc=f"sanity checks on {len(y)} images", unit="run",
+    bar = progress_bar(total=len(eps_factors) + 3, desc=f"sanity checks on {len(y)} images", unit="run",
                disable=not progress)
-    checks = [check_deterministic(model, x[:batch_size].to(resolve(device, model))),
+    first = x[:batch_size].to(resolve(device, model))
+    checks = [check_deterministic(model, first), check_batch_independent(model, first),
               check_ce_saturation(model, x, y, batch_size, device)]
     if hasattr(model, "pitfall_checks"):
         with torch.no_grad():

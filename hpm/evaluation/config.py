@@ -5,16 +5,21 @@ from dataclasses import dataclass
 
 from ..attacks import NORMS
 from ..errors import HPMError
+from ..units import parse_eps
 
 SCHEDULES = ("cumulative", "independent")
 
 
 @dataclass
 class AttackConfig:
-    """Threat model and attack budget; the defaults are the paper's (APGD 40 iterations; AutoAttack uses 100)."""
+    """Threat model and attack budget; the defaults are the paper's (APGD 40 iterations; AutoAttack uses 100).
+
+    Checked when built (:meth:`validate`): ``eps`` may be written as on the command line (``"8/255"``), and a
+    Linf ``eps`` above 1 (``eps=8``) is refused with the radius it probably meant.
+    """
 
     norm: str = "Linf"  # "Linf" or "L2"
-    eps: float = 8 / 255  # radius of the perturbation ball
+    eps: float = 8 / 255  # radius of the perturbation ball (a number, or text such as "8/255")
     n_iter: int = 40  # APGD iterations (paper: 40; AutoAttack: 100)
     n_restarts: int = 1  # APGD restarts
     square_queries: int = 5000  # Square's query budget per sample (AutoAttack's default)
@@ -27,6 +32,14 @@ class AttackConfig:
     # surrogate margin exceeds this (logit units), and each row is also judged alone among the others clean;
     # None: the earlier whole-batch attack (summed unclamped loss, the batch judged only as perturbed)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.eps, str):
+            try:
+                self.eps = parse_eps(self.eps)
+            except ValueError as e:
+                raise HPMError(f"eps: {e}") from None
+        self.validate()
+
     def budget(self) -> dict:
         """The keywords of :func:`hpm.attacks.run_attack`: threat model, budgets and seed."""
         return {"norm": self.norm, "eps": self.eps, "n_iter": self.n_iter, "n_restarts": self.n_restarts,
@@ -36,10 +49,16 @@ class AttackConfig:
     def validate(self) -> None:
         if self.norm not in NORMS:
             raise HPMError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
-        if not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
-            raise HPMError(f"eps must be a positive number; got {self.eps!r}")
+        if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool)
+                and 0 < self.eps < float("inf")):
+            raise HPMError(f"eps must be a positive number (e.g. 8/255); got {self.eps!r}")
         if self.norm == "Linf" and self.eps > 1:
-            raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps}")
+            raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps:g}: did you mean "
+                           f"{self.eps:g}/255 (eps={self.eps:g}/255, or --eps {self.eps:g}/255)?")
+        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise HPMError(f"{name} must be an integer; got {value!r}")
         if min(self.n_iter, self.n_restarts, self.square_queries, self.n_target_classes) < 1:
             raise HPMError("n_iter, n_restarts, square_queries and n_target_classes must all be >= 1")
         if self.batch_kappa is not None and not (isinstance(self.batch_kappa, (int, float))

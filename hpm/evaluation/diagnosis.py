@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data import ImageTensorDataset, Subset, cache_dir, load_dataset
 from ..heads import create_head
 from ..model import HPMClassifier, load
+from ..progress import progress_bar
 from ..train import CleanConfig, extract_features, finetune_clean
 from ..train.pgd import linf_pgd, uniform_start
 from .batch_dependence import prediction_curve
@@ -61,7 +61,7 @@ def adversarial_training_images(base: HPMClassifier, train: ImageTensorDataset, 
     if not path.exists():
         generator = torch.Generator().manual_seed(seed)
         chunks = []
-        for idx in tqdm(subset.split(256), desc="PGD on training images", unit="batch"):
+        for idx in progress_bar(subset.split(256), desc="PGD on training images", unit="batch"):
             x, y = train.tensors(idx)
             loss = lambda x_adv, y=y: F.cross_entropy(base(x_adv, mode="fc"), y)  # noqa: E731
             chunks.append(linf_pgd(loss, x, uniform_start(x, eps, generator), eps=eps, step=eps / 4, steps=steps))

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import AttackSpec
+from ..defence import declare, evaluation_copy
 from .config import AttackConfig
 
 
@@ -78,12 +79,14 @@ def _seconds(fn, device: torch.device, repeats: int = 2) -> float:
     return min(timed() for _ in range(repeats))
 
 
-def _step_seconds(model: nn.Module, x: Tensor) -> tuple[float, float]:
-    """Seconds of one forward+backward (an APGD step: the gradient to the input only, so the model's parameters
-    keep no gradient) and of one forward (a Square query) on the batch ``x``."""
+def _step_seconds(model: nn.Module, x: Tensor, mode: str | None = None) -> tuple[float, float]:
+    """Seconds of one forward+backward (an APGD step through ``mode``, the model's default forward when None: the
+    gradient to the input only, so the model's parameters keep no gradient) and of one forward (a Square query)
+    on the batch ``x``."""
     def step():
         xg = x.clone().requires_grad_(True)
-        torch.autograd.grad(model(xg).sum(), xg)
+        out = model(xg) if mode is None else model(xg, mode=mode)
+        torch.autograd.grad(out.sum(), xg)
 
     def query():
         with torch.no_grad():
@@ -97,12 +100,13 @@ def sizes_run(batch_sizes: list[int], batch_dependent: bool) -> list[int]:
     return sorted(set(batch_sizes)) if batch_dependent else [max(batch_sizes)]
 
 
-def time_passes(model: nn.Module, x: Tensor, rows: list[int], device: torch.device) -> PassTimes:
-    """Time one step and one query at each batch size of ``rows`` (at most ``len(x)``) on ``device``. A smaller
-    batch never costs more than a larger one: a time above a larger batch's (another process held the device
-    then) is lowered to it."""
+def time_passes(model: nn.Module, x: Tensor, rows: list[int], device: torch.device,
+                mode: str | None = None) -> PassTimes:
+    """Time one step (through ``mode``) and one query at each batch size of ``rows`` (at most ``len(x)``) on
+    ``device``. A smaller batch never costs more than a larger one: a time above a larger batch's (another process
+    held the device then) is lowered to it."""
     rows = sorted({min(r, len(x)) for r in rows})
-    timed = [_step_seconds(model, x[:r].to(device)) for r in rows]
+    timed = [_step_seconds(model, x[:r].to(device), mode) for r in rows]
 
     def monotone(ts: list[float]) -> list[float]:
         return [min(ts[i:]) for i in range(len(ts))]
@@ -122,10 +126,11 @@ def time_evaluation(model: nn.Module, x: Tensor, plan: list[AttackSpec], attack:
     """Time this device's passes (at one image and at each evaluation batch size run, where the model is put in
     eval mode, as the evaluation puts it) and bound the attacks' wall time: every attack on every image (the
     cumulative schedule attacks only the survivors)."""
-    model = model.eval().to(device)
+    model = evaluation_copy(declare(model), device)
     n = len(x)
     sizes = sizes_run(batch_sizes, batch_dependent)
-    times = time_passes(model, x, [1, *sizes], device)
+    mode = next((spec.surrogates[0] for spec in plan if spec.white_box), None)  # what a step differentiates
+    times = time_passes(model, x, [1, *sizes], device, mode)
     with torch.no_grad():
         num_classes = model(x[:1].to(device)).shape[1]
     total = bound_seconds(times, n, plan, attack, sizes, num_classes)

@@ -23,6 +23,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from .. import progress
 from ..attacks import AttackSpec
 from .config import AttackConfig
 from .estimate import PassTimes, attack_passes, describe_estimate
@@ -249,17 +250,19 @@ def progress_bar(expect: Expectation, *, disable: bool = False, position: int = 
     """A top-level bar over the whole evaluation: seconds elapsed of the expected total, and the time expected left
     (before the first expectation: the seconds elapsed)."""
     waiting = "{desc}: {n:.0f} s elapsed{postfix}"
-    bar = tqdm(total=1.0, desc="hpm eval overall", position=position, leave=True, disable=disable,
-               bar_format=waiting)
+    bar = progress.progress_bar(total=1.0, desc="hpm eval overall", position=position, leave=True,
+                                disable=disable, bar_format=waiting)
 
     def update(e: Expectation) -> None:
         elapsed, left = e.elapsed(), sum(e.remaining())
         bar.total, bar.n = max(elapsed + left, 1e-9), elapsed
         if e.ready:
             bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}"
-            bar.set_postfix_str(f"expected {describe_estimate(left)} left")
+            bar.set_postfix_str(f"expected {describe_estimate(left)} left", refresh=False)
         else:
-            bar.set_postfix_str("the expected time follows once the first images went through every attack")
+            bar.set_postfix_str("the expected time follows once the first images went through every attack",
+                                refresh=False)
+        bar.update(0)  # redraws when its interval has passed (in a log: one line a while)
 
     if not disable:
         expect.subscribe(update)

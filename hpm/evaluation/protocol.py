@@ -23,8 +23,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
+from ..defence import declare, evaluation_copy
 from ..devices import resolve
 from ..errors import HPMError
+from ..progress import on_terminal, progress_bar
 from ..model import HPMClassifier
 from .config import AttackConfig
 from .samples import SampleResults, config_key, load_results, save_results
@@ -68,17 +70,20 @@ def resolve_plan(model: nn.Module, config: AttackConfig) -> list[AttackSpec]:
 
 
 def is_batch_dependent(model: nn.Module) -> bool:
-    """True for a model whose predictions depend on the rest of the batch (its head says so)."""
-    return isinstance(model, HPMClassifier) and model.head.batch_dependent
+    """True for a model whose predictions depend on the rest of the batch (as it declares:
+    :class:`hpm.defence.Declared`)."""
+    return bool(getattr(model, "batch_dependent", False))
 
 
 @torch.no_grad()
 def _clean_pass(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Deployed scores ``[b, k]`` on the clean batch and, for batch-dependent heads, the clean features."""
+    """Deployed scores ``[b, k]`` on the clean batch and, for batch-dependent models, the clean features (an
+    :class:`HPMClassifier`'s backbone features; any other model's images)."""
     if isinstance(model, HPMClassifier):
         z = model.forward_features(x)
         return model.forward_head(z, mode="hard"), (z if is_batch_dependent(model) else None)
-    return model(x), None
+    scores = model(x, mode="hard") if hasattr(model, "attack_targets") else model(x)
+    return scores, (x if is_batch_dependent(model) else None)
 
 
 def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec], config: AttackConfig,
@@ -132,7 +137,7 @@ def _attack(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, idx: Tenso
         hit = run_attack(spec, BatchFeatures(model, None, clean_rows=clean), x, y, num_classes=num_classes,
                          **config.budget()).broken
         return hit[idx]
-    batch = BatchFeatures(model, z_clean[~mask] if z_clean is not None else None)
+    batch = BatchFeatures(model, z_clean[~mask] if z_clean is not None else None, rows=mask)
     return run_attack(spec, batch, x[idx], y[idx], num_classes=num_classes, **config.budget()).broken
 
 
@@ -145,10 +150,15 @@ def batch_starts(n: int, batch_size: int, part: tuple[int, int] = (0, 1)) -> lis
 
 def _progress_bars(r: SampleResults, starts: list[int], n: int, progress: bool, below: int = 0) -> list[tqdm]:
     """One bar per attack, counting this part's images (those it ran on before a resume already counted),
-    ``below`` bars down."""
+    ``below`` bars down; in a log (no terminal) one bar for the batch size, shared by its attacks."""
     bs = r.batch_size
     total = sum(min(bs, n - s) for s in starts)
-    return [tqdm(total=total, initial=sum(int((r.attacks_finished[s:s + bs] > i).sum()) for s in starts),
+    if not on_terminal():
+        done = sum(int(np.minimum(r.attacks_finished[s:s + bs], len(r.attack_names)).sum()) for s in starts)
+        shared = progress_bar(total=total * len(r.attack_names), initial=done, disable=not progress,
+                              desc=f"bs={bs}: {len(r.attack_names)} attacks", unit="image-attack")
+        return [shared] * len(r.attack_names)
+    return [progress_bar(total=total, initial=sum(int((r.attacks_finished[s:s + bs] > i).sum()) for s in starts),
                  desc=f"bs={bs} {name}", position=below + i, leave=True, disable=not progress,
                  unit="img", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} img{postfix}")  # own time in the postfix
             for i, name in enumerate(r.attack_names)]
@@ -183,9 +193,9 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
                                    seconds)
             standing = int((r.clean_correct[_sl] & ~r.broken[:a + 1, _sl].any(0)).sum())
             seen = int(r.done.sum()) + (_sl.stop - _sl.start)
-            bars[a].update(_sl.stop - _sl.start)
             bars[a].set_postfix(robust=f"{100 * (int(r.robust.sum()) + standing) / seen:.1f}%",
-                                own=f"{r.seconds[a]:.0f}s")
+                                own=f"{r.seconds[a]:.0f}s", refresh=False)
+            bars[a].update(_sl.stop - _sl.start)  # redraws, with the postfix, when its interval has passed
 
         correct, _, _, _ = attack_batch(model, x[sl].to(device), y[sl].to(device), plan, attack, record,
                                         finished=finished)
@@ -193,7 +203,7 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
         save()
         if expect is not None:
             expect.batch_done(r.batch_size, sl.stop - sl.start)
-    for bar in bars:
+    for bar in {id(b): b for b in bars}.values():
         bar.close()
 
 
@@ -240,10 +250,10 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
     if not 0 <= shard[0] < shard[1]:
         raise HPMError(f"shard must be K/N with 0 <= K < N; got {shard[0]}/{shard[1]}")
     device = resolve(device, model)
-    model.eval().to(device)
+    model = evaluation_copy(declare(model), device)  # the caller's module stays as it was given
     plan = resolve_plan(model, attack)
     indices = np.arange(len(y)) if indices is None else np.asarray(indices)
-    batch_sizes = sorted(set(batch_sizes))
+    batch_sizes = sizes_that_differ(batch_sizes, len(y))
     key = config_key(model_id, attack, plan, indices, batch_sizes)
     results = _resume(results_path, key) or {bs: SampleResults(bs, [s.name for s in plan], indices, y.cpu().numpy())
                                              for bs in batch_sizes}
@@ -264,6 +274,12 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
         if bs not in sizes_to_run:  # batch-independent: identical outcomes at every size
             results[bs] = results[sizes_to_run[0]].with_batch_size(bs)
     return plan, results, key
+
+
+def sizes_that_differ(batch_sizes, n: int) -> list[int]:
+    """The evaluation batch sizes that are really run on ``n`` images: a size above ``n`` is one batch of all
+    ``n`` images, the same run as batch size ``n``, so it is reported as ``n`` (once)."""
+    return sorted({min(int(bs), n) for bs in batch_sizes})
 
 
 def _resume(results_path: Path | None, key: str) -> dict[int, SampleResults] | None:

@@ -214,6 +214,7 @@ class EvalReport:
                  f"{a.n_restarts} restart(s); Square {a.square_queries} queries; schedule: {a.schedule}; seed {a.seed}"
                  + (f"; batch: attacks clamped per row at margin {a.batch_kappa:g} and judged both ways"
                     if a.batch_kappa is not None and any(p.whole_batch for p in self.plan) else ""),
+                 *self._declaration_note(),
                  f"- evaluation order: {self.evaluation_order}", *self._batch_dependence_note(), "",
                  "| eval batch size | n | clean | robust (worst case) | 95% CI |", "| --- | --- | --- | --- | --- |"]
         for bs, r in self.results.items():
@@ -222,6 +223,17 @@ class EvalReport:
                          f"| {100 * lo:.1f}–{100 * hi:.1f}% |")
         return lines
 
+    def _declaration_note(self) -> list[str]:
+        """What the caller declared about a model hpm does not know (:class:`hpm.Defence`)."""
+        declared = self.model_info.get("declared")
+        if not declared:
+            return []
+        surrogates = ", ".join(declared.get("surrogates") or []) or "none"
+        deployed = "attacked end to end by APGD" if declared.get("deployed_attacked_by_gradient") else \
+            "no input gradient: attacked through the surrogates and by Square"
+        return [f"- declared: batch-dependent {'yes' if declared.get('batch_dependent') else 'no'}; surrogates: "
+                f"{surrogates}; deployed model: {deployed}; every adversarial batch judged on the deployed model"]
+
     def _batch_dependence_note(self) -> list[str]:
         """A batch-dependent head's report says that its numbers hold for its batch sizes and order only."""
         if not self.model_info.get("batch_dependent"):
@@ -229,7 +241,7 @@ class EvalReport:
         seed = self.config.order_seed
         order = "dataset order" if seed is None else f"an order shuffled with seed {seed}"
         sizes = ", ".join(self.results)
-        return [f"- **batch-dependent head**: every number below holds for its evaluation batch size ({sizes}) and "
+        return [f"- **batch-dependent model**: every number below holds for its evaluation batch size ({sizes}) and "
                 f"{order} only" + (": one batch size measured, not a curve" if len(self.results) == 1 else "")]
 
 

@@ -18,7 +18,7 @@ architecture are read from the HPM checkpoint's ``config.json`` (an entry may gi
 ``architecture`` for a checkpoint that is not a local folder); ``batch_size`` picks the evaluation batch size when
 the HPM report has several.
 
-    python scripts/plot_backbones.py     # writes each backbones section's figure (.html and .png)
+    python scripts/plot_backbones.py     # writes each backbones section's figure (.html, plotly.min.js, .png)
 """
 from __future__ import annotations
 
@@ -413,9 +413,10 @@ def backbones_lines(root: Path, section: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Write the figure of every ``backbones`` section of the manifest (``--no-png``: HTML only)."""
     import argparse
+    import sys
     from dataclasses import asdict
 
-    from ..plots import backbones_figure, write_png
+    from ..plots import FigureExportError, backbones_figure, write_figure
 
     parser = argparse.ArgumentParser(description="Plot HPM − FC against each robust backbone of the results "
                                                  "manifest.")
@@ -430,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         fig = backbones_figure([asdict(r) for r in backbone_rows(root, section["entries"])], title=section["title"])
         out = root / section["figure"]
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.write_html(str(out.with_suffix(".html")), include_plotlyjs="cdn")
-        if not args.no_png:
-            write_png(fig, out.with_suffix(".png"), width=1200, height=560)
-        print(f"wrote {section['figure']}.html" + ("" if args.no_png else " and .png"))
+        try:
+            written = write_figure(fig, out, png=not args.no_png, width=1200, height=560, html_only="pass --no-png")
+        except FigureExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print("wrote " + ", ".join(str(p.relative_to(root)) for p in written))
     return 0

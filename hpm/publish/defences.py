@@ -11,7 +11,7 @@ A ``defences`` section of ``results/manifest.json`` lists its rows::
 A row's robust accuracy is the per-sample worst case over its reports (one model, the same images). Every
 measured row must share the baseline's images, radius and attack budget, or the comparison refuses to be drawn.
 
-    python scripts/plot_defences.py      # writes each defences section's figure (.html and .png)
+    python scripts/plot_defences.py      # writes each defences section's figure (.html, plotly.min.js, .png)
 """
 from __future__ import annotations
 
@@ -141,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     """Write the figure of every ``defences`` section of the manifest (``--no-png``: HTML only)."""
     import argparse
     import json
+    import sys
     from dataclasses import asdict
 
-    from ..plots import defences_figure, write_png
+    from ..plots import FigureExportError, defences_figure, write_figure
 
     parser = argparse.ArgumentParser(description="Plot clean vs robust accuracy of each defences section of the "
                                                  "results manifest.")
@@ -159,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         fig = defences_figure([asdict(r) for r in rows], title=section["title"])
         out = root / section["figure"]
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.write_html(str(out.with_suffix(".html")), include_plotlyjs="cdn")
-        if not args.no_png:
-            write_png(fig, out.with_suffix(".png"), width=1000, height=700)
-        print(f"wrote {section['figure']}.html" + ("" if args.no_png else " and .png"))
+        try:
+            written = write_figure(fig, out, png=not args.no_png, width=1000, height=700, html_only="pass --no-png")
+        except FigureExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print("wrote " + ", ".join(str(p.relative_to(root)) for p in written))
     return 0

@@ -1,4 +1,4 @@
-"""Plot robust accuracy vs eps from sweep reports (``scripts/eps_sweep.sh``), as HTML and PNG.
+"""Plot robust accuracy vs eps from sweep reports (``scripts/eps_sweep.sh``), as HTML (offline) and PNG.
 
     python scripts/plot_sweep.py "results/eval/sweep/resnet18-*.json" --out results/figures/resnet18-sweep
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..evaluation.report import EvalReport
-from ..plots import robustness_curve_figure, write_png
+from ..plots import FigureExportError, robustness_curve_figure, write_figure
 from .compare import comparison_rows, worst_case_rows
 from .metrics import load_report
 
@@ -42,7 +42,8 @@ def sweep_rows(paths: dict[str, list[Path]]) -> tuple[list[tuple[str, EvalReport
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pattern", help="glob of sweep reports, e.g. 'results/eval/sweep/resnet18-*.json'")
-    parser.add_argument("--out", required=True, help="output path without extension (.html and .png written)")
+    parser.add_argument("--out", required=True,
+                        help="output path without extension (.html with plotly.min.js beside it, and .png written)")
     parser.add_argument("--title", default=None)
     parser.add_argument("--no-png", action="store_true")
     args = parser.parse_args(argv)
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     fig = robustness_curve_figure(rows, title=title)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(out.with_suffix(".html")), include_plotlyjs="cdn")
-    if not args.no_png:
-        write_png(fig, out.with_suffix(".png"), width=1000, height=550)
-    print(f"wrote {out}.html" + ("" if args.no_png else f" and {out}.png"))
+    try:
+        written = write_figure(fig, out, png=not args.no_png, width=1000, height=550, html_only="pass --no-png")
+    except FigureExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -92,8 +92,10 @@ def load_backbone(spec: BackboneSpec, module: nn.Module | None = None,
         features, fc = zoo.split(zoo.build(spec.name, spec.options))
         return SplitModel(features, fc, spec, tuple(input_size or CIFAR_INPUT))  # type: ignore[arg-type]
     if spec.source == "module":
-        raise CheckpointError("this checkpoint's backbone is an arbitrary nn.Module with no loadable source; "
-                       "pass it: hpm.load(path, backbone=your_module)")
+        raise CheckpointError("this checkpoint's backbone is your own nn.Module, which the checkpoint cannot "
+                              "rebuild: in Python, hpm.load(path, backbone=YourNet()); on the command line, name a "
+                              "factory file instead of the checkpoint, e.g. hpm eval my_model.py:load, with "
+                              "def load(): return hpm.load(PATH, backbone=YourNet())")
     if spec.source not in LOADERS:
         raise HPMError(f"unknown backbone source {spec.source!r}; choose one of {', '.join(SOURCES)}")
     model, size = LOADERS[spec.source](spec.name, spec.options)

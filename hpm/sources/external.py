@@ -2,12 +2,19 @@
 
 Each loader takes ``(name, options)`` and returns ``(model, input_size)``: a classifier on images in [0, 1]
 (normalisation prepended where the library expects normalised inputs) ending in ``nn.Linear``.
+
+Local weights, for machines without a network: timm takes ``file`` (the architecture's state dict, safetensors
+or a torch file; offline, a download cached earlier is used as well), RobustBench ``model_dir`` (the layout of
+:func:`robustbench_checkpoint_path`). Offline with neither, loading fails at once naming the option.
 """
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
+import os
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -39,15 +46,29 @@ def robustbench_checkpoint_path(name: str, model_dir: str | Path, dataset: str, 
     return Path(model_dir) / dataset / threat_model / f"{name}.pt"
 
 
-def _robustbench(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, int]]:
+ROBUSTBENCH_EXTRA = 'pip install "hybrid-prototype-mixing[robustbench]"'
+
+
+def _import_robustbench():
+    """``robustbench.utils``, or an error naming the extra when RobustBench is missing or does not import."""
     from .._compat import import_robustbench_utils
 
+    if importlib.util.find_spec("robustbench") is None:
+        raise HPMError(f"robustbench: sources need RobustBench, an optional extra: {ROBUSTBENCH_EXTRA}")
+    try:
+        return import_robustbench_utils()
+    except ImportError as e:
+        raise HPMError(f"RobustBench is installed but does not import ({e}); reinstall it with the versions it "
+                       f"needs: {ROBUSTBENCH_EXTRA}") from None
+
+
+def _robustbench(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, int]]:
     if not name:
         raise HPMError("a robustbench backbone needs a model name, e.g. Cui2023Decoupled_WRN-28-10")
     dataset = options.get("dataset", "cifar10")
     threat_model = options.get("threat_model", "Linf")
     model_dir = options.get("model_dir", "./models")
-    rb_utils = import_robustbench_utils()
+    rb_utils = _import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
@@ -65,17 +86,115 @@ def _robustbench(name: str | None, options: dict) -> tuple[nn.Module, tuple[int,
     return model.eval(), (IMAGENET_INPUT if dataset == "imagenet" else CIFAR_INPUT)
 
 
+def _hub_offline_requested() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set, now or when ``huggingface_hub`` was imported."""
+    from huggingface_hub import constants
+
+    requested = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.HF_HUB_OFFLINE) or requested
+
+
+def _hub_host() -> str:
+    from huggingface_hub import constants
+
+    return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+
+
+def _timm_weights_host(cfg) -> str | None:
+    """The host timm downloads ``cfg``'s weights from (the Hub first, as timm does); None when there are none."""
+    if cfg.hf_hub_id:
+        return _hub_host()
+    return urlparse(cfg.url).hostname if cfg.url else None
+
+
+def _timm_cached_weights(cfg) -> Path | None:
+    """``cfg``'s weights where an earlier download left them: the Hugging Face cache, else torch.hub's."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]:
+            hit = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(hit, str):
+                return Path(hit)
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        if path.is_file():
+            return path
+    return None
+
+
+def _check_hub_name_loads(name: str) -> None:
+    """An ``hf-hub:`` name loads online or in the Hub's own offline mode (from its cache); else fail at once."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    host = _hub_host()
+    if _hub_offline_requested() or not network.network_available(host):
+        raise OfflineError(f"timm: {name!r} is read from {host}, which is unreachable (or HF_HUB_OFFLINE was set "
+                           f"after huggingface_hub was imported); start Python with HF_HUB_OFFLINE=1 to load it from "
+                           f"the Hugging Face cache, or use an architecture name with source_options={{'file': PATH}}")
+
+
+def _timm_file(name: str, options: dict) -> Path | None:
+    """The local weights file for ``timm:name``: ``options["file"]``, else, offline, the cached download; None
+    when timm should download as usual. Offline with nothing local, an error naming the ``file`` option."""
+    if options.get("file"):
+        path = Path(options["file"]).expanduser()
+        if name.startswith("hf-hub:"):
+            raise HPMError(f"timm: a weights file needs an architecture name (e.g. timm:resnet18), not {name!r}")
+        if not path.is_file():
+            raise HPMError(f"timm weights file {path} does not exist")
+        return path
+    if name.startswith("hf-hub:"):
+        _check_hub_name_loads(name)
+        return None
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:
+        return None  # a bad tag: create_model says so
+    host = _timm_weights_host(cfg) if cfg is not None else None
+    if not host or (not _hub_offline_requested() and network.network_available(host)):
+        return None
+    cached = _timm_cached_weights(cfg)
+    if cached is None:
+        why = "HF_HUB_OFFLINE is set" if _hub_offline_requested() else f"{host} is unreachable"
+        raise OfflineError(f"timm weights for {name!r} are not cached and {why}; save them on a networked machine "
+                           f"and pass source_options={{'file': 'PATH/model.safetensors'}}, or {{'pretrained': False}} "
+                           f"for random weights")
+    return cached
+
+
+def _timm_hub_hint(error: Exception) -> str:
+    """How to fix timm's "huggingface_hub not installed" when the real cause is a timm too old for the Hub."""
+    if "huggingface_hub" not in str(error) or importlib.util.find_spec("huggingface_hub") is None:
+        return ""
+    import timm
+
+    return (f" (it is installed: timm {timm.__version__} predates huggingface_hub 2; run pip install -U "
+            f"'timm>=1.0.21', or, where robustbench pins timm 1.0.9, pip install 'huggingface_hub<2')")
+
+
 def _timm(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, int]]:
     import timm
 
+    if not name:
+        raise HPMError("a timm backbone needs a model name, e.g. resnet18")
     pretrained = bool(options.get("pretrained", True))
     kwargs = {k: v for k, v in options.items() if k in ("num_classes",)}
+    file = _timm_file(name, options) if pretrained else None
+    if file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
-        raise HPMError(f"timm: {e}") from None
+        raise HPMError(f"timm: {e}{_timm_hub_hint(e)}") from None
     except OSError as e:
-        raise OfflineError(f"timm could not fetch weights for {name!r} ({e}); pass pretrained=False or run online") from None
+        raise OfflineError(f"timm could not fetch weights for {name!r} ({e}); pass source_options={{'file': PATH}} "
+                           f"with the weights saved locally, or {{'pretrained': False}}") from None
     cfg = model.pretrained_cfg
     size = tuple(cfg.get("input_size", IMAGENET_INPUT))
     norm = Normalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..data import ImageTensorDataset, cache_dir
 from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
+from ..progress import progress_bar
 from .losses import ClassWeights, ikl_loss, soft_cross_entropy, weighted_pairwise_mse
 from .pgd import linf_pgd
 
@@ -84,7 +84,7 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
         return stored["features"], stored["labels"]
     model.features.eval().to(device)
     chunks = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="features", disable=not progress, unit="batch"):
+    for start in progress_bar(range(0, len(dataset), batch_size), desc="features", disable=not progress, unit="batch"):
         x, _ = dataset.tensors(torch.arange(start, min(start + batch_size, len(dataset))))
         chunks.append(model.features(x.to(device)).float().cpu())
     z, y = torch.cat(chunks), dataset.labels.clone()
@@ -124,7 +124,7 @@ def finetune_clean(model: HPMClassifier, features: Tensor, labels: Tensor, confi
     losses: list[float] = []
     model.train()
     n_batches = math.ceil(len(labels) / config.batch_size)
-    with tqdm(total=config.epochs * n_batches, desc="clean fine-tune", disable=not progress) as bar:
+    with progress_bar(total=config.epochs * n_batches, desc="clean fine-tune", disable=not progress) as bar:
         for _ in range(config.epochs):
             for idx in torch.randperm(len(labels), generator=g).split(config.batch_size):
                 z, y = features[idx].to(device), labels[idx].to(device)
@@ -219,7 +219,7 @@ def finetune_adversarial(model: HPMClassifier, dataset: ImageTensorDataset, conf
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     global_step = start_epoch * steps_per_epoch + start_step
-    bar = tqdm(total=total, initial=min(global_step, total), desc="IKL adversarial fine-tune", disable=not progress)
+    bar = progress_bar(total=total, initial=min(global_step, total), desc="IKL adversarial fine-tune", disable=not progress)
     for epoch in range(start_epoch, config.epochs):
         batches = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed + epoch)) \
             .split(config.batch_size)

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..data import ImageTensorDataset
 from ..devices import resolve
 from ..errors import HPMError
 from ..mixed import MixedClassifier
+from ..progress import progress_bar
 from .pgd import linf_pgd, uniform_start
 from .scratch import augment, hardware
 
@@ -153,7 +153,7 @@ def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: Mix
         started, gen = time.time(), torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(dataset), generator=gen)[: steps * config.batch_size].split(config.batch_size)
         totals: dict[str, float] = {}
-        for idx in tqdm(order, desc=f"mixer epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch"):
+        for idx in progress_bar(order, desc=f"mixer epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch"):
             x, y = dataset.tensors(idx)
             for key, value in _step(model, opt, augment(x, gen).to(device), y.to(device), config, gen).items():
                 totals[key] = totals.get(key, 0.0) + value

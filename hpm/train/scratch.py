@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm.auto import tqdm
 
 from ..data import ImageTensorDataset
 from ..devices import CPU, bf16_autocast
 from ..errors import HPMError
+from ..progress import progress_bar
 from ..rng import seeded
 from ..sources.zoo import ARCHITECTURES, OPTIONS, L2Classifier, PrototypeClassifier, ZooNet, build
 from .losses import average_margin_penalty, dpnp_loss
@@ -281,7 +281,7 @@ def _train_epoch(run: _Run, config: BackboneConfig, train_set: ImageTensorDatase
     run.net.train()
     loss_sum, correct, seen = (run.partial.get(key, 0) for key in ("loss_sum", "correct", "seen"))
     seconds, started = run.partial.get("seconds", 0.0), time.time()
-    bar = tqdm(order, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch",
+    bar = progress_bar(order, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch",
                initial=run.step, total=steps)
     for idx in order[run.step:]:
         x, y = train_set.tensors(idx)

@@ -1,0 +1,233 @@
+"""What an evaluation needs to know about a model: the declaration every evaluated model makes.
+
+The paper's evaluation (Sec. 3.7) judges every adversarial batch on the **deployed** model, which may be
+non-differentiable or depend on its batch, and attacks it through differentiable **surrogates**. Every model
+:func:`hpm.evaluate_model` takes answers the same small protocol, :class:`Declared`:
+
+- ``attack_targets``: target name -> the forward modes whose summed loss APGD follows (``"hard"`` is the
+  deployed model itself);
+- ``batch_dependent``: one sample's scores depend on the rest of its batch;
+- ``forward(x, mode="hard")``: deployed scores, or one surrogate's;
+- ``describe()``: what the report records about the model.
+
+hpm's own models declare theirs (:class:`hpm.HPMClassifier` through its head, :class:`hpm.mixed.MixedClassifier`);
+any other classifier or defence is declared with :class:`Defence`, and :func:`declare` does that for a plain
+``images -> logits`` callable.
+
+Example:
+    >>> defence = hpm.Defence(my_transductive_model, batch_dependent=True,
+    ...                       surrogates={"per-sample": my_model_with_running_stats})
+    >>> report = hpm.evaluate_model(defence, x, y)   # batch sizes 1, 16, 256, whole-batch attacks included
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from types import MappingProxyType
+from typing import Callable, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from .devices import device_of
+from .errors import HPMError
+
+DEPLOYED = "hard"  # the mode naming the deployed model, as hpm's heads name it
+RESERVED = ("deployed", "hard", "ensemble", "bpda")  # target or mode names a surrogate cannot take
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@runtime_checkable
+class Declared(Protocol):
+    """A model that says how it is to be evaluated (see the module docstring)."""
+
+    attack_targets: Mapping[str, tuple[str, ...]]
+    batch_dependent: bool
+
+    def describe(self) -> dict: ...
+
+
+class Defence(nn.Module):
+    """Any classifier or defence, declared for evaluation.
+
+    Args:
+        deployed: the model as deployed, ``images [B, C, H, W] in [0, 1] -> scores [B, k]`` (an ``nn.Module`` or any
+            callable); every adversarial batch is judged on it. It need not be differentiable: if its output
+            carries no gradient, APGD attacks only the surrogates, and Square the deployed model.
+        surrogates: ``{name: callable}``, differentiable stand-ins with the same inputs and classes; APGD (CE,
+            DLR, and APGD-T) attacks each, and their ensemble (summed losses) when there are two or more.
+        batch_dependent: True when one image's scores depend on the other images of its batch (BatchNorm on
+            test-batch statistics, test-time adaptation, any transductive defence): the evaluation then runs
+            every batch size it is given, keeps the evaluation order, and adds whole-batch attacks on request.
+        name: what reports call it (default: the deployed module's class name).
+        input_size: ``(C, H, W)`` of its inputs; inputs are checked against it (default: the deployed module's
+            ``input_size`` attribute, if any).
+        num_classes, dataset, classes: recorded and checked where given (default: the deployed module's).
+        deployed_differentiable: whether APGD may differentiate the deployed model; None: found out once, from
+            one forward and backward pass on two random images (a defence with randomness may need to say).
+    """
+
+    def __init__(self, deployed: Callable[[Tensor], Tensor], *,
+                 surrogates: Mapping[str, Callable[[Tensor], Tensor]] | None = None, batch_dependent: bool = False,
+                 name: str | None = None, input_size: tuple[int, int, int] | None = None,
+                 num_classes: int | None = None, dataset: str | None = None, classes: list[str] | None = None,
+                 deployed_differentiable: bool | None = None):
+        super().__init__()
+        if is_declared(deployed):
+            raise HPMError(f"{type(deployed).__name__} declares how it is evaluated already; pass it as it is")
+        if not callable(deployed):
+            raise HPMError(f"deployed must be an nn.Module or a callable images -> scores; got "
+                           f"{type(deployed).__name__}")
+        if not isinstance(batch_dependent, bool):
+            raise HPMError(f"batch_dependent must be True or False; got {batch_dependent!r}")
+        surrogates = dict(surrogates or {})
+        for key, fn in surrogates.items():
+            if not isinstance(key, str) or not _NAME.match(key) or key in RESERVED:
+                raise HPMError(f"surrogate name {key!r}: use lower-case letters, digits, '-', '_' or '.', and none of "
+                               f"{', '.join(RESERVED)}")
+            if not callable(fn):
+                raise HPMError(f"surrogate {key!r} must be an nn.Module or a callable images -> scores; got "
+                               f"{type(fn).__name__}")
+        self.deployed = _as_module(deployed)
+        self.surrogates = nn.ModuleDict({k: _as_module(fn) for k, fn in surrogates.items()})
+        self.batch_dependent = batch_dependent
+        self.name = name or _describe_callable(deployed)
+        self.input_size = tuple(input_size) if input_size is not None else _attr(deployed, "input_size", tuple)
+        self.num_classes = num_classes if num_classes is not None else _attr(deployed, "num_classes", int)
+        self.dataset = dataset or getattr(deployed, "dataset", None)
+        self.classes = classes or getattr(deployed, "classes", None)
+        self._differentiable = deployed_differentiable
+
+    @property
+    def deployed_differentiable(self) -> bool:
+        """Whether the deployed model's scores have a non-zero input gradient (probed once when not declared)."""
+        if self._differentiable is None:
+            self._differentiable = _has_input_gradient(self.deployed, self.input_size or (3, 32, 32))
+        return self._differentiable
+
+    @property
+    def attack_targets(self) -> Mapping[str, tuple[str, ...]]:
+        """The deployed model (when differentiable), each surrogate, and the surrogates' ensemble."""
+        targets = {"deployed": (DEPLOYED,)} if self.deployed_differentiable else {}
+        targets |= {name: (name,) for name in self.surrogates}
+        if len(self.surrogates) > 1:
+            targets["ensemble"] = tuple(self.surrogates)
+        if not targets:
+            raise HPMError(f"{self.name}: the deployed model has no input gradient and no surrogate was declared, so "
+                           "no gradient attack applies; declare surrogates={'name': differentiable_model} (or "
+                           "--surrogate NAME=file.py:factory), or deployed_differentiable=True if the probe was wrong")
+        return MappingProxyType(targets)
+
+    @property
+    def targeted_on(self) -> tuple[str, ...]:
+        """The targets APGD-T attacks in the default plan: every one but the ensemble."""
+        return tuple(t for t in self.attack_targets if t != "ensemble")
+
+    @property
+    def target_descriptions(self) -> Mapping[str, str]:
+        out = {"deployed": f"the deployed model ({self.name}) end to end"}
+        out |= {name: f"the declared surrogate {name!r}" for name in self.surrogates}
+        out["ensemble"] = "the surrogates' summed losses"
+        return MappingProxyType({k: v for k, v in out.items() if k in self.attack_targets})
+
+    def describe(self) -> dict:
+        """What an evaluation report records: the model and what was declared about it."""
+        return {"head": self.name, "backbone": "declared defence", "dataset": self.dataset,
+                "batch_dependent": self.batch_dependent,
+                "declared": {"batch_dependent": self.batch_dependent, "surrogates": list(self.surrogates),
+                             "deployed_attacked_by_gradient": self.deployed_differentiable,
+                             "input_size": list(self.input_size) if self.input_size else None}}
+
+    def forward(self, x: Tensor, mode: str = DEPLOYED) -> Tensor:
+        """The deployed model's scores (``mode="hard"``) or a surrogate's (``mode=NAME``)."""
+        if mode == DEPLOYED:
+            return self.deployed(x)
+        if mode not in self.surrogates:
+            raise ValueError(f"unknown mode {mode!r}; one of {', '.join([DEPLOYED, *self.surrogates])}")
+        return self.surrogates[mode](x)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, batch_dependent={self.batch_dependent}, surrogates={list(self.surrogates)}"
+
+
+class _Function(nn.Module):
+    """A plain callable as a module (no parameters of its own)."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return _describe_callable(self.fn)
+
+
+def _as_module(fn: Callable[[Tensor], Tensor]) -> nn.Module:
+    return fn if isinstance(fn, nn.Module) else _Function(fn)
+
+
+def _describe_callable(fn) -> str:
+    return type(fn).__name__ if isinstance(fn, nn.Module) else getattr(fn, "__qualname__", type(fn).__name__)
+
+
+def _attr(obj, name: str, kind: type):
+    value = getattr(obj, name, None)
+    try:
+        return kind(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _has_input_gradient(fn: nn.Module, input_size: tuple[int, ...]) -> bool:
+    """True when ``fn``'s scores on two random images have a non-zero input gradient (probed on a copy, so that
+    a module's buffers, e.g. BatchNorm's running statistics in training mode, are left as they are)."""
+    probe = copy.deepcopy(fn)
+    x = torch.rand(2, *input_size, device=device_of(probe), requires_grad=True)
+    with torch.enable_grad():
+        out = probe(x)
+        if not isinstance(out, Tensor) or not out.requires_grad:
+            return False
+        grad, = torch.autograd.grad(out.float().logsumexp(1).sum(), x, allow_unused=True)
+    return grad is not None and bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+
+
+def is_declared(model) -> bool:
+    """True for a model that makes the :class:`Declared` declarations itself (looked up without running them)."""
+    return all(_missing is not inspect.getattr_static(model, name, _missing)
+               for name in ("attack_targets", "batch_dependent", "describe"))
+
+
+_missing = object()
+
+
+def declare(model, *, batch_dependent: bool | None = None,
+            surrogates: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Declared:
+    """``model`` as a :class:`Declared` model: itself when it declares its own (hpm's models, a :class:`Defence`),
+    else a :class:`Defence` with ``batch_dependent`` (default False) and ``surrogates``.
+
+    Raises:
+        HPMError: a model that declares its own given other declarations; a model that is not callable.
+    """
+    if is_declared(model):
+        mismatch = batch_dependent is not None and bool(batch_dependent) != bool(model.batch_dependent)
+        if surrogates or mismatch:
+            raise HPMError(f"{type(model).__name__} declares its own attack targets and batch dependence "
+                           f"(batch_dependent={model.batch_dependent}, targets {', '.join(model.attack_targets)}); "
+                           "drop batch_dependent/surrogates, or wrap its deployed forward in hpm.Defence(...)")
+        return model
+    return Defence(model, surrogates=surrogates, batch_dependent=bool(batch_dependent))
+
+
+def evaluation_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """The copy an evaluation works on, in eval mode on ``device`` without parameter gradients: the caller's
+    module keeps its training flag, ``requires_grad`` and device (the copy is made once; a copy is not copied
+    again)."""
+    if getattr(model, "_hpm_evaluation_copy", False) and device_of(model) == device:
+        return model
+    copied = copy.deepcopy(model).eval().to(device)
+    copied.requires_grad_(False)
+    copied._hpm_evaluation_copy = True
+    return copied

@@ -1,0 +1,85 @@
+"""Images and labels checked where they enter an evaluation, with errors that name the fix.
+
+The most common mistakes give plausible numbers, not errors: pixels in [0, 255] (every image saturates, clean
+accuracy collapses to chance or below and every check passes) and normalised images (mean/std applied twice). So
+they are refused before anything runs, as are tensors of the wrong dtype or shape.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import HPMError
+
+TOLERANCE = 1e-6  # float rounding around [0, 1]
+
+
+def num_classes_of(model) -> int | None:
+    """The number of classes a model declares (``num_classes``), if any."""
+    value = getattr(model, "num_classes", None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x") -> None:
+    """Raise :class:`HPMError` unless ``x`` is a float tensor ``[N, C, H, W]`` (``input_size`` = ``(C, H, W)`` when
+    known) of finite values in [0, 1]."""
+    if not isinstance(x, Tensor):
+        raise HPMError(f"{name} must be a torch.Tensor of images [N, C, H, W] in [0, 1]; got {type(x).__name__} "
+                       f"(convert with torch.as_tensor({name}))")
+    if x.dtype == torch.uint8:
+        raise HPMError(f"{name} is uint8 (pixels 0-255); hpm takes float images in [0, 1]: convert with "
+                       f"{name}.float() / 255")
+    if not x.is_floating_point():
+        raise HPMError(f"{name} has dtype {x.dtype}; hpm takes float images in [0, 1]: convert with "
+                       f"{name}.float() (and divide by 255 if its pixels are 0-255)")
+    if x.ndim != 4:
+        hint = f" (one image: {name}[None])" if x.ndim == 3 else ""
+        raise HPMError(f"{name} must be a batch of images [N, C, H, W]; got shape {tuple(x.shape)}{hint}")
+    if len(x) == 0:
+        raise HPMError(f"{name} holds no images")
+    if input_size is not None and tuple(x.shape[1:]) != tuple(input_size):
+        raise HPMError(f"{name} has images of shape {tuple(x.shape[1:])}, but the model takes "
+                       f"{tuple(input_size)} (C, H, W){_shape_hint(tuple(x.shape[1:]), tuple(input_size), name)}")
+    if not bool(torch.isfinite(x).all()):
+        raise HPMError(f"{name} holds NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if high > 1 + TOLERANCE and low >= 0 and high <= 255:
+        raise HPMError(f"{name} has values up to {high:g}: pixels look like 0-255; hpm takes images in [0, 1]: "
+                       f"divide by 255 ({name} / 255)")
+    if low < -TOLERANCE or high > 1 + TOLERANCE:
+        raise HPMError(f"{name} has values in [{low:.3g}, {high:.3g}]; hpm takes images in [0, 1], with any "
+                       "normalisation (mean/std) inside the model: pass the images before normalising them")
+
+
+def _shape_hint(got: tuple, want: tuple, name: str) -> str:
+    """How to turn images of shape ``got`` (C, H, W) into ``want``, as far as a shape tells."""
+    if got[-1] == want[0] and got[:2] == want[1:]:
+        return f": channels last? permute with {name}.permute(0, 3, 1, 2)"
+    fixes = []
+    if got[0] == 1 and want[0] == 3:
+        fixes.append(f"greyscale images? repeat the channel with {name}.expand(-1, 3, -1, -1)")
+    if got[1:] != want[1:]:
+        fixes.append(f"resize with torch.nn.functional.interpolate({name}, size={tuple(want[1:])}, "
+                     "mode='bilinear', antialias=True), or use a model for this image size")
+    return (": " + "; then ".join(fixes)) if fixes else ""
+
+
+def check_labels(y, n: int, num_classes: int | None = None, *, name: str = "y") -> None:
+    """Raise :class:`HPMError` unless ``y`` is an integer tensor ``[n]`` of labels in ``[0, num_classes)``."""
+    if not isinstance(y, Tensor):
+        raise HPMError(f"{name} must be a torch.Tensor of integer labels; got {type(y).__name__} "
+                       f"(convert with torch.as_tensor({name}))")
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise HPMError(f"{name} must hold integer class labels; got dtype {y.dtype} (one-hot? use "
+                       f"{name}.argmax(1); else {name}.long())")
+    if y.ndim != 1 or len(y) != n:
+        raise HPMError(f"{name} must be labels [{n}], one per image; got shape {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
+        bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+        raise HPMError(f"{name} holds labels in [{int(y.min())}, {int(y.max())}]; the model's are {bound}")
+
+
+def check_inputs(x, y, *, input_size: tuple[int, ...] | None = None, num_classes: int | None = None) -> None:
+    """:func:`check_images` and :func:`check_labels` on an evaluation's inputs."""
+    check_images(x, input_size)
+    check_labels(y, len(x), num_classes)

@@ -1,0 +1,74 @@
+"""A user's own model named on the command line: ``path/to/file.py:factory`` or ``package.module:factory``.
+
+The ``module:attribute`` convention of uvicorn and gunicorn: the module is imported (a ``.py`` file by its path),
+and the attribute is the model itself or a function (or class) that returns it when called without arguments.
+Naming a file runs its code, as ``python file.py`` would: name only files you trust.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+from ..errors import HPMError
+
+_FACTORY = re.compile(r"^(?P<module>.+\.py|[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*)$")
+
+
+def is_factory(text: str) -> bool:
+    """True for ``file.py:NAME`` and ``package.module:NAME`` (source strings such as ``timm:NAME`` are told apart
+    by their caller first)."""
+    return bool(_FACTORY.match(str(text)))
+
+
+def load_factory(text: str):
+    """The object ``file.py:NAME`` or ``package.module:NAME`` names, called when it is a function or a class (the
+    factory returns the model).
+
+    Raises:
+        HPMError: a missing file or module, a missing attribute, or a factory that fails (its error is named).
+    """
+    match = _FACTORY.match(str(text))
+    if match is None:
+        raise HPMError(f"{text!r} is not FILE.py:FACTORY or package.module:FACTORY")
+    module = _import(match["module"], text)
+    attr = match["attr"]
+    if not hasattr(module, attr):
+        names = sorted(n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n]))
+        raise HPMError(f"{text}: {match['module']} has no attribute {attr!r}; its callables: "
+                       f"{', '.join(names) or 'none'}")
+    obj = getattr(module, attr)
+    from torch import nn  # noqa: PLC0415 (torch only when a factory is loaded)
+
+    if isinstance(obj, nn.Module) or not callable(obj):
+        return obj
+    try:
+        return obj()
+    except Exception as e:  # the user's code: say where it failed, keep its traceback
+        raise HPMError(f"{text}: calling {attr}() failed with {type(e).__name__}: {e}") from e
+
+
+def _import(module: str, text: str):
+    if module.endswith(".py"):
+        path = Path(module).expanduser()
+        if not path.is_file():
+            raise HPMError(f"{text}: no such file {path}")
+        name = f"hpm_user_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded  # dataclasses and pickling look modules up by name
+        sys.path.insert(0, str(path.resolve().parent))  # the file's own imports of its neighbours
+        try:
+            spec.loader.exec_module(loaded)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise HPMError(f"{text}: running {path} failed with {type(e).__name__}: {e}") from e
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+        return loaded
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise HPMError(f"{text}: cannot import {module} ({e}); is it installed, or on PYTHONPATH?") from None

@@ -1,0 +1,301 @@
+"""Bring your own model or defence: what hpm promises a researcher who evaluates a classifier it does not know."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import hpm
+from hpm import AttackConfig, Defence, HPMError
+from hpm.cli import main
+from hpm.defence import declare
+
+from conftest import TinyNet
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(n_iter=2, square_queries=5, n_target_classes=2)
+
+
+def _images(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g), torch.arange(n) % 10
+
+
+class BatchMeanNet(nn.Module):
+    """Transductive on purpose: subtracts the batch's mean image before a tiny net, and records the batch sizes it
+    was called with."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = TinyNet().eval()
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.net(x - x.mean(0, keepdim=True) + 0.5)
+
+
+def _evaluate(model, x, y, **kwargs):
+    kwargs.setdefault("attack", AttackConfig(eps=8 / 255, **TINY))
+    return hpm.evaluate_model(model, x, y, checks=kwargs.pop("checks", False), progress=False, **kwargs)
+
+
+# -- inputs are checked where they enter, with the fix in the message ---------------------------------------------
+
+@pytest.mark.parametrize("make, fix", [
+    (lambda x: x * 255, "divide by 255"),
+    (lambda x: (x * 255).to(torch.uint8), r"x.float\(\) / 255"),
+    (lambda x: (x - 0.5) / 0.25, "before normalising"),
+    (lambda x: x[:, :1, :28, :28], "greyscale images"),
+    (lambda x: x.permute(0, 2, 3, 1), "channels last"),
+    (lambda x: x[0], r"one image: x\[None\]"),
+])
+def test_images_outside_what_the_model_takes_are_refused_with_the_fix(tiny_net, make, fix):
+    model = hpm.wrap(tiny_net, head="fc")
+    x, y = _images()
+    with pytest.raises(HPMError, match=fix):
+        _evaluate(model, make(x), y)
+
+
+def test_labels_must_be_integers_of_the_models_classes(tiny_net):
+    x, y = _images()
+    with pytest.raises(HPMError, match="integer class labels"):
+        _evaluate(tiny_net, x, y.float())
+    with pytest.raises(HPMError, match=r"the model's are \[0, 9\]"):
+        _evaluate(hpm.wrap(tiny_net, head="fc"), x, y + 5)
+
+
+def test_eps_is_checked_when_the_config_is_built_and_may_be_written_as_on_the_command_line():
+    assert AttackConfig(eps="8/255").eps == pytest.approx(8 / 255)
+    with pytest.raises(HPMError, match="did you mean 8/255"):
+        AttackConfig(eps=8)
+    assert AttackConfig(norm="L2", eps=8).eps == 8  # an L2 radius above 1 is a radius
+
+
+def test_the_command_line_refuses_an_eps_of_8_before_any_estimate(tmp_path, capsys):
+    assert main(["eval", "pyautoattack", "--eps", "8", "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 8/255" in err and "attacks take at most" not in err
+
+
+# -- the caller's module is left exactly as given --------------------------------------------------------------------
+
+def test_the_module_evaluated_keeps_its_training_flag_gradients_and_statistics(tiny_net):
+    tiny_net.train()
+    before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    _evaluate(tiny_net, *_images(), checks=True, check_n=4)
+    assert tiny_net.training and all(p.requires_grad for p in tiny_net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in tiny_net.state_dict().items())  # BatchNorm's stats too
+
+
+# -- batch dependence, declared ----------------------------------------------------------------------------------
+
+def test_a_declared_batch_dependent_model_is_really_run_at_each_batch_size_and_the_report_says_so():
+    model = BatchMeanNet()
+    x, y = _images(20)
+    report = _evaluate(Defence(model, batch_dependent=True), x, y)
+    assert list(report.results) == ["1", "16", "20"]  # 256 > 20 images: one batch of 20, reported as 20
+    assert report.model_info["batch_dependent"] and report.model_info["declared"]["batch_dependent"]
+    assert "batch-dependent model" in report.to_markdown()
+    assert model.sizes == []  # the evaluation ran a copy
+
+
+def test_an_undeclared_batch_dependent_model_fails_its_check_and_the_command_exits_1(tmp_path, tiny_data_root):
+    report = _evaluate(BatchMeanNet(), *_images(), checks=True, check_n=4)
+    check = next(c for c in report.checks if c.name == "batch_independent")
+    assert check.passed is False and "batch_dependent=True" in check.detail
+    factory = tmp_path / "mine.py"
+    factory.write_text("import torch\n\ndef build():\n    torch.manual_seed(0)\n"
+                       "    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))\n"
+                       "    return lambda x: net(x - x.mean(0, keepdim=True))\n")
+    args = ["eval", f"{factory}:build", "--data", str(tiny_data_root), "--n", "4", "--iters", "1",
+            "--square-queries", "2", "--target-classes", "1", "--check-n", "4"]
+    assert main(args + ["--out", str(tmp_path / "undeclared.json")]) == 1
+    assert main(args + ["--batch-dependent", "--no-checks", "--out", str(tmp_path / "declared.json")]) == 0
+    declared = json.loads((tmp_path / "declared.json").read_text())
+    assert declared["model_info"]["declared"]["batch_dependent"] and list(declared["results"]) == ["1", "4"]
+
+
+def test_whole_batch_attacks_need_a_declared_batch_dependent_model():
+    x, y = _images()
+    attack = AttackConfig(eps=8 / 255, attacks=["batch:apgd-ce/deployed"], **TINY)
+    with pytest.raises(HPMError, match="declare batch_dependent=True"):
+        _evaluate(BatchMeanNet(), x, y, attack=attack)
+    report = _evaluate(Defence(BatchMeanNet(), batch_dependent=True), x, y, attack=attack, batch_sizes=[8])
+    assert [a.name for a in report.results["8"].per_attack] == ["batch:apgd-ce/deployed"]
+    assert "judged both ways" in report.to_markdown()
+
+
+def test_a_whole_batch_attack_judges_each_row_alone_as_well():
+    """The rows are judged with the perturbed batch and each with only its own perturbation, the others clean."""
+    from hpm.attacks import BatchFeatures
+
+    model = declare(BatchMeanNet(), batch_dependent=True)
+    x, _ = _images(4)
+    batch = BatchFeatures(model, None, clean_rows=x)
+    z = x.clone()
+    z[2] = 1 - z[2]
+    alone = batch.scores_alone(z, torch.tensor([0, 2]))
+    by_hand = [model.deployed.net((torch.where(torch.arange(4)[:, None, None, None] == i, z, x)) -
+                         torch.where(torch.arange(4)[:, None, None, None] == i, z, x).mean(0, keepdim=True) + 0.5)[i]
+               for i in (0, 2)]
+    assert torch.allclose(alone, torch.stack(by_hand), atol=1e-6)
+
+
+def test_attacked_rows_are_judged_at_their_places_in_the_evaluation_batch():
+    from hpm.attacks import BatchFeatures
+
+    order_matters = declare(lambda x: x.flatten(1)[:, :10] * torch.arange(1, len(x) + 1)[:, None],
+                            batch_dependent=True)
+    x, _ = _images(4)
+    rows = torch.tensor([False, True, False, True])
+    scores = BatchFeatures(order_matters, x[~rows], rows=rows).scores(x[rows], "hard")
+    assert torch.allclose(scores, order_matters(x)[rows])
+
+
+# -- surrogates: attack through them, judge on the deployed model ------------------------------------------------
+
+def _linear() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
+
+
+def test_a_deployed_model_without_gradient_is_attacked_through_its_surrogates_and_judged_itself():
+    net = _linear()
+
+    def deployed(x):  # non-differentiable: one-hot of the network's decision
+        with torch.no_grad():
+            return nn.functional.one_hot(net(x).argmax(1), 10).float()
+
+    x, _ = _images()
+    y = net(x).argmax(1)  # every image clean-correct
+    defence = Defence(deployed, surrogates={"net": net}, name="argmax defence")
+    assert dict(defence.attack_targets) == {"net": ("net",)} and not defence.deployed_differentiable
+    report = _evaluate(defence, x, y, attack=AttackConfig(eps=0.5, **TINY))
+    assert [a.name for a in report.results["8"].per_attack] == ["apgd-ce/net", "apgd-dlr/net", "apgd-t/net",
+                                                                "square"]
+    assert report.results["8"].robust_accuracy < 1.0
+    assert report.model_info["declared"] == {"batch_dependent": False, "surrogates": ["net"],
+                                             "deployed_attacked_by_gradient": False, "input_size": None}
+    assert "surrogates: net; deployed model: no input gradient" in report.to_markdown()
+    with pytest.raises(HPMError, match="declare surrogates="):
+        _evaluate(Defence(deployed), x, y)
+
+
+def test_two_surrogates_are_also_attacked_as_an_ensemble(tiny_net):
+    defence = Defence(tiny_net, surrogates={"a": tiny_net, "b": TinyNet()})
+    assert list(defence.attack_targets) == ["deployed", "a", "b", "ensemble"]
+    assert defence.targeted_on == ("deployed", "a", "b")
+
+
+def test_models_that_declare_their_own_refuse_other_declarations(tiny_net):
+    model = hpm.wrap(tiny_net, head="hpm")
+    assert declare(model) is model
+    with pytest.raises(HPMError, match="declares its own"):
+        declare(model, surrogates={"x": tiny_net})
+    with pytest.raises(HPMError, match="declares its own"):
+        declare(model, batch_dependent=False)  # an HPM head is batch-dependent
+    with pytest.raises(HPMError, match="surrogate name"):
+        Defence(tiny_net, surrogates={"deployed": tiny_net})
+
+
+def test_a_clean_accuracy_far_below_the_cards_fails_its_check():
+    from hpm.evaluation.checks import check_against_card
+
+    card = SimpleNamespace(checkpoint_config=SimpleNamespace(metrics={
+        "clean_accuracy": {"value": 0.9, "protocol": "clean", "n": 1000, "mode": "hard"}}))
+    far = SimpleNamespace(batch_size=16, n=100, clean_accuracy=0.5)
+    near = SimpleNamespace(batch_size=16, n=100, clean_accuracy=0.87)
+    assert check_against_card(card, far).passed is False and "not normalised twice" in check_against_card(
+        card, far).detail
+    assert check_against_card(card, near).passed is True
+    assert check_against_card(SimpleNamespace(), far) is None  # no card, no check
+
+
+# -- one namespace for models in every command ---------------------------------------------------------------------
+
+def test_every_kind_of_model_name_is_told_apart_and_a_typo_lists_the_closest_shipped_names(tmp_path):
+    from hpm.model import model_kind
+
+    assert model_kind("cifar10-resnet18-hpm-clean") == "checkpoint"
+    assert model_kind("checkpoints/cifar10-resnet18-hpm-clean") == "checkpoint"
+    assert model_kind(str(REPO / "checkpoints" / "cifar10-resnet18-ncm")) == "checkpoint"
+    assert model_kind("someone/hpm-demo") == "checkpoint"
+    assert [model_kind(s) for s in ("pyautoattack", "timm:resnet18", "robustbench:Standard")] == ["source"] * 3
+    assert [model_kind(s) for s in ("my_model.py:build", "pkg.models:make")] == ["factory"] * 2
+    with pytest.raises(HPMError, match="did you mean cifar10-resnet18-hpm-clean"):
+        model_kind("cifar10-resnet18-hpm-clen")
+    with pytest.raises(HPMError, match="did you mean cifar10-resnet18-hpm-clean"):
+        hpm.load("cifar10-resnet18-hpm-clen")
+
+
+def test_a_factory_file_is_a_model_for_load_and_info(tmp_path, capsys):
+    factory = tmp_path / "my_model.py"
+    factory.write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                       "torch.nn.Linear(3 * 32 * 32, 10))\n")
+    assert isinstance(hpm.load(f"{factory}:build"), nn.Sequential)
+    assert main(["info", f"{factory}:build"]) == 0
+    assert "Sequential" in capsys.readouterr().out
+    with pytest.raises(HPMError, match="no attribute 'make'; its callables: build"):
+        hpm.load(f"{factory}:make")
+    with pytest.raises(HPMError, match="no such file"):
+        hpm.load(f"{tmp_path / 'missing.py'}:build")
+
+
+def test_the_command_line_takes_a_factory_with_a_surrogate(tmp_path, tiny_data_root):
+    factory = tmp_path / "defence.py"
+    factory.write_text("import torch\n\ndef net():\n    torch.manual_seed(0)\n"
+                       "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))\n\n"
+                       "def deployed():\n    model = net()\n    return lambda x: model(x).detach()\n")
+    out = tmp_path / "r.json"
+    assert main(["eval", f"{factory}:deployed", "--surrogate", f"linear={factory}:net", "--data",
+                 str(tiny_data_root), "--n", "4", "--iters", "1", "--square-queries", "2", "--target-classes", "1",
+                 "--no-checks", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [p["name"] for p in report["plan"]] == ["apgd-ce/linear", "apgd-dlr/linear", "apgd-t/linear", "square"]
+    assert report["model_info"]["declared"]["surrogates"] == ["linear"]
+
+
+def test_predict_says_how_it_converted_an_image():
+    from PIL import Image
+
+    from hpm.images import describe_conversion, open_image
+
+    grey = open_image(Image.new("L", (28, 28)))
+    assert describe_conversion(grey, (3, 32, 32)) == ("converted from greyscale (L) to RGB; resized from 28x28 to "
+                                                      "32x32 (short side 32)")
+    assert describe_conversion(open_image(Image.new("RGB", (32, 32))), (3, 32, 32)) is None
+    assert "centre-cropped to 32x32" in describe_conversion(open_image(Image.new("RGB", (64, 40))), (3, 32, 32))
+
+
+# -- logs a file can hold --------------------------------------------------------------------------------------
+
+def test_without_a_terminal_each_batch_size_logs_lines_not_stacked_bars(tiny_net, capsys):
+    hpm.evaluate_model(tiny_net, *_images(), attack=AttackConfig(eps=8 / 255, **TINY), batch_sizes=[4, 8],
+                       checks=False, progress=True)
+    err = capsys.readouterr().err
+    assert "\x1b[" not in err and "\r" not in err  # no cursor moves, no redraws
+    lines = [line for line in err.splitlines() if line.startswith("bs=")]
+    assert 1 <= len(lines) <= 4 and all("attacks" in line for line in lines)  # one stage bar, start and end
+
+
+# -- the worked example --------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_worked_example_runs_end_to_end_at_a_tiny_budget(tmp_path, tiny_data_root):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "batch_dependent_defence.py"), "--data", str(tiny_data_root),
+         "--n-train", "30", "--epochs", "1", "--weights", str(tmp_path / "w.safetensors"), "--n", "8", "--iters",
+         "1", "--square-queries", "2", "--check-n", "4", "--out", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "as if per-sample: batch 8" in result.stdout and "batch-dependent: batch 1" in result.stdout
+    declared = json.loads((tmp_path / "tbn-batch-dependent.json").read_text())
+    assert {"batch:apgd-ce/deployed", "apgd-ce/running-stats"} <= {p["name"] for p in declared["plan"]}
