@@ -40,7 +40,7 @@ EPS = 8 / 255
 WHOLE_BATCH = ["batch:apgd-ce/deployed", "batch:apgd-dlr/deployed", "batch:apgd-margin/deployed"]
 
 
-class TestBatchNorm(nn.BatchNorm2d):
+class BatchStatisticsNorm(nn.BatchNorm2d):
     """BatchNorm that normalises with the statistics of the batch it is given, in training and at test time. It
     still keeps running statistics, which the per-sample surrogate (``use_batch_statistics = False``) uses."""
 
@@ -55,7 +55,8 @@ class TestBatchNorm(nn.BatchNorm2d):
 def build() -> nn.Module:
     """A small CIFAR-10 network (four conv blocks, 0.3 M parameters) with test-batch BatchNorm."""
     def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), TestBatchNorm(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), BatchStatisticsNorm(c_out), nn.ReLU(),
+                nn.MaxPool2d(2)]
 
     return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), *block(128, 128), nn.Flatten(),
                          nn.Linear(128 * 2 * 2, 10))
@@ -76,7 +77,7 @@ def per_sample_surrogate(model: nn.Module) -> nn.Module:
     """The same weights with BatchNorm's running statistics: a differentiable per-sample stand-in."""
     surrogate = copy.deepcopy(model)
     for m in surrogate.modules():
-        if isinstance(m, TestBatchNorm):
+        if isinstance(m, BatchStatisticsNorm):
             m.use_batch_statistics = False
     return surrogate.eval()
 
@@ -116,7 +117,8 @@ def train(data: str | None, n_train: int, epochs: int, batch_size: int = 128, se
 
 
 def augment(x: torch.Tensor) -> torch.Tensor:
-    """Random crops (4-pixel padding) and horizontal flips."""
+    """Horizontal flips (each image with probability 1/2) and a random crop with 4-pixel padding (one offset for
+    the whole batch)."""
     flip = torch.rand(len(x)) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     padded = F.pad(x, (4, 4, 4, 4), mode="reflect")

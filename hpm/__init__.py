@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HPMClassifier", "HPMHead", "NCMHead", "CosineHead", "FCHead", "create_head",
-    "wrap", "load", "evaluate_model", "AttackConfig", "EvalReport", "Defence", "HPMError", "CheckpointError", "OfflineError",
+    "wrap", "load", "evaluate_model", "AttackConfig", "EvalReport", "Defence",
+    "HPMError", "CheckpointError", "OfflineError",
     "__version__",
 ]
 

@@ -68,9 +68,11 @@ def apgd_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 
 def accepted_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """The targets :func:`parse_attacks` accepts: the declared ones, plus ``deployed`` (every model) and ``fc``
-    (every :class:`HPMClassifier` has its FC oracle) for experiments beyond the default plan."""
-    extra = {"deployed": ("hard",), **({"fc": ("fc",)} if isinstance(model, HPMClassifier) else {})}
+    """The targets :func:`parse_attacks` accepts: the declared ones, plus ``deployed`` (every model whose deployed
+    forward has a gradient) and ``fc`` (every :class:`HPMClassifier` has its FC oracle) for experiments beyond the
+    default plan."""
+    extra = {**({"deployed": ("hard",)} if getattr(model, "deployed_differentiable", True) else {}),
+             **({"fc": ("fc",)} if isinstance(model, HPMClassifier) else {})}
     return {**apgd_targets(model), **{k: v for k, v in extra.items() if k not in apgd_targets(model)}}
 
 
@@ -81,7 +83,8 @@ def default_plan(model: nn.Module, losses: tuple[str, ...] = LOSSES, square: boo
                  targeted: bool = True) -> list[AttackSpec]:
     """The attacks for this model: the paper's MSA (APGD with each loss on each of :func:`apgd_targets`), then
     (``targeted``) APGD-T on the FC oracle and on the deployed model (through BPDA where the head has it; a model
-    may name its own with ``targeted_on``, as :class:`hpm.Defence` does), then Square. ``targeted=False`` is the paper's protocol exactly."""
+    may name its own with ``targeted_on``, as :class:`hpm.Defence` does), then Square. ``targeted=False`` is the
+    paper's protocol exactly."""
     targets = apgd_targets(model)
     plan = [AttackSpec(f"apgd-{loss}/{t}", "apgd", loss, modes) for t, modes in targets.items() for loss in losses]
     if targeted:
@@ -131,11 +134,17 @@ def _parse_attack(name: str, model: nn.Module) -> AttackSpec:
                          f"or apgd-{{ce,dlr,t,margin}}/TARGET (optionally after batch:) with a TARGET of "
                          f"{', '.join(sorted(known))}")
     if target not in targets:
-        head = f"an {model.head_type!r} head" if isinstance(model, HPMClassifier) else \
-            repr(model.describe()["head"]) if hasattr(model, "describe") else f"a {type(model).__name__}"
+        head = _model_text(model)
         raise ValueError(f"attack {name!r} does not apply to this model ({head}); its APGD targets are "
                          f"{', '.join(targets)}")
     return AttackSpec(name, "apgd", loss, targets[target], whole_batch)
+
+
+def _model_text(model: nn.Module) -> str:
+    """``an 'hpm' head``, ``'my defence'``: the model, for error messages."""
+    if isinstance(model, HPMClassifier):
+        return f"an {model.head_type!r} head"
+    return repr(model.describe()["head"]) if hasattr(model, "describe") else f"a {type(model).__name__}"
 
 
 class BatchFeatures:

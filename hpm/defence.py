@@ -47,6 +47,8 @@ class Declared(Protocol):
 
     def describe(self) -> dict: ...
 
+    def __call__(self, x: Tensor, mode: str = DEPLOYED) -> Tensor: ...
+
 
 class Defence(nn.Module):
     """Any classifier or defence, declared for evaluation.
@@ -63,7 +65,8 @@ class Defence(nn.Module):
         name: what reports call it (default: the deployed module's class name).
         input_size: ``(C, H, W)`` of its inputs; inputs are checked against it (default: the deployed module's
             ``input_size`` attribute, if any).
-        num_classes, dataset, classes: recorded and checked where given (default: the deployed module's).
+        num_classes: checked against the labels where given (default: the deployed module's ``num_classes``).
+        dataset, classes: recorded (default: the deployed module's).
         deployed_differentiable: whether APGD may differentiate the deployed model; None: found out once, from
             one forward and backward pass on two random images (a defence with randomness may need to say).
     """
@@ -101,10 +104,25 @@ class Defence(nn.Module):
 
     @property
     def deployed_differentiable(self) -> bool:
-        """Whether the deployed model's scores have a non-zero input gradient (probed once when not declared)."""
+        """Whether the deployed model's scores have a non-zero input gradient (declared, or probed once: on the
+        evaluation's images by :meth:`probe`, else on two random images of ``input_size``)."""
         if self._differentiable is None:
-            self._differentiable = _has_input_gradient(self.deployed, self.input_size or (3, 32, 32))
+            self.probe(torch.rand(2, *(self.input_size or (3, 32, 32))))
         return self._differentiable
+
+    def probe(self, x: Tensor) -> None:
+        """Find out, on the images ``x``, whether the deployed model has an input gradient (unless declared).
+
+        Raises:
+            HPMError: the deployed model fails on ``x``; the message names ``deployed_differentiable=``.
+        """
+        if self._differentiable is None:
+            try:
+                self._differentiable = _has_input_gradient(self.deployed, x)
+            except Exception as e:  # the caller's model: say where it failed, keep its traceback
+                raise HPMError(f"{self.name}: the deployed model failed on images of shape {tuple(x.shape)} "
+                               f"({type(e).__name__}: {e}); give Defence(..., input_size=(C, H, W)) or "
+                               "deployed_differentiable=True/False") from e
 
     @property
     def attack_targets(self) -> Mapping[str, tuple[str, ...]]:
@@ -181,14 +199,21 @@ def _attr(obj, name: str, kind: type):
         return None
 
 
-def _has_input_gradient(fn: nn.Module, input_size: tuple[int, ...]) -> bool:
-    """True when ``fn``'s scores on two random images have a non-zero input gradient (probed on a copy, so that
-    a module's buffers, e.g. BatchNorm's running statistics in training mode, are left as they are)."""
+def _has_input_gradient(fn: nn.Module, images: Tensor) -> bool:
+    """True when ``fn``'s scores on ``images`` have a non-zero input gradient (probed on a copy, so that a module's
+    buffers, e.g. BatchNorm's running statistics in training mode, are left as they are)."""
     probe = copy.deepcopy(fn)
-    x = torch.rand(2, *input_size, device=device_of(probe), requires_grad=True)
+    x = images.detach().to(device_of(probe)).requires_grad_(True)
     with torch.enable_grad():
         out = probe(x)
-        if not isinstance(out, Tensor) or not out.requires_grad:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"it returned a {type(out).__name__}, not a tensor of scores [B, k] (a model that returns "
+                            "a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
+        if out.ndim != 2 or len(out) != len(x):
+            raise ValueError(f"it returned shape {tuple(out.shape)} for {len(x)} images, not scores [{len(x)}, k]")
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError("it returned NaN or infinite scores")
+        if not out.requires_grad:
             return False
         grad, = torch.autograd.grad(out.float().logsumexp(1).sum(), x, allow_unused=True)
     return grad is not None and bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
@@ -201,6 +226,13 @@ def is_declared(model) -> bool:
 
 
 _missing = object()
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` (the current device) are the same device."""
+    def index(d: torch.device) -> int | None:
+        return d.index if d.index is not None or d.type != "cuda" else torch.cuda.current_device()
+    return a.type == b.type and index(a) == index(b)
 
 
 def declare(model, *, batch_dependent: bool | None = None,
@@ -223,9 +255,9 @@ def declare(model, *, batch_dependent: bool | None = None,
 
 def evaluation_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """The copy an evaluation works on, in eval mode on ``device`` without parameter gradients: the caller's
-    module keeps its training flag, ``requires_grad`` and device (the copy is made once; a copy is not copied
-    again)."""
-    if getattr(model, "_hpm_evaluation_copy", False) and device_of(model) == device:
+    module keeps its training flag, ``requires_grad``, buffers and device (the copy is made once; a copy is not
+    copied again). Modules are copied; a plain function is used as it is (what it closes over cannot be copied)."""
+    if getattr(model, "_hpm_evaluation_copy", False) and _same_device(device_of(model), device):
         return model
     copied = copy.deepcopy(model).eval().to(device)
     copied.requires_grad_(False)

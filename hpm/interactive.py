@@ -43,7 +43,7 @@ def attack_choices(model: Demo) -> list[str]:
 
 def _target_descriptions(model: Demo):
     """Each attack target's one-line description, in the head's (or the mixture's) own words."""
-    return model.head.target_descriptions if isinstance(model, HPMClassifier) else model.target_descriptions
+    return model.target_descriptions
 
 
 def attack_description(model: Demo, attack: str) -> str:
@@ -75,7 +75,7 @@ def deployed_is_reference(model: Demo) -> bool:
 
 def batch_dependent(model: Demo) -> bool:
     """True when one image's prediction depends on the rest of its batch (the demo then offers a context)."""
-    return model.head.batch_dependent if isinstance(model, HPMClassifier) else model.batch_dependent
+    return model.batch_dependent
 
 
 def default_attack(choices: list[str]) -> str:

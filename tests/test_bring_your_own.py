@@ -64,6 +64,25 @@ def test_images_outside_what_the_model_takes_are_refused_with_the_fix(tiny_net, 
         _evaluate(model, make(x), y)
 
 
+def test_values_just_above_one_are_refused_with_a_clamp_not_a_division(tiny_net):
+    x, y = _images()
+    with pytest.raises(HPMError, match=r"clamp them \(x.clamp\(0, 1\)\)"):
+        _evaluate(tiny_net, x * 1.01, y)
+
+
+@pytest.mark.parametrize("output, fix", [
+    (lambda s: (s, None), "a tuple, not a tensor of scores"),
+    (lambda s: s[:, 0], r"returned shape \(2,\) for 2 images"),
+    (lambda s: s * float("nan"), "NaN or infinite"),
+    (lambda s: s[:, :5], "labels go up to 7 but the model scores 5 classes"),
+])
+def test_what_a_model_returns_is_checked_on_the_first_batch(output, fix):
+    net = _linear()
+    x, y = _images()
+    with pytest.raises(HPMError, match=fix):
+        _evaluate(lambda images: output(net(images)), x, y)
+
+
 def test_labels_must_be_integers_of_the_models_classes(tiny_net):
     x, y = _images()
     with pytest.raises(HPMError, match="integer class labels"):
@@ -189,6 +208,21 @@ def test_a_deployed_model_without_gradient_is_attacked_through_its_surrogates_an
         _evaluate(Defence(deployed), x, y)
 
 
+def test_the_deployed_model_is_not_offered_to_apgd_when_it_has_no_gradient():
+    net = _linear()
+    defence = Defence(lambda x: net(x).detach(), surrogates={"net": net})
+    with pytest.raises(HPMError, match="does not apply to this model.*its APGD targets are net"):
+        _evaluate(defence, *_images(), attack=AttackConfig(eps=8 / 255, attacks=["apgd-ce/deployed"], **TINY))
+
+
+def test_the_gradient_probe_runs_on_the_evaluations_images_and_a_failure_names_the_fix():
+    big = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 10))
+    x, y = torch.rand(4, 3, 64, 64), torch.arange(4)
+    assert _evaluate(big, x, y).model_info["declared"]["deployed_attacked_by_gradient"]  # probed on 64x64 images
+    with pytest.raises(HPMError, match=r"input_size=\(C, H, W\)"):
+        Defence(big).attack_targets  # no images, no input size: a 32x32 probe fails
+
+
 def test_two_surrogates_are_also_attacked_as_an_ensemble(tiny_net):
     defence = Defence(tiny_net, surrogates={"a": tiny_net, "b": TinyNet()})
     assert list(defence.attack_targets) == ["deployed", "a", "b", "ensemble"]
@@ -217,6 +251,11 @@ def test_a_clean_accuracy_far_below_the_cards_fails_its_check():
         card, far).detail
     assert check_against_card(card, near).passed is True
     assert check_against_card(SimpleNamespace(), far) is None  # no card, no check
+    batch_dependent = SimpleNamespace(batch_dependent=True, checkpoint_config=SimpleNamespace(metrics={
+        "clean_accuracy": {"value": 0.9, "protocol": "clean", "n": 1000, "batch_size": 256}}))
+    assert check_against_card(batch_dependent, far) is None  # the card holds another batch size
+    assert check_against_card(batch_dependent, SimpleNamespace(batch_size=256, n=100, clean_accuracy=0.5)).passed \
+        is False
 
 
 # -- one namespace for models in every command ---------------------------------------------------------------------
@@ -299,3 +338,12 @@ def test_the_worked_example_runs_end_to_end_at_a_tiny_budget(tmp_path, tiny_data
     assert "as if per-sample: batch 8" in result.stdout and "batch-dependent: batch 1" in result.stdout
     declared = json.loads((tmp_path / "tbn-batch-dependent.json").read_text())
     assert {"batch:apgd-ce/deployed", "apgd-ce/running-stats"} <= {p["name"] for p in declared["plan"]}
+
+    from hpm.publish.declared import declared_lines
+
+    lines = declared_lines(tmp_path, {"reports": {"per-sample": "tbn-as-per-sample.json",
+                                                  "batch-dependent": "tbn-batch-dependent.json"}})
+    rows = [line for line in lines if line.startswith("| per-sample") or line.startswith("| batch-dependent")]
+    assert [row.split(" | ")[3] for row in rows] == ["8", "1", "8"]  # the batch sizes run
+    assert "| not run | – |" in rows[0]  # no whole-batch attack on a model declared per-sample
+    assert any(line.startswith("- per-sample: ") for line in lines)  # its batch_independent check, quoted

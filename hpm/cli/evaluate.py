@@ -156,18 +156,8 @@ def _fill_defaults(args) -> None:
 
 def _cmd_eval(args) -> int:
     started = time.perf_counter()  # the expectation counts the time from here
-    from ..data import Subset
+    from ..evaluation import AttackConfig, dist, evaluate_model, merge_reports
     from ..evaluation.api import output_paths
-    from ..evaluation import (
-        AttackConfig,
-        dist,
-        evaluate_model,
-        load_eval_data,
-        merge_reports,
-    )
-    from ..evaluation.api import default_batch_sizes
-    from ..evaluation.inputs import check_inputs, num_classes_of
-    from ..evaluation.protocol import sizes_that_differ
 
     if not args.out and not args.estimate_only:
         raise HPMError("--out REPORT.json is required (unless --estimate-only is given)")
@@ -196,12 +186,8 @@ def _cmd_eval(args) -> int:
                           batch_kappa=args.batch_kappa,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)
     device = resolve_device(args.device)
-    model = _declared_model(args, attack)
-    subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file,
-                    order_seed=args.order_seed)
-    x, y, idx, info = load_eval_data(dataset_of(args, model), args.split, args.data, subset)
-    check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
-    sizes = sizes_that_differ(args.batch_sizes or default_batch_sizes(model), len(y))
+    model = _declared_model(args)
+    x, y, idx, info, sizes = _inputs(args, model, attack)
     if args.estimate_only:
         print(json.dumps(_print_estimate(model, x, attack, sizes, device, started)[0]))
         return 0
@@ -224,19 +210,35 @@ def _exit_status(report) -> int:
     return 1 if wrong else 0
 
 
-def _declared_model(args, attack):
-    """MODEL as the evaluation sees it: loaded, declared (``--batch-dependent``, ``--surrogate``), and its attacks
-    checked against it before any data is read."""
+def _inputs(args, model, attack):
+    """``(x, y, indices, data info, batch sizes run)``: the images chosen, checked against the model, with its
+    attacks checked against it, all before any estimate."""
+    from ..data import Subset
+    from ..defence import Defence
+    from ..evaluation import load_eval_data
+    from ..evaluation.api import default_batch_sizes
+    from ..evaluation.inputs import check_inputs, num_classes_of
+    from ..evaluation.protocol import resolve_plan, sizes_that_differ
+
+    subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file,
+                    order_seed=args.order_seed)
+    x, y, idx, info = load_eval_data(dataset_of(args, model), args.split, args.data, subset)
+    check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
+    if isinstance(model, Defence):
+        model.probe(x[:2])  # does the deployed model have a gradient, on these images
+    resolve_plan(model, attack)  # attacks that do not apply to the model are refused before any estimate
+    return x, y, idx, info, sizes_that_differ(args.batch_sizes or default_batch_sizes(model), len(y))
+
+
+def _declared_model(args):
+    """MODEL as the evaluation sees it: loaded and declared (``--batch-dependent``, ``--surrogate``)."""
     from ..defence import declare
-    from ..evaluation.protocol import resolve_plan
     from ..model import load_or_wrap
     from ..sources.factory import load_factory
 
-    model = declare(load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset),
-                    batch_dependent=True if args.batch_dependent else None,
-                    surrogates={name: load_factory(spec) for name, spec in args.surrogate})
-    resolve_plan(model, attack)
-    return model
+    return declare(load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset),
+                   batch_dependent=True if args.batch_dependent else None,
+                   surrogates={name: load_factory(spec) for name, spec in args.surrogate})
 
 
 def _kappa(text: str) -> float | None:

@@ -11,11 +11,11 @@ from torch import Tensor, nn
 from ..data import Subset, load_dataset
 from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
-from ..defence import declare, evaluation_copy
+from ..defence import Defence, declare, evaluation_copy
 from . import dist
 from .checks import SQUARE_QUERIES, check_against_card, check_results, check_run_factors, run_checks
 from .config import AttackConfig
-from .expect import Expectation, progress_bar
+from .expect import Expectation, expectation_bar
 from .inputs import check_inputs, num_classes_of
 from .protocol import is_batch_dependent, run_protocol, sizes_that_differ
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
@@ -126,6 +126,8 @@ def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig, batch_sizes, bat
     model = declare(model, batch_dependent=batch_dependent, surrogates=surrogates)
     attack.validate()
     check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
+    if isinstance(model, Defence):
+        model.probe(x[:2])  # on the evaluation's own images
     sizes = sizes_that_differ(default_batch_sizes(model) if batch_sizes is None else batch_sizes, len(y))
     run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
     return evaluation_copy(model, run_device), sizes, run_device  # the caller's module stays as it was given
@@ -139,7 +141,7 @@ def _expectation_bar(expect: Expectation | None, checks: bool, check_n: int, n: 
     if checks:
         rows = min(check_n, n)
         expect.add_checks(rows, min(max(batch_sizes), rows), check_run_factors(), SQUARE_QUERIES)  # as run_checks
-    return progress_bar(expect) if progress else None
+    return expectation_bar(expect) if progress else None
 
 
 def _evaluate_share(model: nn.Module, x: Tensor, y: Tensor, *, npz_path: Path | None, part: tuple[int, int],

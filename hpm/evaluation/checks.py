@@ -54,7 +54,7 @@ def check_results(summary: BatchSizeResult) -> list[Check]:
 def check_against_card(model: nn.Module, summary: BatchSizeResult, alpha: float = 1e-3) -> Check | None:
     """The clean accuracy at one batch size against the card's (``config.json`` metric ``clean_accuracy``): fails
     when an exact one-sided binomial test puts it below the card's at level ``alpha``; None without a card."""
-    recorded = _card_clean_accuracy(model)
+    recorded = _card_clean_accuracy(model, summary.batch_size)
     if recorded is None:
         return None
     value, n_card = recorded
@@ -68,12 +68,14 @@ def check_against_card(model: nn.Module, summary: BatchSizeResult, alpha: float 
                                   "split, not normalised twice?"))
 
 
-def _card_clean_accuracy(model: nn.Module) -> tuple[float, int] | None:
-    """``(value, n)`` of the card's clean accuracy of the deployed model (its largest-n entry), if any."""
+def _card_clean_accuracy(model: nn.Module, batch_size: int) -> tuple[float, int] | None:
+    """``(value, n)`` of the card's clean accuracy of the deployed model (its largest-n entry; for a batch-dependent
+    model, at ``batch_size`` only), if any."""
     config = getattr(model, "checkpoint_config", None)
     entries = [m for m in (getattr(config, "metrics", None) or {}).values()
                if isinstance(m, dict) and m.get("protocol") == "clean" and m.get("mode", "hard") == "hard"
-               and isinstance(m.get("value"), (int, float)) and isinstance(m.get("n"), int)]
+               and isinstance(m.get("value"), (int, float)) and isinstance(m.get("n"), int)
+               and (not getattr(model, "batch_dependent", False) or m.get("batch_size") == batch_size)]
     if not entries:
         return None
     best = max(entries, key=lambda m: m["n"])
@@ -81,20 +83,24 @@ def _card_clean_accuracy(model: nn.Module) -> tuple[float, int] | None:
 
 
 @torch.no_grad()
-def check_batch_independent(model: nn.Module, x: Tensor) -> Check:
-    """A model declared per-sample scores each image alone (batch size 1) as it does inside the batch ``x``: same
-    predictions, scores equal up to float rounding (relative 1e-3)."""
-    if getattr(model, "batch_dependent", False):
-        return Check("batch_independent", None, "declared batch-dependent: evaluated at each batch size")
+def check_batch_independent(model: nn.Module, x: Tensor, deterministic: bool = True) -> Check:
+    """A model declared per-sample scores each image alone (batch size 1) as it does inside the batch ``x``: every
+    score equal up to float rounding (relative 1e-3). Not applicable to a batch-dependent model, to fewer than two
+    images, or (``deterministic=False``) to a model whose two passes on one batch already differ."""
+    if getattr(model, "batch_dependent", False) or len(x) < 2 or not deterministic:
+        why = "declared batch-dependent: evaluated at each batch size" if getattr(model, "batch_dependent", False) \
+            else "fewer than two images" if len(x) < 2 else "not deterministic: alone vs together cannot be told apart"
+        return Check("batch_independent", None, why)
     together = model(x).float()
     alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))]).float()
-    changed = int((together.argmax(1) != alone.argmax(1)).sum())
-    gap = float((together - alone).abs().max())
-    ok = changed == 0 and gap <= 1e-3 * max(1.0, float(together.abs().max()))
+    tolerance = 1e-3 * max(1.0, float(together.abs().max()))
+    moved = (together - alone).abs().amax(1) > tolerance  # [n]: images whose scores depend on the batch
+    ok = not bool(moved.any())
     return Check("batch_independent", ok,
-                 f"alone vs in a batch of {len(x)}: {changed} prediction(s) change, largest score change {gap:.3g}"
-                 + ("" if ok else "; its scores depend on the batch: declare batch_dependent=True "
-                                  "(hpm eval --batch-dependent), or evaluate it in eval mode"))
+                 f"alone vs in a batch of {len(x)}: the scores of {int(moved.sum())} image(s) change by more than "
+                 f"{tolerance:.2g} (largest change {float((together - alone).abs().max()):.3g})"
+                 + ("" if ok else "; its predictions depend on the batch: declare batch_dependent=True "
+                                  "(hpm eval --batch-dependent)"))
 
 
 @torch.no_grad()
@@ -173,7 +179,8 @@ def run_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bat
     bar = progress_bar(total=len(eps_factors) + 3, desc=f"sanity checks on {len(y)} images", unit="run",
                disable=not progress)
     first = x[:batch_size].to(resolve(device, model))
-    checks = [check_deterministic(model, first), check_batch_independent(model, first),
+    deterministic = check_deterministic(model, first)
+    checks = [deterministic, check_batch_independent(model, x.to(first.device), bool(deterministic.passed)),
               check_ce_saturation(model, x, y, batch_size, device)]
     if hasattr(model, "pitfall_checks"):
         with torch.no_grad():

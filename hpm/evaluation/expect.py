@@ -246,7 +246,7 @@ def describe_expectation(summary: dict) -> str:
             f"{summary['elapsed_seconds']:.0f} s in ({rest})")
 
 
-def progress_bar(expect: Expectation, *, disable: bool = False, position: int = 0) -> tqdm:
+def expectation_bar(expect: Expectation, *, disable: bool = False, position: int = 0) -> tqdm:
     """A top-level bar over the whole evaluation: seconds elapsed of the expected total, and the time expected left
     (before the first expectation: the seconds elapsed)."""
     waiting = "{desc}: {n:.0f} s elapsed{postfix}"

@@ -43,9 +43,12 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
     if not bool(torch.isfinite(x).all()):
         raise HPMError(f"{name} holds NaN or infinite values")
     low, high = float(x.min()), float(x.max())
-    if high > 1 + TOLERANCE and low >= 0 and high <= 255:
+    if 2 < high <= 255 and low >= 0:
         raise HPMError(f"{name} has values up to {high:g}: pixels look like 0-255; hpm takes images in [0, 1]: "
                        f"divide by 255 ({name} / 255)")
+    if 1 + TOLERANCE < high <= 2 and low >= -TOLERANCE:
+        raise HPMError(f"{name} has values up to {high:g}, slightly above 1 (a resize overshooting?); hpm takes "
+                       f"images in [0, 1]: clamp them ({name}.clamp(0, 1))")
     if low < -TOLERANCE or high > 1 + TOLERANCE:
         raise HPMError(f"{name} has values in [{low:.3g}, {high:.3g}]; hpm takes images in [0, 1], with any "
                        "normalisation (mean/std) inside the model: pass the images before normalising them")

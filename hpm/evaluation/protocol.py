@@ -86,6 +86,23 @@ def _clean_pass(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     return scores, (x if is_batch_dependent(model) else None)
 
 
+def check_scores(scores, y: Tensor) -> None:
+    """Raise :class:`HPMError` unless the deployed model's output on a batch of ``len(y)`` images is finite float
+    scores ``[B, k]`` with a score for every label in ``y``."""
+    if not isinstance(scores, Tensor):
+        raise HPMError(f"the model returned a {type(scores).__name__}; it must return a tensor of scores [B, k] (a "
+                       "model that returns a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
+    if scores.ndim != 2 or len(scores) != len(y):
+        raise HPMError(f"the model returned scores of shape {tuple(scores.shape)} for {len(y)} images; it must "
+                       f"return [{len(y)}, k], one row of class scores per image")
+    if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
+        raise HPMError(f"the model returned {'non-float' if not scores.is_floating_point() else 'NaN or infinite'} "
+                       "scores; it must return finite float scores (logits or log-probabilities)")
+    if int(y.max()) >= scores.shape[1]:
+        raise HPMError(f"labels go up to {int(y.max())} but the model scores {scores.shape[1]} classes: another "
+                       "dataset, or labels offset by one?")
+
+
 def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec], config: AttackConfig,
                  on_attack_done: Callable[[int, Tensor, Tensor, Tensor, float], None] | None = None, *,
                  finished: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
@@ -99,6 +116,7 @@ def attack_batch(model: nn.Module, x: Tensor, y: Tensor, plan: list[AttackSpec],
     Returns ``(clean_correct [b], attacked [A, b], broken [A, b], seconds [A])`` (no seconds for finished attacks).
     """
     scores, z_clean = _clean_pass(model, x)
+    check_scores(scores, y)
     correct = scores.argmax(1) == y
     num_classes = scores.shape[1]
     attacked = torch.zeros(len(plan), len(y), dtype=torch.bool)

@@ -23,6 +23,7 @@ from ..units import eps_text
 from ..errors import HPMError
 from .backbones import backbones_lines
 from .benchmarks import benchmark_lines
+from .declared import declared_lines
 from .defences import defences_table
 from .compare import (check_same_evaluation, combined_robust, mcnemar_exact, missed_by_apgd_ce, protocol_gaps,
                       sample_results)
@@ -377,7 +378,7 @@ def section_lines(root: Path, section: dict) -> list[str]:
         return sweep_table(root, section) or ["_No sweep reports yet; run the command above._"]
     renderers = {"diagnosis": diagnosis_lines, "timing": timing_lines, "benchmarks": benchmark_lines,
                  "defences": defences_table, "figure": figure_lines, "backbones": backbones_lines,
-                 "literature": literature_lines}
+                 "literature": literature_lines, "declared": declared_lines}
     return renderers[kind](root, section)
 
 

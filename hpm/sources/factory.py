@@ -6,14 +6,17 @@ Naming a file runs its code, as ``python file.py`` would: name only files you tr
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import re
 import sys
+import threading
 from pathlib import Path
 
 from ..errors import HPMError
 
+_IMPORTING = threading.Lock()  # a file's import changes sys.path and sys.modules for its duration
 _FACTORY = re.compile(r"^(?P<module>.+\.py|[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*)$")
 
 
@@ -55,18 +58,19 @@ def _import(module: str, text: str):
         path = Path(module).expanduser()
         if not path.is_file():
             raise HPMError(f"{text}: no such file {path}")
-        name = f"hpm_user_{abs(hash(str(path.resolve())))}"
+        name = f"hpm_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]}"  # the same in every process
         spec = importlib.util.spec_from_file_location(name, path)
         loaded = importlib.util.module_from_spec(spec)
-        sys.modules[name] = loaded  # dataclasses and pickling look modules up by name
-        sys.path.insert(0, str(path.resolve().parent))  # the file's own imports of its neighbours
-        try:
-            spec.loader.exec_module(loaded)
-        except Exception as e:
-            sys.modules.pop(name, None)
-            raise HPMError(f"{text}: running {path} failed with {type(e).__name__}: {e}") from e
-        finally:
-            sys.path.remove(str(path.resolve().parent))
+        with _IMPORTING:
+            sys.modules[name] = loaded  # dataclasses and pickling look modules up by name
+            sys.path.insert(0, str(path.resolve().parent))  # the file's own imports of its neighbours
+            try:
+                spec.loader.exec_module(loaded)
+            except Exception as e:
+                sys.modules.pop(name, None)
+                raise HPMError(f"{text}: running {path} failed with {type(e).__name__}: {e}") from e
+            finally:
+                sys.path.remove(str(path.resolve().parent))
         return loaded
     try:
         return importlib.import_module(module)
