@@ -111,18 +111,24 @@ class Defence(nn.Module):
         return self._differentiable
 
     def probe(self, x: Tensor) -> None:
-        """Find out, on the images ``x``, whether the deployed model has an input gradient (unless declared).
+        """Check the deployed model and every surrogate on the images ``x`` before an evaluation: each returns
+        finite scores ``[B, k]`` with the same ``k``, each surrogate has an input gradient; and find out whether
+        the deployed model has one (unless declared).
 
         Raises:
-            HPMError: the deployed model fails on ``x``; the message names ``deployed_differentiable=``.
+            HPMError: a model that fails on ``x`` or returns something else, in words that name the fix.
         """
+        found = _probe(self.deployed, x, f"{self.name}: the deployed model")
         if self._differentiable is None:
-            try:
-                self._differentiable = _has_input_gradient(self.deployed, x)
-            except Exception as e:  # the caller's model: say where it failed, keep its traceback
-                raise HPMError(f"{self.name}: the deployed model failed on images of shape {tuple(x.shape)} "
-                               f"({type(e).__name__}: {e}); give Defence(..., input_size=(C, H, W)) or "
-                               "deployed_differentiable=True/False") from e
+            self._differentiable = found[1]
+        for name, surrogate in self.surrogates.items():
+            k, differentiable = _probe(surrogate, x, f"surrogate {name!r}")
+            if k != found[0]:
+                raise HPMError(f"surrogate {name!r} scores {k} classes, the deployed model {found[0]}: a surrogate "
+                               "must score the same classes in the same order")
+            if not differentiable:
+                raise HPMError(f"surrogate {name!r} has no input gradient (does it run under torch.no_grad, or "
+                               "detach its output?): APGD could not attack it")
 
     @property
     def attack_targets(self) -> Mapping[str, tuple[str, ...]]:
@@ -199,24 +205,44 @@ def _attr(obj, name: str, kind: type):
         return None
 
 
-def _has_input_gradient(fn: nn.Module, images: Tensor) -> bool:
-    """True when ``fn``'s scores on ``images`` have a non-zero input gradient (probed on a copy, so that a module's
-    buffers, e.g. BatchNorm's running statistics in training mode, are left as they are)."""
-    probe = copy.deepcopy(fn)
+def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
+    """``(k, differentiable)``: the number of classes ``fn`` scores on ``images``, and whether its scores have a
+    non-zero input gradient (on a copy, so that a module's buffers, e.g. BatchNorm's running statistics in training
+    mode, are left as they are).
+
+    Raises:
+        HPMError: ``fn`` fails on ``images`` or returns anything but finite float scores ``[B, k]``, k >= 2.
+    """
+    probe = copy_module(fn, what)
     x = images.detach().to(device_of(probe)).requires_grad_(True)
     with torch.enable_grad():
-        out = probe(x)
+        try:
+            out = probe(x)
+        except Exception as e:  # the caller's model: say where it failed, keep its traceback
+            raise HPMError(f"{what} failed on float32 images of shape {tuple(x.shape)} ({type(e).__name__}: {e}); "
+                           "hpm passes float32 images [N, C, H, W] in [0, 1]: a model in another precision needs "
+                           ".float(), a model for another image size an input_size attribute") from e
         if not isinstance(out, Tensor):
-            raise TypeError(f"it returned a {type(out).__name__}, not a tensor of scores [B, k] (a model that returns "
-                            "a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
-        if out.ndim != 2 or len(out) != len(x):
-            raise ValueError(f"it returned shape {tuple(out.shape)} for {len(x)} images, not scores [{len(x)}, k]")
+            raise HPMError(f"{what} returned a {type(out).__name__}, not a tensor of scores [B, k] (a model that "
+                           "returns a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
+        if out.ndim != 2 or len(out) != len(x) or out.shape[1] < 2 or not out.is_floating_point():
+            raise HPMError(f"{what} returned {out.dtype} of shape {tuple(out.shape)} for {len(x)} images; it must "
+                           f"return float scores [{len(x)}, k], one row per image, k >= 2 classes")
         if not bool(torch.isfinite(out).all()):
-            raise ValueError("it returned NaN or infinite scores")
+            raise HPMError(f"{what} returned NaN or infinite scores")
         if not out.requires_grad:
-            return False
+            return out.shape[1], False
         grad, = torch.autograd.grad(out.float().logsumexp(1).sum(), x, allow_unused=True)
-    return grad is not None and bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+    return out.shape[1], grad is not None and bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+
+
+def copy_module(module: nn.Module, what: str = "the model") -> nn.Module:
+    """A deep copy of ``module``, or an :class:`HPMError` saying why it cannot be copied."""
+    try:
+        return copy.deepcopy(module)
+    except Exception as e:
+        raise HPMError(f"{what} cannot be copied ({type(e).__name__}: {e}); hpm evaluates a copy so that your "
+                       "module stays as it was: keep locks, open files and generators out of its attributes") from e
 
 
 def is_declared(model) -> bool:
@@ -243,6 +269,8 @@ def declare(model, *, batch_dependent: bool | None = None,
     Raises:
         HPMError: a model that declares its own given other declarations; a model that is not callable.
     """
+    if batch_dependent not in (None, True, False):
+        raise HPMError(f"batch_dependent must be True, False or None; got {batch_dependent!r}")
     if is_declared(model):
         mismatch = batch_dependent is not None and bool(batch_dependent) != bool(model.batch_dependent)
         if surrogates or mismatch:
@@ -259,7 +287,9 @@ def evaluation_copy(model: nn.Module, device: torch.device) -> nn.Module:
     copied again). Modules are copied; a plain function is used as it is (what it closes over cannot be copied)."""
     if getattr(model, "_hpm_evaluation_copy", False) and _same_device(device_of(model), device):
         return model
-    copied = copy.deepcopy(model).eval().to(device)
-    copied.requires_grad_(False)
+    copied = copy_module(model).eval().to(device)
+    for parameter in copied.parameters():
+        if parameter.is_leaf:  # a traced (TorchScript) module may hold non-leaf parameters
+            parameter.requires_grad_(False)
     copied._hpm_evaluation_copy = True
     return copied

@@ -36,7 +36,7 @@ from .sources import (
     parse_source,
 )
 from .sources.external import LOADERS
-from .sources.factory import is_factory, load_factory
+from .sources.factory import callables_in, is_factory, load_factory
 
 
 class ModeView(nn.Module):
@@ -354,8 +354,13 @@ def load(path_or_repo_id: str | Path, *, backbone: nn.Module | None = None, devi
         CheckpointError: missing files, invalid JSON, wrong keys or shapes, non-safetensors weights.
         OfflineError: a Hub id while the Hub is unreachable (fails within seconds).
     """
-    if isinstance(path_or_repo_id, str) and is_factory(path_or_repo_id) and not Path(path_or_repo_id).is_dir():
-        return load_factory(path_or_repo_id)
+    if isinstance(path_or_repo_id, str) and not Path(path_or_repo_id).is_dir():
+        kind = model_kind(path_or_repo_id)
+        if kind == "factory":
+            return load_factory(path_or_repo_id)
+        if kind == "source":
+            raise HPMError(f"{path_or_repo_id} is a model source, not a checkpoint: hpm.wrap({path_or_repo_id!r}, "
+                           "head=...) wraps it")
     directory = resolve_checkpoint(path_or_repo_id, revision=revision, token=token)
     config = read_config(directory)
     state = read_weights(directory)
@@ -448,9 +453,11 @@ def load_classifier(text: str, **where) -> HPMClassifier | MixedClassifier:
                        "(hpm eval takes any callable)")
     try:
         return wrap(model, head="fc", input_size=getattr(model, "input_size", None))
-    except (HPMError, ValueError) as e:
-        raise HPMError(f"{text}: this command reads the classifier's features and final nn.Linear, which this "
-                       f"model does not expose ({e}); hpm eval evaluates it as it is") from None
+    except Exception as e:  # the caller's module: say what this command needs
+        raise HPMError(f"{text}: this command reads the classifier's features and final nn.Linear, found by one "
+                       f"forward pass on an image of its input_size (default 3x32x32; set model.input_size = "
+                       f"(C, H, W) in the factory for another), and this failed ({type(e).__name__}: {e}); hpm eval "
+                       "evaluates any model as it is") from None
 
 
 def model_kind(text: str) -> str:
@@ -468,6 +475,10 @@ def model_kind(text: str) -> str:
         return "source"
     if is_factory(text):
         return "factory"
+    if text.endswith(".py") and Path(text).is_file():
+        names = callables_in(text)
+        raise HPMError(f"{text}: name the factory in the file, {text}:NAME" + (f"; it defines {', '.join(names)}"
+                                                                               if names else ""))
     if is_repo_id(split_revision(text)[0]) or ("/" in text and ":" not in text):
         return "checkpoint"  # a Hub id, or a path whose error load() words
     raise HPMError(f"unknown model {text!r}{closest_shipped(text)}; a model is a checkpoint directory, a shipped "

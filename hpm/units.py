@@ -11,6 +11,8 @@ def parse_eps(text: str) -> float:
         ValueError: not a number or fraction, or negative.
     """
     numerator, _, denominator = text.partition("/")
+    if "/" in denominator:
+        raise ValueError(f"not a number or fraction: {text!r} (e.g. 8/255 or 0.031)")
     try:
         value = float(Fraction(numerator) / Fraction(denominator or 1))
     except (ValueError, ZeroDivisionError):

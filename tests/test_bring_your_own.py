@@ -72,7 +72,7 @@ def test_values_just_above_one_are_refused_with_a_clamp_not_a_division(tiny_net)
 
 @pytest.mark.parametrize("output, fix", [
     (lambda s: (s, None), "a tuple, not a tensor of scores"),
-    (lambda s: s[:, 0], r"returned shape \(2,\) for 2 images"),
+    (lambda s: s[:, 0], r"of shape \(2,\) for 2 images"),
     (lambda s: s * float("nan"), "NaN or infinite"),
     (lambda s: s[:, :5], "labels go up to 7 but the model scores 5 classes"),
 ])
@@ -96,6 +96,10 @@ def test_eps_is_checked_when_the_config_is_built_and_may_be_written_as_on_the_co
     with pytest.raises(HPMError, match="did you mean 8/255"):
         AttackConfig(eps=8)
     assert AttackConfig(norm="L2", eps=8).eps == 8  # an L2 radius above 1 is a radius
+    with pytest.raises(HPMError, match="not a number or fraction"):
+        AttackConfig(eps="8/255/2")
+    with pytest.raises(HPMError, match="attacks must be a list"):
+        AttackConfig(attacks="apgd-ce")
 
 
 def test_the_command_line_refuses_an_eps_of_8_before_any_estimate(tmp_path, capsys):
@@ -127,9 +131,11 @@ def test_a_declared_batch_dependent_model_is_really_run_at_each_batch_size_and_t
 
 
 def test_an_undeclared_batch_dependent_model_fails_its_check_and_the_command_exits_1(tmp_path, tiny_data_root):
-    report = _evaluate(BatchMeanNet(), *_images(), checks=True, check_n=4)
-    check = next(c for c in report.checks if c.name == "batch_independent")
-    assert check.passed is False and "batch_dependent=True" in check.detail
+    for checks in (True, False):  # forward passes only: run even without the sanity checks
+        report = _evaluate(BatchMeanNet(), *_images(), checks=checks, check_n=4)
+        check = next(c for c in report.checks if c.name == "batch_independent")
+        assert check.passed is False and "batch_dependent=True" in check.detail
+        assert report.to_markdown().count("These numbers are probably wrong") == 1
     factory = tmp_path / "mine.py"
     factory.write_text("import torch\n\ndef build():\n    torch.manual_seed(0)\n"
                        "    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))\n"
@@ -219,8 +225,27 @@ def test_the_gradient_probe_runs_on_the_evaluations_images_and_a_failure_names_t
     big = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 10))
     x, y = torch.rand(4, 3, 64, 64), torch.arange(4)
     assert _evaluate(big, x, y).model_info["declared"]["deployed_attacked_by_gradient"]  # probed on 64x64 images
-    with pytest.raises(HPMError, match=r"input_size=\(C, H, W\)"):
+    with pytest.raises(HPMError, match="a model for another image size an input_size attribute"):
         Defence(big).attack_targets  # no images, no input size: a 32x32 probe fails
+
+
+def test_surrogates_are_checked_before_anything_runs():
+    net, x, y = _linear(), *_images()
+    wider = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 100))
+    with pytest.raises(HPMError, match="surrogate 'wide' scores 100 classes, the deployed model 10"):
+        _evaluate(Defence(net, surrogates={"wide": wider}), x, y)
+    with pytest.raises(HPMError, match="surrogate 'frozen' has no input gradient"):
+        _evaluate(Defence(net, surrogates={"frozen": lambda images: net(images).detach()}), x, y)
+
+
+def test_a_resumed_report_of_another_model_is_evaluated_again_not_reused(tmp_path):
+    x, y = _images()
+    first, second = _linear(), nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    y = second(x).argmax(1)  # every image clean-correct for the second model
+    _evaluate(first, x, y, out=tmp_path / "r.json")
+    with pytest.warns(UserWarning, match="evaluated again"):
+        report = _evaluate(second, x, y, out=tmp_path / "r.json")
+    assert report.results["8"].clean_accuracy == 1.0
 
 
 def test_two_surrogates_are_also_attacked_as_an_ensemble(tiny_net):
@@ -286,6 +311,10 @@ def test_a_factory_file_is_a_model_for_load_and_info(tmp_path, capsys):
         hpm.load(f"{factory}:make")
     with pytest.raises(HPMError, match="no such file"):
         hpm.load(f"{tmp_path / 'missing.py'}:build")
+    with pytest.raises(HPMError, match=r"name the factory in the file, .*my_model.py:NAME; it defines build"):
+        hpm.load(str(factory))
+    with pytest.raises(HPMError, match=r"a model source, not a checkpoint: hpm.wrap\('timm:resnet18'"):
+        hpm.load("timm:resnet18")
 
 
 def test_the_command_line_takes_a_factory_with_a_surrogate(tmp_path, tiny_data_root):

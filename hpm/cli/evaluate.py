@@ -30,11 +30,11 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def _surrogate(text: str) -> tuple[str, str]:
-    """``--surrogate NAME=FACTORY`` -> ``(NAME, FACTORY)``."""
-    name, eq, factory = text.partition("=")
-    if not (eq and name.strip() and factory.strip()):
-        raise argparse.ArgumentTypeError(f"give NAME=file.py:FACTORY or NAME=package.module:FACTORY; got {text!r}")
-    return name.strip(), factory.strip()
+    """``--surrogate NAME=MODEL`` -> ``(NAME, MODEL)``."""
+    name, eq, model = text.partition("=")
+    if not (eq and name.strip() and model.strip()):
+        raise argparse.ArgumentTypeError(f"give NAME=MODEL, e.g. frozen-bn=my_model.py:surrogate; got {text!r}")
+    return name.strip(), model.strip()
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -109,9 +109,10 @@ def register(sub) -> None:
                    help="your model's predictions depend on its batch (BatchNorm on test-batch statistics, test-time "
                         "adaptation, a transductive defence): evaluate it at each batch size (default 1,16,256), "
                         "keep the order, allow batch: attacks; hpm's own models declare theirs")
-    e.add_argument("--surrogate", action="append", default=[], type=_surrogate, metavar="NAME=FACTORY",
+    e.add_argument("--surrogate", action="append", default=[], type=_surrogate, metavar="NAME=MODEL",
                    help="a differentiable stand-in for your model that APGD attacks, every adversarial batch judged "
-                        "on MODEL (FACTORY: file.py:NAME or package.module:NAME); may be repeated")
+                        "on MODEL (any model name: file.py:FACTORY, package.module:FACTORY, a checkpoint, a "
+                        "source); may be repeated with different names")
     e.add_argument("--out", default=None, metavar="REPORT.json",
                    help="report path (required unless --estimate-only); .md and .npz are written beside it")
     add_data_args(e)
@@ -139,8 +140,6 @@ def register(sub) -> None:
     e.set_defaults(func=_cmd_eval)
 
 
-WRONG_NUMBER_CHECKS = ("clean_matches_card", "batch_independent")  # a failure means the numbers are wrong, not
-# weak: the command exits with status 1 after writing the report
 DEFAULTS = {"iters": 40, "square_queries": 5000, "target_classes": 9}  # options whose parser default is None
 QUICK = {"n": 100, "iters": 20, "square_queries": 500, "target_classes": 3}  # --quick, plus --no-checks
 QUICK_TEXT = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in QUICK.items()) + " --no-checks"
@@ -203,8 +202,9 @@ def _cmd_eval(args) -> int:
 
 
 def _exit_status(report) -> int:
-    """1 when a check says the numbers are wrong (:data:`WRONG_NUMBER_CHECKS`; each is said on stderr), else 0."""
-    wrong = [c for c in report.checks if c.passed is False and c.name.startswith(WRONG_NUMBER_CHECKS)]
+    """1 when a check says the numbers are wrong (:attr:`EvalReport.wrong_number_checks`; each is said on stderr),
+    else 0."""
+    wrong = report.wrong_number_checks
     for check in wrong:
         print(f"hpm eval: check {check.name} failed: {check.detail}", file=sys.stderr)
     return 1 if wrong else 0
@@ -226,19 +226,38 @@ def _inputs(args, model, attack):
     check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
     if isinstance(model, Defence):
         model.probe(x[:2])  # does the deployed model have a gradient, on these images
+    _check_classes(model, x[:2], dataset_of(args, model))
     resolve_plan(model, attack)  # attacks that do not apply to the model are refused before any estimate
     return x, y, idx, info, sizes_that_differ(args.batch_sizes or default_batch_sizes(model), len(y))
+
+
+def _check_classes(model, x, dataset: str) -> None:
+    """Refuse a model that scores another number of classes than the dataset has (a CIFAR-100 model on CIFAR-10
+    labels would be evaluated without complaint)."""
+    import torch
+
+    from ..data import dataset_classes
+    from ..defence import copy_module
+
+    classes = dataset_classes(dataset)
+    with torch.no_grad():
+        k = copy_module(model).eval()(x.to(next(iter(model.parameters()), x).device)).shape[-1]
+    if classes is not None and k != len(classes):
+        raise HPMError(f"the model scores {k} classes, {dataset} has {len(classes)}: give --dataset, or a model "
+                       f"for {dataset}")
 
 
 def _declared_model(args):
     """MODEL as the evaluation sees it: loaded and declared (``--batch-dependent``, ``--surrogate``)."""
     from ..defence import declare
     from ..model import load_or_wrap
-    from ..sources.factory import load_factory
 
-    return declare(load_or_wrap(args.model, model_dir=args.model_dir, dataset=args.dataset),
-                   batch_dependent=True if args.batch_dependent else None,
-                   surrogates={name: load_factory(spec) for name, spec in args.surrogate})
+    names = [name for name, _ in args.surrogate]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise HPMError(f"--surrogate: {', '.join(twice)} given twice; give each surrogate its own name")
+    where = dict(model_dir=args.model_dir, dataset=args.dataset)
+    return declare(load_or_wrap(args.model, **where), batch_dependent=True if args.batch_dependent else None,
+                   surrogates={name: load_or_wrap(spec, **where) for name, spec in args.surrogate})
 
 
 def _kappa(text: str) -> float | None:

@@ -13,7 +13,14 @@ from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
 from ..defence import Defence, declare, evaluation_copy
 from . import dist
-from .checks import SQUARE_QUERIES, check_against_card, check_results, check_run_factors, run_checks
+from .checks import (
+    SQUARE_QUERIES,
+    check_against_card,
+    check_batch_independent,
+    check_results,
+    check_run_factors,
+    run_checks,
+)
 from .config import AttackConfig
 from .expect import Expectation, expectation_bar
 from .inputs import check_inputs, num_classes_of
@@ -48,7 +55,7 @@ def model_info(model: nn.Module) -> dict:
 
 
 def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *,
-                   attack: AttackConfig = AttackConfig(), batch_sizes: tuple[int, ...] | list[int] | None = None,
+                   attack: AttackConfig | None = None, batch_sizes: tuple[int, ...] | list[int] | None = None,
                    batch_dependent: bool | None = None, surrogates: Mapping[str, Callable] | None = None,
                    indices=None, data_info: dict | None = None, model_id: str = "model",
                    out: str | Path | None = None, checks: bool = True, check_n: int = 16,
@@ -64,13 +71,13 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
             :class:`hpm.Defence`, or any ``nn.Module`` or function (declared with the next two arguments).
         x, y: float images ``[N, C, H, W]`` in [0, 1] and integer labels ``[N]``, in evaluation order; checked
             first (:func:`hpm.evaluation.inputs.check_inputs`).
-        attack: threat model, eps, iterations, restarts, attack plan, schedule, seed.
+        attack: threat model, budget, plan, schedule, seed (default ``AttackConfig()``).
         batch_sizes: default :func:`default_batch_sizes` (1, 16, 256 for a batch-dependent model, else 256); a
             size above ``len(y)`` is one batch of all images, reported as ``len(y)``.
         batch_dependent, surrogates: for a plain model, as :class:`hpm.Defence` takes them (hpm's models and a
             Defence declare their own).
         out: ``report.json`` path; ``report.md`` and the resumable per-sample ``report.npz`` go beside it.
-        checks: run the sanity checks (extra small attack runs on the first ``check_n`` samples).
+        checks: run the sanity checks on the first ``check_n`` samples (else only the forward-only ones).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
         command: the command line to record in the report (so model cards can cite it).
         distributed: share the batches among the ranks of a torchrun job (:mod:`hpm.evaluation.dist`; every
@@ -82,8 +89,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
         >>> hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256]).worst_case()
     """
     json_path, md_path, npz_path = output_paths(out, create_folder=True) if out is not None else (None,) * 3
-    model, batch_sizes, run_device = _prepare(model, x, y, attack, batch_sizes, batch_dependent, surrogates, device,
-                                              distributed)
+    model, attack, y, batch_sizes, run_device = _prepare(model, x, y, attack, batch_sizes, batch_dependent,
+                                                         surrogates, indices, device, distributed)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     bar = _expectation_bar(expect, checks, check_n, len(y), batch_sizes, progress and rank == 0)
     try:
@@ -96,8 +103,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
             key, results = dist.merge_runs(runs)
             if npz_path is not None and world > 1:
                 save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
-            found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress,
-                                   expect) if checks else []
+            found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress, expect) if \
+                checks else [check_batch_independent(model, x[:check_n].to(run_device))]  # forward passes only
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                                 device=str(run_device))
             report = _report(model, model_id, config, plan, results, found, command)
@@ -118,19 +125,24 @@ def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, res
     return report
 
 
-def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig, batch_sizes, batch_dependent: bool | None,
-             surrogates: Mapping[str, Callable] | None, device, distributed: bool) -> tuple[nn.Module, list[int],
-                                                                                            torch.device]:
-    """Everything checked before anything runs: the declared model's evaluation copy on its device, the batch sizes
-    really run, the run's device."""
+def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig | None, batch_sizes, batch_dependent: bool | None,
+             surrogates: Mapping[str, Callable] | None, indices, device,
+             distributed: bool) -> tuple[nn.Module, AttackConfig, Tensor, list[int], torch.device]:
+    """Everything checked before anything runs: the declared model's evaluation copy on its device, the attack
+    config, the labels as int64, the batch sizes really run, the run's device."""
     model = declare(model, batch_dependent=batch_dependent, surrogates=surrogates)
+    attack = AttackConfig() if attack is None else attack
+    if not isinstance(attack, AttackConfig):
+        raise HPMError(f"attack must be an hpm.AttackConfig; got {type(attack).__name__}")
     attack.validate()
     check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
+    if indices is not None and len(indices) != len(y):
+        raise HPMError(f"indices must give the dataset index of each of the {len(y)} images; got {len(indices)}")
     if isinstance(model, Defence):
         model.probe(x[:2])  # on the evaluation's own images
     sizes = sizes_that_differ(default_batch_sizes(model) if batch_sizes is None else batch_sizes, len(y))
     run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
-    return evaluation_copy(model, run_device), sizes, run_device  # the caller's module stays as it was given
+    return evaluation_copy(model, run_device), attack, y.long(), sizes, run_device  # the caller's module: as given
 
 
 def _expectation_bar(expect: Expectation | None, checks: bool, check_n: int, n: int, batch_sizes,

@@ -1,6 +1,7 @@
 """The evaluation's settings: threat model, attack budget, plan and schedule."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from ..attacks import NORMS
@@ -38,6 +39,12 @@ class AttackConfig:
                 self.eps = parse_eps(self.eps)
             except ValueError as e:
                 raise HPMError(f"eps: {e}") from None
+        elif isinstance(self.eps, numbers.Real) and not isinstance(self.eps, bool):
+            self.eps = float(self.eps)  # numpy and fractions too
+        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, int(value))
         self.validate()
 
     def budget(self) -> dict:
@@ -55,10 +62,14 @@ class AttackConfig:
         if self.norm == "Linf" and self.eps > 1:
             raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps:g}: did you mean "
                            f"{self.eps:g}/255 (eps={self.eps:g}/255, or --eps {self.eps:g}/255)?")
-        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes"):
+        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise HPMError(f"{name} must be an integer; got {value!r}")
+        if self.attacks is not None and (isinstance(self.attacks, str) or not all(isinstance(a, str)
+                                                                                  for a in self.attacks)):
+            raise HPMError(f"attacks must be a list of attack names, e.g. ['apgd-ce/deployed', 'square']; got "
+                           f"{self.attacks!r}")
         if min(self.n_iter, self.n_restarts, self.square_queries, self.n_target_classes) < 1:
             raise HPMError("n_iter, n_restarts, square_queries and n_target_classes must all be >= 1")
         if self.batch_kappa is not None and not (isinstance(self.batch_kappa, (int, float))

@@ -26,8 +26,8 @@ from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, ru
 from ..defence import declare, evaluation_copy
 from ..devices import resolve
 from ..errors import HPMError
-from ..progress import on_terminal, progress_bar
 from ..model import HPMClassifier
+from ..progress import on_terminal, progress_bar
 from .config import AttackConfig
 from .samples import SampleResults, config_key, load_results, save_results
 
@@ -95,6 +95,8 @@ def check_scores(scores, y: Tensor) -> None:
     if scores.ndim != 2 or len(scores) != len(y):
         raise HPMError(f"the model returned scores of shape {tuple(scores.shape)} for {len(y)} images; it must "
                        f"return [{len(y)}, k], one row of class scores per image")
+    if scores.shape[1] < 2:
+        raise HPMError(f"the model returned one score per image; a classifier returns scores [B, k], k >= 2")
     if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
         raise HPMError(f"the model returned {'non-float' if not scores.is_floating_point() else 'NaN or infinite'} "
                        "scores; it must return finite float scores (logits or log-probabilities)")
@@ -190,7 +192,7 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
     bars = _progress_bars(r, starts, len(y), progress, below=int(expect is not None))  # its bar on top
     for start in starts:
         sl = slice(start, min(start + r.batch_size, len(y)))
-        if r.done[sl].all():
+        if r.done[sl].all() and _stored_batch_holds(model, r, sl, x[sl].to(device), y[sl].to(device)):
             continue
         finished = _finished_attacks(model, r, sl, x[sl].to(device), y[sl].to(device))
         if finished is not None and expect is not None:
@@ -223,6 +225,20 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
             expect.batch_done(r.batch_size, sl.stop - sl.start)
     for bar in {id(b): b for b in bars}.values():
         bar.close()
+
+
+def _stored_batch_holds(model: nn.Module, r: SampleResults, sl: slice, x: Tensor, y: Tensor) -> bool:
+    """True when the stored outcomes of the finished batch ``sl`` were made on these labels with a model that
+    classifies these images as this one does; else (another model or data under the same --out, or another device
+    or library) the batch is marked undone, with a warning, and evaluated again."""
+    correct = (_clean_pass(model, x)[0].argmax(1) == y).cpu().numpy()
+    if np.array_equal(r.labels[sl], y.cpu().numpy()) and np.array_equal(correct, r.clean_correct[sl]):
+        return True
+    warnings.warn(f"rows {sl.start}-{sl.stop - 1}: the stored results were made with other labels or a model that "
+                  "classifies these images differently (another model under the same --out, or another device or "
+                  "library), so this batch is evaluated again", stacklevel=2)
+    r.done[sl], r.attacked[:, sl], r.broken[:, sl], r.attacks_finished[sl] = False, False, False, 0
+    return False
 
 
 def _finished_attacks(model: nn.Module, r: SampleResults, sl: slice, x: Tensor,

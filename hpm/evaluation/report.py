@@ -130,6 +130,9 @@ class EvalConfig:
         return config
 
 
+WRONG_NUMBER_CHECKS = ("clean_matches_card", "batch_independent")  # checks whose failure means wrong numbers
+
+
 @dataclass
 class EvalReport:
     """Everything an evaluation measured and how: config, versions, per-batch-size results, checks."""
@@ -203,9 +206,16 @@ class EvalReport:
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
 
+    @property
+    def wrong_number_checks(self) -> list[Check]:
+        """The failed checks that say the numbers are wrong, not weak (:data:`WRONG_NUMBER_CHECKS`)."""
+        return [c for c in self.checks if c.passed is False and c.name.startswith(WRONG_NUMBER_CHECKS)]
+
     def _markdown_header(self) -> list[str]:
         a, data = self.config.attack, self.config.data
         lines = [f"# Robustness report: `{self.model}`", "",
+                 *(f"**These numbers are probably wrong: check {c.name} failed: {c.detail}.**\n"
+                   for c in self.wrong_number_checks),
                  f"- head: **{self.model_info.get('head', 'n/a')}**, "
                  f"backbone: {self.model_info.get('backbone', 'n/a')}",
                  f"- data: {data.get('source', 'tensors passed by the caller')}, subset {data.get('subset', 'all')}, "

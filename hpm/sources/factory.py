@@ -2,7 +2,8 @@
 
 The ``module:attribute`` convention of uvicorn and gunicorn: the module is imported (a ``.py`` file by its path),
 and the attribute is the model itself or a function (or class) that returns it when called without arguments.
-Naming a file runs its code, as ``python file.py`` would: name only files you trust.
+Naming a file runs its code, as ``python file.py`` would (its folder joins ``sys.path``, so it imports its
+neighbours): name only files you trust.
 """
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def is_factory(text: str) -> bool:
     """True for ``file.py:NAME`` and ``package.module:NAME`` (source strings such as ``timm:NAME`` are told apart
     by their caller first)."""
     return bool(_FACTORY.match(str(text)))
+
+
+def callables_in(path: str | Path) -> list[str]:
+    """The public functions and classes a Python file defines at its top level (read, not run), for messages."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
 
 
 def load_factory(text: str):
@@ -61,16 +73,16 @@ def _import(module: str, text: str):
         name = f"hpm_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]}"  # the same in every process
         spec = importlib.util.spec_from_file_location(name, path)
         loaded = importlib.util.module_from_spec(spec)
+        folder = str(path.resolve().parent)
         with _IMPORTING:
             sys.modules[name] = loaded  # dataclasses and pickling look modules up by name
-            sys.path.insert(0, str(path.resolve().parent))  # the file's own imports of its neighbours
+            if folder not in sys.path:  # its imports of its neighbours, now and when its factory runs
+                sys.path.insert(0, folder)
             try:
                 spec.loader.exec_module(loaded)
             except Exception as e:
                 sys.modules.pop(name, None)
                 raise HPMError(f"{text}: running {path} failed with {type(e).__name__}: {e}") from e
-            finally:
-                sys.path.remove(str(path.resolve().parent))
         return loaded
     try:
         return importlib.import_module(module)
