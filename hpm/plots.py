@@ -221,7 +221,9 @@ def write_html(fig: go.Figure, path: Path) -> list[Path]:
     bundle = path.parent / PLOTLY_JS
     js = get_plotlyjs().encode("utf-8")
     if not bundle.is_file() or bundle.read_bytes() != js:  # absent, or another plotly version's
-        bundle.write_bytes(js)
+        partial = bundle.with_name(f".{PLOTLY_JS}.{os.getpid()}.tmp")
+        partial.write_bytes(js)
+        partial.replace(bundle)  # atomic: a page never loads half a bundle written by another process
     fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
     return [path, bundle]
 
