@@ -68,7 +68,8 @@ class Defence(nn.Module):
         num_classes: checked against the labels where given (default: the deployed module's ``num_classes``).
         dataset, classes: recorded (default: the deployed module's).
         deployed_differentiable: whether APGD may differentiate the deployed model; None: found out once, from
-            one forward and backward pass on two random images (a defence with randomness may need to say).
+            one forward and backward pass on two of the evaluation's images (:meth:`probe`; a defence with
+            randomness may need to say).
     """
 
     def __init__(self, deployed: Callable[[Tensor], Tensor], *,
