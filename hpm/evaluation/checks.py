@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy.stats import binomtest
 from torch import Tensor, nn
 
+from ..defence import evaluation_copy
 from ..devices import resolve
 from ..progress import progress_bar
 from .config import AttackConfig
@@ -105,8 +106,9 @@ def check_batch_independent(model: nn.Module, x: Tensor, deterministic: bool = T
 
 @torch.no_grad()
 def check_deterministic(model: nn.Module, x: Tensor) -> Check:
-    """Two forward passes on the same batch agree (no randomness, no EMA drift)."""
-    model.eval()
+    """Two forward passes on the same batch agree (no randomness, no EMA drift); on the model's evaluation copy
+    (:func:`hpm.defence.evaluation_copy`), so a module passed in training mode stays so."""
+    model = evaluation_copy(model, x.device)
     a, b = model(x), model(x)
     return Check("deterministic_forward", bool(torch.equal(a, b)),
                  "two forward passes agree" if torch.equal(a, b) else "two forward passes differ")
@@ -122,7 +124,7 @@ def ce_saturation(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 2
     batch-dependent head is taken through its whole batch, as the attacks take it.
     """
     device = resolve(device, model)
-    model.eval().to(device)
+    model = evaluation_copy(model, device)  # the module passed keeps its mode and device
     correct, zero_loss, zero_grad, margins = [], [], [], []
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size].to(device).requires_grad_(True)
