@@ -6,4 +6,6 @@
 - :mod:`.readme`   README's headline and docs/results.md, generated from ``results/manifest.json``
 - :mod:`.sweeps`   robustness-vs-eps plots of sweep reports
 - :mod:`.backbones` HPM - FC on every robust backbone: paired intervals, the table, its plot and findings
+- :mod:`.declared` a defence evaluated declared per-sample and declared batch-dependent: its table and findings
+- :mod:`.figures`  a results figure written by a publishing script (HTML that needs no committed plotly.js, PNG)
 """

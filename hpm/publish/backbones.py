@@ -413,10 +413,10 @@ def backbones_lines(root: Path, section: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Write the figure of every ``backbones`` section of the manifest (``--no-png``: HTML only)."""
     import argparse
-    import sys
     from dataclasses import asdict
 
-    from ..plots import FigureExportError, backbones_figure, write_figure
+    from ..plots import backbones_figure
+    from .figures import publish_figure
 
     parser = argparse.ArgumentParser(description="Plot HPM − FC against each robust backbone of the results "
                                                  "manifest.")
@@ -429,12 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         if section["kind"] != "backbones" or not section.get("figure"):
             continue
         fig = backbones_figure([asdict(r) for r in backbone_rows(root, section["entries"])], title=section["title"])
-        out = root / section["figure"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            written = write_figure(fig, out, png=not args.no_png, width=1200, height=560, html_only="pass --no-png")
-        except FigureExportError as e:
-            print(f"error: {e}", file=sys.stderr)
+        if publish_figure(fig, root / section["figure"], png=not args.no_png, width=1200, height=560,
+                          relative_to=root):
             return 1
-        print("wrote " + ", ".join(str(p.relative_to(root)) for p in written))
     return 0

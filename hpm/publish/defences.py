@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     """Write the figure of every ``defences`` section of the manifest (``--no-png``: HTML only)."""
     import argparse
     import json
-    import sys
     from dataclasses import asdict
 
-    from ..plots import FigureExportError, defences_figure, write_figure
+    from ..plots import defences_figure
+    from .figures import publish_figure
 
     parser = argparse.ArgumentParser(description="Plot clean vs robust accuracy of each defences section of the "
                                                  "results manifest.")
@@ -158,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows = defence_rows(root, section["entries"], section.get("batch_size"))
         fig = defences_figure([asdict(r) for r in rows], title=section["title"])
-        out = root / section["figure"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            written = write_figure(fig, out, png=not args.no_png, width=1000, height=700, html_only="pass --no-png")
-        except FigureExportError as e:
-            print(f"error: {e}", file=sys.stderr)
+        if publish_figure(fig, root / section["figure"], png=not args.no_png, width=1000, height=700,
+                          relative_to=root):
             return 1
-        print("wrote " + ", ".join(str(p.relative_to(root)) for p in written))
     return 0

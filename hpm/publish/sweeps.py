@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ..evaluation.report import EvalReport
-from ..plots import FigureExportError, robustness_curve_figure, write_figure
+from ..plots import robustness_curve_figure
+from .figures import publish_figure
 from .compare import comparison_rows, worst_case_rows
 from .metrics import load_report
 
@@ -58,15 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     _, rows = sweep_rows(by_label)
     title = args.title or f"Accuracy under attack vs ε ({Path(paths[0]).name.split('-')[0]})"
     fig = robustness_curve_figure(rows, title=title)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        written = write_figure(fig, out, png=not args.no_png, width=1000, height=550, html_only="pass --no-png")
-    except FigureExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return publish_figure(fig, Path(args.out), png=not args.no_png, width=1000, height=550)
 
 
 if __name__ == "__main__":
