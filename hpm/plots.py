@@ -211,10 +211,16 @@ def _with_suffix(stem: Path, suffix: str) -> Path:
     return stem.with_suffix(suffix) if stem.suffix in (".html", ".png") else stem.with_name(stem.name + suffix)
 
 
-def write_html(fig: go.Figure, path: Path) -> list[Path]:
+def write_html(fig: go.Figure, path: Path, cdn_fallback: bool = False) -> list[Path]:
     """Write ``path``, a full page that loads plotly.js from ``plotly.min.js`` beside it (written or refreshed
-    here, one per directory), so that it shows offline; return both paths."""
+    here, one per directory), so that it shows offline; return both paths.
+
+    ``cdn_fallback``: the page also loads plotly.js from its CDN, only when ``plotly.min.js`` is not beside it: for
+    pages committed to a repository without the 4 MB bundle (a clone shows them online, and offline once the
+    command that writes them has run).
+    """
     from plotly.offline import get_plotlyjs
+    from plotly.offline.offline import get_plotlyjs_version
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +230,13 @@ def write_html(fig: go.Figure, path: Path) -> list[Path]:
         partial = bundle.with_name(f".{PLOTLY_JS}.{os.getpid()}.tmp")
         partial.write_bytes(js)
         partial.replace(bundle)  # atomic: a page never loads half a bundle written by another process
-    fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
+    html = fig.to_html(include_plotlyjs="directory", full_html=True)
+    if cdn_fallback:
+        local = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'
+        cdn = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+        html = html.replace(local, local + f"<script>window.Plotly || document.write('<script "
+                                           f"src=\"{cdn}\"><\\/script>')</script>", 1)
+    path.write_text(html, encoding="utf-8")
     return [path, bundle]
 
 
@@ -245,13 +257,14 @@ def write_png(fig: go.Figure, path: Path, width: int = 1100, height: int = 500) 
 
 
 def write_figures(figures: dict[Path, go.Figure], png: bool = False, width: int = 1100, height: int = 500,
-                  html_only: str = "write HTML only") -> list[Path]:
-    """Write each figure as ``STEM.html`` (:func:`write_html`), then, with ``png``, as ``STEM.png``; return the
-    files written, each once. Every HTML comes first: a failed PNG raises :class:`FigureExportError`, which
-    lists what was written and what was not (``html_only``: how the caller skips PNGs)."""
+                  html_only: str = "write HTML only", cdn_fallback: bool = False) -> list[Path]:
+    """Write each figure as ``STEM.html`` (:func:`write_html`, with ``cdn_fallback``), then, with ``png``, as
+    ``STEM.png``; return the files written, each once. Every HTML comes first: a failed PNG raises
+    :class:`FigureExportError`, which lists what was written and what was not (``html_only``: how the caller skips
+    PNGs)."""
     written: list[Path] = []
     for stem, fig in figures.items():
-        written += [p for p in write_html(fig, _with_suffix(stem, ".html")) if p not in written]
+        written += [p for p in write_html(fig, _with_suffix(stem, ".html"), cdn_fallback) if p not in written]
     pngs = [_with_suffix(stem, ".png") for stem in figures] if png else []
     for i, (fig, path) in enumerate(zip(figures.values(), pngs)):
         try:
@@ -262,6 +275,6 @@ def write_figures(figures: dict[Path, go.Figure], png: bool = False, width: int 
 
 
 def write_figure(fig: go.Figure, stem: Path, png: bool = False, width: int = 1100, height: int = 500,
-                 html_only: str = "write HTML only") -> list[Path]:
+                 html_only: str = "write HTML only", cdn_fallback: bool = False) -> list[Path]:
     """:func:`write_figures` for one figure: ``STEM.html``, its ``plotly.min.js`` and, with ``png``, ``STEM.png``."""
-    return write_figures({Path(stem): fig}, png, width, height, html_only)
+    return write_figures({Path(stem): fig}, png, width, height, html_only, cdn_fallback)

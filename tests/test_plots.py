@@ -99,3 +99,13 @@ def test_png_export_through_kaleido_and_a_system_browser(tmp_path):
     assert written == [tmp_path / "fig.html", tmp_path / PLOTLY_JS, tmp_path / "fig.png"]
     with Image.open(tmp_path / "fig.png") as image:
         assert (image.format, image.size) == ("PNG", (320, 240))
+
+
+def test_a_page_committed_without_the_bundle_falls_back_on_the_cdn_only_when_the_bundle_is_missing(tmp_path):
+    write_figure(tiny_figure(), tmp_path / "fig", cdn_fallback=True)
+    html = (tmp_path / "fig.html").read_text()
+    local, cdn = script_sources(html)
+    assert local == PLOTLY_JS and re.fullmatch(r"https://cdn\.plot\.ly/plotly-[\d.]+\.min\.js", cdn)
+    guard = f"<script>window.Plotly || document.write('<script src=\"{cdn}\"><\\/script>')</script>"
+    assert html.count(cdn) == 1 and guard in html  # the CDN is written in only where the local bundle did not load
+    assert html.index(f'src="{PLOTLY_JS}"') < html.index(guard)

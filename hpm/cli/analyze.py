@@ -35,6 +35,9 @@ def register(sub) -> None:
     a.add_argument("--dims", default="2,8,32,128,512,2048", help="dimensions of the isotropic Fig. 2 curves")
     a.add_argument("--check-n", type=int, default=64, help="test images attacked for the Eq. 8 check (0: skip)")
     a.add_argument("--eps", type=eps_arg, default=8 / 255, help="Linf radius of that attack (default 8/255)")
+    a.add_argument("--cdn-fallback", action="store_true",
+                   help="the HTML also loads plotly.js from its CDN when plotly.min.js is not beside it (for pages "
+                        "committed without the 4 MB bundle)")
     a.add_argument("--png", action="store_true",
                    help="also write PNGs (needs kaleido>=1.0 and a Chrome/Chromium, e.g. Debian's chromium)")
     add_device_arg(a)
@@ -82,19 +85,19 @@ def _cmd_analyze(args) -> int:
     figures = {"fig2_isotropic": isotropic_cdf_figure(dims), "fig3_angles": angle_histogram_figure(report),
                "fig3_cdf": cdf_comparison_figure(report)}
     _print(result)
-    written = [out / "angle_stats.json", *_write_figures(figures, out, args.png)]
+    written = [out / "angle_stats.json", *_write_figures(figures, out, args.png, args.cdn_fallback)]
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
-def _write_figures(figures: dict, out: Path, png: bool) -> list[Path]:
+def _write_figures(figures: dict, out: Path, png: bool, cdn_fallback: bool = False) -> list[Path]:
     """Write ``OUT/NAME.html`` (plotly.min.js beside them) and, with ``png``, ``OUT/NAME.png``; return the paths.
     A failed PNG export names every file written, angle_stats.json first, and the PNGs that were not."""
     from ..plots import FigureExportError, write_figures
 
     try:
         return write_figures({out / name: fig for name, fig in figures.items()}, png=png,
-                             html_only="run without --png")
+                             html_only="run without --png", cdn_fallback=cdn_fallback)
     except FigureExportError as e:
         raise FigureExportError([out / "angle_stats.json", *e.written], e.failed, e.cause, e.html_only) from e.cause
 
