@@ -155,6 +155,7 @@ def _fill_defaults(args) -> None:
 
 def _cmd_eval(args) -> int:
     started = time.perf_counter()  # the expectation counts the time from here
+    from ..defence import evaluation_copy
     from ..evaluation import AttackConfig, dist, evaluate_model, merge_reports
     from ..evaluation.api import output_paths
 
@@ -187,6 +188,7 @@ def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model = _declared_model(args)
     x, y, idx, info, sizes = _inputs(args, model, attack)
+    model = evaluation_copy(model, device)  # made once: the estimate and the evaluation both run it
     if args.estimate_only:
         print(json.dumps(_print_estimate(model, x, attack, sizes, device, started)[0]))
         return 0
