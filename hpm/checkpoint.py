@@ -80,6 +80,9 @@ class MixedCheckpointConfig:
     metrics: dict = field(default_factory=dict)  # as CheckpointConfig.metrics
     mixer: dict | None = None  # the mixing network's constructor keywords (adaptive smoothing)
     training: dict | None = None  # the mixing network's training recipe
+    # MixedNUTS: the map of the robust branch's logits (scale, power, bias, and how they and alpha were selected);
+    # the standard branch then enters as a hard max
+    robust_map: dict | None = None
     model_type: str = MIXED
     hpm_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -102,6 +105,11 @@ class MixedCheckpointConfig:
         if not numbers or not 0 <= (alpha or 0) <= 1 or not temperature > 0:
             raise CheckpointError(f"{where}: alpha must be a number in [0, 1] and temperature one > 0; got "
                                   f"{alpha!r}, {temperature!r}")
+        robust_map = d.get("robust_map")
+        if robust_map is not None and (alpha is None or not isinstance(robust_map, dict) or not all(
+                isinstance(robust_map.get(k), (int, float)) for k in ("scale", "power", "bias"))):
+            raise CheckpointError(f"{where}: robust_map (MixedNUTS) must be an object with numbers scale, power and "
+                                  f"bias, beside a fixed alpha; got {robust_map!r}")
         branches = {k: CheckpointConfig.from_dict(d[k], f"{where}: {k}") if isinstance(d[k], dict) else None
                     for k in ("standard", "robust")}
         if None in branches.values():

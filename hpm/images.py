@@ -122,9 +122,15 @@ def tensor_to_image(x: Tensor, min_side: int = 0) -> np.ndarray:
     """``[1, 3, H, W]`` or ``[3, H, W]`` in [0, 1] -> uint8 ``H x W x 3``, enlarged by an integer factor
     (nearest neighbour, so pixels stay visible) until the short side is at least ``min_side``."""
     x = x.detach().cpu().squeeze(0).clamp(0, 1)
-    image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    factor = max(1, -(-min_side // min(image.shape[:2])))
-    return image.repeat(factor, 0).repeat(factor, 1) if factor > 1 else image
+    return enlarged((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), min_side)[0]
+
+
+def enlarged(pixels: np.ndarray, min_side: int) -> tuple[np.ndarray, int]:
+    """``pixels`` (``H x W [x C]``) repeated by the smallest integer factor that makes the short side at least
+    ``min_side`` (nearest neighbour: each pixel becomes a square of equal pixels; no new colour), and that factor
+    (1: unchanged)."""
+    factor = max(1, -(-min_side // min(pixels.shape[:2])))
+    return (pixels.repeat(factor, 0).repeat(factor, 1) if factor > 1 else pixels), factor
 
 
 def to_8bit(x: Tensor) -> Tensor:

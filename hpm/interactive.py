@@ -20,17 +20,24 @@ from .attacks import BatchFeatures, apgd_targets, parse_attacks, run_attack
 from .devices import device_of
 from .errors import HPMError
 from .heads import HEADS
-from .images import tensor_to_image, to_8bit, to_8bit_within
+from .images import enlarged, tensor_to_image, to_8bit, to_8bit_within
 from .mixed import MixedClassifier
 from .model import HPMClassifier
+from .nuts import MixedNUTS, mapped_margins
 
 EPS_MAX = 16 / 255  # l_inf budget offered by the demo
 STEPS_MAX = 200  # APGD iterations
+STEPS_DEFAULT = 20
 QUERIES_MAX = 5000  # Square queries (AutoAttack's standard budget)
+QUERIES_DEFAULT = 500
 CONTEXT_MAX = 256
+CONTEXT_DEFAULT = 64  # test images a batch-dependent head's image is classified with on a first visit
+DEFAULT_MODEL = "cifar10-resnet18-hpm-clean"  # the shipped checkpoint a first visit sees
+GALLERY_SIZE = 24  # test samples offered in the gallery
+PREVIEW_SIDE = 192  # the current image is shown enlarged (nearest neighbour) until its short side is this long
 SQUARE_TEXT = "Square attack on the deployed model (black box)"
 KNOWN_ATTACKS = (*dict.fromkeys([*(t for head in HEADS.values() for t in head.attack_targets),
-                                 *MixedClassifier.ADAPTIVE_TARGETS]), "square")
+                                 *MixedClassifier.ADAPTIVE_TARGETS, *MixedNUTS.TARGETS]), "square")
 
 
 Demo = HPMClassifier | MixedClassifier  # what the demo shows: an hpm model, or a mixed classifier of two
@@ -83,6 +90,16 @@ def default_attack(choices: list[str]) -> str:
     return "ensemble" if "ensemble" in choices else choices[0]
 
 
+def preview(pixels: np.ndarray) -> tuple[np.ndarray, str]:
+    """The current image as the page shows it (``H x W x 3`` uint8 in, enlarged by an integer factor, nearest
+    neighbour, until its short side is :data:`PREVIEW_SIDE`) and the label that says so."""
+    shown, factor = enlarged(pixels, PREVIEW_SIDE)
+    h, w = pixels.shape[:2]
+    if factor == 1:
+        return shown, f"Current image: {w}×{h} px"
+    return shown, f"Current image: {w}×{h} px, shown {factor}× enlarged (nearest neighbour: one square per pixel)"
+
+
 # --- predictions -----------------------------------------------------------------------------------------
 def top_k(scores: Tensor, classes: list[str], k: int = 5) -> dict[str, float]:
     """``{class name: probability}`` of the top ``k`` classes of one score row (softmax of the scores)."""
@@ -123,6 +140,19 @@ def classify(model: Demo, x: Tensor, context: Context) -> dict[str, dict[str, fl
     inside ``context``."""
     batch = BatchFeatures(model, context.features)
     return _both_heads(model, batch, batch.features(x))
+
+
+@torch.no_grad()
+def nuts_decision(model: Demo, x: Tensor) -> str | None:
+    """For a MixedNUTS mixture, which branch decides image ``x [1, 3, H, W]`` and why: the margin of its mapped
+    robust probabilities against the cutoff ``(1 − α) / α``; None for any other model."""
+    if not isinstance(model, MixedNUTS):
+        return None
+    margin = float(mapped_margins(model.robust(x.to(device_of(model))), model.robust_map)[0])
+    cutoff = (1 - model.alpha) / model.alpha
+    who = "the robust branch decides" if margin >= cutoff else "the standard branch's prediction decides"
+    return (f"The map gives the robust branch a margin of {margin:.3f} (top-1 minus top-2 mapped probability) "
+            f"against the cutoff (1 − α)/α = {cutoff:.3f}: {who}.")
 
 
 @torch.no_grad()
@@ -175,13 +205,24 @@ def setting(value: object, name: str, low: float, high: float, *, integer: bool 
     return int(value) if integer else float(value)
 
 
+def check_attack_name(attack: object, model: Demo, name: str | None = None) -> None:
+    """``attack`` is one of the attacks that apply to ``model`` (:func:`attack_choices`), whatever another model
+    offers.
+
+    Raises:
+        HPMError: naming the model (``name``, else its deployed head) and listing the attacks it accepts.
+    """
+    choices = attack_choices(model)
+    if attack in choices:
+        return
+    which = f"{name} ({panel_labels(model)[1]})" if name else f"this model ({panel_labels(model)[1]})"
+    known = "" if attack in KNOWN_ATTACKS else " (no attack of that name exists)"
+    raise HPMError(f"the attack {attack!r} does not apply to {which}{known}: it accepts {', '.join(choices)}")
+
+
 def check_attack_args(attack: str, eps: float, steps: int, model: Demo) -> None:
-    choices = ", ".join(attack_choices(model))
-    if attack not in KNOWN_ATTACKS:
-        raise HPMError(f"attack must be one of {choices}; got {attack!r}")
-    if attack not in attack_choices(model):
-        raise HPMError(f"the {attack!r} attack does not apply to this model ({panel_labels(model)[1]}); choose one "
-                       f"of {choices}")
+    """The attack's name (:func:`check_attack_name`), radius (at most :data:`EPS_MAX`) and budget are valid."""
+    check_attack_name(attack, model)
     eps_255 = eps * 255 if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps
     setting(eps_255, "eps in units of 1/255", 0, EPS_MAX * 255 + 1e-9)
     if attack == "square":
@@ -263,13 +304,14 @@ def _threat_eps(model: Demo) -> float | None:
     return float(threat["eps"]) if threat and threat.get("eps") is not None else None
 
 
-UNTRAINED_EPS = 1 / 255  # where the demo starts on a model not adversarially trained: a tiny radius fools it
+# where the demo starts on a model not adversarially trained: the smallest radius at which the preselected attack
+# fools the default model's FC head on three quarters of the gallery (scripts/first_visit.py measures and chooses it)
+UNTRAINED_EPS = 3 / 255
 
 
 def default_eps(model: Demo) -> float:
     """The radius the demo starts at: the one the checkpoint was adversarially trained for, else
-    :data:`UNTRAINED_EPS` (at the datasets' usual 8/255 or 4/255 such a model is fooled on nearly every image, and
-    FC and HPM cannot be told apart)."""
+    :data:`UNTRAINED_EPS`, chosen from a measurement on the gallery so that a first visit's attack works."""
     return _threat_eps(model) or UNTRAINED_EPS
 
 

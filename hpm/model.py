@@ -28,6 +28,7 @@ from .heads import Head, Mode, check_mode, create_head
 from .mixed import MixedClassifier, MixingNetwork
 from .hub import closest_shipped, is_repo_id, push_folder, resolve_checkpoint, shipped_checkpoints, split_revision
 from .model_card import model_card
+from .nuts import MixedNUTS, RobustLogitMap
 from .sources import (
     DATASET_OF_SOURCE,
     BackboneSpec,
@@ -415,10 +416,17 @@ def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], direct
             raise CheckpointError(f"{directory / CONFIG_NAME}: mixer: {e}") from None
         load_strict(mixer, part("mixer"), set(mixer.state_dict()), directory / (WEIGHTS_NAME + " [mixer]"))
     try:
-        model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature,
-                                mixer=mixer, names=tuple(config.names))  # type: ignore[arg-type]
-    except HPMError as e:  # the mixing network's taps do not fit the branches
-        raise CheckpointError(f"{directory / CONFIG_NAME}: mixer: {e}") from None
+        if config.robust_map is not None:
+            m = config.robust_map
+            model = MixedNUTS(branches["standard"], branches["robust"], config.alpha,
+                              RobustLogitMap(m["scale"], m["power"], m["bias"]), names=tuple(config.names),
+                              selection=m.get("selection"))  # type: ignore[arg-type]
+        else:
+            model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature,
+                                    mixer=mixer, names=tuple(config.names))  # type: ignore[arg-type]
+    except (HPMError, ValueError) as e:  # the mixing network's taps do not fit the branches; a bad map
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {'robust_map' if config.robust_map else 'mixer'}: "
+                              f"{e}") from None
     model.checkpoint_config = config
     return model
 

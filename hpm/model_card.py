@@ -131,6 +131,8 @@ def _branch_text(config: CheckpointConfig, name: str) -> str:
 
 def _mixing_rule(config: MixedCheckpointConfig) -> tuple[str, str]:
     """A mixed checkpoint's title words and its mixing rule in a sentence."""
+    if config.robust_map is not None:
+        return f"MixedNUTS classifier (alpha {config.alpha:.3g})", ""
     if config.mixer is None:
         return (f"mixed classifier (alpha {config.alpha:g}, T {config.temperature:g})",
                 f"with alpha = {config.alpha:g} and T = {config.temperature:g}")
@@ -140,6 +142,19 @@ def _mixing_rule(config: MixedCheckpointConfig) -> tuple[str, str]:
             f"network from both networks' first two stages of feature maps (adaptive smoothing; width "
             f"{config.mixer['width']}), "
             "trained adversarially with both networks frozen")
+
+
+def _nuts_text(config: MixedCheckpointConfig) -> tuple[str, str]:
+    """A MixedNUTS checkpoint's introduction and the section saying how its map and alpha were selected."""
+    m = config.robust_map or {}
+    intro = (f"MixedNUTS (Bai et al., training-free): `p(x) = (1 - alpha) onehot(argmax g(x)) + alpha softmax(h~(x))` "
+             f"with alpha = {config.alpha:.4g}, `h~ = s sign(u) |u|^p`, `u = GELU(standardised h(x) + c)`, s = "
+             f"{m['scale']:.4g}, p = {m['power']:.4g}, c = {m['bias']:.4g}; the model outputs `log p(x)`.")
+    selection = m.get("selection")
+    if not selection:
+        return intro, ""
+    lines = "\n".join(f"- `{k}`: `{v}`" for k, v in selection.items())
+    return intro, f"\n## How alpha and the map were selected\n\n{lines}\n"
 
 
 def _epoch_cost(epoch: dict) -> str:
@@ -169,6 +184,12 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
                          for h in history)
     training = f"\n## Mixing network training\n\n{recipe}\n{progress}\n" if config.training else ""
     through, lowest = "", ""
+    intro = ("The mixed classifier of Bai et al. (\"Improving the accuracy-robustness trade-off of classifiers via "
+             f"adaptive\nsmoothing\"): `p(x) = (1 - alpha) softmax(g(x)) + alpha softmax(h(x) / T)` {rule}; the model "
+             "outputs `log p(x)`.")
+    if config.robust_map is not None:
+        intro, training = _nuts_text(config)
+        through = "; the standard branch's hard max replaced by its softmax (MixedNUTS' adaptive attack, BPDA)"
     if config.mixer is not None:
         taps = "; ".join(f"{branch}: `{'`, `'.join(names)}`" for branch, names in zip(("g", "h"), config.mixer["taps"]))
         through = f" and the mixing network, which reads {taps}"
@@ -179,8 +200,7 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
 
 # {config.dataset or 'image'} {title}
 
-The mixed classifier of Bai et al. ("Improving the accuracy-robustness trade-off of classifiers via adaptive
-smoothing"): `p(x) = (1 - alpha) softmax(g(x)) + alpha softmax(h(x) / T)` {rule}; the model outputs `log p(x)`.
+{intro}
 
 - **Standard branch g:** {_branch_text(config.standard, config.names[0])}.
 - **Robust branch h:** {_branch_text(config.robust, config.names[1])}.

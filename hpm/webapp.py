@@ -13,6 +13,9 @@ import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Gradio's queue keeps a record of its last N events and summarises all of them (a pandas table) after each event;
+# its default N of 10,000 costs memory that grows with the first 10,000 requests and time on every request
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -24,24 +27,34 @@ from .devices import best_available, set_tf32  # noqa: E402
 from .errors import HPMError  # noqa: E402
 from .hub import download_checkpoint, is_repo_id, shipped_checkpoints, split_revision  # noqa: E402
 from .images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
+from .memory import limit_arenas, trim_every  # noqa: E402
 from .model import HPMClassifier  # noqa: E402
 from .plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                     perturbation_heatmap)
 from .samples import samples_root  # noqa: E402
 
+# the server runs PyTorch in Gradio's worker threads for weeks: cap glibc's per-thread arenas and hand free pages
+# back to the system every few seconds, so that resident memory does not creep with the requests served
+TRIM_SECONDS = 5.0
+limit_arenas(2)
+trim_every(TRIM_SECONDS)
+
 DEVICE = str(best_available())
 set_tf32(False)  # verdicts in plain float32, as evaluations judge (process-wide: every request shares it)
 SHIPPED = shipped_checkpoints()  # name -> directory (the repository's checkpoints/, or the installed package's)
 CHECKPOINTS = {name: f"checkpoints/{name}" for name in SHIPPED}  # menu name -> model id
-DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", "cifar10-resnet18-hpm-clean"),
+DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", demo.DEFAULT_MODEL),
                                 next(iter(CHECKPOINTS.values()), None))
 # test images for the gallery, the context batch and Fig. 3: the data root if one is given, else the sample set
 # shipped with hpm (a Space or a pip install has no data root, and nothing is downloaded for them)
 SAMPLES = samples_root()
 DATA = os.environ.get("HPM_DATA_DIR") or (str(SAMPLES) if SAMPLES else None)
-GALLERY_SIZE = 24  # test samples offered in the gallery
 CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
 HUB_RECHECK_SECONDS = 600  # how often a Hub id (a branch may move) is looked up again
+# Gradio keeps a copy of the page's configuration for each session (about 0.1 MB), by default for the last 10,000
+# visitors. No endpoint of this app reads a session's copy (each answers from its arguments), so a visitor whose
+# copy was dropped loses nothing, and the app keeps the last few
+SESSIONS_KEPT = 100
 # HPM on the project's strongest robust backbone (a PreAct ResNet-18, FGSM-RS, 15 epochs), fine-tuned with the
 # paper's full IKL recipe: the HPM checkpoint shipped for a robust comparison (its card holds its measured numbers)
 ROBUST_HPM = "cifar10-preactresnet18-fgsmrs-15ep-hpm-full"
@@ -115,17 +128,17 @@ def _missing_samples(dataset: str) -> str:
     """Empty when this server has test images of ``dataset`` (a data root or the shipped samples, else a download
     when online); otherwise what that means, written for a web visitor."""
     try:
-        demo.gallery_samples(dataset, GALLERY_SIZE, DATA)
+        demo.gallery_samples(dataset, demo.GALLERY_SIZE, DATA)
     except HPMError:
         return (f"This server has no {dataset} test images, so the sample gallery and the context batch are off: "
                 "upload an image of your own to classify and attack it.")
     return ""
 
 
-def _context_controls(model) -> tuple[dict, dict]:
-    """The context checkbox and size: shown and on for a batch-dependent head when test images exist."""
-    shown = demo.batch_dependent(model) and not _missing_samples(_dataset(model))
-    return dict(value=shown, visible=shown), dict(visible=shown)
+def _context_shown(model) -> bool:
+    """Whether the context controls are shown (and the box ticked): for a batch-dependent head when test images
+    exist."""
+    return demo.batch_dependent(model) and not _missing_samples(_dataset(model))
 
 
 def _eps_255(model) -> float:
@@ -183,27 +196,37 @@ def load_model(choice: str, hub_id: str):
     radius it was trained for, the attacks that apply to it, the four output panels named for it (the reference
     view: an FC head or a mixture's robust branch; the deployed model's panels hidden when the deployed head is
     the FC layer, whose panels are already shown) and the context controls (shown only for a batch-dependent
-    head, and only when the server has test images to build the context from)."""
+    head, and only when the server has test images to build the context from).
+
+    Only the page's own controls change here (the attack radio, the panels, the context column): the inputs of
+    the API endpoints are never replaced by a session's copy, so /predict and /attack answer for the model named
+    in each call, whatever the client loaded before."""
     model_id = hub_id.strip() or CHECKPOINTS.get(choice, choice)
     model = _model(model_id)
     choices = demo.attack_choices(model)
     reference, deployed = demo.panel_labels(model)
     separate = not demo.deployed_is_reference(model)
-    checkbox, size = _context_controls(model)
+    shown = _context_shown(model)
     return (model_id, demo.card_summary(model), demo.card_metrics(model), _eps_255(model),
             gr.Radio(choices=choices, value=demo.default_attack(choices),
                      info=ATTACK_INFO if isinstance(model, HPMClassifier) else demo.attack_legend(model)),
             gr.Label(label=f"{reference}, clean"), gr.Label(label=f"{reference}, adversarial"),
             gr.Label(label=f"{deployed}, clean", visible=separate),
             gr.Label(label=f"{deployed}, adversarial", visible=separate),
-            gr.Checkbox(**checkbox), gr.Slider(**size))
+            shown, gr.Column(visible=shown))
+
+
+def _preview(path: str | None, missing: str) -> gr.Image:
+    """The preview of an image file: its decoded pixels, enlarged without smoothing, labelled with its size."""
+    pixels, label = demo.preview(np.asarray(_decoded(path, missing)))
+    return gr.Image(_png(pixels, "current"), label=label)
 
 
 @_user_errors
-def use_upload(path: str | None) -> tuple[str, str]:
+def use_upload(path: str | None) -> tuple[gr.Image, str]:
     """Make an uploaded file the current image (any format PIL reads; bad files get a message): the decoded
     pixels to show, and the file itself, which Classify and Run attack decode again by the same path."""
-    return _png(np.asarray(_decoded(path, "no file received")), "current"), path
+    return _preview(path, "no file received"), path
 
 
 def gallery_items(model_id: str | None):
@@ -214,14 +237,15 @@ def gallery_items(model_id: str | None):
     dataset = _dataset(_model(model_id))
     if missing := _missing_samples(dataset):
         return gr.Gallery(visible=False), missing
-    x, y, classes = demo.gallery_samples(dataset, GALLERY_SIZE, DATA)
+    x, y, classes = demo.gallery_samples(dataset, demo.GALLERY_SIZE, DATA)
     return gr.Gallery([(tensor_to_image(img), classes[int(label)]) for img, label in zip(x, y)], visible=True), ""
 
 
-def use_gallery(evt: gr.SelectData) -> tuple[str, str]:
+@_user_errors
+def use_gallery(evt: gr.SelectData) -> tuple[gr.Image, str]:
     """Make a gallery sample the current image: the lossless PNG the gallery shows, as file and as preview."""
     path = evt.value["image"]["path"]
-    return path, path
+    return _preview(path, "no sample received"), path
 
 
 @_user_errors
@@ -234,6 +258,8 @@ def predict(image: str | None, model_id: str, use_context: bool, context_n: int)
     out = demo.classify(model, x, context)
     alpha = demo.adaptive_alpha(model, x)
     mixing = "" if alpha is None else f" The mixing network weighs the robust branch α(x) = {alpha:.3f}."
+    decision = demo.nuts_decision(model, x)
+    mixing += f" {decision}" if decision else ""
     return out["fc"], out["deployed"], f"Classified {context.description}.{mixing}"
 
 
@@ -244,6 +270,7 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
     """Run one attack and show clean vs adversarial predictions of both views (Square spends ``queries``, the
     white-box attacks ``steps``), the adversarial image beside the clean model input, at the same size."""
     model = _model(model_id)
+    demo.check_attack_name(attack_name, model, model_id)
     deployed = demo.panel_labels(model)[1]
     context = _context(model_id, use_context, context_n)
     progress(0, desc=demo.attack_description(model, attack_name))
@@ -263,6 +290,8 @@ def attack(image: str | None, model_id: str, attack_name: str, eps_255: float, s
                f"deployed {deployed} fooled: "
                f"**{verdict[result.deployed_fooled]}** · transferred to {deployed}: "
                f"**{verdict[result.transferred]}**")
+    if (decision := demo.nuts_decision(model, result.x_adv)) is not None:
+        summary += f"\n\nOn the adversarial image: {decision}"
     if result.alpha is not None:
         summary += ("\n\nThe mixing network's weight on the robust branch, α(x): clean **{:.3f}** → adversarial "
                     "**{:.3f}**".format(*result.alpha))
@@ -307,6 +336,10 @@ ATTACK_INFO = ("what the white-box APGD attack follows: fc = the FC head (an ora
                "soft = HPM made differentiable · ensemble = both at once (the paper's Mixed Surrogate Attack) · "
                "bpda = straight through HPM's own hard choice · deployed = the model itself · "
                "square = black box, scores only")
+
+CONTEXT_INFO = ("this head's prediction depends on the other images in its batch: ticked, your image is classified "
+                "and attacked together with the first N test images, as in an evaluation batch (they stay fixed; "
+                "only your image moves); unticked, alone, a batch of one")
 
 SENSITIVITY = """
 **P(S_c ≥ sup S_d)** is the probability that a random feature perturbation moves the FC score of a class
@@ -358,26 +391,32 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
                 gallery_note = gr.Markdown(label="Gallery note")
                 gallery = gr.Gallery(label="…or pick a test sample", columns=6, height=260, allow_preview=False,
                                      elem_id="gallery", format="png")
-                preview = gr.Image(label="Current image", type="numpy", interactive=False, height=160,
-                                   elem_id="current-image", format="png")
+                preview = gr.Image(label="Current image", type="numpy", interactive=False, height=200,
+                                   elem_id="current-image", format="png", elem_classes="pixels")
                 # the current image as a file: what Classify and Run attack (and API clients) send
                 image_file = gr.File(visible=False, type="filepath")
             with gr.Column(scale=1):
                 first_attacks = demo.attack_choices(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else list(demo.KNOWN_ATTACKS)
-                attack_name = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
-                                       info=ATTACK_INFO)
-                eps = _checked(gr.Slider(0, 16, step=0.25, label="ε (×1/255, ℓ∞)",
+                attack_radio = gr.Radio(first_attacks, value=demo.default_attack(first_attacks), label="Attack",
+                                        info=ATTACK_INFO)
+                # what Run attack (and an API client) sends: the radio's choice, copied in the browser. The radio's
+                # choices follow the model loaded in the page; the API checks the name against the model it is given
+                attack_name = gr.Textbox(attack_radio.value, visible=False, label="attack_name")
+                eps = _checked(gr.Slider(0, 16, step=1, label="ε (×1/255, ℓ∞)",
                                          value=_eps_255(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else 8,
-                                         info="how far each pixel may move, in 8-bit levels"))
-                steps = _checked(gr.Slider(1, demo.STEPS_MAX, value=20, step=1, precision=0, label="APGD steps"),
-                                 integer=True)
-                queries = _checked(gr.Slider(1, demo.QUERIES_MAX, value=500, step=1, precision=0, label="Square queries",
+                                         info="how far each pixel may move, in 8-bit levels (the images are 8-bit: "
+                                              "a level moves by 1/255 or not at all)"))
+                steps = _checked(gr.Slider(1, demo.STEPS_MAX, value=demo.STEPS_DEFAULT, step=1, precision=0,
+                                           label="APGD steps"), integer=True)
+                queries = _checked(gr.Slider(1, demo.QUERIES_MAX, value=demo.QUERIES_DEFAULT, step=1, precision=0,
+                                             label="Square queries",
                                              info="one forward pass each; AutoAttack's evaluations use 5000"),
                                    integer=True)
-                checkbox, size = _context_controls(_model(DEFAULT_MODEL)) if DEFAULT_MODEL else ({}, {})
-                use_context = gr.Checkbox(label="Classify inside a context batch", **checkbox)
-                context_n = _checked(gr.Slider(1, demo.CONTEXT_MAX, value=64, step=1, precision=0, **size,
-                                               label="Context size N (test images)"), integer=True)
+                shown = bool(DEFAULT_MODEL) and _context_shown(_model(DEFAULT_MODEL))
+                with gr.Column(visible=shown) as context_controls:
+                    use_context = gr.Checkbox(shown, label="Classify inside a context batch", info=CONTEXT_INFO)
+                    context_n = _checked(gr.Slider(1, demo.CONTEXT_MAX, value=demo.CONTEXT_DEFAULT, step=1,
+                                                   precision=0, label="Context size N (test images)"), integer=True)
                 with gr.Row():
                     predict_btn = gr.Button("Classify")
                     attack_btn = gr.Button("Run attack", variant="primary")
@@ -407,9 +446,10 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
     with gr.Tab("About"):
         gr.Markdown(ABOUT)
 
-    load_btn.click(load_model, [choice, hub_id], [model_id, card, metrics, eps, attack_name, fc_clean, fc_adv,
-                                                  hpm_clean, hpm_adv, use_context, context_n],
+    load_btn.click(load_model, [choice, hub_id], [model_id, card, metrics, eps, attack_radio, fc_clean, fc_adv,
+                                                  hpm_clean, hpm_adv, use_context, context_controls],
                    api_name="load_model").then(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
+    attack_radio.change(None, attack_radio, attack_name, js="(name) => name", api_visibility="private")
     upload.upload(use_upload, upload, [preview, image_file], api_visibility="private")
     gallery.select(use_gallery, None, [preview, image_file], api_visibility="private")
     predict_btn.click(predict, [image_file, model_id, use_context, context_n], [fc_clean, hpm_clean, summary],
@@ -426,5 +466,6 @@ app.queue(default_concurrency_limit=2, max_size=32)
 # (gr.Error); any other exception shows only Gradio's generic notice, so no server detail leaks. Uploads are
 # refused above the size the image decoder accepts, and small images are enlarged without smoothing, so each
 # pixel the model saw stays a visible square.
-LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, css=".pixels img { image-rendering: pixelated; width: 100% !important; "
-                                                   "height: 100% !important; object-fit: contain; }")
+LAUNCH = dict(max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSIONS_KEPT,
+              css=".pixels img { image-rendering: pixelated; width: 100% !important; height: 100% !important; "
+                  "object-fit: contain; }")

@@ -145,7 +145,8 @@ def test_context_changes_the_batch_but_never_mutates_the_model(tiny_model):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"eps": 17 / 255}, "eps in units of 1/255 must be from 0 to 16; got 17"), ({"steps": 0}, "from 1 to"),
-    ({"steps": 2.5}, "steps must be a whole number; got 2.5"), ({"attack": "fgsm"}, "must be one of"),
+    ({"steps": 2.5}, "steps must be a whole number; got 2.5"),
+    ({"attack": "fgsm"}, r"no attack of that name exists\): it accepts fc, soft, ensemble, bpda, square"),
     ({"eps": None}, "eps in units of 1/255 must be a number .* got None"),
     ({"eps": float("nan")}, "got nan"), ({"steps": "20"}, "steps must be a whole number .* got '20'"),
     ({"attack": "square", "steps": 5001}, "queries must be from 1 to 5000")])
@@ -215,6 +216,28 @@ def test_the_card_summary_leads_with_the_lowest_robust_accuracy_at_the_trained_r
     assert "adversarially trained for ℓ∞ ε = 8/255" in summary
     assert f"robust {100 * lowest:.1f}% at ε = 8/255 (n " in summary and "batch " in summary
     assert demo.default_eps(model) == pytest.approx(8 / 255)
+
+
+def test_the_first_visit_starts_with_the_attack_and_radius_measured_to_fool_the_fc_head_on_most_gallery_images():
+    """The defaults are the ones ``scripts/first_visit.py`` chose from its measurement on the shipped gallery."""
+    from conftest import REPO
+    measured = json.loads((REPO / "results" / "app" / "first-visit.json").read_text())
+    chosen = measured["chosen"]
+    model = hpm.load(REPO / "checkpoints" / demo.DEFAULT_MODEL)
+    assert measured["model"] == demo.DEFAULT_MODEL and measured["steps"] == demo.STEPS_DEFAULT
+    assert chosen["fc_share"] >= measured["share_wanted"] >= 0.5
+    assert demo.default_attack(demo.attack_choices(model)) == chosen["attack"]
+    assert demo.default_eps(model) * 255 == pytest.approx(chosen["eps_255"])
+    assert str(demo.CONTEXT_DEFAULT) in measured["context"]
+
+
+def test_the_current_image_is_previewed_enlarged_by_an_integer_factor_and_says_so():
+    pixels = (np.arange(32 * 24 * 3) % 251).astype(np.uint8).reshape(24, 32, 3)
+    shown, label = demo.preview(pixels)
+    assert shown.shape == (192, 256, 3) and np.array_equal(shown[::8, ::8], pixels)
+    assert label == "Current image: 32×24 px, shown 8× enlarged (nearest neighbour: one square per pixel)"
+    big = np.zeros((400, 300, 3), np.uint8)
+    assert demo.preview(big)[0] is big and demo.preview(big)[1] == "Current image: 300×400 px"
 
 
 def test_small_images_are_enlarged_for_display_without_blurring():

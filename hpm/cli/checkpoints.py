@@ -35,33 +35,7 @@ def register(sub) -> None:
                         "their per-sample worst case as one robust accuracy; may be repeated")
     c.set_defaults(func=_cmd_card)
 
-    m = sub.add_parser("mix", help="save the mixed classifier of two models as a checkpoint (fixed or adaptive alpha)",
-                       description="Bai et al.'s mixed classifier, p = (1 - alpha) softmax(g) + alpha softmax(h / T), "
-                                   "of a standard model g and a robust model h (each a checkpoint directory, Hub id or "
-                                   "source string such as pyautoattack), saved as one checkpoint that hpm.load, "
-                                   "hpm eval and the app read. --alpha fixes alpha; --adaptive trains a mixing network "
-                                   "that predicts alpha per input from both models' features, adversarially, on the "
-                                   "training split (adaptive smoothing; resumes per epoch from --run-dir).")
-    m.add_argument("--standard", required=True, metavar="MODEL", help="the accurate classifier g")
-    m.add_argument("--robust", required=True, metavar="MODEL", help="the robust classifier h")
-    rule = m.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--alpha", type=float, help="fixed weight of the robust branch, in [0, 1]")
-    rule.add_argument("--adaptive", action="store_true", help="train a mixing network instead, on the training split")
-    m.add_argument("--temperature", type=float, default=1.0, help="T dividing h's logits (default 1)")
-    m.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
-    m.add_argument("--run-dir", metavar="DIR", help="adaptive: per-epoch training states (default: OUT.run)")
-    m.add_argument("--epochs", type=positive_int, default=1, help="adaptive: epochs (default 1)")
-    m.add_argument("--batch-size", type=positive_int, default=128, help="adaptive: clean images per step")
-    m.add_argument("--steps", type=positive_int, default=5, help="adaptive: PGD steps of the training attack")
-    m.add_argument("--lr", type=positive_float, default=1e-4, help="adaptive: AdamW learning rate (default 1e-4)")
-    m.add_argument("--mixer-width", type=positive_int, default=32,
-                   help="adaptive: the mixing network's first block width (default 32)")
-    m.add_argument("--eps", type=eps_arg, default=8 / 255, help="adaptive: training attack radius (default 8/255)")
-    m.add_argument("--n-train", type=positive_int, default=None, help="adaptive: a fixed uniform subset of N images")
-    m.add_argument("--seed", type=int, default=0)
-    add_data_args(m)
-    add_device_arg(m)
-    m.set_defaults(func=_cmd_mix)
+    _register_mix(sub)
 
     p = sub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub",
                        description="Load CHECKPOINT (validating it) and upload it to REPO_ID on the Hub.")
@@ -73,6 +47,50 @@ def register(sub) -> None:
                    help="CHECKPOINT names its backbone's checkpoint by a local path: the Hub copy of that checkpoint "
                         "to name instead (push it first)")
     p.set_defaults(func=_cmd_push)
+
+
+def _register_mix(sub) -> None:
+    """``hpm mix``: a fixed, adaptive or MixedNUTS mixture of two models."""
+    m = sub.add_parser("mix", help="save the mixed classifier of two models as a checkpoint (fixed, adaptive or "
+                                    "MixedNUTS)",
+                       description="Bai et al.'s mixed classifier, p = (1 - alpha) softmax(g) + alpha softmax(h / T), "
+                                   "of a standard model g and a robust model h (each a checkpoint directory, Hub id or "
+                                   "source string such as pyautoattack), saved as one checkpoint that hpm.load, "
+                                   "hpm eval and the app read. --alpha fixes alpha; --adaptive trains a mixing network "
+                                   "that predicts alpha per input from both models' features, adversarially, on the "
+                                   "training split (adaptive smoothing; resumes per epoch from --run-dir).")
+    m.add_argument("--standard", required=True, metavar="MODEL", help="the accurate classifier g")
+    m.add_argument("--robust", required=True, metavar="MODEL", help="the robust classifier h")
+    rule = m.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--alpha", type=float, help="fixed weight of the robust branch, in [0, 1]")
+    rule.add_argument("--adaptive", action="store_true", help="train a mixing network instead, on the training split")
+    rule.add_argument("--nuts", action="store_true",
+                      help="MixedNUTS (training-free): the standard branch as a hard max, the robust logits mapped; "
+                           "the map and alpha selected by the authors' grid search on --n-select training images "
+                           "attacked on the robust branch (resumes per batch from --run-dir)")
+    m.add_argument("--temperature", type=float, default=1.0, help="T dividing h's logits (default 1)")
+    m.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
+    m.add_argument("--run-dir", metavar="DIR", help="adaptive: per-epoch training states (default: OUT.run)")
+    m.add_argument("--epochs", type=positive_int, default=1, help="adaptive: epochs (default 1)")
+    m.add_argument("--batch-size", type=positive_int, default=128, help="adaptive: clean images per step")
+    m.add_argument("--steps", type=positive_int, default=5, help="adaptive: PGD steps of the training attack")
+    m.add_argument("--lr", type=positive_float, default=1e-4, help="adaptive: AdamW learning rate (default 1e-4)")
+    m.add_argument("--mixer-width", type=positive_int, default=32,
+                   help="adaptive: the mixing network's first block width (default 32)")
+    m.add_argument("--eps", type=eps_arg, default=8 / 255,
+                   help="adaptive: training attack radius; nuts: the selection attack's (default 8/255)")
+    m.add_argument("--n-select", type=positive_int, default=1000,
+                   help="nuts: training images (a fixed uniform subset) the map and alpha are selected on")
+    m.add_argument("--beta", type=float, default=98.5,
+                   help="nuts: percent of the attacked-correct robust predictions the mixture keeps (default 98.5)")
+    m.add_argument("--select-iters", type=positive_int, default=40,
+                   help="nuts: APGD iterations of the selection attack (default 40)")
+    m.add_argument("--select-targets", type=positive_int, default=3, help="nuts: APGD-T target classes (default 3)")
+    m.add_argument("--n-train", type=positive_int, default=None, help="adaptive: a fixed uniform subset of N images")
+    m.add_argument("--seed", type=int, default=0)
+    add_data_args(m)
+    add_device_arg(m)
+    m.set_defaults(func=_cmd_mix)
 
 
 def _weights_text(config: CheckpointConfig) -> str:
@@ -148,6 +166,14 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     if isinstance(standard, MixedClassifier) or isinstance(robust, MixedClassifier):
         raise HPMError("each branch must be one classifier, not a mixture")
     names = (args.standard, args.robust)
+    if args.nuts:
+        model, selection = _select_nuts(standard, robust, args)
+        model.save_pretrained(args.out)
+        print(f"selected alpha {selection.alpha:.4g}, scale {selection.scale:.4g}, power {selection.power:.4g}, bias "
+              f"{selection.bias:.4g}: {100 * selection.objective:.1f}% of {selection.n_clean_incorrect} "
+              f"clean-misclassified margins at or above the cutoff {selection.cutoff:.4g}")
+        print(f"saved {args.out}")
+        return 0
     if not args.adaptive:
         MixedClassifier(standard, robust, args.alpha, args.temperature, names=names).save_pretrained(args.out)
         print(f"saved {args.out}")
@@ -158,6 +184,45 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     model.save_pretrained(args.out, training=training)
     print(f"saved {args.out}")
     return 0
+
+
+def _select_nuts(standard, robust, args: argparse.Namespace):
+    """MixedNUTS' map and alpha selected on training images (:mod:`hpm.train.nuts`), the robust branch's attacked
+    and clean logits kept per batch in the run directory, so that a rerun resumes."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    from ..data import load_dataset
+    from ..defence import evaluation_copy
+    from ..nuts import MixedNUTS
+    from ..train.nuts import attacked_logits, select_map
+    from ..units import eps_text
+
+    device = resolve_device(args.device)
+    train_set = uniform_subset(load_dataset(robust.dataset or "cifar10", "train", args.data), args.n_select, args.seed)
+    run = Path(args.run_dir or f"{args.out}.run")
+    run.mkdir(parents=True, exist_ok=True)
+    attacked = evaluation_copy(robust, device)
+    parts = []
+    for start in tqdm(range(0, len(train_set), args.batch_size), desc="selection attack on the robust branch"):
+        path = run / f"selection-{start:06d}-{args.batch_size}-{args.select_iters}-{args.select_targets}.safetensors"
+        if not path.is_file():
+            x, y = train_set.tensors(torch.arange(start, min(start + args.batch_size, len(train_set))))
+            adv, clean, y = attacked_logits(attacked, x.to(device), y.to(device), eps=args.eps, seed=args.seed,
+                                            n_iter=args.select_iters, target_classes=args.select_targets,
+                                            batch_size=args.batch_size)
+            save_file({"adversarial": adv, "clean": clean, "labels": y}, str(path))
+        parts.append(load_file(str(path)))
+    adv, clean, y = (torch.cat([p[k] for p in parts]) for k in ("adversarial", "clean", "labels"))
+    selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=args.beta)
+    record = {**selection.record(), "images": f"{train_set.source} (training images; the evaluation uses test images)",
+              "attack": f"APGD-CE and APGD-T ({args.select_targets} classes), {args.select_iters} iterations, Linf eps "
+                        f"{eps_text(args.eps)}, on the robust branch alone; per image the iterate of lowest margin",
+              "commands": [args.command_line]}
+    names = (args.standard, args.robust)
+    model = MixedNUTS(standard, robust, selection.alpha, selection.robust_map(), names=names, selection=record)
+    return model, selection
 
 
 def _train_mixer(model, args: argparse.Namespace) -> dict:

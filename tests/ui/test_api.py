@@ -300,6 +300,7 @@ def test_an_imagenet_checkpoint_classifies_and_attacks_an_imagenet_photo(client,
 
     from pathlib import Path
 
+    from hpm import interactive as demo
     from hpm.data import dataset_classes
     import sys
     data = sys.modules["hpm.webapp"].DATA  # the data root the app was started with
@@ -310,7 +311,7 @@ def test_an_imagenet_checkpoint_classifies_and_attacks_an_imagenet_photo(client,
     loaded, card, metrics, eps, *_ = client.predict("cifar10-resnet18-hpm-clean", imagenet_hub_id,
                                                     api_name="/load_model")
     assert "Knows the 1000 imagenet classes" in card and "224×224" in card and "not adversarially trained" in card
-    assert eps == 1  # not adversarially trained (the model records no radius): a tiny one
+    assert eps == 255 * demo.UNTRAINED_EPS  # not adversarially trained (the model records no radius): a small one
     names = set(dataset_classes("imagenet"))
     fc, deployed, _ = client.predict(handle_file(str(photo)), imagenet_hub_id, False, 8, api_name="/predict")
     assert len(fc["confidences"]) == 5 and {c["label"] for c in fc["confidences"]} <= names
@@ -352,3 +353,28 @@ def test_a_shipped_adaptive_mixture_shows_the_alpha_its_mixing_network_gives_the
     *_, summary, _ = client.predict(image, adaptive, "lowest-alpha", 4, 2, 10, False, 8, api_name="/attack")
     assert "the mixture at its lowest alpha" in summary
     assert "The mixing network's weight on the robust branch, α(x): clean **0." in summary
+
+
+def test_one_session_calls_every_kind_of_shipped_model_in_alternating_order_and_each_call_answers_for_its_model(
+        client, image):
+    """The API is a function of its arguments: which model this session loaded last (whose attacks the page's
+    radio offers) never decides whether an attack is accepted; only the model named in the call does."""
+    from gradio_client.exceptions import AppError
+    hpm_model, ncm = MODEL, "checkpoints/cifar10-resnet18-ncm"
+    mixture = "checkpoints/cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8"
+    calls = [(mixture, "deployed"), (hpm_model, "ensemble"), (ncm, "fc"), (mixture, "robust"), (hpm_model, "bpda"),
+             (ncm, "deployed"), (mixture, "square"), (hpm_model, "soft")]
+    for load in ("cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8", "cifar10-resnet18-hpm-clean"):
+        client.predict(load, "", api_name="/load_model")  # the session's radio now offers this model's attacks
+        for model, attack in calls:
+            *_, summary, _ = client.predict(image, model, attack, 2, 2, 10, False, 8, api_name="/attack")
+            assert "fooled" in summary, (load, model, attack)
+            fc, deployed, note = client.predict(image, model, False, 8, api_name="/predict")
+            assert len(fc["confidences"]) == 5 and len(deployed["confidences"]) == 5 and "alone" in note
+    with pytest.raises(AppError, match=r"the attack 'ensemble' does not apply to checkpoints/cifar10-resnet20w32-"
+                                       r"fgsmrs-20ep-mixed-alpha0.8 \(mixture \(α = 0.8\)\): it accepts deployed, "
+                                       r"standard, robust, square"):
+        client.predict(image, mixture, "ensemble", 2, 2, 10, False, 8, api_name="/attack")
+    with pytest.raises(AppError, match=r"'pgd' does not apply to .* \(no attack of that name exists\): it accepts "
+                                       r"fc, soft, ensemble, bpda, square"):
+        client.predict(image, hpm_model, "pgd", 2, 2, 10, False, 8, api_name="/attack")

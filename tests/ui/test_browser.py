@@ -1,7 +1,11 @@
 """The app in headless Chromium: upload, attack, read the verdict, look at the plots; screenshots kept."""
 import pytest
 
+from hpm import interactive as demo
+
 from .conftest import ARTIFACTS
+
+UNTRAINED = f"{255 * demo.UNTRAINED_EPS:g}"  # the radius, x 1/255, a model not adversarially trained starts at
 
 pytestmark = pytest.mark.ui
 
@@ -30,11 +34,14 @@ def test_upload_and_attack_shows_both_heads_and_a_verdict(page, tmp_path):
     Image.new("RGB", (64, 48), (210, 40, 40)).save(path)
     upload(page, path)
     page.locator("#current-image img").wait_for(timeout=30_000)
+    assert page.get_by_text("Current image: 64×48 px, shown 4× enlarged (nearest neighbour: one square per pixel)",
+                            exact=True).is_visible()
     page.get_by_role("button", name="Run attack").click()
     summary = page.locator("#attack-summary")
     summary.get_by_text("deployed HPM fooled").wait_for(timeout=120_000)
     text = summary.inner_text()
-    assert "ε = 1/255" in text and "Surrogate (the model the attack followed) fooled" in text and "transferred to HPM" in text
+    assert f"ε = {UNTRAINED}/255" in text and "Surrogate (the model the attack followed) fooled" in text
+    assert "transferred to HPM" in text
     for label in ("FC, clean", "HPM, clean", "FC, adversarial", "HPM, adversarial"):
         assert page.get_by_text(label, exact=True).first.is_visible()
     page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
@@ -154,14 +161,14 @@ def test_the_first_paint_sets_epsilon_to_the_default_models_radius_as_loading_it
     default = webapp.DEFAULT_MODEL.removeprefix("checkpoints/")
     reloaded = webapp.load_model(default, "")[3]  # the value a reload of the default model sets
     assert float(page.get_by_label("ε (×1/255, ℓ∞)").first.input_value()) == reloaded
-    assert reloaded == 1  # the default model is not adversarially trained: a tiny radius, as its card says
+    assert reloaded == float(UNTRAINED)  # the default model is not adversarially trained, as its card says
 
 
 def test_an_imagenet_model_from_the_hub_field_gets_its_own_gallery_and_radius(page, imagenet_hub_id):
     page.get_by_label("…or a Hub repo id").fill(imagenet_hub_id)
     page.get_by_role("button", name="Load model").click()
     page.get_by_text("Knows the 1000 imagenet classes").wait_for(timeout=60_000)
-    assert page.get_by_label("ε (×1/255, ℓ∞)").first.input_value() == "1"  # not adversarially trained
+    assert page.get_by_label("ε (×1/255, ℓ∞)").first.input_value() == UNTRAINED  # not adversarially trained
     thumbs = page.locator("#gallery .thumbnail-item")
     if thumbs.count() == 0 and page.get_by_text("This server has no imagenet test images").is_visible():
         pytest.skip("no local ImageNet samples: gallery hidden (message shown)")
@@ -169,7 +176,7 @@ def test_an_imagenet_model_from_the_hub_field_gets_its_own_gallery_and_radius(pa
     thumbs.first.click()
     page.locator("#current-image img").wait_for(timeout=30_000)
     page.get_by_role("button", name="Run attack").click()
-    page.locator("#attack-summary").get_by_text("ε = 1/255").wait_for(timeout=120_000)
+    page.locator("#attack-summary").get_by_text(f"ε = {UNTRAINED}/255").wait_for(timeout=120_000)
     page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "imagenet.png"), full_page=True)
 

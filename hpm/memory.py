@@ -1,0 +1,55 @@
+"""Keeping a long-running server's resident memory flat on glibc (Linux), where freed memory otherwise stays
+with the process.
+
+glibc gives each thread that contends for the allocator an arena of its own (up to eight per core) and returns
+freed memory to the system only from the top of a heap. A server that runs PyTorch in a pool of worker threads,
+as Gradio does, so keeps the high-water mark of every arena and fragments them, and its resident memory creeps
+up with the requests it serves. :func:`limit_arenas` caps the arenas created from then on; :func:`trim_every`
+hands the free pages of every arena back to the system at a fixed period (``malloc_trim``). Both do nothing where
+the C library is not glibc.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+import time
+
+M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's glibc, or None on another C library (musl, macOS, Windows)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+def limit_arenas(n: int) -> bool:
+    """Let glibc create at most ``n`` malloc arenas from now on; True when it applied (glibc only)."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, int(n)))
+
+
+def trim() -> bool:
+    """Return the free memory of every arena to the system now; True when memory was released."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0))
+
+
+def trim_every(seconds: float) -> threading.Thread | None:
+    """A daemon thread calling :func:`trim` every ``seconds``; None (nothing started) without glibc."""
+    if _glibc() is None:
+        return None
+
+    def loop() -> None:
+        while True:
+            time.sleep(seconds)
+            trim()
+
+    thread = threading.Thread(target=loop, name="hpm-malloc-trim", daemon=True)
+    thread.start()
+    return thread

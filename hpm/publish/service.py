@@ -1,0 +1,57 @@
+"""The app as a service: its memory over a long soak (``benchmarks/bench_soak.py``) and what a first visit's attack
+does to the gallery (``scripts/first_visit.py``), from the JSON files those commands write."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .metrics import pct
+
+
+def _load(root: Path, path: str) -> dict | None:
+    return json.loads((root / path).read_text()) if (root / path).is_file() else None
+
+
+def soak_lines(data: dict) -> list[str]:
+    """The soak's memory summary and per-request-kind latencies."""
+    verdict = "met" if data["target_met"] else "**not met**"
+    lines = ["| requests | clients | hardware | wall | RSS after warm-up | RSS at the end | change per 1,000 requests "
+             "| largest deviation after warm-up | unexpected errors | target (±20 MB, no error) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| {data['requests']:,} ({data['warmup']:,} warm-up) | {data['clients']} | "
+             f"{data['hardware']['device']} | {data['seconds'] / 60:.0f} min | {data['rss_after_warmup_mb']:.0f} MB | "
+             f"{data['rss_end_mb']:.0f} MB | {data['rss_slope_mb_per_1000']:+.2f} MB | "
+             f"{data['rss_max_deviation_mb']:.1f} MB | {data['unexpected_errors']} | {verdict} |", "",
+             "| request | n | median | 90th percentile | 99th percentile |", "| --- | --- | --- | --- | --- |"]
+    for kind, t in data["latency_s"].items():
+        lines.append(f"| {kind.replace('_', ' ')} | {t['n']} | {t['p50']:.2f} s | {t['p90']:.2f} s | "
+                     f"{t['p99']:.2f} s |")
+    return lines
+
+
+def first_visit_lines(data: dict) -> list[str]:
+    """Each attack and radius of the first-visit grid: the share of gallery images whose FC and deployed heads it
+    fooled, and the radius chosen."""
+    lines = [f"`{data['model']}`, {data['images']}, classified {data['context']}, {data['steps']} APGD steps:", "",
+             "| attack | ε | FC fooled | deployed fooled |", "| --- | --- | --- | --- |"]
+    for c in sorted(data["cells"], key=lambda c: (c["attack"] != data["default_attack"], c["attack"], c["eps_255"])):
+        n = len(c["fc_fooled"])
+        lines.append(f"| {c['attack']} | {c['eps_255']:g}/255 | {sum(c['fc_fooled'])}/{n} ({pct(c['fc_share'])}%) | "
+                     f"{sum(c['deployed_fooled'])}/{n} ({pct(c['deployed_share'])}%) |")
+    chosen = data.get("chosen")
+    lines.append("")
+    lines.append(f"The app starts at ε = {chosen['eps_255']:g}/255 with the {chosen['attack']} attack on a model not "
+                 f"adversarially trained: the smallest radius on the grid at which it fools the FC head on at least "
+                 f"{pct(data['share_wanted'])}% of the gallery ({pct(chosen['fc_share'])}%)." if chosen else
+                 f"No radius on the grid fools the FC head on {pct(data['share_wanted'])}% of the gallery.")
+    return lines
+
+
+def service_lines(root: Path, section: dict) -> list[str]:
+    """A ``service`` section: the soak file and the first-visit file it names."""
+    out = []
+    for key, render, command in (("soak", soak_lines, "benchmarks/bench_soak.py"),
+                                 ("first_visit", first_visit_lines, "scripts/first_visit.py")):
+        data = _load(root, section[key])
+        out += (render(data) if data else [f"_Not measured yet (`{section[key]}`); run `{command}`._"]) + [""]
+    return out[:-1]

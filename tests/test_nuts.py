@@ -1,0 +1,147 @@
+"""MixedNUTS: the map of the robust logits, the mixture with a hard-max standard branch, the attack surrogates that
+replace the hard max, the authors' selection of the map and alpha, and its checkpoint."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hpm
+from hpm.attacks import default_plan
+from hpm.cli import main
+from hpm.errors import CheckpointError
+from hpm.evaluation import AttackConfig, evaluate_model
+from hpm.nuts import MixedNUTS, RobustLogitMap, mapped_margins, standardise
+from hpm.train.nuts import Grid, select_map
+
+from conftest import TinyMLP
+from test_mixed import two_checkpoints, tiny_resnet  # noqa: F401  (fixture)
+
+
+def nuts(alpha=0.6, scale=1.5, power=2.0, bias=-0.5, seed=0):
+    torch.manual_seed(seed)
+    return MixedNUTS(TinyMLP(), TinyMLP(), alpha, RobustLogitMap(scale, power, bias)).eval()
+
+
+def test_the_map_standardises_the_logits_then_applies_gelu_power_and_scale():
+    logits = torch.randn(5, 10, dtype=torch.float64) * 3 + 1
+    z = (logits - logits.mean(1, keepdim=True)) / logits.std(1, keepdim=True)  # unbiased, as the authors
+    u = F.gelu(z - 0.5)
+    expected = 1.5 * u.sign() * u.abs() ** 2.0
+    assert torch.allclose(RobustLogitMap(1.5, 2.0, -0.5).mapped(logits), expected, atol=1e-6)
+    assert torch.allclose(standardise(logits).mean(1), torch.zeros(5, dtype=torch.float64), atol=1e-9)
+    with pytest.raises(ValueError, match="scale and power must be > 0"):
+        RobustLogitMap(0, 1, 0)
+
+
+def test_the_deployed_output_mixes_the_standard_prediction_as_a_hard_max_with_the_mapped_robust_softmax():
+    model, x = nuts(), torch.rand(6, 3, 32, 32)
+    g, h = model.standard(x), model.robust(x)
+    mapped = model.robust_map.mapped(h).softmax(-1).float()
+    expected = 0.4 * F.one_hot(g.argmax(1), g.shape[1]).float() + 0.6 * mapped
+    assert torch.allclose(model(x).exp(), expected, atol=1e-6)
+    adaptive = 0.4 * g.softmax(-1) + 0.6 * (0.9 * h.softmax(-1) + 0.1 * mapped)
+    assert torch.allclose(model(x, "adaptive").exp(), adaptive, atol=1e-6)
+    assert torch.allclose(model(x, "mapped").exp(), 0.4 * g.softmax(-1) + 0.6 * mapped, atol=1e-6)
+
+
+def test_the_robust_branch_decides_where_its_mapped_margin_exceeds_one_minus_alpha_over_alpha():
+    model, x = nuts(alpha=0.5), torch.rand(64, 3, 32, 32)
+    with torch.no_grad():
+        margin = mapped_margins(model.robust(x), model.robust_map)
+        robust_wins = margin > (1 - model.alpha) / model.alpha
+        follows_robust = model(x).argmax(1) == model.robust(x).argmax(1)
+    assert follows_robust[robust_wins].all()
+
+
+def test_the_hard_max_passes_no_gradient_and_bpda_passes_the_softmax_gradient_at_the_deployed_value():
+    model = nuts()
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    y = torch.arange(4)
+    g_hard, = torch.autograd.grad(F.nll_loss(model(x), y), list(model.standard.parameters())[:1], allow_unused=True)
+    assert g_hard is None  # the standard branch is not even in the deployed output's graph: masked
+    bpda, mapped = model(x, "bpda"), model(x, "mapped")
+    assert torch.equal(bpda, model(x))  # forward: the deployed mixture itself
+    g_bpda, = torch.autograd.grad(F.nll_loss(bpda, y), x)
+    g_mapped, = torch.autograd.grad(F.nll_loss(mapped, y), x)
+    assert torch.allclose(g_bpda, g_mapped) and g_bpda.abs().max() > 0
+
+
+def test_its_attacks_are_the_surrogates_of_the_hard_max_and_each_raw_branch():
+    plan = {s.name for s in default_plan(nuts())}
+    assert {"apgd-ce/adaptive", "apgd-ce/bpda", "apgd-ce/mapped", "apgd-ce/standard", "apgd-ce/robust"} <= plan
+    assert "square" in plan
+
+
+def test_the_sanity_checks_catch_a_saturated_map():
+    x = torch.rand(8, 3, 32, 32)
+    fine = dict((name, passed) for name, passed, _ in nuts().pitfall_checks(x))
+    assert fine == {"mapped_robust_branch_not_saturated": True, "adaptive_surrogate_has_gradient": True}
+    saturated = dict((name, passed) for name, passed, _ in nuts(scale=1e4, power=4).pitfall_checks(x))
+    assert saturated["mapped_robust_branch_not_saturated"] is False
+
+
+def test_selection_takes_the_cutoff_at_the_beta_level_and_the_map_that_lets_fewest_wrong_margins_through():
+    torch.manual_seed(0)
+    right = torch.randn(400, 10, dtype=torch.float64)
+    right[:, 0] += 4  # confident and right
+    wrong = torch.randn(100, 10, dtype=torch.float64)
+    wrong[:, 1] += 1  # less confident
+    grid = Grid(n=3)
+    chosen = select_map(right, wrong, beta=98.5, grid=grid)
+    margins = mapped_margins(right, chosen.robust_map()).numpy()
+    assert chosen.cutoff == pytest.approx(np.percentile(margins, 1.5))
+    assert chosen.alpha == pytest.approx(1 / (1 + chosen.cutoff))
+    assert (margins >= chosen.cutoff).mean() >= 0.985
+    for s in grid.values()[0]:  # no map of the grid lets fewer wrong margins through
+        for c in grid.values()[1]:
+            for p in grid.values()[2]:
+                m = RobustLogitMap(float(s), float(p), float(c))
+                cut = min(float(np.percentile(mapped_margins(right, m).numpy(), 1.5)), 1 - 1e-9)
+                assert chosen.objective <= float((mapped_margins(wrong, m) >= cut).double().mean())
+    with pytest.raises(ValueError, match="needs attacked images"):
+        select_map(right[:0], wrong)
+
+
+def test_an_evaluation_runs_every_surrogate_and_judges_on_the_deployed_mixture():
+    model, x = nuts(), torch.rand(6, 3, 32, 32)
+    y = model(x).argmax(1)
+    report = evaluate_model(model, x, y, attack=AttackConfig(n_iter=2, square_queries=5, n_target_classes=1),
+                            batch_sizes=[6], progress=False)
+    assert {c.name: c.passed for c in report.checks}["adaptive_surrogate_has_gradient"]
+    names = [a.name for a in next(iter(report.results.values())).per_attack]
+    assert "apgd-ce/adaptive" in names and "apgd-ce/bpda" in names
+    assert report.model_info["head"].startswith("MixedNUTS (alpha 0.6")
+
+
+def test_hpm_mix_nuts_selects_on_training_images_saves_and_loads_the_same_mixture(two_checkpoints, tiny_data_root,
+                                                                                   tmp_path):
+    standard, robust = two_checkpoints
+    out = tmp_path / "nuts"
+    assert main(["mix", "--standard", standard, "--robust", robust, "--nuts", "--data", str(tiny_data_root),
+                 "--n-select", "20", "--select-iters", "2", "--select-targets", "1", "--batch-size", "10",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    selection = config["robust_map"]["selection"]
+    assert "training images" in selection["images"] and selection["attack"].startswith("APGD-CE and APGD-T")
+    assert 0 < config["alpha"] <= 1 and config["alpha"] == pytest.approx(1 / (1 + selection["cutoff"]))
+    loaded = hpm.load(out)
+    assert isinstance(loaded, MixedNUTS) and loaded.robust_map.config() == {
+        k: config["robust_map"][k] for k in ("scale", "power", "bias")}
+    card = (out / "README.md").read_text()
+    assert "MixedNUTS (Bai et al., training-free)" in card and "## How alpha and the map were selected" in card
+    assert len(list((tmp_path / "nuts.run").glob("selection-*.safetensors"))) == 2  # a rerun resumes from these
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(hpm.load(out)(x), loaded(x))
+
+
+def test_a_robust_map_without_its_numbers_is_refused(two_checkpoints, tmp_path):
+    standard, robust = two_checkpoints
+    main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(tmp_path / "m")])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["robust_map"] = {"scale": 1.0}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="robust_map .* numbers scale, power and bias"):
+        hpm.load(tmp_path / "m")
