@@ -334,6 +334,10 @@ def _what_it_is(model: Demo, trained: str) -> str:
         return f"**Backbone:** `{spec.source}:{spec.name}` · **head:** {model.head.label} · {trained}"
     branches = " and ".join(f"{role} `{b.backbone_spec.source}:{b.backbone_spec.name}` ({b.head.label})"
                             for role, b in (("standard", model.standard), ("robust", model.robust)))
+    if isinstance(model, MixedNUTS):
+        return (f"**MixedNUTS** (Bai et al., training-free): (1 − α) · onehot(argmax standard) + α · softmax(h̃), h̃ "
+                f"the robust logits standardised and mapped, {model.mixing_text}, of {branches} · the robust branch "
+                f"{trained}")
     return (f"**Mixed classifier** (Bai et al.): (1 − α) · softmax(standard) + α · softmax(robust / T), "
             f"{model.mixing_text}, T = {model.temperature:g}, of {branches} · the robust branch {trained}")
 

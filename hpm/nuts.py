@@ -129,11 +129,11 @@ class MixedNUTS(MixedClassifier):
         """``log p(x)`` of the deployed mixture (``"hard"``) or of an attack surrogate (:attr:`TARGETS`)."""
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(self.MODES)}")
-        g, h = self.standard(x), self.robust(x)
-        if mode == "standard":
-            return F.log_softmax(g, -1)
+        if mode == "standard":  # each raw branch alone: only its network runs
+            return F.log_softmax(self.standard(x), -1)
         if mode == "robust":
-            return F.log_softmax(h, -1)
+            return F.log_softmax(self.robust(x), -1)
+        g, h = self.standard(x), self.robust(x)
         log_alpha, log_rest = self._weights(x)
         mapped = self.robust_map(h)
         if mode == "adaptive":
