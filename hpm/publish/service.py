@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .metrics import pct
 
 
@@ -15,11 +17,14 @@ def _load(root: Path, path: str) -> dict | None:
 def soak_lines(data: dict) -> list[str]:
     """The soak's memory summary and per-request-kind latencies."""
     verdict = "met" if data["target_met"] else "**not met**"
-    lines = ["| requests | clients | hardware | wall | RSS after warm-up | RSS at the end | change per 1,000 requests "
-             "| largest deviation after warm-up | unexpected errors | target (±20 MB, no error) |",
+    after = [p["rss_mb"] for p in data["rss_trace"] if p["requests"] >= data["warmup"]]
+    low, median, high = np.percentile(after, [5, 50, 95])
+    lines = ["| requests | clients | wall | RSS after warm-up | samples after warm-up: median (5th–95th percentile) "
+             "| RSS at the end | change per 1,000 requests (fit) | largest deviation after warm-up | unexpected errors "
+             "| target (±20 MB, no error) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| {data['requests']:,} ({data['warmup']:,} warm-up) | {data['clients']} | "
-             f"{data['hardware']['device']} | {data['seconds'] / 60:.0f} min | {data['rss_after_warmup_mb']:.0f} MB | "
+             f"| {data['requests']:,} ({data['warmup']:,} warm-up) | {data['clients']} | {data['seconds'] / 60:.0f} min "
+             f"| {data['rss_after_warmup_mb']:.0f} MB | {median:.0f} MB ({low:.0f}–{high:.0f} MB) | "
              f"{data['rss_end_mb']:.0f} MB | {data['rss_slope_mb_per_1000']:+.2f} MB | "
              f"{data['rss_max_deviation_mb']:.1f} MB | {data['unexpected_errors']} | {verdict} |", "",
              "| request | n | median | 90th percentile | 99th percentile |", "| --- | --- | --- | --- | --- |"]
