@@ -58,7 +58,8 @@ def _register_mix(sub) -> None:
                                    "source string such as pyautoattack), saved as one checkpoint that hpm.load, "
                                    "hpm eval and the app read. --alpha fixes alpha; --adaptive trains a mixing network "
                                    "that predicts alpha per input from both models' features, adversarially, on the "
-                                   "training split (adaptive smoothing; resumes per epoch from --run-dir).")
+                                   "training split (adaptive smoothing; resumes per epoch from --run-dir); --nuts "
+                                   "deploys MixedNUTS, selecting its map of h's logits and alpha on training images.")
     m.add_argument("--standard", required=True, metavar="MODEL", help="the accurate classifier g")
     m.add_argument("--robust", required=True, metavar="MODEL", help="the robust classifier h")
     rule = m.add_mutually_exclusive_group(required=True)
@@ -72,7 +73,8 @@ def _register_mix(sub) -> None:
     m.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
     m.add_argument("--run-dir", metavar="DIR", help="adaptive: per-epoch training states (default: OUT.run)")
     m.add_argument("--epochs", type=positive_int, default=1, help="adaptive: epochs (default 1)")
-    m.add_argument("--batch-size", type=positive_int, default=128, help="adaptive: clean images per step")
+    m.add_argument("--batch-size", type=positive_int, default=128,
+                   help="adaptive: clean images per step; nuts: images per batch of the selection attack")
     m.add_argument("--steps", type=positive_int, default=5, help="adaptive: PGD steps of the training attack")
     m.add_argument("--lr", type=positive_float, default=1e-4, help="adaptive: AdamW learning rate (default 1e-4)")
     m.add_argument("--mixer-width", type=positive_int, default=32,
@@ -189,6 +191,8 @@ def _cmd_mix(args: argparse.Namespace) -> int:
 def _select_nuts(standard, robust, args: argparse.Namespace):
     """MixedNUTS' map and alpha selected on training images (:mod:`hpm.train.nuts`), the robust branch's attacked
     and clean logits kept per batch in the run directory, so that a rerun resumes."""
+    import hashlib
+
     import torch
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
@@ -204,9 +208,12 @@ def _select_nuts(standard, robust, args: argparse.Namespace):
     run = Path(args.run_dir or f"{args.out}.run")
     run.mkdir(parents=True, exist_ok=True)
     attacked = evaluation_copy(robust, device)
+    # a batch's file name holds everything its logits depend on, so that a rerun reuses only what it would compute
+    setting = f"{args.robust}|{train_set.source}|{args.eps}|{args.seed}|{args.select_iters}|{args.select_targets}"
+    key = hashlib.sha256(setting.encode()).hexdigest()[:12]
     parts = []
     for start in tqdm(range(0, len(train_set), args.batch_size), desc="selection attack on the robust branch"):
-        path = run / f"selection-{start:06d}-{args.batch_size}-{args.select_iters}-{args.select_targets}.safetensors"
+        path = run / f"selection-{key}-{start:06d}-{args.batch_size}.safetensors"
         if not path.is_file():
             x, y = train_set.tensors(torch.arange(start, min(start + args.batch_size, len(train_set))))
             adv, clean, y = attacked_logits(attacked, x.to(device), y.to(device), eps=args.eps, seed=args.seed,
