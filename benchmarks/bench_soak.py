@@ -182,21 +182,26 @@ def error_kind(kind: str, error: Exception) -> str | None:
 
 def client_loop(soak: Soak, seed: int) -> None:
     from gradio_client import Client
-    rng, kinds, weights = random.Random(seed), list(MIX), list(MIX.values())
+    rng, kinds, weights, client = random.Random(seed), list(MIX), list(MIX.values()), None
     for sent in itertools.count():
         if next(soak.next) >= soak.n:
-            return
-        if sent % soak.visit == 0:  # the next visitor: a new session
-            client = Client(soak.url, verbose=False)
+            break
         kind = rng.choices(kinds, weights)[0]
         start, error = time.perf_counter(), None
         try:
+            if client is None or sent % soak.visit == 0:  # the next visitor: a new session
+                if client is not None:
+                    client.close()
+                client = None  # until the new one connects: a failure here is counted, and retried next time
+                client = Client(soak.url, verbose=False)
             send(client, soak, kind, rng)
             if kind == "bad_hub":
                 error = "bad_hub: accepted (!)"
         except Exception as e:  # every error is counted by kind; the expected ones are not
             error = error_kind(kind, e)
         soak.finished(kind, time.perf_counter() - start, error)
+    if client is not None:
+        client.close()
 
 
 def summary(soak: Soak) -> dict:

@@ -125,11 +125,13 @@ def tensor_to_image(x: Tensor, min_side: int = 0) -> np.ndarray:
     return enlarged((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), min_side)[0]
 
 
-def enlarged(pixels: np.ndarray, min_side: int) -> tuple[np.ndarray, int]:
+def enlarged(pixels: np.ndarray, min_side: int, max_side: int | None = None) -> tuple[np.ndarray, int]:
     """``pixels`` (``H x W [x C]``) repeated by the smallest integer factor that makes the short side at least
-    ``min_side`` (nearest neighbour: each pixel becomes a square of equal pixels; no new colour), and that factor
-    (1: unchanged)."""
+    ``min_side`` (nearest neighbour: each pixel becomes a square of equal pixels; no new colour), but never so far
+    that the long side exceeds ``max_side``, and that factor (1: unchanged)."""
     factor = max(1, -(-min_side // min(pixels.shape[:2])))
+    if max_side is not None:
+        factor = max(1, min(factor, max_side // max(pixels.shape[:2])))
     return (pixels.repeat(factor, 0).repeat(factor, 1) if factor > 1 else pixels), factor
 
 

@@ -34,7 +34,8 @@ CONTEXT_MAX = 256
 CONTEXT_DEFAULT = 64  # test images a batch-dependent head's image is classified with on a first visit
 DEFAULT_MODEL = "cifar10-resnet18-hpm-clean"  # the shipped checkpoint a first visit sees
 GALLERY_SIZE = 24  # test samples offered in the gallery
-PREVIEW_SIDE = 192  # the current image is shown enlarged (nearest neighbour) until its short side is this long
+PREVIEW_SIDE = 192  # the current image is shown enlarged (nearest neighbour) until its short side is this long,
+PREVIEW_MAX = 1024  # as long as its long side stays within this (a 1 x 12000 upload is not enlarged)
 SQUARE_TEXT = "Square attack on the deployed model (black box)"
 KNOWN_ATTACKS = (*dict.fromkeys([*(t for head in HEADS.values() for t in head.attack_targets),
                                  *MixedClassifier.ADAPTIVE_TARGETS, *MixedNUTS.TARGETS]), "square")
@@ -92,8 +93,9 @@ def default_attack(choices: list[str]) -> str:
 
 def preview(pixels: np.ndarray) -> tuple[np.ndarray, str]:
     """The current image as the page shows it (``H x W x 3`` uint8 in, enlarged by an integer factor, nearest
-    neighbour, until its short side is :data:`PREVIEW_SIDE`) and the label that says so."""
-    shown, factor = enlarged(pixels, PREVIEW_SIDE)
+    neighbour, until its short side is :data:`PREVIEW_SIDE`, its long side at most :data:`PREVIEW_MAX`) and the label
+    that says so."""
+    shown, factor = enlarged(pixels, PREVIEW_SIDE, PREVIEW_MAX)
     h, w = pixels.shape[:2]
     if factor == 1:
         return shown, f"Current image: {w}×{h} px"
@@ -144,15 +146,21 @@ def classify(model: Demo, x: Tensor, context: Context) -> dict[str, dict[str, fl
 
 @torch.no_grad()
 def nuts_decision(model: Demo, x: Tensor) -> str | None:
-    """For a MixedNUTS mixture, which branch decides image ``x [1, 3, H, W]`` and why: the margin of its mapped
-    robust probabilities against the cutoff ``(1 − α) / α``; None for any other model."""
+    """For a MixedNUTS mixture, which branch's class the mixture predicts for image ``x [1, 3, H, W]``, with the
+    mapped robust margin beside the cutoff ``(1 − α) / α`` it must reach to be sure to decide; None for any other
+    model."""
     if not isinstance(model, MixedNUTS):
         return None
-    margin = float(mapped_margins(model.robust(x.to(device_of(model))), model.robust_map)[0])
-    cutoff = (1 - model.alpha) / model.alpha
-    who = "the robust branch decides" if margin >= cutoff else "the standard branch's prediction decides"
-    return (f"The map gives the robust branch a margin of {margin:.3f} (top-1 minus top-2 mapped probability) "
-            f"against the cutoff (1 − α)/α = {cutoff:.3f}: {who}.")
+    x = x.to(device_of(model))
+    mixture, standard, robust = (int(model(x, mode)[0].argmax()) for mode in ("hard", "standard", "robust"))
+    margin = float(mapped_margins(model.robust(x), model.robust_map)[0])
+    cutoff = math.inf if model.alpha == 0 else (1 - model.alpha) / model.alpha
+    follows = ("both branches' class" if standard == robust else "the robust branch's class" if mixture == robust
+               else "the standard branch's class" if mixture == standard else "a third class")
+    name = model.classes[mixture] if model.classes else f"class {mixture}"
+    return (f"The mixture predicts {name}, {follows}; the robust branch's mapped margin (top-1 "
+            f"minus top-2 probability) is {margin:.3f} against the cutoff (1 − α)/α = {cutoff:.3f}, above which the "
+            "robust branch always decides.")
 
 
 @torch.no_grad()

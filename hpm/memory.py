@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 import time
 
 M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The process's glibc, or None on another C library (musl, macOS, Windows)."""
+    """The process's glibc (looked up once), or None on another C library (musl, macOS, Windows)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
     except OSError:
         return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    if libc is None or not (hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")):
+        return None
+    libc.malloc_trim.argtypes, libc.mallopt.argtypes = [ctypes.c_size_t], [ctypes.c_int, ctypes.c_int]
+    return libc
 
 
 def limit_arenas(n: int) -> bool:

@@ -5,9 +5,10 @@ classifiers"): a standard classifier ``g`` and a robust classifier ``h`` mixed, 
     h̃ = s · sign(u) · |u|^p,   u = GELU(ℓ̂ + c),   ℓ̂ = (ℓ − mean ℓ) / std ℓ   (over the classes),
 
 ℓ being ``h``'s logits. The standard branch enters as a hard max, as its authors deploy it: its prediction, with
-no confidence of its own, so the mixture follows the robust branch wherever the mapped robust margin exceeds
-``(1 − α) / α`` and the standard branch elsewhere. The map ``h̃`` (scale ``s``, power ``p``, bias ``c``) and α are
-chosen by :func:`hpm.nuts_selection.select_map` on images the evaluation does not use.
+no confidence of its own, so the mixture follows the robust branch wherever its mapped margin (top-1 minus top-2
+probability) reaches ``(1 − α) / α`` (a sufficient condition: below it the robust class may still win, when the
+standard branch's class is not the robust runner-up). The map ``h̃`` (scale ``s``, power ``p``, bias ``c``) and α are
+chosen by :func:`hpm.train.nuts.select_map` on images the evaluation does not use.
 
 Gradients. The hard max passes none: attacked through the deployed output itself, the standard branch is masked
 and the robust branch carries all the gradient. The attack targets therefore replace it by its softmax:
@@ -55,8 +56,8 @@ class RobustLogitMap(nn.Module):
 
     def __init__(self, scale: float, power: float, bias: float):
         super().__init__()
-        if not (scale > 0 and power > 0 and math.isfinite(bias)):
-            raise ValueError(f"scale and power must be > 0 and bias finite; got {scale}, {power}, {bias}")
+        if not (scale > 0 and power >= 1 and math.isfinite(bias)):  # a power below 1 has no gradient at u = 0
+            raise ValueError(f"scale must be > 0, power >= 1 and bias finite; got {scale}, {power}, {bias}")
         self.scale, self.power, self.bias = float(scale), float(power), float(bias)
 
     def mapped(self, logits: Tensor) -> Tensor:
@@ -92,6 +93,7 @@ class MixedNUTS(MixedClassifier):
     TARGETS = MappingProxyType({"adaptive": ("adaptive",), "bpda": ("bpda",), "mapped": ("mapped",),
                                 "standard": ("standard",), "robust": ("robust",)})
     MODES = ("hard", *TARGETS)
+    targeted_on = ("adaptive", "bpda")  # APGD-T in the default plan: the authors' adaptive attack, and BPDA
     target_descriptions = MappingProxyType({
         "adaptive": "MixedNUTS' adaptive attack: the standard softmax mixed with 0.9 of the raw and 0.1 of the mapped "
                     "robust softmax (end to end)",
@@ -149,8 +151,8 @@ class MixedNUTS(MixedClassifier):
 
     @torch.no_grad()
     def mapped_saturation(self, x: Tensor) -> float:
-        """The share of ``x`` whose mapped robust branch puts float32 probability exactly 1 on its top class:
-        there it passes no gradient (and its margin is 1 whatever the attack does to it)."""
+        """The share of ``x`` whose mapped robust branch puts all its probability on its top class (log-probability
+        exactly 0 in float32): there it passes no gradient (and its margin is 1 whatever the attack does to it)."""
         return float((self.robust_map(self.robust(x)).float().max(-1).values == 0).float().mean())
 
     def pitfall_checks(self, x: Tensor) -> list[tuple[str, bool, str]]:
@@ -167,6 +169,9 @@ class MixedNUTS(MixedClassifier):
                 ("adaptive_surrogate_has_gradient", flat == 0.0,
                  f"{100 * flat:.1f}% of {len(x)} images have an exactly zero input gradient through the adaptive "
                  "surrogate")]
+
+    def mix(self, x: Tensor, lowest: bool = False):
+        raise NotImplementedError("MixedNUTS mixes in forward(x, mode); MixedClassifier.mix is its plain mixture")
 
     def to_config(self):
         config = super().to_config()

@@ -238,6 +238,8 @@ def test_the_current_image_is_previewed_enlarged_by_an_integer_factor_and_says_s
     assert label == "Current image: 32×24 px, shown 8× enlarged (nearest neighbour: one square per pixel)"
     big = np.zeros((400, 300, 3), np.uint8)
     assert demo.preview(big)[0] is big and demo.preview(big)[1] == "Current image: 300×400 px"
+    strip = np.zeros((1, 12_000, 3), np.uint8)  # a valid upload: enlarging it 192x would take over a gigabyte
+    assert demo.preview(strip)[0] is strip
 
 
 def test_small_images_are_enlarged_for_display_without_blurring():

@@ -18,4 +18,6 @@ def test_on_glibc_the_arenas_are_capped_and_free_pages_are_trimmed_by_a_daemon_t
 
 def test_without_glibc_nothing_is_changed_and_nothing_is_started(monkeypatch):
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    memory._glibc.cache_clear()
+    monkeypatch.setattr(memory, "_glibc", memory._glibc.__wrapped__)
     assert memory.limit_arenas(2) is False and memory.trim() is False and memory.trim_every(1) is None

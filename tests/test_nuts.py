@@ -31,8 +31,10 @@ def test_the_map_standardises_the_logits_then_applies_gelu_power_and_scale():
     expected = 1.5 * u.sign() * u.abs() ** 2.0
     assert torch.allclose(RobustLogitMap(1.5, 2.0, -0.5).mapped(logits), expected, atol=1e-6)
     assert torch.allclose(standardise(logits).mean(1), torch.zeros(5, dtype=torch.float64), atol=1e-9)
-    with pytest.raises(ValueError, match="scale and power must be > 0"):
+    with pytest.raises(ValueError, match="scale must be > 0, power >= 1"):
         RobustLogitMap(0, 1, 0)
+    with pytest.raises(ValueError, match="power >= 1"):  # below 1, |u|^p has no gradient at u = 0
+        RobustLogitMap(1, 0.5, 0)
 
 
 def test_the_deployed_output_mixes_the_standard_prediction_as_a_hard_max_with_the_mapped_robust_softmax():
@@ -71,7 +73,20 @@ def test_the_hard_max_passes_no_gradient_and_bpda_passes_the_softmax_gradient_at
 def test_its_attacks_are_the_surrogates_of_the_hard_max_and_each_raw_branch():
     plan = {s.name for s in default_plan(nuts())}
     assert {"apgd-ce/adaptive", "apgd-ce/bpda", "apgd-ce/mapped", "apgd-ce/standard", "apgd-ce/robust"} <= plan
+    assert {"apgd-t/adaptive", "apgd-t/bpda"} <= plan  # the authors' adaptive attack runs targeted too
     assert "square" in plan
+
+
+def test_the_app_says_which_branch_the_mixture_followed_and_how_the_margin_compares_with_the_cutoff():
+    from hpm import interactive as demo
+    model, x = nuts(alpha=0.5), torch.rand(1, 3, 32, 32)
+    model.classes = list("abcd")
+    text = demo.nuts_decision(model, x)
+    with torch.no_grad():
+        mixture, standard, robust = (int(model(x, m).argmax()) for m in ("hard", "standard", "robust"))
+    assert text.startswith(f"The mixture predicts {'abcd'[mixture]}, ")
+    assert ("both branches'" in text) == (standard == robust) and "against the cutoff (1 − α)/α = 1.000" in text
+    assert demo.nuts_decision(MixedNUTS(TinyMLP(), TinyMLP(), 0.0, RobustLogitMap(1, 1, 0)).eval(), x)  # alpha 0
 
 
 def test_the_sanity_checks_catch_a_saturated_map():

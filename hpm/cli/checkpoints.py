@@ -164,6 +164,9 @@ def _cmd_mix(args: argparse.Namespace) -> int:
 
     if not ((args.alpha is None or 0 <= args.alpha <= 1) and args.temperature > 0):  # before loading a network
         raise HPMError(f"--alpha must be in [0, 1] and --temperature > 0; got {args.alpha}, {args.temperature:g}")
+    if args.nuts and not (0 < args.beta < 100 and args.temperature == 1):
+        raise HPMError(f"--nuts takes --beta in (0, 100) and no --temperature (its map replaces it); got --beta "
+                       f"{args.beta:g}, --temperature {args.temperature:g}")
     standard, robust = load_or_wrap(args.standard), load_or_wrap(args.robust)
     if isinstance(standard, MixedClassifier) or isinstance(robust, MixedClassifier):
         raise HPMError("each branch must be one classifier, not a mixture")
@@ -192,6 +195,7 @@ def _select_nuts(standard, robust, args: argparse.Namespace):
     """MixedNUTS' map and alpha selected on training images (:mod:`hpm.train.nuts`), the robust branch's attacked
     and clean logits kept per batch in the run directory, so that a rerun resumes."""
     import hashlib
+    import os
 
     import torch
     from safetensors.torch import load_file, save_file
@@ -209,8 +213,11 @@ def _select_nuts(standard, robust, args: argparse.Namespace):
     run.mkdir(parents=True, exist_ok=True)
     attacked = evaluation_copy(robust, device)
     # a batch's file name holds everything its logits depend on, so that a rerun reuses only what it would compute
-    setting = f"{args.robust}|{train_set.source}|{args.eps}|{args.seed}|{args.select_iters}|{args.select_targets}"
-    key = hashlib.sha256(setting.encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{train_set.source}|{args.eps}|{args.seed}|{args.select_iters}|{args.select_targets}"
+                         .encode())
+    for tensor in robust.state_dict().values():  # the robust model's weights themselves, not the path they came from
+        key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    key = key.hexdigest()[:12]
     parts = []
     for start in tqdm(range(0, len(train_set), args.batch_size), desc="selection attack on the robust branch"):
         path = run / f"selection-{key}-{start:06d}-{args.batch_size}.safetensors"
@@ -219,7 +226,8 @@ def _select_nuts(standard, robust, args: argparse.Namespace):
             adv, clean, y = attacked_logits(attacked, x.to(device), y.to(device), eps=args.eps, seed=args.seed,
                                             n_iter=args.select_iters, target_classes=args.select_targets,
                                             batch_size=args.batch_size)
-            save_file({"adversarial": adv, "clean": clean, "labels": y}, str(path))
+            save_file({"adversarial": adv, "clean": clean, "labels": y}, str(path.with_suffix(".partial")))
+            os.replace(path.with_suffix(".partial"), path)  # a file cut short is never taken for a finished batch
         parts.append(load_file(str(path)))
     adv, clean, y = (torch.cat([p[k] for p in parts]) for k in ("adversarial", "clean", "labels"))
     selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=args.beta)

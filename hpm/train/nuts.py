@@ -72,7 +72,7 @@ def select_map(attacked_correct: Tensor, clean_incorrect: Tensor, beta: float = 
             for p in grid.values()[2]:
                 robust_map = RobustLogitMap(float(s), float(p), float(c))
                 cutoff = float(np.percentile(mapped_margins(attacked_correct, robust_map).numpy(), 100 - beta))
-                cutoff = min(cutoff, 1 - 1e-9)  # a cutoff of 1 would make alpha 1/2 and the objective 0
+                cutoff = min(cutoff, 1 - 1e-9)  # as the authors: just below 1 (margins of 1 are saturated ones)
                 objective = float((mapped_margins(clean_incorrect, robust_map) >= cutoff).double().mean())
                 if best is None or objective < best[0]:
                     best = (objective, float(s), float(p), float(c), cutoff)
