@@ -4,8 +4,9 @@ with the process.
 glibc gives each thread that contends for the allocator an arena of its own (up to eight per core) and returns
 freed memory to the system only from the top of a heap. A server that runs PyTorch in a pool of worker threads,
 as Gradio does, so keeps the high-water mark of every arena and fragments them, and its resident memory creeps
-up with the requests it serves. :func:`limit_arenas` caps the arenas created from then on; :func:`trim_every`
-hands the free pages of every arena back to the system at a fixed period (``malloc_trim``). Both do nothing where
+up with the requests it serves. :func:`limit_arenas` caps the arenas created from then on; :func:`unmap_above`
+gives large blocks (tensors) mappings of their own, unmapped when freed; :func:`trim_every`
+hands the free pages of every arena back to the system at a fixed period (``malloc_trim``). Each does nothing where
 the C library is not glibc.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import functools
 import threading
 import time
 
-M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+M_MMAP_THRESHOLD = -3  # mallopt's parameter numbers in glibc's malloc.h
+M_ARENA_MAX = -8
 
 
 @functools.cache
@@ -37,6 +39,14 @@ def limit_arenas(n: int) -> bool:
     """Let glibc create at most ``n`` malloc arenas from now on; True when it applied (glibc only)."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(M_ARENA_MAX, int(n)))
+
+
+def unmap_above(nbytes: int) -> bool:
+    """Serve every allocation of at least ``nbytes`` by its own mapping from now on, returned to the system as soon
+    as it is freed (glibc otherwise raises this threshold as large blocks come and go, and keeps them in its heaps);
+    True when it applied (glibc only). Same as starting the process with ``MALLOC_MMAP_THRESHOLD_=nbytes``."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)))
 
 
 def trim() -> bool:

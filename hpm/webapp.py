@@ -27,16 +27,17 @@ from .devices import best_available, set_tf32  # noqa: E402
 from .errors import HPMError  # noqa: E402
 from .hub import download_checkpoint, is_repo_id, shipped_checkpoints, split_revision  # noqa: E402
 from .images import MAX_UPLOAD_BYTES, image_to_tensor, open_image, tensor_to_image  # noqa: E402
-from .memory import limit_arenas, trim_every  # noqa: E402
+from .memory import limit_arenas, trim_every, unmap_above  # noqa: E402
 from .model import HPMClassifier  # noqa: E402
 from .plots import (angle_histogram_figure, cdf_comparison_figure, isotropic_cdf_figure,  # noqa: E402
                     perturbation_heatmap)
 from .samples import samples_root  # noqa: E402
 
-# the server runs PyTorch in Gradio's worker threads for weeks: cap glibc's per-thread arenas and hand free pages
-# back to the system every few seconds, so that resident memory does not creep with the requests served
+# the server runs PyTorch in Gradio's worker threads for weeks: cap glibc's per-thread arenas, give tensors mappings
+# of their own and hand free pages back to the system every few seconds, so that resident memory stays flat
 TRIM_SECONDS = 5.0
 limit_arenas(2)
+unmap_above(128 * 1024)
 trim_every(TRIM_SECONDS)
 
 DEVICE = str(best_available())

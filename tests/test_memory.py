@@ -10,7 +10,7 @@ GLIBC = memory._glibc() is not None
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_on_glibc_the_arenas_are_capped_and_free_pages_are_trimmed_by_a_daemon_thread():
-    assert memory.limit_arenas(2) is True
+    assert memory.limit_arenas(2) is True and memory.unmap_above(128 * 1024) is True
     assert isinstance(memory.trim(), bool)
     thread = memory.trim_every(3600)
     assert thread is not None and thread.daemon and thread.is_alive()
@@ -21,3 +21,4 @@ def test_without_glibc_nothing_is_changed_and_nothing_is_started(monkeypatch):
     memory._glibc.cache_clear()
     monkeypatch.setattr(memory, "_glibc", memory._glibc.__wrapped__)
     assert memory.limit_arenas(2) is False and memory.trim() is False and memory.trim_every(1) is None
+    assert memory.unmap_above(1 << 17) is False

@@ -393,3 +393,23 @@ def test_the_alpha_analysis_gives_alpha_on_clean_images_and_on_their_attacked_ve
     with pytest.raises(SystemExit):
         alpha_analysis([str(fixed.save_pretrained(tmp_path / "fixed")), "--out", str(out)])
     assert "is not an adaptive mixed classifier (one with a mixing network)" in capsys.readouterr().err
+
+
+def test_the_evaluation_constants_of_a_mixing_network_can_be_set_and_a_copy_with_other_constants_written(
+        two_checkpoints, tiny_data_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    standard, robust = two_checkpoints
+    out = tmp_path / "adaptive"
+    assert main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--data", str(tiny_data_root),
+                 "--batch-size", "10", "--steps", "1", "--eval-gamma", "3", "20", "--out", str(out)]) == 0
+    assert hpm.load(out).mixer.eval_gamma == (3.0, 20.0) and hpm.load(out).mixer.train_gamma == (2.0, 0.4)
+    copy = tmp_path / "copy"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "adaptive_eval_constants.py"), str(out), "--eval-gamma",
+                    "2", "0.4", "--out", str(copy)], check=True, capture_output=True)
+    again = hpm.load(copy)
+    assert again.mixer.eval_gamma == (2.0, 0.4) and again.checkpoint_config.metrics == {}
+    assert "from [3.0, 20.0] to [2.0, 0.4]" in again.checkpoint_config.training["eval_gamma_changed"]
+    assert all(torch.equal(v, hpm.load(out).mixer.state_dict()[k]) for k, v in again.mixer.state_dict().items())

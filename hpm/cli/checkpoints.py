@@ -79,6 +79,9 @@ def _register_mix(sub) -> None:
     m.add_argument("--lr", type=positive_float, default=1e-4, help="adaptive: AdamW learning rate (default 1e-4)")
     m.add_argument("--mixer-width", type=positive_int, default=32,
                    help="adaptive: the mixing network's first block width (default 32)")
+    m.add_argument("--eval-gamma", type=float, nargs=2, metavar=("SCALE", "BIAS"),
+                   help="adaptive: the mixing logit's constants in evaluation, gamma = BN(raw) * SCALE + BIAS "
+                        "(default: the training ones, 2 0.4; the authors evaluate CIFAR-10 with 3 20)")
     m.add_argument("--eps", type=eps_arg, default=8 / 255,
                    help="adaptive: training attack radius; nuts: the selection attack's (default 8/255)")
     m.add_argument("--n-select", type=positive_int, default=1000,
@@ -183,7 +186,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
         MixedClassifier(standard, robust, args.alpha, args.temperature, names=names).save_pretrained(args.out)
         print(f"saved {args.out}")
         return 0
-    mixer = MixingNetwork.for_branches(standard, robust, width=args.mixer_width)
+    mixer = MixingNetwork.for_branches(standard, robust, width=args.mixer_width, eval_gamma=args.eval_gamma)
     model = MixedClassifier(standard, robust, temperature=args.temperature, mixer=mixer, names=names)
     training = _train_mixer(model, args)
     model.save_pretrained(args.out, training=training)
