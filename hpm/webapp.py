@@ -220,7 +220,7 @@ def load_model(choice: str, hub_id: str):
 def _preview(path: str | None, missing: str) -> gr.Image:
     """The preview of an image file: its decoded pixels, enlarged without smoothing, labelled with its size."""
     pixels, label = demo.preview(np.asarray(_decoded(path, missing)))
-    return gr.Image(_png(pixels, "current"), label=label)
+    return gr.Image(_png(pixels, "current"), label=label, format="png")
 
 
 @_user_errors
