@@ -152,8 +152,9 @@ def nuts_decision(model: Demo, x: Tensor) -> str | None:
     if not isinstance(model, MixedNUTS):
         return None
     x = x.to(device_of(model))
-    mixture, standard, robust = (int(model(x, mode)[0].argmax()) for mode in ("hard", "standard", "robust"))
-    margin = float(mapped_margins(model.robust(x), model.robust_map)[0])
+    g, h = model.standard(x), model.robust(x)  # each network once
+    mixture, standard, robust = (int(scores[0].argmax()) for scores in (model.combine(g, h), g, h))
+    margin = float(mapped_margins(h, model.robust_map)[0])
     cutoff = math.inf if model.alpha == 0 else (1 - model.alpha) / model.alpha
     follows = ("both branches' class" if standard == robust else "the robust branch's class" if mixture == robust
                else "the standard branch's class" if mixture == standard else "a third class")

@@ -41,6 +41,13 @@ def log_mixture(log_standard: Tensor, log_robust: Tensor, log_alpha: Tensor, log
     return torch.logsumexp(torch.stack(torch.broadcast_tensors(log_standard + log_rest, log_robust + log_alpha)), 0)
 
 
+def fixed_log_weights(alpha: float, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """``log α`` and ``log(1 − α)`` of a fixed weight α in [0, 1], as scalars for :func:`log_mixture` (``-inf`` at
+    the ends, never a ``log 0`` error)."""
+    return (torch.tensor(math.log(alpha) if alpha > 0 else -math.inf, device=device),
+            torch.tensor(math.log1p(-alpha) if alpha < 1 else -math.inf, device=device))
+
+
 class MixingNetwork(nn.Module):
     """Adaptive smoothing's mixing network (Bai et al.): the mixing logit ``γ(x)`` from early feature maps of both
     branches.
@@ -224,8 +231,7 @@ class MixedClassifier(nn.Module):
         mixer's lowest α instead of its own."""
         if self.mixer is None:
             log_standard, log_robust = self.standard_log_probs(x), self.robust_log_probs(x)
-            log_alpha = torch.tensor(math.log(self.alpha) if self.alpha > 0 else -math.inf)
-            log_rest = torch.tensor(math.log1p(-self.alpha) if self.alpha < 1 else -math.inf)
+            log_alpha, log_rest = fixed_log_weights(self.alpha, x.device)
             return log_mixture(log_standard, log_robust, log_alpha.to(x), log_rest.to(x)), None
         standard_taps, robust_taps = self._taps
         with standard_taps.capture() as standard_maps:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mixed import MixedClassifier, log_mixture
+from .mixed import MixedClassifier, fixed_log_weights, log_mixture
 
 RAW_SHARE = 0.9  # the authors' adaptive attack: the robust branch's share taken raw (the rest mapped)
 
@@ -123,10 +123,6 @@ class MixedNUTS(MixedClassifier):
         return {**super().describe(), "head": f"MixedNUTS (alpha {self.alpha:.4g}, map scale {m.scale:.4g}, power "
                                               f"{m.power:.4g}, bias {m.bias:.4g}; standard branch as a hard max)"}
 
-    def _weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return (torch.tensor(math.log(self.alpha) if self.alpha > 0 else -math.inf, device=x.device),
-                torch.tensor(math.log1p(-self.alpha) if self.alpha < 1 else -math.inf, device=x.device))
-
     def forward(self, x: Tensor, mode: str = "hard") -> Tensor:
         """``log p(x)`` of the deployed mixture (``"hard"``) or of an attack surrogate (:attr:`TARGETS`)."""
         if mode not in self.MODES:
@@ -135,12 +131,14 @@ class MixedNUTS(MixedClassifier):
             return F.log_softmax(self.standard(x), -1)
         if mode == "robust":
             return F.log_softmax(self.robust(x), -1)
-        g, h = self.standard(x), self.robust(x)
-        log_alpha, log_rest = self._weights(x)
+        return self.combine(self.standard(x), self.robust(x), mode)
+
+    def combine(self, g: Tensor, h: Tensor, mode: str = "hard") -> Tensor:
+        """:meth:`forward` of a mixing mode from the two branches' logits ``g`` and ``h`` (``[B, k]``)."""
+        log_alpha, log_rest = fixed_log_weights(self.alpha, h.device)
         mapped = self.robust_map(h)
         if mode == "adaptive":
-            raw = log_mixture(mapped, F.log_softmax(h, -1), torch.tensor(math.log(RAW_SHARE), device=x.device),
-                              torch.tensor(math.log1p(-RAW_SHARE), device=x.device))  # 0.9 raw + 0.1 mapped
+            raw = log_mixture(mapped, F.log_softmax(h, -1), *fixed_log_weights(RAW_SHARE, h.device))  # 0.9 raw
             return log_mixture(F.log_softmax(g, -1), raw, log_alpha, log_rest)
         soft = log_mixture(F.log_softmax(g, -1), mapped, log_alpha, log_rest)
         if mode == "mapped":

@@ -9,7 +9,7 @@ from pathlib import Path
 NOT_MEASURED = "not measured"
 
 
-def _load(root: Path, path: str | None):
+def load_results_file(root: Path, path: str | None):
     """A results file's contents (JSON, or text for a test log); None when it is missing."""
     if path is None or not (root / path).is_file():
         return None
@@ -87,7 +87,7 @@ def benchmark_lines(root: Path, section: dict) -> list[str]:
     """The table of ``section["files"]`` (device label -> {kind -> results file}) and a line per device saying
     what it ran on and which files hold the figures."""
     devices = section["files"]
-    data = {d: {kind: _load(root, path) for kind, path in files.items()} for d, files in devices.items()}
+    data = {d: {kind: load_results_file(root, path) for kind, path in files.items()} for d, files in devices.items()}
     lines = ["| measurement | target | " + " | ".join(devices) + " |",
              "| --- | --- | " + " | ".join("---" for _ in devices) + " |"]
     for what, target, kind, cell in ROWS:

@@ -2,16 +2,12 @@
 does to the gallery (``scripts/first_visit.py``), from the JSON files those commands write."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from .benchmarks import load_results_file
 from .metrics import pct
-
-
-def _load(root: Path, path: str) -> dict | None:
-    return json.loads((root / path).read_text()) if (root / path).is_file() else None
 
 
 def soak_lines(data: dict) -> list[str]:
@@ -57,6 +53,6 @@ def service_lines(root: Path, section: dict) -> list[str]:
     out = []
     for key, render, command in (("soak", soak_lines, "benchmarks/bench_soak.py"),
                                  ("first_visit", first_visit_lines, "scripts/first_visit.py")):
-        data = _load(root, section[key])
+        data = load_results_file(root, section[key])
         out += (render(data) if data else [f"_Not measured yet (`{section[key]}`); run `{command}`._"]) + [""]
     return out[:-1]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..attacks import BatchFeatures, parse_attacks, run_attack
+from ..attacks import BatchFeatures, margin, parse_attacks, run_attack
 from ..nuts import RobustLogitMap, mapped_margins
 
 BETA = 98.5  # percent of the attacked-correct robust predictions the mixture keeps
@@ -93,24 +93,17 @@ def attacked_logits(robust: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_it
         batch = BatchFeatures(robust, None)
         with torch.no_grad():
             clean = robust(xb)
-        worst, worst_margin = clean, _true_margin(clean, yb)
+        worst, worst_margin = clean, margin(clean, yb)  # C&W margin: the higher, the worse for the true class
         for spec in specs:
             out = run_attack(spec, batch, xb, yb, norm="Linf", eps=eps, n_iter=n_iter, n_target_classes=target_classes,
                              seed=seed, num_classes=clean.shape[1])
             with torch.no_grad():
                 logits = robust(out.x_adv)
-            better = _true_margin(logits, yb) < worst_margin
-            worst, worst_margin = torch.where(better[:, None], logits, worst), torch.minimum(worst_margin,
-                                                                                           _true_margin(logits, yb))
+            found = margin(logits, yb)
+            worst = torch.where((found > worst_margin)[:, None], logits, worst)
+            worst_margin = torch.maximum(worst_margin, found)
         adv_logits.append(worst.cpu())
         clean_logits.append(clean.cpu())
         if on_batch is not None:
             on_batch(start + len(xb), len(x))
     return torch.cat(adv_logits), torch.cat(clean_logits), y.cpu()
-
-
-def _true_margin(logits: Tensor, y: Tensor) -> Tensor:
-    """The true class's logit minus the best other one (negative: misclassified)."""
-    true = logits.gather(1, y[:, None])[:, 0]
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return true - other
