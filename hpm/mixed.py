@@ -29,7 +29,7 @@ from .devices import device_of
 from .errors import HPMError
 from .hub import push_folder
 from .model_card import model_card
-from .sources.zoo import BasicBlock
+from .sources.zoo import BasicBlock, PreActBlock
 from .stages import FeatureTaps, stage_outputs
 
 MODES = ("hard", "standard", "robust", "lowest-alpha")  # "hard": the deployed mixture, as attack adapters call it
@@ -48,50 +48,72 @@ def fixed_log_weights(alpha: float, device: torch.device | str) -> tuple[Tensor,
             torch.tensor(math.log1p(-alpha) if alpha < 1 else -math.inf, device=device))
 
 
+BLOCKS = {"basic": BasicBlock, "preact": PreActBlock}
+
+
+def _stage(in_ch: int, out_ch: int, blocks: int, block: str) -> nn.Module:
+    """A strided stage of ``blocks`` residual blocks (the block itself when there is one)."""
+    kind = BLOCKS[block]
+    layers = [kind(in_ch, out_ch, 2)] + [kind(out_ch, out_ch, 1) for _ in range(blocks - 1)]
+    return layers[0] if blocks == 1 else nn.Sequential(*layers)
+
+
 class MixingNetwork(nn.Module):
     """Adaptive smoothing's mixing network (Bai et al.): the mixing logit ``γ(x)`` from early feature maps of both
     branches.
 
     Like the authors' network, it concatenates the two branches' outputs of their first resolution stage, reduces
-    them with a strided residual block, adds the (projected) concatenation of their second-stage outputs, and
-    reduces the sum to one number with two more strided residual blocks, global pooling and a linear layer. Where
-    hpm differs, for a CPU budget: one block per stage of width ``width, 2 width, 4 width`` (theirs: two blocks
-    as wide as both branches' stages together) and post-activation blocks (hpm's zoo ``BasicBlock``).
+    them with strided residual blocks, adds the concatenation of their second-stage outputs (through a 1x1
+    projection where the channels differ), and reduces the sum to one number with two more strided stages, global
+    pooling and a linear layer. Two layouts:
+
+    * the authors' (``width=None, blocks=2, block="preact"``): each stage two pre-activation blocks as wide as
+      both branches' corresponding stages together (256/512/1024 for two CIFAR ResNet-18s), the second-stage maps
+      added as they are;
+    * hpm's compact one for a CPU budget (the defaults): one post-activation block (hpm's zoo ``BasicBlock``) per
+      stage of width ``width, 2 width, 4 width``.
 
     ``γ = BN(raw) · scale + bias`` with an affine-free batch norm (momentum 0.01). In training the raw outputs
     are first clamped to the batch mean ± ``clamp`` batch standard deviations, ``(scale, bias)`` is
     ``train_gamma`` and ``α = sigmoid(γ)``; in evaluation ``(scale, bias)`` is ``eval_gamma`` and
     ``α = lo + (hi - lo) · sigmoid(γ)`` stays inside ``alpha_range``: the authors' CIFAR-10 adversarial-training
     configuration (train (2, 0.4), range [0.2, 0.95]). Their evaluation constants are chosen per model after
-    training; hpm's default evaluates with the training ones.
+    training ((3, 20) in their CIFAR-10 configuration); hpm's default evaluates with the training ones.
 
     Args:
         taps: for the standard and the robust branch, the names of the modules (inside each branch's
             ``features``) whose outputs are its first- and second-stage feature maps.
         channels: the channels of those maps, ``[[standard first, standard second], [robust first, robust
             second]]``.
+        width: the first reducing stage's width; None: both branches' second-stage channels together.
+        blocks: residual blocks per stage.
+        block: ``"basic"`` (post-activation) or ``"preact"`` (pre-activation) blocks.
     """
 
-    def __init__(self, taps: Sequence[Sequence[str]], channels: Sequence[Sequence[int]], width: int = 32,
+    def __init__(self, taps: Sequence[Sequence[str]], channels: Sequence[Sequence[int]], width: int | None = 32,
                  alpha_range: tuple[float, float] = (0.2, 0.95), train_gamma: tuple[float, float] = (2.0, 0.4),
-                 eval_gamma: tuple[float, float] | None = None, clamp: float = 0.6):
+                 eval_gamma: tuple[float, float] | None = None, clamp: float = 0.6, blocks: int = 1,
+                 block: str = "basic"):
         super().__init__()
         lo, hi = alpha_range
         if not 0.0 < lo < hi < 1.0:
             raise ValueError(f"alpha_range must satisfy 0 < lo < hi < 1; got {alpha_range}")
         if [len(t) for t in taps] != [2, 2] or [len(c) for c in channels] != [2, 2]:
             raise ValueError(f"taps and channels name two feature maps of each branch; got {taps}, {channels}")
-        if width < 1 or not clamp > 0:
-            raise ValueError(f"width must be >= 1 and clamp > 0; got {width}, {clamp}")
+        if (width is not None and width < 1) or not clamp > 0 or blocks < 1 or block not in BLOCKS:
+            raise ValueError(f"width must be None or >= 1, clamp > 0, blocks >= 1 and block one of {sorted(BLOCKS)}; "
+                             f"got {width}, {clamp}, {blocks}, {block!r}")
         (first_standard, second_standard), (first_robust, second_robust) = channels
         self.taps = tuple(tuple(str(name) for name in names) for names in taps)
         self.channels = tuple(tuple(int(c) for c in pair) for pair in channels)
-        self.reduce_first = BasicBlock(first_standard + first_robust, width, 2)
-        self.project_second = nn.Conv2d(second_standard + second_robust, width, 1, bias=False)
-        self.body = nn.Sequential(BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 4 * width, 2))
-        self.linear = nn.Linear(4 * width, 1, bias=False)
+        second = second_standard + second_robust
+        wide = second if width is None else width
+        self.reduce_first = _stage(first_standard + first_robust, wide, blocks, block)
+        self.project_second = nn.Identity() if second == wide else nn.Conv2d(second, wide, 1, bias=False)
+        self.body = nn.Sequential(_stage(wide, 2 * wide, blocks, block), _stage(2 * wide, 4 * wide, blocks, block))
+        self.linear = nn.Linear(4 * wide, 1, bias=False)
         self.norm = nn.BatchNorm1d(1, affine=False, momentum=0.01)
-        self.width, self.clamp = width, float(clamp)
+        self.width, self.blocks, self.block, self.clamp = width, int(blocks), block, float(clamp)
         self.alpha_range = (float(lo), float(hi))
         self.train_gamma = tuple(float(v) for v in train_gamma)
         self.eval_gamma = self.train_gamma if eval_gamma is None else tuple(float(v) for v in eval_gamma)
@@ -136,7 +158,8 @@ class MixingNetwork(nn.Module):
     def config(self) -> dict:
         """Constructor keywords, for ``config.json``."""
         return {"taps": [list(t) for t in self.taps], "channels": [list(c) for c in self.channels],
-                "width": self.width, "alpha_range": list(self.alpha_range), "train_gamma": list(self.train_gamma),
+                "width": self.width, "blocks": self.blocks, "block": self.block, "alpha_range": list(self.alpha_range),
+                "train_gamma": list(self.train_gamma),
                 "eval_gamma": list(self.eval_gamma), "clamp": self.clamp}
 
 

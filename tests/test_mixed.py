@@ -301,6 +301,69 @@ def test_training_the_mixer_moves_only_the_mixer_and_resumes_per_epoch(tiny_data
     assert all(torch.equal(v, model.mixer.state_dict()[k]) for k, v in trained.items())
 
 
+def test_the_authors_mixing_network_has_two_preactivation_blocks_per_stage_as_wide_as_both_branches(tmp_path):
+    standard, robust = tiny_resnet(0), tiny_resnet(1)
+    mixer = MixingNetwork.for_branches(standard, robust, width=None, blocks=2, block="preact")
+    assert [type(b).__name__ for b in mixer.reduce_first] == ["PreActBlock"] * 2
+    assert mixer.reduce_first[0].conv1.out_channels == 8 + 8  # both branches' second-stage channels
+    assert isinstance(mixer.project_second, torch.nn.Identity)  # the second-stage maps are added as they are
+    assert [stage[-1].conv2.out_channels for stage in mixer.body] == [32, 64] and mixer.linear.in_features == 64
+    model = MixedClassifier(standard, robust, mixer=mixer).eval()
+    loaded = hpm.load(model.save_pretrained(tmp_path / "authors"))
+    assert loaded.mixer.config() == mixer.config()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="block one of"):
+        MixingNetwork.for_branches(standard, robust, block="bottleneck")
+
+
+def test_the_authors_training_attack_makes_one_cross_entropy_and_one_batch_per_target_class_inside_random_radii():
+    from hpm.train.mixer_attack import RandomizedAttack, randomized_apgd
+    model, x, y = adaptive(), torch.rand(6, 3, 32, 32), torch.arange(6)
+    attack = RandomizedAttack(eps=8 / 255, target_classes=2, iters_df=3)
+    before = torch.get_rng_state()
+    batches = randomized_apgd(model, x, y, attack, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), before)  # APGD's random start drawn from the given generator
+    assert len(batches) == 3
+    for adv in batches:
+        assert adv.shape == x.shape and 0 <= adv.min() and adv.max() <= 1
+        assert (adv - x).abs().amax() <= 1.1 * 8 / 255 + 1e-6
+    again = randomized_apgd(model, x, y, attack, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    with pytest.raises(ValueError, match="radius factors"):
+        RandomizedAttack(radius_range=(1.1, 0.4))
+
+
+def test_training_the_mixer_resumes_inside_an_epoch_to_the_same_mixer(tiny_data_root, tmp_path, monkeypatch):
+    from hpm.data import load_dataset
+    from hpm.train import mixer as training
+    data = load_dataset("cifar10", "train", str(tiny_data_root))
+    config = training.MixerConfig(epochs=1, batch_size=6, attack="apgd", target_classes=1, iters_df=2,
+                                  warmup=0.04, save_seconds=0)  # a state after every step
+    straight = adaptive()
+    training.train_mixer(straight, data, config, tmp_path / "straight", progress=False)
+    step, calls = training._step, []
+
+    def killed_after_two_steps(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return step(*args)
+
+    monkeypatch.setattr(training, "_step", killed_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_mixer(adaptive(), data, config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(training, "_step", step)
+    resumed = adaptive()
+    history = training.train_mixer(resumed, data, config, tmp_path / "resumed", progress=False)
+    assert all(torch.equal(v, resumed.mixer.state_dict()[k]) for k, v in straight.mixer.state_dict().items())
+    straight_history = json.loads((tmp_path / "straight" / "mixer-history.json").read_text())
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in history] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in straight_history]
+    assert history[0]["mean_alpha_adversarial"] > 0  # averaged over the 1 + target_classes adversarial batches
+
+
 def test_hpm_mix_adaptive_trains_saves_and_loads_the_same_mixture(two_checkpoints, tiny_data_root, tmp_path):
     standard, robust = two_checkpoints
     out = tmp_path / "adaptive"
@@ -321,6 +384,21 @@ def test_hpm_mix_adaptive_trains_saves_and_loads_the_same_mixture(two_checkpoint
         main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--alpha", "0.5", "--out", str(out)])
     with pytest.raises(SystemExit):
         main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--lr", "0", "--out", str(out)])
+
+
+def test_hpm_mix_adaptive_with_the_authors_recipe_records_their_network_and_attack(two_checkpoints, tiny_data_root,
+                                                                                     tmp_path, capsys):
+    standard, robust = two_checkpoints
+    out = tmp_path / "authors"
+    assert main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--recipe", "authors",
+                 "--target-classes", "0", "--data", str(tiny_data_root), "--batch-size", "15", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["mixer"]["width"], config["mixer"]["blocks"], config["mixer"]["block"]) == (None, 2, "preact")
+    training = config["training"]
+    assert (training["attack"], training["target_classes"], training["warmup"]) == ("apgd", 0, 0.04)
+    assert main(["mix", "--standard", standard, "--robust", robust, "--adaptive", "--target-classes", "-1",
+                 "--out", str(out)]) == 2
+    assert "--target-classes counts targeted runs, 0 or more; got -1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("taps, channels, message", [

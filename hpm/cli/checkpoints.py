@@ -49,6 +49,13 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_push)
 
 
+RECIPES = {  # hpm mix --adaptive --recipe: the mixing network's layout and the training attack
+    "authors": {"network": {"width": None, "blocks": 2, "block": "preact"},
+                "training": {"attack": "apgd", "warmup": 1 / 25}},
+    "compact": {"network": {}, "training": {"attack": "pgd"}},  # width: --mixer-width
+}
+
+
 def _register_mix(sub) -> None:
     """``hpm mix``: a fixed, adaptive or MixedNUTS mixture of two models."""
     m = sub.add_parser("mix", help="save the mixed classifier of two models as a checkpoint (fixed, adaptive or "
@@ -58,7 +65,7 @@ def _register_mix(sub) -> None:
                                    "source string such as pyautoattack), saved as one checkpoint that hpm.load, "
                                    "hpm eval and the app read. --alpha fixes alpha; --adaptive trains a mixing network "
                                    "that predicts alpha per input from both models' features, adversarially, on the "
-                                   "training split (adaptive smoothing; resumes per epoch from --run-dir); --nuts "
+                                   "training split (adaptive smoothing; resumable from --run-dir); --nuts "
                                    "deploys MixedNUTS, selecting its map of h's logits and alpha on training images.")
     m.add_argument("--standard", required=True, metavar="MODEL", help="the accurate classifier g")
     m.add_argument("--robust", required=True, metavar="MODEL", help="the robust classifier h")
@@ -71,14 +78,23 @@ def _register_mix(sub) -> None:
                            "attacked on the robust branch (resumes per batch from --run-dir)")
     m.add_argument("--temperature", type=float, default=1.0, help="T dividing h's logits (default 1)")
     m.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
-    m.add_argument("--run-dir", metavar="DIR", help="adaptive: per-epoch training states (default: OUT.run)")
+    m.add_argument("--run-dir", metavar="DIR",
+                   help="adaptive: resumable training states (default: OUT.run); nuts: the selection attack's batches")
     m.add_argument("--epochs", type=positive_int, default=1, help="adaptive: epochs (default 1)")
     m.add_argument("--batch-size", type=positive_int, default=128,
                    help="adaptive: clean images per step; nuts: images per batch of the selection attack")
-    m.add_argument("--steps", type=positive_int, default=5, help="adaptive: PGD steps of the training attack")
+    m.add_argument("--recipe", choices=sorted(RECIPES), default="compact",
+                   help="adaptive: 'authors' trains Bai et al.'s mixing network (two pre-activation blocks per stage, "
+                        "as wide as both models' stages) against their training attack (APGD through the mixture: "
+                        "one cross-entropy and --target-classes targeted-DLR runs per image, random radii and "
+                        "iteration counts) with their exponential warm-up; 'compact' (default) a network of one "
+                        "block per stage of --mixer-width channels against PGD with --steps steps, for a CPU budget")
+    m.add_argument("--steps", type=positive_int, default=5, help="adaptive, compact: PGD steps of the training attack")
+    m.add_argument("--target-classes", type=int, default=9,
+                   help="adaptive, authors: targeted-DLR runs per image after the cross-entropy one (default 9)")
     m.add_argument("--lr", type=positive_float, default=1e-4, help="adaptive: AdamW learning rate (default 1e-4)")
     m.add_argument("--mixer-width", type=positive_int, default=32,
-                   help="adaptive: the mixing network's first block width (default 32)")
+                   help="adaptive, compact: the mixing network's first block width (default 32)")
     m.add_argument("--eval-gamma", type=float, nargs=2, metavar=("SCALE", "BIAS"),
                    help="adaptive: the mixing logit's constants in evaluation, gamma = BN(raw) * SCALE + BIAS "
                         "(default: the training ones, 2 0.4; the authors evaluate CIFAR-10 with 3 20)")
@@ -167,6 +183,8 @@ def _cmd_mix(args: argparse.Namespace) -> int:
 
     if not ((args.alpha is None or 0 <= args.alpha <= 1) and args.temperature > 0):  # before loading a network
         raise HPMError(f"--alpha must be in [0, 1] and --temperature > 0; got {args.alpha}, {args.temperature:g}")
+    if args.target_classes < 0:
+        raise HPMError(f"--target-classes counts targeted runs, 0 or more; got {args.target_classes}")
     if args.nuts and not (0 < args.beta < 100 and args.temperature == 1):
         raise HPMError(f"--nuts takes --beta in (0, 100) and no --temperature (its map replaces it); got --beta "
                        f"{args.beta:g}, --temperature {args.temperature:g}")
@@ -186,7 +204,8 @@ def _cmd_mix(args: argparse.Namespace) -> int:
         MixedClassifier(standard, robust, args.alpha, args.temperature, names=names).save_pretrained(args.out)
         print(f"saved {args.out}")
         return 0
-    mixer = MixingNetwork.for_branches(standard, robust, width=args.mixer_width, eval_gamma=args.eval_gamma)
+    layout = {"width": args.mixer_width} | RECIPES[args.recipe]["network"]
+    mixer = MixingNetwork.for_branches(standard, robust, eval_gamma=args.eval_gamma, **layout)
     model = MixedClassifier(standard, robust, temperature=args.temperature, mixer=mixer, names=names)
     training = _train_mixer(model, args)
     model.save_pretrained(args.out, training=training)
@@ -254,7 +273,7 @@ def _train_mixer(model, args: argparse.Namespace) -> dict:
     if args.n_train:
         train_set = uniform_subset(train_set, args.n_train, args.seed)
     config = MixerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, steps=args.steps, eps=args.eps,
-                         seed=args.seed)
+                         target_classes=args.target_classes, seed=args.seed, **RECIPES[args.recipe]["training"])
     history = train_mixer(model, train_set, config, args.run_dir or f"{args.out}.run",
                           device=resolve_device(args.device))
     return {"mode": "mixing network (adaptive smoothing), branches frozen", **asdict(config),

@@ -3,28 +3,36 @@ stay frozen.
 
 Each step takes a batch of augmented training images and finds adversarial versions of them end to end through
 the mixture, with an attack that also tries to fool the mixing network: it ascends, per sample,
-``(1 - w) CE(log p(x), y) + w BCE(γ, 1)`` with ``w ~ U(0, attack_bce_max)`` (the second term pushes α towards the
-standard branch). Then one AdamW step on the clean and the adversarial images together, in one batch for the
-mixer's batch norm::
+``(1 - w) L + w BCE(γ, 1)`` with ``w ~ U(0, attack_bce_max)`` (the second term pushes α towards the standard
+branch). Then one AdamW step on the clean and the adversarial images together, in one batch for the mixer's
+batch norm::
 
     loss_i = weight_i (bce · BCE(γ_i, s_i) + ce · CE_i + product · BCE_i · CE_i)
 
 with ``s = 0`` for clean images (lean on the accurate standard branch) and ``s = 1`` for adversarial ones (lean
 on the robust branch), ``weight`` 2 for clean and 1 for adversarial images: the authors' CIFAR-10
-adversarial-training configuration. Where hpm differs, for a CPU budget: the training attack is hpm's l_inf PGD
-with ``steps`` steps at the full radius from a random start (the authors run AutoAttack's APGD, about 75
-iterations, one untargeted and nine targeted runs, at random radii), and the learning rate follows a cosine
-schedule without warm-up.
+adversarial-training configuration. Two training attacks:
+
+* ``attack="apgd"``, the authors': AutoAttack's APGD, one cross-entropy and ``target_classes`` targeted-DLR runs
+  per image at random radii and iteration counts (:mod:`hpm.train.mixer_attack`), so each clean image comes
+  with ``1 + target_classes`` adversarial ones; with ``warmup`` the learning rate also rises as theirs does;
+* ``attack="pgd"``, hpm's CPU budget: hpm's l_inf PGD with ``steps`` steps at the full radius from a random
+  start, cross-entropy only, one adversarial image per clean one.
+
+The learning rate follows a cosine schedule to 0, times ``1 - exp(-t / (warmup · total steps))`` when ``warmup``
+is positive (the authors' exponential warm-up, with a time constant of 1/25 of the steps).
 
 The mixing network trains in training mode (its batch norm on batch statistics, its raw outputs clamped,
 ``α = sigmoid(γ)``: :class:`hpm.mixed.MixingNetwork`); the attack runs it in evaluation mode, as deployed.
 
-Training resumes per epoch from ``OUT/mixer-state.pt`` (loaded with ``weights_only=True``); ``OUT/mixer-history.json``
-keeps each epoch's loss, accuracies and mean training-mode α on clean and adversarial images.
+Training resumes from ``OUT/mixer-state.pt`` (loaded with ``weights_only=True``), written at the end of each
+epoch and every ``save_seconds`` within one; ``OUT/mixer-history.json`` keeps each epoch's loss, accuracies and
+mean training-mode α on clean and adversarial images.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +46,7 @@ from ..devices import resolve
 from ..errors import HPMError
 from ..mixed import MixedClassifier
 from ..progress import progress_bar
+from .mixer_attack import RandomizedAttack, randomized_apgd
 from .pgd import linf_pgd, uniform_start
 from .scratch import augment, hardware
 
@@ -50,22 +59,45 @@ class MixerConfig:
     """The mixing network's training recipe (Bai et al.'s CIFAR-10 values unless said otherwise)."""
 
     epochs: int = 1  # passes over the training images (theirs: 5)
-    batch_size: int = 128  # clean images per step; each step trains on as many adversarial ones too
+    batch_size: int = 128  # clean images per step; each step trains on their adversarial versions too
     lr: float = 1e-4  # AdamW learning rate, cosine-annealed to 0
     weight_decay: float = 1e-5
+    warmup: float = 0.0  # time constant of the exponential warm-up, as a share of all steps (theirs: 1/25)
     eps: float = 8 / 255  # l_inf radius of the training attack
-    steps: int = 5  # PGD steps of the training attack (hpm's CPU budget)
-    step_size: float | None = None  # PGD step; None: 2.5 eps / steps
+    attack: str = "pgd"  # "apgd": the authors' randomized APGD; "pgd": hpm's CPU budget
+    steps: int = 5  # pgd: steps of the training attack
+    step_size: float | None = None  # pgd: step; None: 2.5 eps / steps
+    target_classes: int = 9  # apgd: targeted-DLR runs after the cross-entropy one
+    radius_range: tuple[float, float] = (0.4, 1.1)  # apgd: per-sample factor on eps, uniform
+    iters_df: float = 75.0  # apgd: degrees of freedom of the chi-squared number of iterations per run
     bce: float = 1.0  # weight of BCE(γ, s)
     ce: float = 0.5  # weight of the mixture's cross-entropy
     product: float = 0.1  # weight of BCE * CE
     clean_weight: float = 2.0  # clean images count twice
     attack_bce_max: float = 0.4  # the attack's per-sample weight on fooling the mixer, drawn from U(0, this)
     grad_clip: float = 10.0  # max gradient norm
-    seed: int = 0  # data order, augmentation, PGD starts and attack weights
+    seed: int = 0  # data order, augmentation, attack starts, radii, iterations and weights
+    save_seconds: float = 600.0  # a resumable state at least this often within an epoch
+
+    def __post_init__(self):
+        if self.attack not in ("apgd", "pgd"):
+            raise HPMError(f"the mixer's training attack is 'apgd' (the authors') or 'pgd' (hpm's CPU budget); got "
+                           f"{self.attack!r}")
+        if self.attack == "apgd":
+            self.randomized_attack()  # checks its values now, not after hours
+        if not 0 <= self.warmup < 1:
+            raise HPMError(f"warmup is a share of the training steps in [0, 1); got {self.warmup}")
 
     def resolved_step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def randomized_attack(self) -> RandomizedAttack:
+        """The authors' training attack with this recipe's values."""
+        try:
+            return RandomizedAttack(self.eps, self.target_classes, tuple(self.radius_range), self.iters_df,
+                                    self.attack_bce_max)
+        except ValueError as error:
+            raise HPMError(f"the training attack: {error}") from None
 
 
 def mixer_loss(log_probs: Tensor, gamma: Tensor, labels: Tensor, use_robust: Tensor, weights: Tensor,
@@ -77,8 +109,10 @@ def mixer_loss(log_probs: Tensor, gamma: Tensor, labels: Tensor, use_robust: Ten
 
 
 def adversarial_for_mixer(model: MixedClassifier, x: Tensor, y: Tensor, config: MixerConfig,
-                          generator: torch.Generator) -> Tensor:
-    """PGD through the whole mixture (mixer in eval mode) on ``(1 - w) CE + w BCE(γ, 1)``, per sample."""
+                          generator: torch.Generator) -> list[Tensor]:
+    """The adversarial batches of ``x`` the recipe's attack makes (mixer in eval mode): one per run."""
+    if config.attack == "apgd":
+        return randomized_apgd(model, x, y, config.randomized_attack(), generator)
     w = (torch.rand(len(y), generator=generator) * config.attack_bce_max).to(x.device)
 
     def loss(x_adv: Tensor) -> Tensor:
@@ -86,51 +120,83 @@ def adversarial_for_mixer(model: MixedClassifier, x: Tensor, y: Tensor, config: 
         fool_mixer = F.binary_cross_entropy_with_logits(gamma, torch.ones_like(gamma), reduction="none")
         return ((1 - w) * F.nll_loss(log_probs, y, reduction="none") + w * fool_mixer).sum()
 
-    return linf_pgd(loss, x, uniform_start(x, config.eps, generator), eps=config.eps,
-                    step=config.resolved_step_size(), steps=config.steps)
+    return [linf_pgd(loss, x, uniform_start(x, config.eps, generator), eps=config.eps,
+                     step=config.resolved_step_size(), steps=config.steps)]
 
 
 def _step(model: MixedClassifier, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, config: MixerConfig,
           generator: torch.Generator) -> dict:
     model.mixer.eval()
-    x_adv = adversarial_for_mixer(model, x, y, config, generator)
+    adversarial = adversarial_for_mixer(model, x, y, config, generator)
     model.mixer.train()
-    n = len(y)
-    log_probs, gamma = model.mix(torch.cat([x, x_adv]))
-    use_robust = torch.cat([torch.zeros(n), torch.ones(n)]).to(x.device)
-    weights = torch.cat([torch.full((n,), config.clean_weight), torch.ones(n)]).to(x.device)
-    loss = mixer_loss(log_probs, gamma, torch.cat([y, y]), use_robust, weights, config)
+    n, m = len(y), len(y) * len(adversarial)
+    log_probs, gamma = model.mix(torch.cat([x, *adversarial]))
+    labels = y.repeat(1 + len(adversarial))
+    use_robust = torch.cat([torch.zeros(n), torch.ones(m)]).to(x.device)
+    weights = torch.cat([torch.full((n,), config.clean_weight), torch.ones(m)]).to(x.device)
+    loss = mixer_loss(log_probs, gamma, labels, use_robust, weights, config)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.mixer.parameters(), config.grad_clip)
     opt.step()
     with torch.no_grad():
         alpha = model.mixer.alpha(gamma)
-        correct = log_probs.argmax(1) == torch.cat([y, y])
-    return {"loss": loss.item() * 2 * n, "clean_correct": correct[:n].sum().item(),
-            "adv_correct": correct[n:].sum().item(), "alpha_clean": alpha[:n].sum().item(),
-            "alpha_adv": alpha[n:].sum().item()}
+        correct = log_probs.argmax(1) == labels
+    return {"loss": loss.item() * (n + m), "images": n + m, "clean": n, "adversarial": m,
+            "clean_correct": correct[:n].sum().item(), "adv_correct": correct[n:].sum().item(),
+            "alpha_clean": alpha[:n].sum().item(), "alpha_adv": alpha[n:].sum().item()}
+
+
+def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine annealing to 0 over ``total`` steps, times the exponential warm-up ``1 - exp(-(t + 1) / τ)`` with
+    ``τ = warmup · total`` (none at 0)."""
+    tau = warmup * total
+
+    def factor(t: int) -> float:
+        rise = 1.0 - math.exp(-(t + 1) / tau) if tau > 0 else 1.0
+        return rise * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _save(out: Path, model: MixedClassifier, opt, schedule, config: MixerConfig, position: dict) -> None:
+    """Write the resumable state atomically: a kill keeps the previous one."""
+    state = {"mixer": model.mixer.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+             "config": json.dumps(asdict(config), sort_keys=True), "position": json.dumps(position)}
+    torch.save(state, out / (STATE_FILE + ".tmp"))
+    (out / (STATE_FILE + ".tmp")).replace(out / STATE_FILE)
 
 
 def _resume(out: Path, model: MixedClassifier, opt: torch.optim.Optimizer, schedule, config: MixerConfig,
-            device: torch.device) -> tuple[int, list[dict]]:
+            device: torch.device) -> dict:
+    """The position to resume from (epoch, step within it, the epoch's running totals, the generator's state),
+    with the mixer, the optimizer and the schedule restored; a fresh start without a state file."""
     path = out / STATE_FILE
     if not path.exists():
-        return 0, []
+        return {"epoch": 0, "step": 0, "totals": {}, "generator": None}
     state = torch.load(path, map_location=device, weights_only=True)
-    if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
+    recorded = {k: v for k, v in json.loads(state["config"]).items() if k != "save_seconds"}
+    if recorded != {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k != "save_seconds"}:
         raise HPMError(f"{path} was written with a different recipe; resume with the same options or use a new "
                        "run directory")
     model.mixer.load_state_dict(state["mixer"])
     opt.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    history = json.loads((out / HISTORY_FILE).read_text())[:state["epoch"]]
-    return state["epoch"], history
+    return json.loads(state["position"])
+
+
+def _epoch_record(epoch: int, totals: dict, seconds: float, device: torch.device) -> dict:
+    return {"epoch": epoch, "loss": totals["loss"] / totals["images"],
+            "clean_accuracy": totals["clean_correct"] / totals["clean"],
+            "adversarial_accuracy": totals["adv_correct"] / totals["adversarial"],
+            "mean_alpha_clean": totals["alpha_clean"] / totals["clean"],
+            "mean_alpha_adversarial": totals["alpha_adv"] / totals["adversarial"],
+            "seconds": seconds, "hardware": hardware(device)}
 
 
 def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: MixerConfig, out_dir: str | Path, *,
                 device: torch.device | str | None = None, progress: bool = True) -> list[dict]:
-    """Train ``model.mixer`` (the branches stay frozen) on ``dataset``; resumes from ``out_dir`` per epoch.
+    """Train ``model.mixer`` (the branches stay frozen) on ``dataset``; resumes from ``out_dir``.
 
     Returns:
         The per-epoch history: loss, clean and adversarial accuracy of the mixture, mean α on each.
@@ -147,28 +213,31 @@ def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: Mix
     if steps == 0:
         raise HPMError(f"batch size {config.batch_size} exceeds the {len(dataset)} training images")
     opt = torch.optim.AdamW(model.mixer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps * config.epochs)
-    start, history = _resume(out, model, opt, schedule, config, device)
-    for epoch in range(start, config.epochs):
-        started, gen = time.time(), torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    schedule = _schedule(opt, steps * config.epochs, config.warmup)
+    position = _resume(out, model, opt, schedule, config, device)
+    history = json.loads((out / HISTORY_FILE).read_text())[:position["epoch"]] if position["epoch"] else []
+    for epoch in range(position["epoch"], config.epochs):
+        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(dataset), generator=gen)[: steps * config.batch_size].split(config.batch_size)
-        totals: dict[str, float] = {}
-        for idx in progress_bar(order, desc=f"mixer epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch"):
-            x, y = dataset.tensors(idx)
+        first, totals = 0, {}
+        if position["epoch"] == epoch and position["step"]:  # inside this epoch: its totals and random state
+            first, totals = position["step"], position["totals"]
+            gen.set_state(torch.tensor(position["generator"], dtype=torch.uint8))
+        started, saved = time.time() - totals.get("seconds", 0.0), time.time()
+        bar = progress_bar(range(first, steps), desc=f"mixer epoch {epoch + 1}/{config.epochs}",
+                           disable=not progress, unit="batch", initial=first, total=steps)
+        for step in bar:
+            x, y = dataset.tensors(order[step])
             for key, value in _step(model, opt, augment(x, gen).to(device), y.to(device), config, gen).items():
                 totals[key] = totals.get(key, 0.0) + value
             schedule.step()
-        n = steps * config.batch_size
-        history.append({"epoch": epoch + 1, "loss": totals["loss"] / (2 * n),
-                        "clean_accuracy": totals["clean_correct"] / n,
-                        "adversarial_accuracy": totals["adv_correct"] / n,
-                        "mean_alpha_clean": totals["alpha_clean"] / n,
-                        "mean_alpha_adversarial": totals["alpha_adv"] / n,
-                        "seconds": time.time() - started, "hardware": hardware(device)})
+            if time.time() - saved > config.save_seconds and step + 1 < steps:
+                totals["seconds"] = time.time() - started
+                _save(out, model, opt, schedule, config, {"epoch": epoch, "step": step + 1, "totals": totals,
+                                                           "generator": gen.get_state().tolist()})
+                saved = time.time()
+        history.append(_epoch_record(epoch + 1, totals, time.time() - started, device))
         (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
-        state = {"mixer": model.mixer.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
-                 "epoch": epoch + 1, "config": json.dumps(asdict(config), sort_keys=True)}
-        torch.save(state, out / (STATE_FILE + ".tmp"))
-        (out / (STATE_FILE + ".tmp")).replace(out / STATE_FILE)  # atomic: a kill keeps the previous epoch
+        _save(out, model, opt, schedule, config, {"epoch": epoch + 1, "step": 0, "totals": {}, "generator": None})
     model.eval()
     return history
