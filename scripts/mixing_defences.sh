@@ -4,29 +4,62 @@
 #   nuts      MixedNUTS (training-free): its map of h's logits and alpha selected by the authors' grid search on
 #             N_SELECT training images (a fixed uniform subset, never the evaluation's test images) attacked on h
 #             alone (APGD-CE and APGD-T towards 3 classes, 40 iterations; resumable per batch from RUNS/nuts-preact)
-#   eval      each mixture under the comparison's protocol (MSA-style plan over the mixture's own attack targets,
+#   eval      MixedNUTS under the comparison's protocol (MSA-style plan over the mixture's own attack targets,
 #             APGD-T towards 3 classes, Square 1000) on the first N lossless test images, batch size 250, its report
 #             recorded in the card; resumable per batch
-#   DATA=../shared/data nice bash scripts/mixing_defences.sh        # STEPS="nuts eval"
+#   sweep     the fixed-alpha mixture at each of ALPHAS under the same protocol (not shipped: the reports only)
+#   adaptive  adaptive smoothing as its authors train it (hpm mix --adaptive --recipe authors: their mixing network,
+#             their randomized APGD training attack, their warm-up) on MIXER_N training images for MIXER_EPOCHS
+#             epochs, resumable from RUNS/mixer-preact; evaluated with their constants (3, 20) under the same
+#             protocol, and where its alpha goes on clean and attacked images
+#   avgmargin, dpnp  the PreAct ResNet-18 retrained with its FC's recipe plus Wu & Yu's average-margin regulariser,
+#             or as Adv-DPNP (resumable mid-epoch from RUNS/at-preact18-e15-NAME), then evaluated the same way
+#   DATA=../shared/data nice bash scripts/mixing_defences.sh  # STEPS="nuts eval sweep adaptive avgmargin dpnp"
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
-STEPS="${STEPS:-nuts eval}"
+STEPS="${STEPS:-nuts eval sweep adaptive avgmargin dpnp}"
 RUNS="${RUNS:-runs}"
 N="${N:-500}"
 N_SELECT="${N_SELECT:-1000}"
+ALPHAS="${ALPHAS:-0 0.5 0.7 0.8 0.9}"
+MIXER_N="${MIXER_N:-2000}"
+MIXER_EPOCHS="${MIXER_EPOCHS:-1}"
+MIXER_BATCH="${MIXER_BATCH:-50}"
 DEVICE=(${DEVICE:+--device "$DEVICE"})  # e.g. DEVICE=cuda; default: each command's own choice
 PREFIX=checkpoints/cifar10-preactresnet18-fgsmrs-15ep
 NUTS="$PREFIX-mixednuts"
+OUT=results/eval/preact
 PROTOCOL=(--data "$DATA" --n "$N" --eps 8/255 --target-classes 3 --square-queries 1000 --batch-sizes 250)
+RECIPE=(--arch preact-resnet18 --epochs 15 --lr 0.2 --no-nesterov --adversarial fgsm-rs --channels-last)
+
+evaluate() {  # MODEL REPORT [CHECKPOINT]: the comparison's protocol, then the report into CHECKPOINT's card
+  hpm eval "$1" "${PROTOCOL[@]}" "${DEVICE[@]}" --out "$2" > /dev/null
+  [ -z "${3:-}" ] || hpm card "$3" --eval "$2" > /dev/null
+}
 
 for step in $STEPS; do
   case "$step" in
     nuts) [ -f "$NUTS/config.json" ] || hpm mix --standard pyautoattack --robust "$PREFIX-fc" --nuts --data "$DATA" \
             --n-select "$N_SELECT" --batch-size 250 --run-dir "$RUNS/nuts-preact" --out "$NUTS" "${DEVICE[@]}" ;;
-    eval) hpm eval "$NUTS" "${PROTOCOL[@]}" "${DEVICE[@]}" --out results/eval/preact/pa18-mixednuts-full-eps8.json \
-            > /dev/null
-          hpm card "$NUTS" --eval results/eval/preact/pa18-mixednuts-full-eps8.json > /dev/null ;;
-    *) echo "unknown step $step (nuts, eval)" >&2; exit 2 ;;
+    eval) evaluate "$NUTS" "$OUT/pa18-mixednuts-full-eps8.json" "$NUTS" ;;
+    sweep) for alpha in $ALPHAS; do
+             evaluate "mixed(standard=pyautoattack,robust=$PREFIX-fc,alpha=$alpha,T=1)" \
+               "$OUT/pa18-mixed-alpha$alpha-eps8.json"
+           done ;;
+    adaptive) [ -f "$PREFIX-mixed-adaptive/config.json" ] || hpm mix --standard pyautoattack --robust "$PREFIX-fc" \
+                --adaptive --recipe authors --eval-gamma 3 20 --data "$DATA" --n-train "$MIXER_N" \
+                --epochs "$MIXER_EPOCHS" --batch-size "$MIXER_BATCH" --run-dir "$RUNS/mixer-preact" \
+                --out "$PREFIX-mixed-adaptive" "${DEVICE[@]}"
+              evaluate "$PREFIX-mixed-adaptive" "$OUT/pa18-mixed-adaptive-full-eps8.json" "$PREFIX-mixed-adaptive"
+              python scripts/adaptive_alpha.py "$PREFIX-mixed-adaptive" --data "$DATA" --n 200 \
+                --out results/analysis/adaptive-alpha-preact.json > /dev/null ;;
+    avgmargin|dpnp)
+      options=(--margin-reg 1 --margin-tau 1)
+      [ "$step" = avgmargin ] || options=(--classifier dpnp)
+      [ -f "$PREFIX-$step/config.json" ] || hpm train-backbone --data "$DATA" --run-dir "$RUNS/at-preact18-e15-$step" \
+        --out "$PREFIX-$step" "${RECIPE[@]}" "${options[@]}" "${DEVICE[@]}"
+      evaluate "$PREFIX-$step" "$OUT/pa18-$step-full-eps8.json" "$PREFIX-$step" ;;
+    *) echo "unknown step $step (nuts, eval, sweep, adaptive, avgmargin, dpnp)" >&2; exit 2 ;;
   esac
   echo "done $step"
 done

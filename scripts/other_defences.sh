@@ -8,13 +8,15 @@
 #                    epoch from RUNS/NAME (rerun the same command after a kill)
 #   mixed            the mixed classifier at ALPHA saved as a checkpoint (its alpha sweep: scripts/mixed_classifier.sh)
 #   adaptive         adaptive smoothing: the same two networks with a mixing network trained adversarially on
-#                    MIXER_N training images (MIXER_EPOCHS epochs, resumable per epoch from RUNS/mixer-adaptive);
+#                    MIXER_N training images (MIXER_EPOCHS epochs, resumable from RUNS/mixer-adaptive);
 #                    MIXER_LR is ten times the authors' 1e-4 because a CPU affords about 150 steps where they take
 #                    thousands; its report beside the alpha sweep's
-#   DATA=../shared/data bash scripts/other_defences.sh       # STEPS="ncm hpm-clean avgmargin dpnp mixed adaptive"
+#   adaptive-gamma   the same mixing network evaluated with the authors' CIFAR-10 evaluation constants,
+#                    gamma = BN(raw) * 3 + 20 (a copy of the checkpoint), and where its alpha goes
+#   DATA=../shared/data bash scripts/other_defences.sh  # STEPS="ncm hpm-clean avgmargin dpnp mixed adaptive adaptive-gamma"
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
-STEPS="${STEPS:-ncm hpm-clean avgmargin dpnp mixed adaptive}"
+STEPS="${STEPS:-ncm hpm-clean avgmargin dpnp mixed adaptive adaptive-gamma}"
 RUNS="${RUNS:-runs}"
 DEVICE=(${DEVICE:+--device "$DEVICE"})  # e.g. DEVICE=cuda; default: each command's own choice
 ALPHA="${ALPHA:-0.8}"
@@ -48,7 +50,14 @@ for step in $STEPS; do
                 --out "$PREFIX-mixed-adaptive" "${DEVICE[@]}"
               evaluate "$PREFIX-mixed-adaptive" adaptive results/eval/mixed/mixed-adaptive-T1-eps8.json
               echo "done adaptive"; continue ;;
-    *) echo "unknown step $step (ncm, hpm-clean, avgmargin, dpnp, mixed, adaptive)" >&2; exit 2 ;;
+    adaptive-gamma) python scripts/adaptive_eval_constants.py "$PREFIX-mixed-adaptive" --eval-gamma 3 20 \
+                      --out "$PREFIX-mixed-adaptive-gamma3-20"
+                    evaluate "$PREFIX-mixed-adaptive-gamma3-20" adaptive-gamma \
+                      results/eval/mixed/mixed-adaptive-gamma3-20-T1-eps8.json
+                    python scripts/adaptive_alpha.py "$PREFIX-mixed-adaptive-gamma3-20" --data "$DATA" --n 200 \
+                      --out results/analysis/adaptive-alpha-gamma3-20.json > /dev/null
+                    echo "done adaptive-gamma"; continue ;;
+    *) echo "unknown step $step (ncm, hpm-clean, avgmargin, dpnp, mixed, adaptive, adaptive-gamma)" >&2; exit 2 ;;
   esac
   evaluate "$PREFIX-$step" "$step"
   echo "done $step"
