@@ -16,9 +16,10 @@ transfer attacks, judged on the mixture); an adaptive mixture also at its lowest
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +49,12 @@ def fixed_log_weights(alpha: float, device: torch.device | str) -> tuple[Tensor,
             torch.tensor(math.log1p(-alpha) if alpha < 1 else -math.inf, device=device))
 
 
-BLOCKS = {"basic": BasicBlock, "preact": PreActBlock}
+_BLOCKS = {"basic": BasicBlock, "preact": PreActBlock}
 
 
 def _stage(in_ch: int, out_ch: int, blocks: int, block: str) -> nn.Module:
     """A strided stage of ``blocks`` residual blocks (the block itself when there is one)."""
-    kind = BLOCKS[block]
+    kind = _BLOCKS[block]
     layers = [kind(in_ch, out_ch, 2)] + [kind(out_ch, out_ch, 1) for _ in range(blocks - 1)]
     return layers[0] if blocks == 1 else nn.Sequential(*layers)
 
@@ -64,12 +65,12 @@ class MixingNetwork(nn.Module):
 
     Like the authors' network, it concatenates the two branches' outputs of their first resolution stage, reduces
     them with strided residual blocks, adds the concatenation of their second-stage outputs (through a 1x1
-    projection where the channels differ), and reduces the sum to one number with two more strided stages, global
+    projection in the compact layout), and reduces the sum to one number with two more strided stages, global
     pooling and a linear layer. Two layouts:
 
-    * the authors' (``width=None, blocks=2, block="preact"``): each stage two pre-activation blocks as wide as
-      both branches' corresponding stages together (256/512/1024 for two CIFAR ResNet-18s), the second-stage maps
-      added as they are;
+    * the authors' (``width=None, blocks=2, block="preact"``): each stage two pre-activation blocks, the first
+      stage as wide as both branches' second stages together, the next two twice and four times as wide
+      (256/512/1024 for two CIFAR ResNet-18s), the second-stage maps added as they are;
     * hpm's compact one for a CPU budget (the defaults): one post-activation block (hpm's zoo ``BasicBlock``) per
       stage of width ``width, 2 width, 4 width``.
 
@@ -85,14 +86,15 @@ class MixingNetwork(nn.Module):
             ``features``) whose outputs are its first- and second-stage feature maps.
         channels: the channels of those maps, ``[[standard first, standard second], [robust first, robust
             second]]``.
-        width: the first reducing stage's width; None: both branches' second-stage channels together.
+        width: the first reducing stage's width (a 1x1 projection brings the second-stage maps to it); None:
+            both branches' second-stage channels together (no projection).
         blocks: residual blocks per stage.
         block: ``"basic"`` (post-activation) or ``"preact"`` (pre-activation) blocks.
     """
 
     def __init__(self, taps: Sequence[Sequence[str]], channels: Sequence[Sequence[int]], width: int | None = 32,
                  alpha_range: tuple[float, float] = (0.2, 0.95), train_gamma: tuple[float, float] = (2.0, 0.4),
-                 eval_gamma: tuple[float, float] | None = None, clamp: float = 0.6, blocks: int = 1,
+                 eval_gamma: tuple[float, float] | None = None, clamp: float = 0.6, *, blocks: int = 1,
                  block: str = "basic"):
         super().__init__()
         lo, hi = alpha_range
@@ -100,8 +102,8 @@ class MixingNetwork(nn.Module):
             raise ValueError(f"alpha_range must satisfy 0 < lo < hi < 1; got {alpha_range}")
         if [len(t) for t in taps] != [2, 2] or [len(c) for c in channels] != [2, 2]:
             raise ValueError(f"taps and channels name two feature maps of each branch; got {taps}, {channels}")
-        if (width is not None and width < 1) or not clamp > 0 or blocks < 1 or block not in BLOCKS:
-            raise ValueError(f"width must be None or >= 1, clamp > 0, blocks >= 1 and block one of {sorted(BLOCKS)}; "
+        if (width is not None and width < 1) or not clamp > 0 or blocks < 1 or block not in _BLOCKS:
+            raise ValueError(f"width must be None or >= 1, clamp > 0, blocks >= 1 and block one of {sorted(_BLOCKS)}; "
                              f"got {width}, {clamp}, {blocks}, {block!r}")
         (first_standard, second_standard), (first_robust, second_robust) = channels
         self.taps = tuple(tuple(str(name) for name in names) for names in taps)
@@ -109,7 +111,7 @@ class MixingNetwork(nn.Module):
         second = second_standard + second_robust
         wide = second if width is None else width
         self.reduce_first = _stage(first_standard + first_robust, wide, blocks, block)
-        self.project_second = nn.Identity() if second == wide else nn.Conv2d(second, wide, 1, bias=False)
+        self.project_second = nn.Identity() if width is None else nn.Conv2d(second, wide, 1, bias=False)
         self.body = nn.Sequential(_stage(wide, 2 * wide, blocks, block), _stage(2 * wide, 4 * wide, blocks, block))
         self.linear = nn.Linear(4 * wide, 1, bias=False)
         self.norm = nn.BatchNorm1d(1, affine=False, momentum=0.01)
@@ -154,6 +156,19 @@ class MixingNetwork(nn.Module):
             return F.logsigmoid(gamma)[:, None], F.logsigmoid(-gamma)[:, None]
         alpha = self.alpha(gamma)[:, None]
         return alpha.log(), (-alpha).log1p()
+
+    @contextmanager
+    def attacked_in_training(self) -> Iterator[None]:
+        """Evaluation mode with the training constants: how the training attack sees the network (the
+        evaluation constants are chosen for deployment, after training)."""
+        was_training, eval_gamma = self.training, self.eval_gamma
+        self.eval()
+        self.eval_gamma = self.train_gamma
+        try:
+            yield
+        finally:
+            self.eval_gamma = eval_gamma
+            self.train(was_training)
 
     def config(self) -> dict:
         """Constructor keywords, for ``config.json``."""

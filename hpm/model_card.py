@@ -139,9 +139,17 @@ def _mixing_rule(config: MixedCheckpointConfig) -> tuple[str, str]:
     lo, hi = config.mixer["alpha_range"]
     return (f"adaptive mixed classifier (alpha in [{lo:g}, {hi:g}], T {config.temperature:g})",
             f"with T = {config.temperature:g} and alpha = alpha(x) in [{lo:g}, {hi:g}] predicted per input by a mixing "
-            f"network from both networks' first two stages of feature maps (adaptive smoothing; width "
-            f"{config.mixer['width']}), "
-            "trained adversarially with both networks frozen")
+            f"network from both networks' first two stages of feature maps (adaptive smoothing; "
+            f"{_mixer_layout(config.mixer)}), trained adversarially with both networks frozen")
+
+
+def _mixer_layout(mixer: dict) -> str:
+    """``2 pre-activation blocks per stage, the first stage as wide as both networks' second stages`` or
+    ``1 basic block per stage, width 32``, from a mixing network's config."""
+    blocks, block = mixer.get("blocks", 1), {"preact": "pre-activation", "basic": "basic"}[mixer.get("block", "basic")]
+    width = ("the first stage as wide as both networks' second stages" if mixer.get("width") is None
+             else f"width {mixer['width']}")
+    return f"{blocks} {block} block{'s' if blocks > 1 else ''} per stage, {width}"
 
 
 def _nuts_text(config: MixedCheckpointConfig) -> tuple[str, str]:

@@ -9,9 +9,10 @@
 #             recorded in the card; resumable per batch
 #   sweep     the fixed-alpha mixture at each of ALPHAS under the same protocol (not shipped: the reports only)
 #   adaptive  adaptive smoothing as its authors train it (hpm mix --adaptive --recipe authors: their mixing network,
-#             their randomized APGD training attack, their warm-up) on MIXER_N training images for MIXER_EPOCHS
-#             epochs, resumable from RUNS/mixer-preact; evaluated with their constants (3, 20) under the same
-#             protocol, and where its alpha goes on clean and attacked images
+#             their randomized APGD training attack with the training constants (2, 0.4), their warm-up) on MIXER_N
+#             training images for MIXER_EPOCHS epochs (theirs: 50,000 x 5 on GPUs), resumable from RUNS/mixer-preact;
+#             deployed and evaluated with their constants (3, 20) under the same protocol, and where its alpha goes
+#             on clean and attacked images
 #   avgmargin, dpnp  the PreAct ResNet-18 retrained with its FC's recipe plus Wu & Yu's average-margin regulariser,
 #             or as Adv-DPNP (resumable mid-epoch from RUNS/at-preact18-e15-NAME), then evaluated the same way
 #   DATA=../shared/data nice bash scripts/mixing_defences.sh  # STEPS="nuts eval sweep adaptive avgmargin dpnp"

@@ -314,6 +314,8 @@ def test_the_authors_mixing_network_has_two_preactivation_blocks_per_stage_as_wi
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+    compact = MixingNetwork.for_branches(standard, robust, width=16)  # as wide, but projected: the compact layout
+    assert isinstance(compact.project_second, torch.nn.Conv2d)
     with pytest.raises(ValueError, match="block one of"):
         MixingNetwork.for_branches(standard, robust, block="bottleneck")
 
@@ -331,8 +333,18 @@ def test_the_authors_training_attack_makes_one_cross_entropy_and_one_batch_per_t
         assert (adv - x).abs().amax() <= 1.1 * 8 / 255 + 1e-6
     again = randomized_apgd(model, x, y, attack, torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert len(randomized_apgd(model, x, y, RandomizedAttack(target_classes=20, iters_df=1),
+                               torch.Generator().manual_seed(0))) == 10  # every other class once, no more
     with pytest.raises(ValueError, match="radius factors"):
         RandomizedAttack(radius_range=(1.1, 0.4))
+
+
+def test_the_training_attack_sees_the_training_constants_whatever_the_evaluation_ones():
+    mixer = adaptive().mixer.train()
+    mixer.eval_gamma = (3.0, 20.0)  # the authors' deployment constants
+    with mixer.attacked_in_training():
+        assert not mixer.training and mixer.eval_gamma == mixer.train_gamma == (2.0, 0.4)
+    assert mixer.training and mixer.eval_gamma == (3.0, 20.0)
 
 
 def test_training_the_mixer_resumes_inside_an_epoch_to_the_same_mixer(tiny_data_root, tmp_path, monkeypatch):

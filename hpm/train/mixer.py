@@ -19,11 +19,13 @@ adversarial-training configuration. Two training attacks:
 * ``attack="pgd"``, hpm's CPU budget: hpm's l_inf PGD with ``steps`` steps at the full radius from a random
   start, cross-entropy only, one adversarial image per clean one.
 
-The learning rate follows a cosine schedule to 0, times ``1 - exp(-t / (warmup · total steps))`` when ``warmup``
-is positive (the authors' exponential warm-up, with a time constant of 1/25 of the steps).
+The learning rate follows a cosine schedule to 0, times ``1 - exp(-(t + 1) / (warmup · total steps))`` at step
+``t`` when ``warmup`` is positive (the authors' exponential warm-up, with a time constant of 1/25 of the steps).
 
 The mixing network trains in training mode (its batch norm on batch statistics, its raw outputs clamped,
-``α = sigmoid(γ)``: :class:`hpm.mixed.MixingNetwork`); the attack runs it in evaluation mode, as deployed.
+``α = sigmoid(γ)``: :class:`hpm.mixed.MixingNetwork`); the attack runs it in evaluation mode with the training
+constants (``MixingNetwork.attacked_in_training``), as the authors do: evaluation constants chosen for deployment
+never shape the training attack.
 
 Training resumes from ``OUT/mixer-state.pt`` (loaded with ``weights_only=True``), written at the end of each
 epoch and every ``save_seconds`` within one; ``OUT/mixer-history.json`` keeps each epoch's loss, accuracies and
@@ -46,7 +48,7 @@ from ..devices import resolve
 from ..errors import HPMError
 from ..mixed import MixedClassifier
 from ..progress import progress_bar
-from .mixer_attack import RandomizedAttack, randomized_apgd
+from .mixer_attack import RandomizedAttack, fooling_the_mixer, randomized_apgd
 from .pgd import linf_pgd, uniform_start
 from .scratch import augment, hardware
 
@@ -94,8 +96,9 @@ class MixerConfig:
     def randomized_attack(self) -> RandomizedAttack:
         """The authors' training attack with this recipe's values."""
         try:
-            return RandomizedAttack(self.eps, self.target_classes, tuple(self.radius_range), self.iters_df,
-                                    self.attack_bce_max)
+            return RandomizedAttack(eps=self.eps, target_classes=self.target_classes,
+                                    radius_range=tuple(self.radius_range), iters_df=self.iters_df,
+                                    bce_max=self.attack_bce_max)
         except ValueError as error:
             raise HPMError(f"the training attack: {error}") from None
 
@@ -110,15 +113,16 @@ def mixer_loss(log_probs: Tensor, gamma: Tensor, labels: Tensor, use_robust: Ten
 
 def adversarial_for_mixer(model: MixedClassifier, x: Tensor, y: Tensor, config: MixerConfig,
                           generator: torch.Generator) -> list[Tensor]:
-    """The adversarial batches of ``x`` the recipe's attack makes (mixer in eval mode): one per run."""
+    """The adversarial batches of ``x`` the recipe's attack makes through the whole mixture, one per run: the
+    authors' randomized APGD (:func:`hpm.train.mixer_attack.randomized_apgd`) or PGD on
+    ``(1 − w) CE + w BCE(γ, 1)``."""
     if config.attack == "apgd":
         return randomized_apgd(model, x, y, config.randomized_attack(), generator)
     w = (torch.rand(len(y), generator=generator) * config.attack_bce_max).to(x.device)
 
     def loss(x_adv: Tensor) -> Tensor:
         log_probs, gamma = model.mix(x_adv)
-        fool_mixer = F.binary_cross_entropy_with_logits(gamma, torch.ones_like(gamma), reduction="none")
-        return ((1 - w) * F.nll_loss(log_probs, y, reduction="none") + w * fool_mixer).sum()
+        return fooling_the_mixer(F.nll_loss(log_probs, y, reduction="none"), gamma, w).sum()
 
     return [linf_pgd(loss, x, uniform_start(x, config.eps, generator), eps=config.eps,
                      step=config.resolved_step_size(), steps=config.steps)]
@@ -126,8 +130,8 @@ def adversarial_for_mixer(model: MixedClassifier, x: Tensor, y: Tensor, config: 
 
 def _step(model: MixedClassifier, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, config: MixerConfig,
           generator: torch.Generator) -> dict:
-    model.mixer.eval()
-    adversarial = adversarial_for_mixer(model, x, y, config, generator)
+    with model.mixer.attacked_in_training():
+        adversarial = adversarial_for_mixer(model, x, y, config, generator)
     model.mixer.train()
     n, m = len(y), len(y) * len(adversarial)
     log_probs, gamma = model.mix(torch.cat([x, *adversarial]))
@@ -159,16 +163,16 @@ def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _save(out: Path, model: MixedClassifier, opt, schedule, config: MixerConfig, position: dict) -> None:
+def _save(out: Path, model: MixedClassifier, opt, schedule, config: MixerConfig, data: str, position: dict) -> None:
     """Write the resumable state atomically: a kill keeps the previous one."""
     state = {"mixer": model.mixer.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
-             "config": json.dumps(asdict(config), sort_keys=True), "position": json.dumps(position)}
+             "config": json.dumps(asdict(config), sort_keys=True), "data": data, "position": json.dumps(position)}
     torch.save(state, out / (STATE_FILE + ".tmp"))
     (out / (STATE_FILE + ".tmp")).replace(out / STATE_FILE)
 
 
 def _resume(out: Path, model: MixedClassifier, opt: torch.optim.Optimizer, schedule, config: MixerConfig,
-            device: torch.device) -> dict:
+            data: str, device: torch.device) -> dict:
     """The position to resume from (epoch, step within it, the epoch's running totals, the generator's state),
     with the mixer, the optimizer and the schedule restored; a fresh start without a state file."""
     path = out / STATE_FILE
@@ -176,16 +180,22 @@ def _resume(out: Path, model: MixedClassifier, opt: torch.optim.Optimizer, sched
         return {"epoch": 0, "step": 0, "totals": {}, "generator": None}
     state = torch.load(path, map_location=device, weights_only=True)
     recorded = {k: v for k, v in json.loads(state["config"]).items() if k != "save_seconds"}
-    if recorded != {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k != "save_seconds"}:
-        raise HPMError(f"{path} was written with a different recipe; resume with the same options or use a new "
-                       "run directory")
-    model.mixer.load_state_dict(state["mixer"])
+    if recorded != {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k != "save_seconds"} \
+            or state.get("data") != data:
+        raise HPMError(f"{path} was written with a different recipe or other training images; resume with the same "
+                       "options or use a new run directory")
+    try:
+        model.mixer.load_state_dict(state["mixer"])
+    except RuntimeError as error:
+        raise HPMError(f"{path} holds a mixing network of another layout; resume with the same options or use a "
+                       f"new run directory ({str(error).splitlines()[0]})") from None
     opt.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     return json.loads(state["position"])
 
 
 def _epoch_record(epoch: int, totals: dict, seconds: float, device: torch.device) -> dict:
+    """One epoch of ``mixer-history.json``: means over its clean and its adversarial images."""
     return {"epoch": epoch, "loss": totals["loss"] / totals["images"],
             "clean_accuracy": totals["clean_correct"] / totals["clean"],
             "adversarial_accuracy": totals["adv_correct"] / totals["adversarial"],
@@ -214,7 +224,8 @@ def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: Mix
         raise HPMError(f"batch size {config.batch_size} exceeds the {len(dataset)} training images")
     opt = torch.optim.AdamW(model.mixer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = _schedule(opt, steps * config.epochs, config.warmup)
-    position = _resume(out, model, opt, schedule, config, device)
+    data = f"{dataset.source} ({len(dataset)} images)"
+    position = _resume(out, model, opt, schedule, config, data, device)
     history = json.loads((out / HISTORY_FILE).read_text())[:position["epoch"]] if position["epoch"] else []
     for epoch in range(position["epoch"], config.epochs):
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -233,11 +244,11 @@ def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: Mix
             schedule.step()
             if time.time() - saved > config.save_seconds and step + 1 < steps:
                 totals["seconds"] = time.time() - started
-                _save(out, model, opt, schedule, config, {"epoch": epoch, "step": step + 1, "totals": totals,
-                                                           "generator": gen.get_state().tolist()})
+                _save(out, model, opt, schedule, config, data, {"epoch": epoch, "step": step + 1, "totals": totals,
+                                                                 "generator": gen.get_state().tolist()})
                 saved = time.time()
         history.append(_epoch_record(epoch + 1, totals, time.time() - started, device))
         (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
-        _save(out, model, opt, schedule, config, {"epoch": epoch + 1, "step": 0, "totals": {}, "generator": None})
+        _save(out, model, opt, schedule, config, data, {"epoch": epoch + 1, "step": 0, "totals": {}, "generator": None})
     model.eval()
     return history
