@@ -7,8 +7,13 @@ go) and sends, in a seeded random order: predictions alone and inside a context 
 APGD attacks (each model's own attacks), 30-query Square attacks, model loads across four shipped checkpoints
 (mixtures among them, so a session's page offers another model's attacks than the call names), Fig. 2, Fig. 3 and
 Hub ids that do not exist; every image is a new upload. Writes the RSS trace, the errors by kind and per-endpoint
-latency percentiles; target: every RSS sample after warm-up within +-20 MB of its value after warm-up (the median of
-the samples over the last 250 requests of warm-up), and no unexpected error.
+latency percentiles, and no unexpected error.
+
+Two traces: RSS (and the server's thread count) every 50 requests while serving, and every 500 requests at a quiet
+point: the clients hold their next request until none is in flight and the allocator has handed freed pages back
+(one trim period), so that the sample is the memory the server retains, not the working memory of the requests it
+happens to be serving. Target: every quiet sample after warm-up within +-20 MB of the quiet sample at the end of
+warm-up, and no unexpected error; the range of the samples while serving is reported beside it.
 
     python benchmarks/bench_soak.py [--requests 10000] [--clients 8] [--warmup 1000] [--visit 8]
         [--json results/benchmarks/soak-cpu.json] [--trace results/benchmarks/soak-trace.json]
@@ -43,8 +48,9 @@ MODELS = ["cifar10-resnet18-hpm-clean", "cifar10-resnet18-ncm", "cifar10-resnet2
 MIX = {"predict": 30, "predict_context": 10, "attack_apgd": 25, "attack_square": 10, "load_model": 10,
        "fig2": 5, "fig3": 5, "bad_hub": 5}  # request kind -> weight
 TARGET_MB = 20
-SAMPLE_EVERY = 50  # requests between two RSS samples
-BASELINE_REQUESTS = 250  # the last requests of warm-up whose RSS samples give the value after warm-up
+SAMPLE_EVERY = 50  # requests between two RSS samples while serving
+QUIET_EVERY = 500  # requests between two quiet samples (the warm-up must be a multiple)
+QUIET_WAIT_S = 6.0  # after the last request finished: the app's trim period (5 s) and a margin
 
 
 def start_server(root: Path, trace: Path | None, timeout: float = 300) -> tuple[subprocess.Popen, str]:
@@ -100,13 +106,15 @@ def serve_traced(out: Path) -> None:
     runpy.run_path(str(REPO / "app.py"), run_name="__main__")
 
 
-def rss_mb(pid: int) -> float:
+def memory(pid: int) -> dict:
+    """The server's resident memory (MB) and thread count."""
     import psutil
-    return psutil.Process(pid).memory_info().rss / 2**20
+    process = psutil.Process(pid)
+    return {"rss_mb": process.memory_info().rss / 2**20, "threads": process.num_threads()}
 
 
 class Soak:
-    """The clients' shared state: which request comes next, what happened to each, the RSS trace."""
+    """The clients' shared state: which request comes next, what happened to each, the RSS traces."""
 
     def __init__(self, url: str, server: subprocess.Popen, args: argparse.Namespace, folder: Path):
         from hpm import interactive as demo
@@ -117,22 +125,50 @@ class Soak:
         self.next, self.lock = itertools.count(), threading.Lock()
         self.done, self.latency, self.errors = 0, defaultdict(list), Counter()
         self.trace_points: list[dict] = []
+        self.quiet_points: list[dict] = []
+        self.in_flight, self.paused = 0, False
+        self.idle = threading.Condition(self.lock)  # notified when the last request in flight ends or a pause ends
         self.start = time.perf_counter()
 
+    def ticket(self) -> int | None:
+        """The next request's number (None when all are sent), after a quiet sample where one is due; the caller
+        then has one request in flight until :meth:`finished`."""
+        i = next(self.next)
+        if i >= self.n:
+            return None
+        with self.idle:
+            self.idle.wait_for(lambda: not self.paused)
+            if i and i % QUIET_EVERY == 0:
+                self.paused = True
+                self.idle.wait_for(lambda: self.in_flight == 0)
+        if i and i % QUIET_EVERY == 0:
+            time.sleep(QUIET_WAIT_S)
+            with self.idle:
+                self.quiet_points.append({"requests": i, "seconds": time.perf_counter() - self.start,
+                                          **memory(self.server.pid)})
+                self.paused = False
+                self.idle.notify_all()
+        with self.idle:
+            self.in_flight += 1
+        return i
+
     def finished(self, kind: str, seconds: float, error: str | None) -> None:
-        with self.lock:
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
             self.done += 1
             self.latency[kind].append(seconds)
             if error is not None:
                 self.errors[error] += 1
             if self.done % SAMPLE_EVERY == 0 or self.done in (1, self.warmup, self.n):
                 self.trace_points.append({"requests": self.done, "seconds": time.perf_counter() - self.start,
-                                          "rss_mb": rss_mb(self.server.pid)})
+                                          **memory(self.server.pid)})
             if self.trace and self.done in (self.warmup, self.n):
                 self.server.send_signal(signal.SIGUSR1)
             if self.done % 500 == 0:
                 print(f"  {self.done}/{self.n} requests, {time.perf_counter() - self.start:.0f} s, server RSS "
-                      f"{self.trace_points[-1]['rss_mb']:.0f} MB, errors {dict(self.errors)}", flush=True)
+                      f"{self.trace_points[-1]['rss_mb']:.0f} MB, {self.trace_points[-1]['threads']} threads, errors "
+                      f"{dict(self.errors)}", flush=True)
 
 
 def image(folder: Path, rng: random.Random) -> str:
@@ -184,7 +220,7 @@ def client_loop(soak: Soak, seed: int) -> None:
     from gradio_client import Client
     rng, kinds, weights, client = random.Random(seed), list(MIX), list(MIX.values()), None
     for sent in itertools.count():
-        if next(soak.next) >= soak.n:
+        if soak.ticket() is None:
             break
         kind = rng.choices(kinds, weights)[0]
         start, error = time.perf_counter(), None
@@ -205,20 +241,21 @@ def client_loop(soak: Soak, seed: int) -> None:
 
 
 def summary(soak: Soak) -> dict:
-    """Memory after warm-up (its change per 1,000 requests and largest deviation), errors and latencies."""
+    """Retained memory after warm-up (quiet samples: largest deviation from the one at the end of warm-up, change
+    per 1,000 requests), the range while serving, errors and latencies."""
     import numpy as np
     from scipy.stats import linregress
 
-    after = [p for p in soak.trace_points if p["requests"] >= soak.warmup]
-    # the value after warm-up: the median of the samples over its last BASELINE_REQUESTS requests (one sample alone
-    # is a few MB off either way, as the allocator hands pages back every few seconds)
-    base = float(np.median([p["rss_mb"] for p in soak.trace_points
-                            if soak.warmup - BASELINE_REQUESTS < p["requests"] <= soak.warmup]))
-    fit = linregress([p["requests"] for p in after], [p["rss_mb"] for p in after])
-    deviation = max(abs(p["rss_mb"] - base) for p in after)
+    quiet = [p for p in soak.quiet_points if p["requests"] >= soak.warmup]
+    base = quiet[0]["rss_mb"]  # the quiet sample at the end of warm-up
+    fit = linregress([p["requests"] for p in quiet], [p["rss_mb"] for p in quiet])
+    deviation = max(abs(p["rss_mb"] - base) for p in quiet)
+    serving = [p["rss_mb"] for p in soak.trace_points if p["requests"] >= soak.warmup]
     unexpected = sum(soak.errors.values())
-    return {"rss_after_warmup_mb": base, "rss_end_mb": after[-1]["rss_mb"],
+    return {"rss_after_warmup_mb": base, "rss_end_mb": quiet[-1]["rss_mb"],
             "rss_slope_mb_per_1000": 1000 * fit.slope, "rss_max_deviation_mb": deviation,
+            "rss_serving_range_mb": [min(serving), max(serving)],
+            "threads_after_warmup": [min(p["threads"] for p in quiet), max(p["threads"] for p in quiet)],
             "unexpected_errors": unexpected, "target_met": deviation <= TARGET_MB and unexpected == 0,
             "latency_s": {kind: {"n": len(t), **{f"p{q}": float(np.percentile(t, q)) for q in (50, 90, 99)}}
                           for kind, t in sorted(soak.latency.items())}}
@@ -237,8 +274,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve_traced:
         return serve_traced(args.serve_traced)
-    if not 0 < args.warmup < args.requests:
-        parser.error("--warmup must be between 0 and --requests")
+    if not 0 < args.warmup < args.requests or args.warmup % QUIET_EVERY or args.requests % QUIET_EVERY:
+        parser.error(f"--warmup and --requests must be multiples of {QUIET_EVERY}, the warm-up shorter")
     from hpm.devices import best_available, describe
 
     with tempfile.TemporaryDirectory() as folder:
@@ -252,6 +289,9 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
+            time.sleep(QUIET_WAIT_S)  # the last quiet sample, after the last request
+            soak.quiet_points.append({"requests": args.requests, "seconds": time.perf_counter() - soak.start,
+                                      **memory(server.pid)})
             if args.trace:
                 time.sleep(30)  # the snapshot is taken by the server's main thread
         finally:
@@ -262,12 +302,14 @@ def main() -> None:
               "requests_per_visitor": args.visit,
               "mix": MIX, "models": MODELS, "hardware": describe(best_available()), "traced": args.trace is not None,
               "seconds": time.perf_counter() - soak.start, "files_in_gradio_cache_at_end": files,
-              **summary(soak), "errors": dict(soak.errors), "rss_trace": soak.trace_points}
-    print(f"{args.requests} requests from {args.clients} clients in {result['seconds']:.0f} s; server RSS after "
-          f"{args.warmup} requests of warm-up {result['rss_after_warmup_mb']:.0f} MB, at the end "
+              **summary(soak), "errors": dict(soak.errors), "rss_quiet": soak.quiet_points,
+              "rss_trace": soak.trace_points}
+    print(f"{args.requests} requests from {args.clients} clients in {result['seconds']:.0f} s; server RSS at quiet "
+          f"points: after {args.warmup} requests of warm-up {result['rss_after_warmup_mb']:.0f} MB, at the end "
           f"{result['rss_end_mb']:.0f} MB: {result['rss_slope_mb_per_1000']:+.1f} MB per 1,000 requests, largest "
-          f"deviation {result['rss_max_deviation_mb']:.1f} MB (target +-{TARGET_MB} MB); unexpected errors: "
-          f"{result['unexpected_errors']} -> target {'met' if result['target_met'] else 'NOT met'}")
+          f"deviation {result['rss_max_deviation_mb']:.1f} MB (target +-{TARGET_MB} MB); while serving "
+          "{:.0f}-{:.0f} MB; unexpected errors: ".format(*result["rss_serving_range_mb"])
+          + f"{result['unexpected_errors']} -> target {'met' if result['target_met'] else 'NOT met'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

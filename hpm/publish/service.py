@@ -4,25 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .benchmarks import load_results_file
 from .metrics import pct
 
 
 def soak_lines(data: dict) -> list[str]:
-    """The soak's memory summary and per-request-kind latencies."""
+    """The soak's memory summary (retained memory at quiet points, the range while serving, threads) and
+    per-request-kind latencies."""
     verdict = "met" if data["target_met"] else "**not met**"
-    after = [p["rss_mb"] for p in data["rss_trace"] if p["requests"] >= data["warmup"]]
-    low, median, high = np.percentile(after, [5, 50, 95])
-    lines = ["| requests | clients | wall | RSS after warm-up | samples after warm-up: median (5th–95th percentile) "
-             "| RSS at the end | change per 1,000 requests (fit) | largest deviation after warm-up | unexpected errors "
-             "| target (±20 MB, no error) |",
+    quiet = ", ".join(f"{p['rss_mb']:.0f}" for p in data["rss_quiet"] if p["requests"] >= data["warmup"])
+    low, high = data["rss_serving_range_mb"]
+    lines = ["| requests | clients | wall | RSS at the quiet points from the end of warm-up on, every 500 requests "
+             "| change per 1,000 requests (fit) | largest deviation from the first | RSS while serving, after warm-up "
+             "| server threads at the quiet points | unexpected errors | target (±20 MB, no error) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| {data['requests']:,} ({data['warmup']:,} warm-up) | {data['clients']} | {data['seconds'] / 60:.0f} min "
-             f"| {data['rss_after_warmup_mb']:.0f} MB | {median:.0f} MB ({low:.0f}–{high:.0f} MB) | "
-             f"{data['rss_end_mb']:.0f} MB | {data['rss_slope_mb_per_1000']:+.2f} MB | "
-             f"{data['rss_max_deviation_mb']:.1f} MB | {data['unexpected_errors']} | {verdict} |", "",
+             f"| {quiet} MB | {data['rss_slope_mb_per_1000']:+.2f} MB | {data['rss_max_deviation_mb']:.1f} MB | "
+             f"{low:.0f}–{high:.0f} MB | {'–'.join(map(str, data['threads_after_warmup']))} | "
+             f"{data['unexpected_errors']} | {verdict} |", "",
              "| request | n | median | 90th percentile | 99th percentile |", "| --- | --- | --- | --- | --- |"]
     for kind, t in data["latency_s"].items():
         lines.append(f"| {kind.replace('_', ' ')} | {t['n']} | {t['p50']:.2f} s | {t['p90']:.2f} s | "
