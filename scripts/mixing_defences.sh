@@ -10,7 +10,9 @@
 #   sweep     the fixed-alpha mixture at each of ALPHAS under the same protocol (not shipped: the reports only)
 #   adaptive  adaptive smoothing as its authors train it (hpm mix --adaptive --recipe authors: their mixing network,
 #             their randomized APGD training attack with the training constants (2, 0.4), their warm-up) on MIXER_N
-#             training images for MIXER_EPOCHS epochs (theirs: 50,000 x 5 on GPUs), resumable from RUNS/mixer-preact;
+#             training images for MIXER_EPOCHS epochs (theirs: 50,000 x 5 on GPUs; each image costs 10 APGD runs of
+#             about 75 iterations through both networks and a 44M-parameter mixer, about 7 s a run per image on 2 CPU
+#             cores at batch 8, so the default 500 images take about 10 h there), resumable from RUNS/mixer-preact;
 #             deployed and evaluated with their constants (3, 20) under the same protocol, and where its alpha goes
 #             on clean and attacked images
 #   avgmargin, dpnp  the PreAct ResNet-18 retrained with its FC's recipe plus Wu & Yu's average-margin regulariser,
@@ -23,9 +25,9 @@ RUNS="${RUNS:-runs}"
 N="${N:-500}"
 N_SELECT="${N_SELECT:-1000}"
 ALPHAS="${ALPHAS:-0 0.5 0.7 0.8 0.9}"
-MIXER_N="${MIXER_N:-2000}"
+MIXER_N="${MIXER_N:-500}"
 MIXER_EPOCHS="${MIXER_EPOCHS:-1}"
-MIXER_BATCH="${MIXER_BATCH:-50}"
+MIXER_BATCH="${MIXER_BATCH:-25}"
 DEVICE=(${DEVICE:+--device "$DEVICE"})  # e.g. DEVICE=cuda; default: each command's own choice
 PREFIX=checkpoints/cifar10-preactresnet18-fgsmrs-15ep
 NUTS="$PREFIX-mixednuts"
