@@ -122,12 +122,12 @@ class Soak:
         self.url, self.server, self.folder, self.trace = url, server, folder, args.trace is not None
         self.n, self.warmup, self.visit = args.requests, args.warmup, args.visit
         self.attacks = {m: demo.attack_choices(demo.load_cached(str(REPO / "checkpoints" / m))) for m in MODELS}
-        self.next, self.lock = itertools.count(), threading.Lock()
+        self.next = itertools.count()
         self.done, self.latency, self.errors = 0, defaultdict(list), Counter()
         self.trace_points: list[dict] = []
         self.quiet_points: list[dict] = []
         self.in_flight, self.paused = 0, False
-        self.idle = threading.Condition(self.lock)  # notified when the last request in flight ends or a pause ends
+        self.idle = threading.Condition()  # guards the counts and traces; notified as requests end and pauses end
         self.start = time.perf_counter()
 
     def ticket(self) -> int | None:
