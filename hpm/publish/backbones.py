@@ -412,24 +412,13 @@ def backbones_lines(root: Path, section: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the figure of every ``backbones`` section of the manifest (``--no-png``: HTML only)."""
-    import argparse
     from dataclasses import asdict
 
     from ..plots import backbones_figure
-    from .figures import publish_figure
+    from .figures import plot_sections
 
-    parser = argparse.ArgumentParser(description="Plot HPM − FC against each robust backbone of the results "
-                                                 "manifest.")
-    parser.add_argument("--manifest", default="results/manifest.json")
-    parser.add_argument("--no-png", action="store_true")
-    args = parser.parse_args(argv)
-    manifest = Path(args.manifest)
-    root = manifest.resolve().parent.parent  # the manifest lies in ROOT/results/
-    for section in json.loads(manifest.read_text())["sections"]:
-        if section["kind"] != "backbones" or not section.get("figure"):
-            continue
-        fig = backbones_figure([asdict(r) for r in backbone_rows(root, section["entries"])], title=section["title"])
-        if publish_figure(fig, root / section["figure"], png=not args.no_png, width=1200, height=560,
-                          relative_to=root):
-            return 1
-    return 0
+    def figure(root: Path, section: dict):
+        return backbones_figure([asdict(r) for r in backbone_rows(root, section["entries"])], title=section["title"])
+
+    return plot_sections("backbones", figure, description="Plot HPM − FC against each robust backbone of the results "
+                         "manifest.", width=1200, height=560, argv=argv)

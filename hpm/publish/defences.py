@@ -139,26 +139,14 @@ def defences_table(root: Path, section: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the figure of every ``defences`` section of the manifest (``--no-png``: HTML only)."""
-    import argparse
-    import json
     from dataclasses import asdict
 
     from ..plots import defences_figure
-    from .figures import publish_figure
+    from .figures import plot_sections
 
-    parser = argparse.ArgumentParser(description="Plot clean vs robust accuracy of each defences section of the "
-                                                 "results manifest.")
-    parser.add_argument("--manifest", default="results/manifest.json")
-    parser.add_argument("--no-png", action="store_true")
-    args = parser.parse_args(argv)
-    manifest = Path(args.manifest)
-    root = manifest.resolve().parent.parent  # the manifest lies in ROOT/results/
-    for section in json.loads(manifest.read_text())["sections"]:
-        if section["kind"] != "defences" or not section.get("figure"):
-            continue
+    def figure(root: Path, section: dict):
         rows = defence_rows(root, section["entries"], section.get("batch_size"))
-        fig = defences_figure([asdict(r) for r in rows], title=section["title"])
-        if publish_figure(fig, root / section["figure"], png=not args.no_png, width=1000, height=700,
-                          relative_to=root):
-            return 1
-    return 0
+        return defences_figure([asdict(r) for r in rows], title=section["title"])
+
+    return plot_sections("defences", figure, description="Plot clean vs robust accuracy of each defences section of "
+                         "the results manifest.", width=1000, height=700, argv=argv)
