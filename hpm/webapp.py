@@ -10,6 +10,7 @@ import functools
 import os
 import tempfile
 import time
+import warnings
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -52,10 +53,15 @@ SAMPLES = samples_root()
 DATA = os.environ.get("HPM_DATA_DIR") or (str(SAMPLES) if SAMPLES else None)
 CACHE_HOURS = 6  # uploads and the images the app returns are deleted from the server after this long
 HUB_RECHECK_SECONDS = 600  # how often a Hub id (a branch may move) is looked up again
-# Gradio keeps a copy of the page's configuration for each session (about 0.1 MB), by default for the last 10,000
-# visitors. No endpoint of this app reads a session's copy (each answers from its arguments), so a visitor whose
-# copy was dropped loses nothing, and the app keeps the last few
-SESSIONS_KEPT = 100
+# Gradio keeps a copy of the page's configuration for each session (about 0.1 MB, plus the last value of every
+# output, figures among them), by default for the last 10,000 visitors. No endpoint of this app reads a session's
+# copy (each answers from its arguments), so a visitor whose copy was dropped loses nothing: the app keeps the
+# copies of as many sessions as its queue holds requests. Gradio also keeps an empty message queue for each of its
+# last 2,000 sessions; one is needed only while a session has a request queued or running, of which there are at
+# most QUEUE_SIZE + CONCURRENCY at a time, so the app keeps a margin over that
+QUEUE_SIZE, CONCURRENCY = 32, 2
+SESSIONS_KEPT = QUEUE_SIZE
+MESSAGE_QUEUES_KEPT = 512
 # HPM on the project's strongest robust backbone (a PreAct ResNet-18, FGSM-RS, 15 epochs), fine-tuned with the
 # paper's full IKL recipe: the HPM checkpoint shipped for a robust comparison (its card holds its measured numbers)
 ROBUST_HPM = "cifar10-preactresnet18-fgsmrs-15ep-hpm-full"
@@ -189,6 +195,19 @@ def _checked(slider: gr.Slider, *, integer: bool = False) -> gr.Slider:
 
     slider.preprocess = preprocess
     return slider
+
+
+def _keep_message_queues(blocks: gr.Blocks, n: int) -> bool:
+    """Let Gradio's queue keep the message queues of its last ``n`` sessions (it creates one per session and drops
+    the oldest beyond 2,000); True when it applied. Another Gradio version may keep them elsewhere: then a warning,
+    and its own bound holds."""
+    queues = getattr(getattr(blocks, "_queue", None), "pending_messages_per_session", None)
+    if not isinstance(getattr(queues, "max_size", None), int):
+        warnings.warn(f"this Gradio version ({gr.__version__}) keeps its per-session message queues where hpm does "
+                      "not look; they stay bounded by Gradio's own limit", RuntimeWarning, stacklevel=2)
+        return False
+    queues.max_size = n
+    return True
 
 
 @_user_errors
@@ -462,7 +481,8 @@ with gr.Blocks(title="hpm: Hybrid Prototype Mixing", delete_cache=(3600, CACHE_H
     angles_btn.click(angle_plots, model_id, [hist, cdf], api_name="angle_statistics")
     app.load(gallery_items, model_id, [gallery, gallery_note], api_visibility="private")
 
-app.queue(default_concurrency_limit=2, max_size=32)
+app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+_keep_message_queues(app, MESSAGE_QUEUES_KEPT)
 # How the app is launched, for users and for its tests alike. Library errors reach the visitor as messages
 # (gr.Error); any other exception shows only Gradio's generic notice, so no server detail leaks. Uploads are
 # refused above the size the image decoder accepts, and small images are enlarged without smoothing, so each

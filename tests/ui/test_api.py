@@ -378,3 +378,22 @@ def test_one_session_calls_every_kind_of_shipped_model_in_alternating_order_and_
     with pytest.raises(AppError, match=r"'pgd' does not apply to .* \(no attack of that name exists\): it accepts "
                                        r"fc, soft, ensemble, bpda, square"):
         client.predict(image, hpm_model, "pgd", 2, 2, 10, False, 8, api_name="/attack")
+
+
+def test_a_visitor_whose_session_the_server_dropped_loses_nothing(app_url, client, image):
+    """The server keeps Gradio's per-session copies of the page for its last SESSIONS_KEPT sessions and their
+    message queues for the last MESSAGE_QUEUES_KEPT (so that memory stays flat over weeks); a visitor who comes
+    back after more sessions than that gets the same answers as before."""
+    from gradio_client import Client
+    from hpm import webapp
+    assert webapp.app._queue.pending_messages_per_session.max_size == webapp.MESSAGE_QUEUES_KEPT
+    visitor = Client(app_url, verbose=False)
+    visitor.predict("cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8", "", api_name="/load_model")
+    before = visitor.predict(image, MODEL, False, 8, api_name="/predict")
+    for _ in range(webapp.SESSIONS_KEPT + 1):
+        Client(app_url, verbose=False).predict(image, MODEL, False, 8, api_name="/predict")
+    assert visitor.session_hash not in webapp.app.state_holder.session_data
+    assert len(webapp.app.state_holder.session_data) <= webapp.SESSIONS_KEPT
+    assert visitor.predict(image, MODEL, False, 8, api_name="/predict") == before
+    *_, summary, _ = visitor.predict(image, MODEL, "ensemble", 2, 2, 10, False, 8, api_name="/attack")
+    assert "fooled" in summary
