@@ -280,7 +280,7 @@ def test_the_mixer_loss_is_the_authors_weighted_bce_ce_and_product():
 
 
 def test_training_the_mixer_moves_only_the_mixer_and_resumes_per_epoch(tiny_data_root, tmp_path):
-    from hpm.data import load_dataset
+    from hpm.data import ImageTensorDataset, load_dataset
     from hpm.train.mixer import MixerConfig, train_mixer
     model, data = adaptive(), load_dataset("cifar10", "train", str(tiny_data_root))
     branches = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("mixer.")}
@@ -298,6 +298,9 @@ def test_training_the_mixer_moves_only_the_mixer_and_resumes_per_epoch(tiny_data
     assert again == history
     with pytest.raises(HPMError, match="different recipe"):
         train_mixer(adaptive(), data, MixerConfig(epochs=1, batch_size=10, steps=3), tmp_path / "run", progress=False)
+    fewer = ImageTensorDataset(data.images[:-10], data.labels[:-10], data.classes, data.source)
+    with pytest.raises(HPMError, match="other training images"):
+        train_mixer(adaptive(), fewer, config, tmp_path / "run", progress=False)
     assert all(torch.equal(v, model.mixer.state_dict()[k]) for k, v in trained.items())
 
 

@@ -172,7 +172,7 @@ def test_fine_tuning_neither_reseeds_nor_draws_from_the_process_wide_generator(t
 def test_resume_with_a_different_recipe_is_refused(tmp_path, tiny_setup):
     model, data = tiny_setup
     finetune_adversarial(model, data, AdversarialConfig(batch_size=8, steps=1, max_steps=1), tmp_path, progress=False)
-    with pytest.raises(HPMError, match="different training config"):
+    with pytest.raises(HPMError, match="different recipe"):
         finetune_adversarial(model, data, AdversarialConfig(batch_size=8, steps=2), tmp_path, progress=False)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,7 @@ from ..model import HPMClassifier
 from ..progress import progress_bar
 from .losses import ClassWeights, ikl_loss, soft_cross_entropy, weighted_pairwise_mse
 from .pgd import linf_pgd
+from .state import load_state, recipe, save_state
 
 
 @dataclass
@@ -168,10 +169,7 @@ def pgd_ikl(model: HPMClassifier, x: Tensor, zn: Tensor, labels: Tensor, config:
 STATE_FILE = "trainer_state.pt"
 
 
-def _recipe_key(config: AdversarialConfig) -> str:
-    """The options a resumed run must share with the interrupted one (not max_steps / save_every)."""
-    recipe = {k: v for k, v in asdict(config).items() if k not in ("max_steps", "save_every")}
-    return json.dumps(recipe, sort_keys=True)
+FREE_WHEN_RESUMING = ("max_steps", "save_every")  # options a resumed run may change
 
 
 def _save_state(path: Path, model: HPMClassifier, opt: torch.optim.Optimizer, weights: ClassWeights,
@@ -181,12 +179,10 @@ def _save_state(path: Path, model: HPMClassifier, opt: torch.optim.Optimizer, we
         "optimizer": opt.state_dict(),
         "class_weights": weights.state_dict(),
         "epoch": epoch, "step": step, "losses": losses,
-        "config": _recipe_key(config),
+        "config": recipe(config, free=FREE_WHEN_RESUMING),
         "torch_rng": noise.get_state(),  # the PGD noise's generator (the name predates its own generator)
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill during saving leaves the previous state intact
+    save_state(state, path)
 
 
 def finetune_adversarial(model: HPMClassifier, dataset: ImageTensorDataset, config: AdversarialConfig,
@@ -261,10 +257,7 @@ def _resume_or_initialise(state_path: Path, model: HPMClassifier, opt: torch.opt
         z, y = init_features or extract_features(model, dataset, device=device, progress=progress)
         fit_prototypes(model, z, y)
         return 0, 0, [], noise.manual_seed(config.seed)
-    state = torch.load(state_path, map_location=device, weights_only=True)
-    if state["config"] != _recipe_key(config):
-        raise HPMError(f"{state_path} was written with a different training config; use a new --out "
-                       "directory or the same options to resume")
+    state = load_state(state_path, config, device, free=FREE_WHEN_RESUMING)
     model.load_state_dict({**model.state_dict(), **state["trainable"]}, strict=True)
     opt.load_state_dict(state["optimizer"])
     weights.load_state_dict(state["class_weights"])

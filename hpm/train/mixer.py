@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,6 +51,7 @@ from ..progress import progress_bar
 from .mixer_attack import RandomizedAttack, fooling_the_mixer, randomized_apgd
 from .pgd import linf_pgd, uniform_start
 from .scratch import augment, hardware
+from .state import load_state, recipe, save_state
 
 STATE_FILE = "mixer-state.pt"
 HISTORY_FILE = "mixer-history.json"
@@ -166,9 +167,8 @@ def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.op
 def _save(out: Path, model: MixedClassifier, opt, schedule, config: MixerConfig, data: str, position: dict) -> None:
     """Write the resumable state atomically: a kill keeps the previous one."""
     state = {"mixer": model.mixer.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
-             "config": json.dumps(asdict(config), sort_keys=True), "data": data, "position": json.dumps(position)}
-    torch.save(state, out / (STATE_FILE + ".tmp"))
-    (out / (STATE_FILE + ".tmp")).replace(out / STATE_FILE)
+             "config": recipe(config), "data": data, "position": json.dumps(position)}
+    save_state(state, out / STATE_FILE)
 
 
 def _resume(out: Path, model: MixedClassifier, opt: torch.optim.Optimizer, schedule, config: MixerConfig,
@@ -178,12 +178,10 @@ def _resume(out: Path, model: MixedClassifier, opt: torch.optim.Optimizer, sched
     path = out / STATE_FILE
     if not path.exists():
         return {"epoch": 0, "step": 0, "totals": {}, "generator": None}
-    state = torch.load(path, map_location=device, weights_only=True)
-    recorded = {k: v for k, v in json.loads(state["config"]).items() if k != "save_seconds"}
-    if recorded != {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k != "save_seconds"} \
-            or state.get("data") != data:
-        raise HPMError(f"{path} was written with a different recipe or other training images; resume with the same "
-                       "options or use a new run directory")
+    state = load_state(path, config, device, free=("save_seconds",))
+    if state.get("data") != data:
+        raise HPMError(f"{path} was written for other training images ({state.get('data')}); resume with the same "
+                       "data or use a new run directory")
     try:
         model.mixer.load_state_dict(state["mixer"])
     except RuntimeError as error:

@@ -38,6 +38,7 @@ from ..rng import seeded
 from ..sources.zoo import ARCHITECTURES, OPTIONS, L2Classifier, PrototypeClassifier, ZooNet, build
 from .losses import average_margin_penalty, dpnp_loss
 from .pgd import linf_pgd, uniform_start
+from .state import load_state, recipe, save_state
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -192,13 +193,10 @@ def _write_state(path: Path, run: "_Run", config: BackboneConfig) -> None:
     """``run`` as ``state.pt``: between epochs (``run.step == 0``) or after ``run.step`` batches of epoch
     ``run.start + 1``, with that epoch's generator state and running sums."""
     state = {"model": run.net.state_dict(), "optimizer": run.opt.state_dict(), "schedule": run.schedule.state_dict(),
-             "epoch": run.start, "best_epoch": run.best_epoch, "best_guard": run.best_guard,
-             "config": json.dumps(asdict(config), sort_keys=True)}
+             "epoch": run.start, "best_epoch": run.best_epoch, "best_guard": run.best_guard, "config": recipe(config)}
     if run.step:
         state |= {"step": run.step, "generator": run.generator_state, "partial": dict(run.partial)}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill while saving keeps the previous epoch's state
+    save_state(state, path)
 
 
 @dataclass
@@ -230,12 +228,8 @@ def _start_or_resume(config: BackboneConfig, out: Path, total_steps: int, device
     state_path = out / STATE_FILE
     if not state_path.exists():
         return run
-    state = torch.load(state_path, map_location=device, weights_only=True)
-    saved = asdict(BackboneConfig()) | json.loads(state["config"])  # options added since take their defaults
-    if saved != json.loads(json.dumps(asdict(config))):
-        raise HPMError(f"{state_path} was written with a different recipe (the learning-rate schedule depends "
-                       "on every option, --epochs included); resume with the same options or use a new run "
-                       "directory")
+    state = load_state(state_path, config, device,
+                       why="the learning-rate schedule depends on every option, --epochs included")
     net.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     if "schedule" in state:
