@@ -139,6 +139,30 @@ def test_hpm_mix_saves_a_checkpoint_that_loads_to_the_same_mixture(two_checkpoin
     assert "mixed classifier (alpha 0.7, T 0.5)" in card and "gradients flow through both networks" in card
 
 
+def test_hpm_mix_names_the_checkpoints_that_store_its_branches_backbones_unless_told_to_store_a_copy(
+        two_checkpoints, tmp_path):
+    from safetensors import safe_open
+
+    standard, robust = two_checkpoints
+    x = torch.rand(4, 3, 32, 32)
+    outputs = []
+    for out, extra in ((tmp_path / "named", []), (tmp_path / "stored", ["--store-backbone"])):
+        assert main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.7", "--out", str(out),
+                     *extra]) == 0
+        config = json.loads((out / "config.json").read_text())
+        with safe_open(str(out / "model.safetensors"), "pt") as weights:
+            stored = {k.split(".")[0] for k in weights.keys() if ".features." in k}
+        if extra:
+            assert stored == {"standard", "robust"}
+        else:
+            assert stored == set()
+            assert [config[b]["backbone"]["name"] for b in ("standard", "robust")] == ["../net0", "../net1"]
+            assert all(config[b]["backbone"]["source"] == "checkpoint" for b in ("standard", "robust"))
+        with torch.no_grad():
+            outputs.append(hpm.load(out)(x))
+    assert torch.equal(*outputs)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.update(alpha=1.5), r"alpha must be a number in \[0, 1\]"),
     (lambda c: c.update(temperature="hot"), "temperature one > 0"),

@@ -78,6 +78,9 @@ def _register_mix(sub) -> None:
                            "attacked on the robust branch (resumes per batch from --run-dir)")
     m.add_argument("--temperature", type=float, default=1.0, help="T dividing h's logits (default 1)")
     m.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
+    m.add_argument("--store-backbone", action="store_true",
+                   help="a branch from a checkpoint that stores its backbone: store a copy in --out too (default: "
+                        "--out names that checkpoint, by its shipped name or its path relative to --out)")
     m.add_argument("--run-dir", metavar="DIR",
                    help="adaptive: resumable training states (default: OUT.run); nuts: the selection attack's batches")
     m.add_argument("--epochs", type=positive_int, default=1, help="adaptive: epochs (default 1)")
@@ -176,6 +179,14 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_backbone(branch, name: str, out: str) -> None:
+    """A branch loaded from a checkpoint directory that stores its backbone names that checkpoint instead of
+    storing the backbone again (:mod:`hpm.sources.reference`)."""
+    config = getattr(branch, "checkpoint_config", None)
+    if Path(name).is_dir() and config is not None and getattr(config, "backbone_weights_included", False):
+        branch.reference_backbone(name, relative_to=out)
+
+
 def _cmd_mix(args: argparse.Namespace) -> int:
     from ..errors import HPMError
     from ..mixed import MixedClassifier, MixingNetwork
@@ -192,6 +203,9 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     if isinstance(standard, MixedClassifier) or isinstance(robust, MixedClassifier):
         raise HPMError("each branch must be one classifier, not a mixture")
     names = (args.standard, args.robust)
+    if not args.store_backbone:
+        for branch, name in zip((standard, robust), names):
+            _name_backbone(branch, name, args.out)
     if args.nuts:
         model, selection = _select_nuts(standard, robust, args)
         model.save_pretrained(args.out)
