@@ -16,7 +16,7 @@ def upload(page, path):
 
 def load_shipped(page, name):
     page.get_by_label("Shipped checkpoint").click()
-    page.get_by_role("option", name=name).click()
+    page.get_by_role("option", name=name, exact=True).click()
     page.get_by_role("button", name="Load model").click()
 
 
