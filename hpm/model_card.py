@@ -158,11 +158,20 @@ def _nuts_text(config: MixedCheckpointConfig) -> tuple[str, str]:
     intro = (f"MixedNUTS (Bai et al., training-free): `p(x) = (1 - alpha) onehot(argmax g(x)) + alpha softmax(h~(x))` "
              f"with alpha = {config.alpha:.4g}, `h~ = s sign(u) |u|^p`, `u = GELU(standardised h(x) + c)`, s = "
              f"{m['scale']:.4g}, p = {m['power']:.4g}, c = {m['bias']:.4g}; the model outputs `log p(x)`.")
-    selection = m.get("selection")
-    if not selection:
+    sel = m.get("selection")
+    if not sel:
         return intro, ""
-    lines = "\n".join(f"- `{k}`: `{v}`" for k, v in selection.items())
-    return intro, f"\n## How alpha and the map were selected\n\n{lines}\n"
+    grid = sel["grid"]
+    text = (f"By the authors' procedure, on {sel['images']}. Attack: {sel['attack']}. The {sel['n_attacked_correct']} "
+            f"images the robust branch still classifies correctly under it set the cutoff: {sel['beta']:g}% of their "
+            f"margins after the map stay at or above it ({sel['cutoff']:.4g}), and alpha = 1 / (1 + cutoff) = "
+            f"{sel['alpha']:.4g}. Of the {grid['n'] ** 3} maps of the grid ({grid['n']} values each of s in "
+            f"[{grid['scale'][0]:g}, {grid['scale'][1]:g}], log-spaced, c in [{grid['bias'][0]:g}, "
+            f"{grid['bias'][1]:g}] and p in [{grid['power'][0]:g}, {grid['power'][1]:g}]), the one kept leaves the "
+            f"fewest margins of the {sel['n_clean_incorrect']} images the robust branch misclassifies clean at or "
+            f"above the cutoff: {100 * sel['objective']:.1f}% of them, whose prediction the mixture leaves to the "
+            "robust branch.")
+    return intro, f"\n## How alpha and the map were selected\n\n{text}\n"
 
 
 def _epoch_cost(epoch: dict) -> str:
@@ -179,7 +188,9 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
     data = ModelCardData(library_name="hpm", license="mit", pipeline_tag="image-classification",
                          tags=["adversarial-robustness", "image-classification", "mixed-classifier", "pytorch",
                                "safetensors"], datasets=[config.dataset] if config.dataset else None)
-    commands = list((config.training or {}).get("commands") or []) + evaluation_commands(config.metrics)
+    selection = (config.robust_map or {}).get("selection") or {}
+    commands = [*((config.training or {}).get("commands") or []), *(selection.get("commands") or []),
+                *evaluation_commands(config.metrics)]
     reproduce = ("```bash\n" + "\n".join(commands) + "\n```\n") if commands else "_not recorded_\n"
     title, rule = _mixing_rule(config)
     recipe = "\n".join(f"- `{k}`: `{v}`" for k, v in (config.training or {}).items()

@@ -146,6 +146,8 @@ def test_hpm_mix_nuts_selects_on_training_images_saves_and_loads_the_same_mixtur
         k: config["robust_map"][k] for k in ("scale", "power", "bias")}
     card = (out / "README.md").read_text()
     assert "MixedNUTS (Bai et al., training-free)" in card and "## How alpha and the map were selected" in card
+    assert f"98.5% of their margins after the map stay at or above it ({selection['cutoff']:.4g})" in card
+    assert selection["commands"][0] in card.split("## Reproduce")[1]  # the selection is how to rebuild it
     assert len(list((tmp_path / "nuts.run").glob("selection-*.safetensors"))) == 2  # a rerun resumes from these
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
