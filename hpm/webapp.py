@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -56,9 +57,9 @@ HUB_RECHECK_SECONDS = 600  # how often a Hub id (a branch may move) is looked up
 # Gradio keeps a copy of the page's configuration for each session (about 0.1 MB, plus the last value of every
 # output, figures among them), by default for the last 10,000 visitors. No endpoint of this app reads a session's
 # copy (each answers from its arguments), so a visitor whose copy was dropped loses nothing: the app keeps the
-# copies of as many sessions as its queue holds requests. Gradio also keeps an empty message queue for each of its
-# last 2,000 sessions; one is needed only while a session has a request queued or running, of which there are at
-# most QUEUE_SIZE + CONCURRENCY at a time, so the app keeps a margin over that
+# copies of as many sessions as its queue holds requests. Gradio also keeps a message queue for each session, needed
+# while the session has a request queued or running (those are always kept); the app keeps those of its last 512
+# idle sessions besides (_SessionQueues)
 QUEUE_SIZE, CONCURRENCY = 32, 2
 SESSIONS_KEPT = QUEUE_SIZE
 MESSAGE_QUEUES_KEPT = 512
@@ -197,16 +198,38 @@ def _checked(slider: gr.Slider, *, integer: bool = False) -> gr.Slider:
     return slider
 
 
+class _SessionQueues(OrderedDict):
+    """Gradio's per-session message queues (its queue's ``pending_messages_per_session``), at most ``max_size``
+    besides those of sessions with a request queued or running. Gradio's own store drops the oldest session's
+    queue beyond 2,000, even while that session waits for an answer; this one drops only idle sessions' queues (and
+    their empty sets of pending requests), the oldest first. A session whose queue was dropped gets a new one with
+    its next request, as on its first."""
+
+    def __init__(self, pending: dict[str, set], max_size: int):
+        super().__init__()
+        self.pending, self.max_size = pending, max_size  # pending: Gradio's session -> ids of its requests
+
+    def __setitem__(self, session: str, queue) -> None:
+        if session not in self:
+            idle = [s for s in self if not self.pending.get(s)]
+            for s in idle[:max(0, len(self) + 1 - self.max_size)]:
+                del self[s]
+                self.pending.pop(s, None)
+        super().__setitem__(session, queue)
+
+
 def _keep_message_queues(blocks: gr.Blocks, n: int) -> bool:
-    """Let Gradio's queue keep the message queues of its last ``n`` sessions (it creates one per session and drops
-    the oldest beyond 2,000); True when it applied. Another Gradio version may keep them elsewhere: then a warning,
-    and its own bound holds."""
-    queues = getattr(getattr(blocks, "_queue", None), "pending_messages_per_session", None)
-    if not isinstance(getattr(queues, "max_size", None), int):
+    """Give Gradio's queue a :class:`_SessionQueues` of ``n`` idle sessions; True when it applied. Another Gradio
+    version may keep its queues elsewhere: then a warning, and its own bound holds."""
+    queue = getattr(blocks, "_queue", None)
+    queues, pending = (getattr(queue, name, None) for name in ("pending_messages_per_session",
+                                                               "pending_event_ids_session"))
+    if not (isinstance(queues, dict) and isinstance(pending, dict)):
         warnings.warn(f"this Gradio version ({gr.__version__}) keeps its per-session message queues where hpm does "
                       "not look; they stay bounded by Gradio's own limit", RuntimeWarning, stacklevel=2)
         return False
-    queues.max_size = n
+    queue.pending_messages_per_session = kept = _SessionQueues(pending, n)
+    kept.update(queues)
     return True
 
 

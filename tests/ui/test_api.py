@@ -381,12 +381,11 @@ def test_one_session_calls_every_kind_of_shipped_model_in_alternating_order_and_
 
 
 def test_a_visitor_whose_session_the_server_dropped_loses_nothing(app_url, client, image):
-    """The server keeps Gradio's per-session copies of the page for its last SESSIONS_KEPT sessions and their
-    message queues for the last MESSAGE_QUEUES_KEPT (so that memory stays flat over weeks); a visitor who comes
-    back after more sessions than that gets the same answers as before."""
+    """The server keeps Gradio's per-session copies of the page for its last SESSIONS_KEPT sessions (so that memory
+    stays flat over weeks); a visitor who comes back after more sessions than that gets the same answers as
+    before."""
     from gradio_client import Client
     from hpm import webapp
-    assert webapp.app._queue.pending_messages_per_session.max_size == webapp.MESSAGE_QUEUES_KEPT
     visitor = Client(app_url, verbose=False)
     visitor.predict("cifar10-resnet20w32-fgsmrs-20ep-mixed-alpha0.8", "", api_name="/load_model")
     before = visitor.predict(image, MODEL, False, 8, api_name="/predict")
@@ -397,3 +396,29 @@ def test_a_visitor_whose_session_the_server_dropped_loses_nothing(app_url, clien
     assert visitor.predict(image, MODEL, False, 8, api_name="/predict") == before
     *_, summary, _ = visitor.predict(image, MODEL, "ensemble", 2, 2, 10, False, 8, api_name="/attack")
     assert "fooled" in summary
+
+
+def test_a_session_waiting_for_an_answer_keeps_its_messages_however_many_sessions_come_after(app_url, image):
+    """The server keeps the message queues of its last MESSAGE_QUEUES_KEPT idle sessions, and always those of the
+    sessions with a request queued or running: here with room for 2 idle ones, 3 new visitors come and go while
+    one attack runs, and the attack's answer still arrives."""
+    import time
+
+    from gradio_client import Client
+    from hpm import webapp
+    queues = webapp.app._queue.pending_messages_per_session
+    assert isinstance(queues, webapp._SessionQueues) and queues.max_size == webapp.MESSAGE_QUEUES_KEPT
+    queues.max_size = 2
+    try:
+        visitor = Client(app_url, verbose=False)
+        job = visitor.submit(image, MODEL, "ensemble", 2, 200, 10, False, 8, api_name="/attack")
+        while visitor.session_hash not in queues:
+            time.sleep(0.05)
+        for _ in range(3):
+            Client(app_url, verbose=False).predict(image, MODEL, False, 8, api_name="/predict")
+        assert not job.done()  # the attack was still running while the others came and went
+        assert len([s for s in queues if s != visitor.session_hash]) <= 2
+        *_, summary, _ = job.result()
+        assert "fooled" in summary
+    finally:
+        queues.max_size = webapp.MESSAGE_QUEUES_KEPT
