@@ -162,7 +162,8 @@ def _nuts_text(config: MixedCheckpointConfig) -> tuple[str, str]:
     if not sel:
         return intro, ""
     grid = sel["grid"]
-    text = (f"By the authors' procedure, on {sel['images']}. Attack: {sel['attack']}. The {sel['n_attacked_correct']} "
+    text = (f"By the authors' procedure, on {sel.get('images', 'images not recorded')}. Attack: "
+            f"{sel.get('attack', 'not recorded')}. The {sel['n_attacked_correct']} "
             f"images the robust branch still classifies correctly under it set the cutoff: {sel['beta']:g}% of their "
             f"margins after the map stay at or above it ({sel['cutoff']:.4g}), and alpha = 1 / (1 + cutoff) = "
             f"{sel['alpha']:.4g}. Of the {grid['n'] ** 3} maps of the grid ({grid['n']} values each of s in "

@@ -162,3 +162,14 @@ def test_a_robust_map_without_its_numbers_is_refused(two_checkpoints, tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="robust_map .* numbers scale, power and bias"):
         hpm.load(tmp_path / "m")
+
+
+def test_a_mixednuts_built_in_python_from_a_selection_saves_with_a_card_that_says_how_it_was_selected(
+        two_checkpoints, tmp_path):
+    standard, robust = (hpm.load(path) for path in two_checkpoints)
+    chosen = select_map(torch.tensor([[4.0, 0.0, 0.0], [3.0, 1.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.5]]),
+                        grid=Grid(n=2))
+    model = MixedNUTS(standard, robust, chosen.alpha, RobustLogitMap(chosen.scale, chosen.power, chosen.bias),
+                      selection=chosen.record())  # without the images and the attack, which the CLI adds
+    card = (model.save_pretrained(tmp_path / "nuts") / "README.md").read_text()
+    assert "By the authors' procedure, on images not recorded. Attack: not recorded. The 2 images" in card
