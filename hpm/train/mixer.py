@@ -55,6 +55,7 @@ from .state import load_state, recipe, save_state
 
 STATE_FILE = "mixer-state.pt"
 HISTORY_FILE = "mixer-history.json"
+FREE_WHEN_RESUMING = ("save_seconds",)  # options a resumed run may change
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.op
 def _save(out: Path, model: MixedClassifier, opt, schedule, config: MixerConfig, data: str, position: dict) -> None:
     """Write the resumable state atomically: a kill keeps the previous one."""
     state = {"mixer": model.mixer.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
-             "config": recipe(config), "data": data, "position": json.dumps(position)}
+             "config": recipe(config, free=FREE_WHEN_RESUMING), "data": data, "position": json.dumps(position)}
     save_state(state, out / STATE_FILE)
 
 
@@ -178,10 +179,10 @@ def _resume(out: Path, model: MixedClassifier, opt: torch.optim.Optimizer, sched
     path = out / STATE_FILE
     if not path.exists():
         return {"epoch": 0, "step": 0, "totals": {}, "generator": None}
-    state = load_state(path, config, device, free=("save_seconds",))
+    state = load_state(path, config, device, free=FREE_WHEN_RESUMING)
     if state.get("data") != data:
-        raise HPMError(f"{path} was written for other training images ({state.get('data')}); resume with the same "
-                       "data or use a new run directory")
+        raise HPMError(f"{path} was written for other training images ({state.get('data')} then, {data} now); resume "
+                       "with the same data or use a new run directory")
     try:
         model.mixer.load_state_dict(state["mixer"])
     except RuntimeError as error:

@@ -29,12 +29,15 @@ def save_state(state: dict, path: Path) -> None:
 def load_state(path: Path, config, device: torch.device | str, *, free: Iterable[str] = (), why: str = "") -> dict:
     """The state saved at ``path`` (tensors, numbers and strings only: ``weights_only=True``) once its recipe
     (``state["config"]``, as :func:`recipe` wrote it) is ``config``'s; options added to the recipe since it was
-    written take their defaults, those in ``free`` are not compared. Otherwise an error that names the fix (``why``
-    says why the options matter, in a parenthesis)."""
+    written take their defaults, those in ``free`` are not compared. Otherwise an error that lists the options that
+    differ and names the fix (``why`` adds why the options matter)."""
     free = set(free)
     state = torch.load(path, map_location=device, weights_only=True)
     recorded = json.loads(recipe(type(config)(), free=free)) | json.loads(state["config"])
-    if {k: v for k, v in recorded.items() if k not in free} != json.loads(recipe(config, free=free)):
-        raise HPMError(f"{path} was written with a different recipe{f' ({why})' if why else ''}; resume with the "
-                       "same options or use a new run directory")
+    current = json.loads(recipe(config, free=free))
+    changed = [f"{k} {recorded.get(k)!r} then, {current.get(k)!r} now" for k in sorted(set(recorded) | set(current))
+               if k not in free and recorded.get(k) != current.get(k)]
+    if changed:
+        raise HPMError(f"{path} was written with a different recipe ({'; '.join(changed)}{f'; {why}' if why else ''})"
+                       "; resume with the same options or use a new run directory")
     return state
