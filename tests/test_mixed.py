@@ -163,6 +163,20 @@ def test_hpm_mix_names_the_checkpoints_that_store_its_branches_backbones_unless_
     assert torch.equal(*outputs)
 
 
+def test_hpm_mix_keeps_a_branch_that_names_its_backbone_by_a_relative_path_loadable_from_its_own_folder(
+        two_checkpoints, tmp_path):
+    standard, robust = two_checkpoints
+    head = hpm.load(robust).reference_backbone(robust, relative_to=tmp_path / "heads" / "h1")
+    head.save_pretrained(tmp_path / "heads" / "h1")  # names its backbone ../../net1
+    out = tmp_path / "elsewhere" / "deeper" / "mixed"
+    assert main(["mix", "--standard", standard, "--robust", str(tmp_path / "heads" / "h1"), "--alpha", "0.7",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["robust"]["backbone"]["name"] == "../../../net1"
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hpm.load(out)(x), load_or_wrap(f"mixed(standard={standard},robust={robust},alpha=0.7)")(x))
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.update(alpha=1.5), r"alpha must be a number in \[0, 1\]"),
     (lambda c: c.update(temperature="hot"), "temperature one > 0"),

@@ -180,11 +180,19 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _name_backbone(branch, name: str, out: str) -> None:
-    """A branch loaded from a checkpoint directory that stores its backbone names that checkpoint instead of
-    storing the backbone again (:mod:`hpm.sources.reference`)."""
+    """A branch loaded from the checkpoint ``name`` (a directory, a shipped name or a Hub id) that stores its
+    backbone names that checkpoint instead of storing the backbone again (:mod:`hpm.sources.reference`); one that
+    already names its backbone's checkpoint by a path relative to its own directory names it relative to ``out``."""
+    from ..sources.reference import SOURCE, is_portable
+
     config = getattr(branch, "checkpoint_config", None)
-    if Path(name).is_dir() and config is not None and getattr(config, "backbone_weights_included", False):
+    if config is None or not hasattr(branch, "reference_backbone"):
+        return  # a network wrapped from a zoo or a file, not a checkpoint
+    spec = branch.backbone_spec
+    if config.backbone_weights_included:
         branch.reference_backbone(name, relative_to=out)
+    elif spec.source == SOURCE and not is_portable(str(spec.name)) and Path(name).is_dir():
+        branch.reference_backbone(Path(name) / str(spec.name), relative_to=out)
 
 
 def _cmd_mix(args: argparse.Namespace) -> int:
