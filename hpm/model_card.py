@@ -66,8 +66,11 @@ def _threat_text(threat: dict | None) -> str:
     return "none (standard training / clean fine-tuning)"
 
 
-def _reproduce_block(config: CheckpointConfig) -> str:
-    commands = list((config.training or {}).get("commands") or []) + evaluation_commands(config.metrics)
+def _reproduce_block(config: CheckpointConfig | MixedCheckpointConfig) -> str:
+    """The commands that rebuild and evaluate a checkpoint: its training's, a MixedNUTS selection's, its reports'."""
+    selection = (getattr(config, "robust_map", None) or {}).get("selection") or {}
+    commands = [*((config.training or {}).get("commands") or []), *(selection.get("commands") or []),
+                *evaluation_commands(config.metrics)]
     return ("```bash\n" + "\n".join(commands) + "\n```\n") if commands else "_not recorded_\n"
 
 
@@ -189,10 +192,7 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
     data = ModelCardData(library_name="hpm", license="mit", pipeline_tag="image-classification",
                          tags=["adversarial-robustness", "image-classification", "mixed-classifier", "pytorch",
                                "safetensors"], datasets=[config.dataset] if config.dataset else None)
-    selection = (config.robust_map or {}).get("selection") or {}
-    commands = [*((config.training or {}).get("commands") or []), *(selection.get("commands") or []),
-                *evaluation_commands(config.metrics)]
-    reproduce = ("```bash\n" + "\n".join(commands) + "\n```\n") if commands else "_not recorded_\n"
+    reproduce = _reproduce_block(config)
     title, rule = _mixing_rule(config)
     recipe = "\n".join(f"- `{k}`: `{v}`" for k, v in (config.training or {}).items()
                        if k not in ("commands", "history"))
