@@ -136,21 +136,27 @@ class Soak:
         i = next(self.next)
         if i >= self.n:
             return None
+        quiet = i > 0 and i % QUIET_EVERY == 0
         with self.idle:
             self.idle.wait_for(lambda: not self.paused)
-            if i and i % QUIET_EVERY == 0:
+            if quiet:
                 self.paused = True
                 self.idle.wait_for(lambda: self.in_flight == 0)
-        if i and i % QUIET_EVERY == 0:
-            time.sleep(QUIET_WAIT_S)
+        if quiet:
+            self.sample_quiet(i)
             with self.idle:
-                self.quiet_points.append({"requests": i, "seconds": time.perf_counter() - self.start,
-                                          **memory(self.server.pid)})
                 self.paused = False
                 self.idle.notify_all()
         with self.idle:
             self.in_flight += 1
         return i
+
+    def sample_quiet(self, requests: int) -> None:
+        """A quiet sample after ``requests`` requests, none in flight: one trim period, then RSS and threads."""
+        time.sleep(QUIET_WAIT_S)
+        with self.idle:
+            self.quiet_points.append({"requests": requests, "seconds": time.perf_counter() - self.start,
+                                      **memory(self.server.pid)})
 
     def finished(self, kind: str, seconds: float, error: str | None) -> None:
         with self.idle:
@@ -289,9 +295,7 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            time.sleep(QUIET_WAIT_S)  # the last quiet sample, after the last request
-            soak.quiet_points.append({"requests": args.requests, "seconds": time.perf_counter() - soak.start,
-                                      **memory(server.pid)})
+            soak.sample_quiet(args.requests)  # the last quiet sample, after the last request
             if args.trace:
                 time.sleep(30)  # the snapshot is taken by the server's main thread
         finally:

@@ -210,7 +210,7 @@ class _SessionQueues(OrderedDict):
         self.pending, self.max_size = pending, max_size  # pending: Gradio's session -> ids of its requests
 
     def __setitem__(self, session: str, queue) -> None:
-        if session not in self:
+        if session not in self and len(self) >= self.max_size:
             idle = [s for s in self if not self.pending.get(s)]
             for s in idle[:max(0, len(self) + 1 - self.max_size)]:
                 del self[s]
