@@ -107,9 +107,11 @@ class MixedCheckpointConfig:
                                   f"{alpha!r}, {temperature!r}")
         robust_map = d.get("robust_map")
         if robust_map is not None and (alpha is None or not isinstance(robust_map, dict) or not all(
-                isinstance(robust_map.get(k), (int, float)) for k in ("scale", "power", "bias"))):
+                isinstance(robust_map.get(k), (int, float)) for k in ("scale", "power", "bias")) or not (
+                robust_map.get("attack_alpha") is None or 0 <= robust_map["attack_alpha"] <= 1)):
             raise CheckpointError(f"{where}: robust_map (MixedNUTS) must be an object with numbers scale, power and "
-                                  f"bias, beside a fixed alpha; got {robust_map!r}")
+                                  f"bias (and optionally attack_alpha in [0, 1]), beside a fixed alpha; got "
+                                  f"{robust_map!r}")
         branches = {k: CheckpointConfig.from_dict(d[k], f"{where}: {k}") if isinstance(d[k], dict) else None
                     for k in ("standard", "robust")}
         if None in branches.values():

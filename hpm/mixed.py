@@ -119,6 +119,7 @@ class MixingNetwork(nn.Module):
         self.alpha_range = (float(lo), float(hi))
         self.train_gamma = tuple(float(v) for v in train_gamma)
         self.eval_gamma = self.train_gamma if eval_gamma is None else tuple(float(v) for v in eval_gamma)
+        self.full_alpha = False  # in evaluation mode, α = sigmoid(γ) over all of (0, 1) (the training attack's view)
 
     @classmethod
     def for_branches(cls, standard: nn.Module, robust: nn.Module, **options) -> "MixingNetwork":
@@ -144,30 +145,32 @@ class MixingNetwork(nn.Module):
         return self.norm(raw).squeeze(1) * scale + bias
 
     def alpha(self, gamma: Tensor) -> Tensor:
-        """``α``: ``sigmoid(γ)`` in training, ``lo + (hi - lo) · sigmoid(γ)`` in evaluation; shaped like ``γ``."""
-        if self.training:
+        """``α``: ``sigmoid(γ)`` in training (or with ``full_alpha``), ``lo + (hi - lo) · sigmoid(γ)`` in evaluation;
+        shaped like ``γ``."""
+        if self.training or self.full_alpha:
             return torch.sigmoid(gamma)
         lo, hi = self.alpha_range
         return lo + (hi - lo) * torch.sigmoid(gamma)
 
     def log_weights(self, gamma: Tensor) -> tuple[Tensor, Tensor]:
-        """``log α`` and ``log(1 - α)`` as ``[B, 1]`` (in training through ``logsigmoid``, never ``log 0``)."""
-        if self.training:
+        """``log α`` and ``log(1 - α)`` as ``[B, 1]`` (unscaled through ``logsigmoid``, never ``log 0``)."""
+        if self.training or self.full_alpha:
             return F.logsigmoid(gamma)[:, None], F.logsigmoid(-gamma)[:, None]
         alpha = self.alpha(gamma)[:, None]
         return alpha.log(), (-alpha).log1p()
 
     @contextmanager
-    def attacked_in_training(self) -> Iterator[None]:
+    def attacked_in_training(self, full_alpha: bool = False) -> Iterator[None]:
         """Evaluation mode with the training constants: how the training attack sees the network (the
-        evaluation constants are chosen for deployment, after training)."""
-        was_training, eval_gamma = self.training, self.eval_gamma
+        evaluation constants are chosen for deployment, after training); ``full_alpha``: with α = sigmoid(γ) over
+        all of (0, 1), not shrunk into ``alpha_range`` (the authors' training attack)."""
+        was_training, eval_gamma, was_full = self.training, self.eval_gamma, self.full_alpha
         self.eval()
-        self.eval_gamma = self.train_gamma
+        self.eval_gamma, self.full_alpha = self.train_gamma, full_alpha
         try:
             yield
         finally:
-            self.eval_gamma = eval_gamma
+            self.eval_gamma, self.full_alpha = eval_gamma, was_full
             self.train(was_training)
 
     def config(self) -> dict:
@@ -254,7 +257,7 @@ class MixedClassifier(nn.Module):
         rule = f"alpha {self.alpha:g}" if self.mixer is None else self.mixing_text.replace("α", "alpha")
         return {"head": f"mixed classifier ({rule}, temperature {self.temperature:g})",
                 "backbone": f"standard {self.names[0]} + robust {self.names[1]}", "dataset": self.dataset,
-                "batch_dependent": False}
+                "batch_dependent": False, "transfer_targets": ["standard", "robust"]}
 
     def standard_log_probs(self, x: Tensor) -> Tensor:
         """``log softmax(g(x))``."""

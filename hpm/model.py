@@ -418,9 +418,9 @@ def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], direct
     try:
         if config.robust_map is not None:
             m = config.robust_map
-            model = MixedNUTS(branches["standard"], branches["robust"], config.alpha,
+            model = MixedNUTS(branches["standard"], branches["robust"], config.alpha,  # type: ignore[arg-type]
                               RobustLogitMap(m["scale"], m["power"], m["bias"]), names=tuple(config.names),
-                              selection=m.get("selection"))  # type: ignore[arg-type]
+                              attack_alpha=m.get("attack_alpha"), selection=m.get("selection"))
         else:
             model = MixedClassifier(branches["standard"], branches["robust"], config.alpha, config.temperature,
                                     mixer=mixer, names=tuple(config.names))  # type: ignore[arg-type]

@@ -175,6 +175,10 @@ def _nuts_text(config: MixedCheckpointConfig) -> tuple[str, str]:
             f"fewest margins of the {sel['n_clean_incorrect']} images the robust branch misclassifies clean at or "
             f"above the cutoff: {100 * sel['objective']:.1f}% of them, whose prediction the mixture leaves to the "
             "robust branch.")
+    if sel.get("attack_alpha") is not None:
+        text += (f" The adaptive attack weighs the robust branch in its gradient by {sel['attack_alpha']:.4g}, the "
+                 f"alpha the same selection gives without the map (plain softmax margins, {sel['attack_beta']:g}% "
+                 "of them kept), as the authors attack it.")
     return intro, f"\n## How alpha and the map were selected\n\n{text}\n"
 
 
@@ -209,7 +213,8 @@ def _mixed_card(config: MixedCheckpointConfig) -> str:
              "outputs `log p(x)`.")
     if config.robust_map is not None:
         intro, training = _nuts_text(config)
-        through = "; the standard branch's hard max replaced by its softmax (MixedNUTS' adaptive attack, BPDA)"
+        through = ("; the standard branch's hard max replaced by its softmax in the gradient (MixedNUTS' adaptive "
+                   "attack, the mapped mixture, BPDA)")
     if config.mixer is not None:
         taps = "; ".join(f"{branch}: `{'`, `'.join(names)}`" for branch, names in zip(("g", "h"), config.mixer["taps"]))
         through = f" and the mixing network, which reads {taps}"

@@ -12,11 +12,14 @@ chosen by :func:`hpm.train.nuts.select_map` on images the evaluation does not us
 
 Gradients. The hard max passes none: attacked through the deployed output itself, the standard branch is masked
 and the robust branch carries all the gradient. The attack targets therefore replace it by its softmax:
-``adaptive`` is the authors' adaptive attack (the standard softmax mixed with 0.9 of the raw robust softmax and 0.1
-of the mapped one); ``mapped`` the mixture with the standard softmax and the mapped robust branch; ``bpda`` the
-deployed output itself in the forward pass with the ``mapped`` gradient in the backward pass (a straight-through
-hard max); ``standard`` and ``robust`` each raw branch alone (transfer). Every attack is judged on the deployed
-mixture.
+``adaptive`` is the authors' adaptive attack: the deployed output in the forward pass (so that APGD's step-size
+control and best iterate follow it), and in the backward pass the gradient of the standard softmax mixed, with the
+attack's own weight ``attack_alpha``, with 0.9 of the raw robust softmax and 0.1 of the mapped one. The authors take
+``attack_alpha`` from the same selection without the map (plain softmax margins, cutoff at their 95th percentile):
+the deployed α is so close to 1 that the standard branch would barely move the gradient. ``mapped`` is the mixture
+with the standard softmax and the mapped robust branch at the deployed α (end to end); ``bpda`` the deployed output
+in the forward pass with the ``mapped`` gradient in the backward pass (a straight-through hard max); ``standard`` and
+``robust`` each raw branch alone (transfer). Every attack is judged on the deployed mixture.
 """
 from __future__ import annotations
 
@@ -87,6 +90,8 @@ class MixedNUTS(MixedClassifier):
 
     Args:
         robust_map: the map of the robust logits (:class:`RobustLogitMap`).
+        attack_alpha: the weight of the robust branch in the ``adaptive`` attack's gradient (the authors' weight
+            selected without the map); None: ``alpha`` itself.
         selection: how ``alpha`` and the map were chosen (images, attack, grid), recorded in the checkpoint.
     """
 
@@ -95,17 +100,21 @@ class MixedNUTS(MixedClassifier):
     MODES = ("hard", *TARGETS)
     targeted_on = ("adaptive", "bpda")  # APGD-T in the default plan: the authors' adaptive attack, and BPDA
     target_descriptions = MappingProxyType({
-        "adaptive": "MixedNUTS' adaptive attack: the standard softmax mixed with 0.9 of the raw and 0.1 of the mapped "
-                    "robust softmax (end to end)",
+        "adaptive": "MixedNUTS' adaptive attack: the deployed mixture, its gradient that of the standard softmax mixed "
+                    "with 0.9 of the raw and 0.1 of the mapped robust softmax at the attack's weight",
         "bpda": "the deployed mixture, its hard max passed straight through (gradient of its softmax)",
         "mapped": "the mixture with the standard branch's softmax for its hard max (end to end)",
         "standard": "the standard branch alone (transfer to the mixture)",
         "robust": "the raw robust branch alone (transfer to the mixture)"})
 
     def __init__(self, standard: nn.Module, robust: nn.Module, alpha: float, robust_map: RobustLogitMap, *,
-                 names: tuple[str, str] = ("standard", "robust"), selection: dict | None = None):
+                 names: tuple[str, str] = ("standard", "robust"), attack_alpha: float | None = None,
+                 selection: dict | None = None):
         super().__init__(standard, robust, alpha, names=names)
+        if attack_alpha is not None and not 0 <= attack_alpha <= 1:
+            raise ValueError(f"attack_alpha must be in [0, 1]; got {attack_alpha}")
         self.robust_map = robust_map
+        self.attack_alpha = float(alpha if attack_alpha is None else attack_alpha)
         self.selection = selection
 
     @property
@@ -137,15 +146,17 @@ class MixedNUTS(MixedClassifier):
         """:meth:`forward` of a mixing mode from the two branches' logits ``g`` and ``h`` (``[B, k]``)."""
         log_alpha, log_rest = fixed_log_weights(self.alpha, h.device)
         mapped = self.robust_map(h)
-        if mode == "adaptive":
-            raw = log_mixture(mapped, F.log_softmax(h, -1), *fixed_log_weights(RAW_SHARE, h.device))  # 0.9 raw
-            return log_mixture(F.log_softmax(g, -1), raw, log_alpha, log_rest)
         soft = log_mixture(F.log_softmax(g, -1), mapped, log_alpha, log_rest)
         if mode == "mapped":
             return soft
         hard_max = torch.where(F.one_hot(g.argmax(-1), g.shape[-1]).bool(), 0.0, -math.inf).to(g.dtype)
         hard = log_mixture(hard_max, mapped, log_alpha, log_rest)
-        return hard if mode == "hard" else _StraightThrough.apply(hard.detach(), soft)
+        if mode == "hard":
+            return hard
+        if mode == "adaptive":
+            raw = log_mixture(mapped, F.log_softmax(h, -1), *fixed_log_weights(RAW_SHARE, h.device))  # 0.9 raw
+            soft = log_mixture(F.log_softmax(g, -1), raw, *fixed_log_weights(self.attack_alpha, h.device))
+        return _StraightThrough.apply(hard.detach(), soft)
 
     @torch.no_grad()
     def mapped_saturation(self, x: Tensor) -> float:
@@ -154,26 +165,34 @@ class MixedNUTS(MixedClassifier):
         return float((self.robust_map(self.robust(x)).float().max(-1).values == 0).float().mean())
 
     def pitfall_checks(self, x: Tensor) -> list[tuple[str, bool, str]]:
-        """The mapped robust softmax must not saturate on ``x``, and the adaptive surrogate's loss must have an
-        input gradient on every image: otherwise the attacks see masked gradients, not robustness."""
+        """The mapped robust softmax must not saturate on ``x``, and the adaptive attack's gradient must reach the
+        input on every image and the standard branch's logits on every image: otherwise the attacks see masked
+        gradients (of the whole mixture, or of its standard branch), not robustness."""
         share = self.mapped_saturation(x)
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = self(x, "adaptive")
             grad, = torch.autograd.grad(F.nll_loss(out, out.argmax(-1), reduction="sum"), x)
+            g = self.standard(x.detach()).detach().requires_grad_(True)
+            out = self.combine(g, self.robust(x.detach()).detach(), "adaptive")
+            grad_g, = torch.autograd.grad(F.nll_loss(out, out.argmax(-1), reduction="sum"), g)
         flat = float((grad.flatten(1).abs().amax(1) == 0).float().mean())
+        flat_g = float((grad_g.abs().amax(1) == 0).float().mean())
         return [("mapped_robust_branch_not_saturated", share == 0.0,
                  f"{100 * share:.1f}% of {len(x)} images have a mapped robust probability of exactly 1 in float32"),
                 ("adaptive_surrogate_has_gradient", flat == 0.0,
                  f"{100 * flat:.1f}% of {len(x)} images have an exactly zero input gradient through the adaptive "
-                 "surrogate")]
+                 "surrogate"),
+                ("standard_branch_has_gradient", flat_g == 0.0,
+                 f"{100 * flat_g:.1f}% of {len(x)} images have an exactly zero gradient of the adaptive surrogate's "
+                 f"loss at the standard branch's logits (attack weight {self.attack_alpha:.4g})")]
 
     def mix(self, x: Tensor, lowest: bool = False):
         raise NotImplementedError("MixedNUTS mixes in forward(x, mode); MixedClassifier.mix is its plain mixture")
 
     def to_config(self):
         config = super().to_config()
-        config.robust_map = {**self.robust_map.config(), "standard": "hard max",
+        config.robust_map = {**self.robust_map.config(), "standard": "hard max", "attack_alpha": self.attack_alpha,
                              **({"selection": self.selection} if self.selection else {})}
         return config
 

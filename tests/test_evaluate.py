@@ -602,3 +602,56 @@ def test_reports_written_before_the_clamp_read_as_unclamped():
     from hpm.evaluation.report import EvalConfig
     config = EvalConfig.from_dict({"attack": {"eps": 0.03}, "batch_sizes": [4], "data": {}, "device": "cpu"}, "r")
     assert config.attack.batch_kappa is None and AttackConfig().batch_kappa == 0.5
+
+
+def test_a_mixtures_samples_broken_only_by_attacking_a_branch_alone_flag_masked_end_to_end_gradients():
+    from hpm.attacks import AttackSpec
+    from hpm.evaluation.checks import check_results
+    from hpm.evaluation.report import summarise
+    from hpm.evaluation.samples import SampleResults
+    plan = [AttackSpec("apgd-ce/deployed", "apgd"), AttackSpec("apgd-ce/standard", "apgd", surrogates=("standard",)),
+            AttackSpec("square", "square")]
+    r = SampleResults(4, [s.name for s in plan], np.arange(4), np.zeros(4, dtype=np.int64), np.ones(4, dtype=bool),
+                      np.ones(4, dtype=bool))
+    r.broken[0, 0] = True  # end to end
+    r.broken[1, 1] = True  # by the standard branch alone, missed end to end
+    r.broken[1, 0] = True  # both: not counted
+    summary = summarise(r, plan, "independent", transfer_targets=("standard", "robust"))
+    assert summary.broken_only_by_transfer == 1
+    check, = [c for c in check_results(summary) if c.name.startswith("end_to_end_vs_transfer")]
+    assert check.passed is False and "1 sample(s) broken by a transfer attack" in check.detail
+    plain = summarise(r, plan, "independent")  # a model without transfer targets: no such count, no such check
+    assert plain.broken_only_by_transfer is None
+    assert not [c for c in check_results(plain) if c.name.startswith("end_to_end_vs_transfer")]
+
+
+EVERY_ATTACK = AttackConfig(**{**FAST, "eps": 4 / 255}, schedule="independent")
+
+
+def test_a_model_changed_under_the_same_name_does_not_resume_another_models_results(tmp_path, monkeypatch):
+    from hpm.evaluation.samples import model_fingerprint, stored_fingerprint
+    from hpm.mixed import MixedClassifier
+    model, x, y = tiny_hpm(seed=3)
+    path = tmp_path / "r.npz"
+    killed_after_three_attacks(model, x, y, EVERY_ATTACK, path, monkeypatch)
+    assert stored_fingerprint(path) == model_fingerprint(model)
+    changed, _, _ = tiny_hpm(seed=4)  # retrained: other weights, same name
+    with pytest.warns(UserWarning, match="another model under the same name .* evaluated again from the start"):
+        _, again, _ = run_protocol(changed, x, y, attack=EVERY_ATTACK, batch_sizes=[16], results_path=path,
+                                   progress=False)
+    _, fresh, _ = run_protocol(changed, x, y, attack=EVERY_ATTACK, batch_sizes=[16], progress=False)
+    assert np.array_equal(again[16].broken, fresh[16].broken) and stored_fingerprint(path) == model_fingerprint(changed)
+    branches = (hpm.wrap(TinyMLP(), head="fc"), hpm.wrap(TinyMLP(), head="fc"))
+    reselected = [model_fingerprint(MixedClassifier(*branches, alpha=a)) for a in (0.5, 0.6)]
+    assert reselected[0] != reselected[1]  # the same weights with another constant are another model
+
+
+def test_results_written_before_fingerprints_still_resume(tmp_path, monkeypatch):
+    from hpm.evaluation.samples import stored_fingerprint
+    model, x, y = tiny_hpm(seed=3)
+    path = tmp_path / "r.npz"
+    killed_after_three_attacks(model, x, y, EVERY_ATTACK, path, monkeypatch)
+    key, results = load_results(path)
+    save_results(path, results, key)  # as hpm wrote them before
+    assert stored_fingerprint(path) is None
+    run_protocol(model, x, y, attack=EVERY_ATTACK, batch_sizes=[16], results_path=path, progress=False)

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import hpm
 from hpm.attacks import default_plan, parse_attacks
@@ -388,6 +389,18 @@ def test_the_training_attack_sees_the_training_constants_whatever_the_evaluation
     assert mixer.training and mixer.eval_gamma == (3.0, 20.0)
 
 
+def test_the_authors_training_attack_sees_alpha_over_all_of_zero_to_one_not_the_deployed_range():
+    mixer = adaptive().mixer.eval()
+    gamma = torch.tensor([-30.0, 0.0, 30.0])
+    lo, hi = mixer.alpha_range
+    assert torch.allclose(mixer.alpha(gamma), torch.tensor([lo, (lo + hi) / 2, hi]))  # deployed: shrunk
+    with mixer.attacked_in_training(full_alpha=True):
+        assert torch.allclose(mixer.alpha(gamma), torch.sigmoid(gamma))
+        log_alpha, log_rest = mixer.log_weights(gamma)
+        assert torch.allclose(log_alpha.squeeze(1), F.logsigmoid(gamma)) and log_rest[2] < -20
+    assert not mixer.full_alpha and not mixer.training  # restored
+
+
 def test_training_the_mixer_resumes_inside_an_epoch_to_the_same_mixer(tiny_data_root, tmp_path, monkeypatch):
     from hpm.data import load_dataset
     from hpm.train import mixer as training
@@ -520,6 +533,12 @@ def test_the_alpha_analysis_gives_alpha_on_clean_images_and_on_their_attacked_ve
     assert result["alpha"]["attacked_fooled"]["n"] + result["alpha"]["attacked_not_fooled"]["n"] == attacked["n"]
     assert result["alpha"]["fooled_robust_branch_correct"]["n"] <= result["alpha"]["attacked_fooled"]["n"]
     assert 0 <= result["robust_branch_accuracy_on_attacked"] <= 1
+    assert result["attack"]["names"] == ["apgd-ce/deployed", "apgd-ce/lowest-alpha"]  # through α, and pushing it down
+    for name in result["attack"]["names"]:
+        assert result["alpha"][f"attacked_by_{name}"]["n"] == attacked["n"]
+    assert attacked["n"] == 0 or attacked["min"] >= min(result["alpha"][f"attacked_by_{name}"]["min"]
+                                                       for name in result["attack"]["names"]) - 1e-6  # one of theirs
+    assert set(result["saturated_sigmoid_share"]) == {"clean", "attacked"}
     fixed = MixedClassifier(tiny_resnet(0), tiny_resnet(1), alpha=0.5)
     with pytest.raises(SystemExit):
         alpha_analysis([str(fixed.save_pretrained(tmp_path / "fixed")), "--out", str(out)])

@@ -13,7 +13,7 @@ from hpm.cli import main
 from hpm.errors import CheckpointError
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.nuts import MixedNUTS, RobustLogitMap, mapped_margins, standardise
-from hpm.train.nuts import Grid, select_map
+from hpm.train.nuts import Grid, LowestMargin, attacked_logits, select_map
 
 from conftest import TinyMLP
 from test_mixed import two_checkpoints, tiny_resnet  # noqa: F401  (fixture)
@@ -43,9 +43,21 @@ def test_the_deployed_output_mixes_the_standard_prediction_as_a_hard_max_with_th
     mapped = model.robust_map.mapped(h).softmax(-1).float()
     expected = 0.4 * F.one_hot(g.argmax(1), g.shape[1]).float() + 0.6 * mapped
     assert torch.allclose(model(x).exp(), expected, atol=1e-6)
-    adaptive = 0.4 * g.softmax(-1) + 0.6 * (0.9 * h.softmax(-1) + 0.1 * mapped)
-    assert torch.allclose(model(x, "adaptive").exp(), adaptive, atol=1e-6)
     assert torch.allclose(model(x, "mapped").exp(), 0.4 * g.softmax(-1) + 0.6 * mapped, atol=1e-6)
+
+
+def test_the_adaptive_attack_follows_the_deployed_output_with_the_gradient_of_the_authors_blend_at_its_own_weight():
+    model = MixedNUTS(TinyMLP(), TinyMLP(), 0.99, RobustLogitMap(1.5, 2.0, -0.5), attack_alpha=0.6).eval()
+    x, y = torch.rand(6, 3, 32, 32, requires_grad=True), torch.arange(6) % 4
+    assert torch.equal(model(x, "adaptive"), model(x))  # forward: the deployed mixture (APGD's step control)
+    g, h = model.standard(x), model.robust(x)
+    blend = (0.4 * g.softmax(-1) + 0.6 * (0.9 * h.softmax(-1) + 0.1 * model.robust_map.mapped(h).softmax(-1))).log()
+    expected, = torch.autograd.grad(F.nll_loss(blend.float(), y), x)
+    found, = torch.autograd.grad(F.nll_loss(model(x, "adaptive"), y), x)
+    assert torch.allclose(found, expected, atol=1e-6) and found.abs().max() > 0
+    assert nuts(alpha=0.7).attack_alpha == 0.7  # not given: the deployed alpha
+    with pytest.raises(ValueError, match="attack_alpha must be in"):
+        MixedNUTS(TinyMLP(), TinyMLP(), 0.5, RobustLogitMap(1, 1, 0), attack_alpha=1.5)
 
 
 def test_the_robust_branch_decides_where_its_mapped_margin_exceeds_one_minus_alpha_over_alpha():
@@ -89,12 +101,16 @@ def test_the_app_says_which_branch_the_mixture_followed_and_how_the_margin_compa
     assert demo.nuts_decision(MixedNUTS(TinyMLP(), TinyMLP(), 0.0, RobustLogitMap(1, 1, 0)).eval(), x)  # alpha 0
 
 
-def test_the_sanity_checks_catch_a_saturated_map():
+def test_the_sanity_checks_catch_a_saturated_map_and_an_attack_that_leaves_the_standard_branch_out():
     x = torch.rand(8, 3, 32, 32)
     fine = dict((name, passed) for name, passed, _ in nuts().pitfall_checks(x))
-    assert fine == {"mapped_robust_branch_not_saturated": True, "adaptive_surrogate_has_gradient": True}
+    assert fine == {"mapped_robust_branch_not_saturated": True, "adaptive_surrogate_has_gradient": True,
+                    "standard_branch_has_gradient": True}
     saturated = dict((name, passed) for name, passed, _ in nuts(scale=1e4, power=4).pitfall_checks(x))
     assert saturated["mapped_robust_branch_not_saturated"] is False
+    robust_only = MixedNUTS(TinyMLP(), TinyMLP(), 0.6, RobustLogitMap(1.5, 2.0, -0.5), attack_alpha=1.0).eval()
+    checks = dict((name, passed) for name, passed, _ in robust_only.pitfall_checks(x))
+    assert checks["adaptive_surrogate_has_gradient"] and checks["standard_branch_has_gradient"] is False
 
 
 def test_selection_takes_the_cutoff_at_the_beta_level_and_the_map_that_lets_fewest_wrong_margins_through():
@@ -115,8 +131,40 @@ def test_selection_takes_the_cutoff_at_the_beta_level_and_the_map_that_lets_fewe
                 m = RobustLogitMap(float(s), float(p), float(c))
                 cut = min(float(np.percentile(mapped_margins(right, m).numpy(), 1.5)), 1 - 1e-9)
                 assert chosen.objective <= float((mapped_margins(wrong, m) >= cut).double().mean())
+    top = right.softmax(-1).topk(2, dim=-1).values  # the attack's weight: the same selection without the map
+    attack_cutoff = np.percentile((top[:, 0] - top[:, 1]).numpy(), 5)
+    assert chosen.attack_beta == 95 and chosen.attack_alpha == pytest.approx(1 / (1 + attack_cutoff))
     with pytest.raises(ValueError, match="needs attacked images"):
         select_map(right[:0], wrong)
+
+
+def test_the_selection_attack_keeps_per_image_the_logits_of_the_lowest_margin_input_it_met():
+    tracker = LowestMargin(torch.nn.Identity(), torch.tensor([0, 1]))
+    first, second = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 1.0]]), torch.tensor([[3.0, 2.0, 0.0], [0.0, 1.0, 0.0]])
+    tracker(first), tracker(second)
+    assert torch.equal(tracker.logits, torch.stack([second[0], first[1]]))  # row 0 lower in the second, row 1 not
+    assert (tracker.margin > 0).all()
+    tracker(torch.tensor([[0.0, 1.0, 0.0], [0.0, 3.0, 0.0]]))  # row 0 misclassified: a negative margin
+    assert tracker.margin[0] < 0 and torch.equal(tracker.logits[1], first[1])
+    with pytest.raises(RuntimeError, match="tracks a batch of 2 rows"):
+        tracker(first[:1])
+
+
+def test_the_selection_attack_attacks_the_clean_correct_images_and_never_raises_their_margin():
+    torch.manual_seed(0)
+    robust = TinyMLP().eval()
+    x = torch.rand(12, 3, 32, 32)
+    with torch.no_grad():
+        clean = robust(x)
+    y = clean.argmax(1)
+    y[:3] = (y[:3] + 1) % clean.shape[1]  # three images misclassified clean
+    adv, clean_out, labels = attacked_logits(robust, x, y, eps=8 / 255, n_iter=3, target_classes=2, batch_size=6)
+    assert torch.allclose(clean_out, clean) and torch.equal(labels, y)
+    assert torch.equal(adv[:3], clean[:3])  # not attacked: their clean logits
+    def plain(logits):  # the tracked margin: true class minus best other of the standardised softmax
+        p = standardise(logits).softmax(-1)
+        return p.gather(1, y[:, None]).squeeze(1) - p.scatter(1, y[:, None], -1.0).amax(1)
+    assert (plain(adv)[3:] <= plain(clean)[3:] + 1e-6).all()
 
 
 def test_an_evaluation_runs_every_surrogate_and_judges_on_the_deployed_mixture():
@@ -139,14 +187,17 @@ def test_hpm_mix_nuts_selects_on_training_images_saves_and_loads_the_same_mixtur
                  "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     selection = config["robust_map"]["selection"]
-    assert "training images" in selection["images"] and selection["attack"].startswith("APGD-CE and APGD-T")
+    assert "training images" in selection["images"] and selection["attack"].startswith("APGD-CE, then APGD-T")
+    assert "lowest margin met at any iterate" in selection["attack"]
     assert 0 < config["alpha"] <= 1 and config["alpha"] == pytest.approx(1 / (1 + selection["cutoff"]))
     loaded = hpm.load(out)
     assert isinstance(loaded, MixedNUTS) and loaded.robust_map.config() == {
         k: config["robust_map"][k] for k in ("scale", "power", "bias")}
+    assert loaded.attack_alpha == config["robust_map"]["attack_alpha"] == selection["attack_alpha"]
     card = (out / "README.md").read_text()
     assert "MixedNUTS (Bai et al., training-free)" in card and "## How alpha and the map were selected" in card
     assert f"98.5% of their margins after the map stay at or above it ({selection['cutoff']:.4g})" in card
+    assert f"weighs the robust branch in its gradient by {selection['attack_alpha']:.4g}" in card
     assert selection["commands"][0] in card.split("## Reproduce")[1]  # the selection is how to rebuild it
     assert len(list((tmp_path / "nuts.run").glob("selection-*.safetensors"))) == 2  # a rerun resumes from these
     x = torch.rand(3, 3, 32, 32)

@@ -361,6 +361,9 @@ def test_defences_are_compared_on_the_same_images_and_budget_against_the_first_r
         defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["more.json"]}], batch_size=4)
     with pytest.raises(HPMError, match="other images"):
         defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["others.json"]}], batch_size=4)
+    _eval(checkpoint, tiny_data_root, tmp_path / "eps4.json", "--eps", "4/255", "--batch-sizes", "4")
+    with pytest.raises(HPMError, match="x: .*differ in eps"):  # a row's extra report joins per sample: same threat
+        defence_rows(tmp_path, [entries[0], {"label": "x", "reports": ["fc.json", "eps4.json"]}], batch_size=4)
     from dataclasses import asdict
     figure = defences_figure([asdict(r) for r in rows])
     assert [t.name for t in figure.data] == ["FC", "mixed"] and list(figure.data[1].text) == ["α = 0.5"]

@@ -51,7 +51,7 @@ def register(sub) -> None:
 
 RECIPES = {  # hpm mix --adaptive --recipe: the mixing network's layout and the training attack
     "authors": {"network": {"width": None, "blocks": 2, "block": "preact"},
-                "training": {"attack": "apgd", "warmup": 1 / 25}},
+                "training": {"attack": "apgd", "warmup": 1 / 25, "attack_full_alpha": True}},
     "compact": {"network": {}, "training": {"attack": "pgd"}},  # width: --mixer-width
 }
 
@@ -107,9 +107,10 @@ def _register_mix(sub) -> None:
                    help="nuts: training images (a fixed uniform subset) the map and alpha are selected on")
     m.add_argument("--beta", type=float, default=98.5,
                    help="nuts: percent of the attacked-correct robust predictions the mixture keeps (default 98.5)")
-    m.add_argument("--select-iters", type=positive_int, default=40,
-                   help="nuts: APGD iterations of the selection attack (default 40)")
-    m.add_argument("--select-targets", type=positive_int, default=3, help="nuts: APGD-T target classes (default 3)")
+    m.add_argument("--select-iters", type=positive_int, default=100,
+                   help="nuts: APGD iterations of the selection attack (default 100, the authors')")
+    m.add_argument("--select-targets", type=positive_int, default=9,
+                   help="nuts: APGD-T target classes of the selection attack (default 9, the authors')")
     m.add_argument("--n-train", type=positive_int, default=None, help="adaptive: a fixed uniform subset of N images")
     m.add_argument("--seed", type=int, default=0)
     add_data_args(m)
@@ -257,8 +258,8 @@ def _select_nuts(standard, robust, args: argparse.Namespace):
     run.mkdir(parents=True, exist_ok=True)
     attacked = evaluation_copy(robust, device)
     # a batch's file name holds everything its logits depend on, so that a rerun reuses only what it would compute
-    key = hashlib.sha256(f"{train_set.source}|{args.eps}|{args.seed}|{args.select_iters}|{args.select_targets}"
-                         .encode())
+    key = hashlib.sha256(f"lowest-margin|{train_set.source}|{args.eps}|{args.seed}|{args.select_iters}|"
+                         f"{args.select_targets}".encode())
     for tensor in robust.state_dict().values():  # the robust model's weights themselves, not the path they came from
         key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     key = key.hexdigest()[:12]
@@ -276,11 +277,13 @@ def _select_nuts(standard, robust, args: argparse.Namespace):
     adv, clean, y = (torch.cat([p[k] for p in parts]) for k in ("adversarial", "clean", "labels"))
     selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=args.beta)
     record = {**selection.record(), "images": f"{train_set.source} (training images; the evaluation uses test images)",
-              "attack": f"APGD-CE and APGD-T ({args.select_targets} classes), {args.select_iters} iterations, Linf eps "
-                        f"{eps_text(args.eps)}, on the robust branch alone; per image the iterate of lowest margin",
+              "attack": f"APGD-CE, then APGD-T ({args.select_targets} classes) on the images still standing, "
+                        f"{args.select_iters} iterations each, Linf eps {eps_text(args.eps)}, on the robust branch "
+                        "alone; per image the input of lowest margin met at any iterate",
               "commands": [args.command_line]}
     names = (args.standard, args.robust)
-    model = MixedNUTS(standard, robust, selection.alpha, selection.robust_map(), names=names, selection=record)
+    model = MixedNUTS(standard, robust, selection.alpha, selection.robust_map(), names=names,
+                      attack_alpha=selection.attack_alpha, selection=record)
     return model, selection
 
 

@@ -26,7 +26,7 @@ from .expect import Expectation, expectation_bar
 from .inputs import check_inputs, num_classes_of
 from .protocol import is_batch_dependent, run_protocol, sizes_that_differ
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
-from .samples import SampleResults, load_results, save_results
+from .samples import SampleResults, load_results, model_fingerprint, save_results, stored_fingerprint
 
 
 PER_SAMPLE_BATCH_SIZES = (256,)  # a per-sample model: the batch size changes the speed only
@@ -102,7 +102,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
                 return None  # not rank 0: rank 0 checks and writes the report
             key, results = dist.merge_runs(runs)
             if npz_path is not None and world > 1:
-                save_results(npz_path, results, key)  # the union of the ranks' outcomes, as one process writes it
+                save_results(npz_path, results, key, model_fingerprint(model))  # the ranks' union, as one writes it
             found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress, expect) if \
                 checks else [check_batch_independent(model, x[:check_n].to(run_device))]  # forward passes only
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
@@ -181,7 +181,8 @@ def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, resu
                  found: list[Check], command: str | None, hardware: dict | None = None) -> EvalReport:
     """The report of per-sample ``results``: summaries per batch size, and the checks that read them first;
     ``hardware`` (GPU name, CUDA and cuDNN versions, determinism settings) joins the package versions."""
-    summaries = {str(bs): summarise(results[bs], plan, config.attack.schedule) for bs in sorted(results)}
+    transfer = info.get("transfer_targets") or ()
+    summaries = {str(bs): summarise(results[bs], plan, config.attack.schedule, transfer) for bs in sorted(results)}
     found = [c for s in summaries.values() for c in check_results(s)] + list(found)
     return EvalReport(model=model_id, model_info=info, config=config, plan=list(plan), results=summaries,
                       checks=list(found), command=command, versions=package_versions() | (hardware or {}))
@@ -203,7 +204,11 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
     """
     json_path, md_path, npz_path = output_paths(out)
     key, merged = dist.merge_runs([load_results(Path(p)) for p in npz_paths])  # as rank 0 merges the ranks
-    save_results(npz_path, merged, key)
+    fingerprints = {stored_fingerprint(Path(p)) for p in npz_paths} - {None}
+    if len(fingerprints) > 1:
+        raise HPMError(f"{', '.join(map(str, npz_paths))}: shards of different models (their weights or constants "
+                       "differ)")
+    save_results(npz_path, merged, key, next(iter(fingerprints), None))
     base = EvalReport.from_json(base_report)
     report = build_report(base.model, base.model_info, base.config, base.plan, merged, [], base.command)
     return write_report(report, json_path, md_path)

@@ -8,6 +8,8 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 - ``large_eps_breaks_all``: at an eps that can erase the image, (almost) nothing stays robust.
 - ``black_box_vs_white_box``: Square breaking samples that every gradient attack missed is a sign of
   gradient masking.
+- ``end_to_end_vs_transfer``: for a mixture, a branch attacked alone (transfer) breaking samples that every
+  end-to-end gradient attack on them missed is the same sign for the end-to-end gradients.
 - ``repeatable``: the same evaluation with the same seed gives identical per-sample outcomes.
 - ``batch_independent``: a model declared per-sample gives each image the same scores alone as inside its batch
   (BatchNorm on test-batch statistics or test-time adaptation undeclared would make every batch size but one a
@@ -49,6 +51,12 @@ def check_results(summary: BatchSizeResult) -> list[Check]:
     checks.append(Check(f"black_box_vs_white_box[bs={bs}]", None if not has_square else only_bb == 0,
                         f"{only_bb} sample(s) broken by Square but by no gradient attack"
                         + (" (possible gradient masking: attack harder)" if only_bb else "")))
+    only_transfer = summary.broken_only_by_transfer
+    if only_transfer is not None:
+        checks.append(Check(f"end_to_end_vs_transfer[bs={bs}]", only_transfer == 0,
+                            f"{only_transfer} sample(s) broken by a transfer attack (a branch alone) but by no "
+                            "end-to-end gradient attack that ran on them"
+                            + (" (the end-to-end gradients may be masked: attack harder)" if only_transfer else "")))
     return checks
 
 

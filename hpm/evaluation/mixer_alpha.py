@@ -1,5 +1,7 @@
 """Where an adaptive mixture's mixing network puts α: on clean test images, and on the images that the evaluation's
-first attack (APGD-CE through the whole mixture, mixing network included) makes from them.
+APGD-CE attacks make from them: through the whole mixture (mixing network included), and through the mixture at
+its lowest α (which pushes α itself down). Per image, the attacked image is the adversary's best of the two: one
+that fools the mixture, else the one of lower α.
 
     python scripts/adaptive_alpha.py checkpoints/cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive --data DATA \
         --n 200 --out results/analysis/adaptive-alpha.json
@@ -7,8 +9,10 @@ first attack (APGD-CE through the whole mixture, mixing network included) makes 
 (``scripts/adaptive_alpha.py`` runs :func:`main`.) Adaptive smoothing is robust only if the mixing network keeps α
 high on adversarial images; an attacker who differentiates through it can instead push α towards the bottom of
 its range, where the (non-robust) standard branch decides. The JSON gives α's mean and quartiles on the clean
-images, and on the attacked versions of the clean-correct ones, split by whether the attack fooled the mixture, and
-on those that fooled the mixture while the robust branch alone still classifies them correctly.
+images, and on the attacked versions of the clean-correct ones (each attack's, and the adversary's best), split by
+whether the attack fooled the mixture, and on those that fooled the mixture while the robust branch alone still
+classifies them correctly; and the share of images whose sigmoid is saturated in float32 (α at an end of its
+range, with no gradient through the mixing network: large evaluation constants do that).
 """
 from __future__ import annotations
 
@@ -39,25 +43,60 @@ def alpha_summary(alpha: Tensor) -> dict:
             **dict(zip(("min", "q25", "median", "q75", "max"), q.tolist()))}
 
 
+ATTACKS = ("apgd-ce/deployed", "apgd-ce/lowest-alpha")
+
+
 def attacked_alpha(model: MixedClassifier, x: Tensor, y: Tensor, *, eps: float, n_iter: int, batch_size: int,
                    seed: int = 0) -> dict[str, Tensor]:
-    """α(x), the mixture's clean correctness, and, for every image, α, the mixture's correctness and the robust
-    branch's alone after APGD-CE on the deployed mixture (all ``[N]``)."""
-    spec, = parse_attacks(["apgd-ce/deployed"], model)
+    """For every image ``[N]``: α(x), γ(x) and the mixture's clean correctness; and after each attack of
+    :data:`ATTACKS` (keys suffixed with its target) and for the adversary's best of them (suffix ``_adv``): α, γ,
+    the mixture's correctness and the robust branch's alone."""
+    specs = parse_attacks(list(ATTACKS), model)
     batch, device = BatchFeatures(model, None), device_of(model)
-    out: dict[str, list[Tensor]] = {"alpha": [], "correct": [], "alpha_adv": [], "correct_adv": [],
-                                    "robust_correct_adv": []}
+    out: dict[str, list[Tensor]] = {}
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
-        x_adv = run_attack(spec, batch, xb, yb, norm="Linf", eps=eps, n_iter=n_iter, seed=seed,
-                           num_classes=model.num_classes).x_adv
-        with torch.no_grad():
-            for suffix, images in (("", xb), ("_adv", x_adv)):
-                log_probs, gamma = model.mix(images)  # one forward pass: the prediction and α together
-                out["alpha" + suffix].append(model.mixer.alpha(gamma).cpu())
-                out["correct" + suffix].append((log_probs.argmax(1) == yb).cpu())
-            out["robust_correct_adv"].append((model(x_adv, mode="robust").argmax(1) == yb).cpu())
+        found = {"": _alpha_on(model, xb, yb)}
+        for spec in specs:
+            x_adv = run_attack(spec, batch, xb, yb, norm="Linf", eps=eps, n_iter=n_iter, seed=seed,
+                               num_classes=model.num_classes).x_adv
+            found["_" + spec.name.split("/")[1]] = _alpha_on(model, x_adv, yb)
+        first, second = (found["_" + name.split("/")[1]] for name in ATTACKS)
+        best = ~second["correct"] & first["correct"] | (first["correct"] == second["correct"]) & (
+            second["alpha"] < first["alpha"])  # the second fools where the first does not, or both alike, lower α
+        found["_adv"] = {k: torch.where(best, second[k], first[k]) for k in first}
+        for suffix, values in found.items():
+            for key, value in values.items():
+                out.setdefault(key + suffix, []).append(value.cpu())
     return {key: torch.cat(values) for key, values in out.items()}
+
+
+@torch.no_grad()
+def _alpha_on(model: MixedClassifier, images: Tensor, y: Tensor) -> dict[str, Tensor]:
+    log_probs, gamma = model.mix(images)  # one forward pass: the prediction and α together
+    return {"alpha": model.mixer.alpha(gamma), "gamma": gamma, "correct": log_probs.argmax(1) == y,
+            "robust_correct": model(images, mode="robust").argmax(1) == y}
+
+
+def saturated_share(gamma: Tensor) -> float:
+    """The share of ``γ`` whose sigmoid is exactly 0 or 1 in float32: there α has no gradient."""
+    sigmoid = torch.sigmoid(gamma.float())
+    return float(((sigmoid == 0) | (sigmoid == 1)).float().mean()) if gamma.numel() else 0.0
+
+
+def _alpha_sections(found: dict[str, Tensor]) -> dict:
+    """α's summaries: clean, and on the attacked clean-correct images (the adversary's best, split by outcome,
+    and each attack's)."""
+    attacked = found["correct"]  # the evaluation attacks the clean-correct images only
+    fooled = attacked & ~found["correct_adv"]
+    robust_held = fooled & found["robust_correct_adv"]  # the mixture fell although its robust branch did not
+    return {"clean": alpha_summary(found["alpha"]),
+            "attacked": alpha_summary(found["alpha_adv"][attacked]),
+            "attacked_fooled": alpha_summary(found["alpha_adv"][fooled]),
+            "attacked_not_fooled": alpha_summary(found["alpha_adv"][attacked & ~fooled]),
+            "fooled_robust_branch_correct": alpha_summary(found["alpha_adv"][robust_held]),
+            **{f"attacked_by_{name}": alpha_summary(found["alpha_" + name.split("/")[1]][attacked])
+               for name in ATTACKS}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,22 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.model} is not an adaptive mixed classifier (one with a mixing network)")
     x, y, _, info = load_eval_data(model.dataset or "cifar10", "test", args.data, Subset(n=args.n))
     found = attacked_alpha(model, x, y, eps=args.eps, n_iter=args.iters, batch_size=args.batch_size)
-    attacked = found["correct"]  # the evaluation attacks the clean-correct images only
-    fooled = attacked & ~found["correct_adv"]
-    robust_held = fooled & found["robust_correct_adv"]  # the mixture fell although its robust branch did not
+    attacked = found["correct"]
     result = {"command": "python scripts/adaptive_alpha.py " + shlex.join(sys.argv[1:] if argv is None else argv),
               "model": args.model, "data": {k: info[k] for k in ("dataset", "source", "n")},
-              "attack": {"name": "apgd-ce/deployed", "eps": args.eps, "iters": args.iters,
-                         "batch_size": args.batch_size},
-              "alpha_range": list(model.mixer.alpha_range),
+              "attack": {"names": list(ATTACKS), "eps": args.eps, "iters": args.iters, "batch_size": args.batch_size,
+                         "attacked_image": "per image, one that fools the mixture, else the one of lower alpha"},
+              "alpha_range": list(model.mixer.alpha_range), "eval_gamma": list(model.mixer.eval_gamma),
               "clean_accuracy": float(found["correct"].float().mean()),
               "accuracy_after_attack": float(found["correct_adv"].float().mean()),
               "robust_branch_accuracy_on_attacked": float(found["robust_correct_adv"].float().mean()),
-              "alpha": {"clean": alpha_summary(found["alpha"]),
-                        "attacked": alpha_summary(found["alpha_adv"][attacked]),
-                        "attacked_fooled": alpha_summary(found["alpha_adv"][fooled]),
-                        "attacked_not_fooled": alpha_summary(found["alpha_adv"][attacked & ~fooled]),
-                        "fooled_robust_branch_correct": alpha_summary(found["alpha_adv"][robust_held])}}
+              "saturated_sigmoid_share": {"clean": saturated_share(found["gamma"]),
+                                          "attacked": saturated_share(found["gamma_adv"][attacked])},
+              "alpha": _alpha_sections(found)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

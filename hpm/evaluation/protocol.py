@@ -29,7 +29,7 @@ from ..errors import HPMError
 from ..model import HPMClassifier
 from ..progress import on_terminal, progress_bar
 from .config import AttackConfig
-from .samples import SampleResults, config_key, load_results, save_results
+from .samples import SampleResults, config_key, load_results, model_fingerprint, save_results, stored_fingerprint
 
 if TYPE_CHECKING:
     from .expect import Expectation
@@ -288,14 +288,14 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
     plan = resolve_plan(model, attack)
     indices = np.arange(len(y)) if indices is None else np.asarray(indices)
     batch_sizes = sizes_that_differ(batch_sizes, len(y))
-    key = config_key(model_id, attack, plan, indices, batch_sizes)
-    results = _resume(results_path, key) or {bs: SampleResults(bs, [s.name for s in plan], indices, y.cpu().numpy())
-                                             for bs in batch_sizes}
+    key, fingerprint = config_key(model_id, attack, plan, indices, batch_sizes), model_fingerprint(model)
+    results = _resume(results_path, key, fingerprint) or {
+        bs: SampleResults(bs, [s.name for s in plan], indices, y.cpu().numpy()) for bs in batch_sizes}
     sizes_to_run = batch_sizes if is_batch_dependent(model) else batch_sizes[-1:]  # identical at every size
 
     def save() -> None:
         if results_path is not None:
-            save_results(results_path, results, key)
+            save_results(results_path, results, key, fingerprint)
 
     if expect is not None:
         for bs in sizes_to_run:
@@ -316,12 +316,19 @@ def sizes_that_differ(batch_sizes, n: int) -> list[int]:
     return sorted({min(int(bs), n) for bs in batch_sizes})
 
 
-def _resume(results_path: Path | None, key: str) -> dict[int, SampleResults] | None:
-    """Stored per-sample results of the same evaluation, or None; another evaluation's file is refused."""
+def _resume(results_path: Path | None, key: str, fingerprint: str) -> dict[int, SampleResults] | None:
+    """Stored per-sample results of the same evaluation of the same model (:func:`model_fingerprint`), or None;
+    another evaluation's file is refused, and one of a model changed since under the same name is evaluated again
+    from the start (with a warning)."""
     if results_path is None or not results_path.exists():
         return None
     stored_key, stored = load_results(results_path)
     if stored_key != key:
         raise HPMError(f"{results_path} holds results of a different evaluation (model, attacks, subset or "
                        "batch sizes differ); choose another --out or delete it")
+    if stored_fingerprint(results_path) not in (None, fingerprint):  # None: written before fingerprints
+        warnings.warn(f"{results_path} holds results of another model under the same name (its weights or constants "
+                      "changed since, e.g. retrained or reselected): it is evaluated again from the start",
+                      stacklevel=2)
+        return None
     return stored

@@ -96,6 +96,9 @@ class BatchSizeResult:
     # target's attacks alone; under the cumulative one, on the samples earlier attacks of the plan left
     per_target: dict[str, float]
     broken_only_by_black_box: int  # samples Square broke that no gradient attack did
+    # samples an attack on a transfer target (a mixture's branch alone) broke that no end-to-end gradient attack
+    # did; None without transfer attacks (and in reports older than this count)
+    broken_only_by_transfer: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "BatchSizeResult":
@@ -283,8 +286,10 @@ def _upgrade(d: dict) -> dict:
     return d
 
 
-def summarise(r: SampleResults, plan: list[AttackSpec], schedule: str) -> BatchSizeResult:
-    """The numbers of one batch size, computed from per-sample outcomes (done samples only)."""
+def summarise(r: SampleResults, plan: list[AttackSpec], schedule: str,
+              transfer_targets: tuple[str, ...] | list[str] = ()) -> BatchSizeResult:
+    """The numbers of one batch size, computed from per-sample outcomes (done samples only); attacks on
+    ``transfer_targets`` (a mixture's branches alone) are transfer attacks, the other gradient attacks end to end."""
     done, n = r.done, int(r.done.sum())
     correct = r.clean_correct & done
     first = r.first_broken_by()
@@ -305,9 +310,13 @@ def summarise(r: SampleResults, plan: list[AttackSpec], schedule: str) -> BatchS
     white = [a for a, s in enumerate(plan) if s.white_box]
     black = [a for a, s in enumerate(plan) if not s.white_box]
     black_only = (r.broken[black].any(0) & ~r.broken[white].any(0) & done) if black and white else np.zeros_like(done)
+    transfer = [a for a in white if plan[a].name.split("/", 1)[-1] in transfer_targets]
+    end_to_end = [a for a in white if a not in transfer]
+    transfer_only = int((r.broken[transfer].any(0) & ~r.broken[end_to_end].any(0) & done).sum()) \
+        if transfer and end_to_end else None
     k = int(r.robust.sum())
     return BatchSizeResult(
         batch_size=r.batch_size, n=n, n_planned=int(len(done)), clean_accuracy=accuracy(correct),
         robust_accuracy=float(k / max(n, 1)), robust_ci95=clopper_pearson(k, n), per_attack=per_attack,
         per_target={t: accuracy(correct & ~r.broken[idx].any(0)) for t, idx in targets.items()},
-        broken_only_by_black_box=int(black_only.sum()))
+        broken_only_by_black_box=int(black_only.sum()), broken_only_by_transfer=transfer_only)

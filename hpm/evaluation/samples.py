@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..attacks import AttackSpec
 from ..errors import HPMError
@@ -60,9 +62,36 @@ class SampleResults:
         return np.where(hit, self.broken.argmax(0), -1)
 
 
-def save_results(path: Path, results: dict[int, SampleResults], config_key: str) -> None:
-    """Atomically write all batch sizes' per-sample results to ``path`` (.npz)."""
+def model_fingerprint(model: nn.Module) -> str:
+    """A digest of what the model computes: its parameters and buffers, and every number or flag its modules hold
+    (a mixture's α, a map's constants, a mixing network's evaluation constants); not names, paths or metrics, so
+    that the same model loaded from elsewhere keeps its fingerprint."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for prefix, module in sorted(model.named_modules(), key=lambda item: item[0]):
+        numbers = {k: v for k, v in sorted(vars(module).items()) if not k.startswith("_") and k != "training"
+                   and _numeric(v)}
+        digest.update(f"{prefix}|{type(module).__name__}|{json.dumps(numbers, sort_keys=True)}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _numeric(value) -> bool:
+    """A number or flag, or a (nested) tuple or list of them."""
+    if isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, (tuple, list)) and bool(value) and all(_numeric(v) for v in value)
+
+
+def save_results(path: Path, results: dict[int, SampleResults], config_key: str,
+                 fingerprint: str | None = None) -> None:
+    """Atomically write all batch sizes' per-sample results to ``path`` (.npz), with the evaluated model's
+    :func:`model_fingerprint` when given."""
     arrays: dict[str, np.ndarray] = {"config_key": np.array(config_key)}
+    if fingerprint is not None:
+        arrays["model_fingerprint"] = np.array(fingerprint)
     for bs, r in results.items():
         p = f"bs{bs}_"
         arrays.update({p + "indices": r.indices, p + "labels": r.labels, p + "done": r.done,
@@ -93,6 +122,13 @@ def load_results(path: Path) -> tuple[str, dict[int, SampleResults]]:
                                         data[p + "attacked"], data[p + "broken"], data[p + "seconds"],
                                         data.get(p + "attacks_finished"))
     return str(data["config_key"]), results
+
+
+def stored_fingerprint(path: Path) -> str | None:
+    """The :func:`model_fingerprint` a results file was written with; None for a file written before they were
+    recorded."""
+    with np.load(path, allow_pickle=False) as f:
+        return str(f["model_fingerprint"]) if "model_fingerprint" in f.files else None
 
 
 def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> dict[int, SampleResults]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import HPMError
 from ..evaluation.report import EvalReport, clopper_pearson
 from ..units import eps_text
-from .compare import combined_robust, mcnemar_exact, sample_results
+from .compare import check_same_evaluation, combined_robust, mcnemar_exact, sample_results
 from .metrics import load_report, protocol_text
 
 
@@ -78,7 +78,9 @@ def defence_rows(root: Path, entries: list[dict], batch_size: int | None = None)
     rows = []
     for entry in measured:
         paths = [root / p for p in entry["reports"]]
-        budget = _budget(load_report(paths[0]))
+        reports = {path: load_report(path) for path in paths}
+        check_same_evaluation(reports, f"{entry['label']}: ")  # a row's reports join per sample
+        budget = _budget(reports[paths[0]])
         if budget != base_budget:
             differs = {k: (v, base_budget[k]) for k, v in budget.items() if v != base_budget[k]}
             raise HPMError(f"{entry['label']}: not the baseline's protocol ({differs}; this vs baseline)")

@@ -25,7 +25,8 @@ The learning rate follows a cosine schedule to 0, times ``1 - exp(-(t + 1) / (wa
 The mixing network trains in training mode (its batch norm on batch statistics, its raw outputs clamped,
 ``α = sigmoid(γ)``: :class:`hpm.mixed.MixingNetwork`); the attack runs it in evaluation mode with the training
 constants (``MixingNetwork.attacked_in_training``), as the authors do: evaluation constants chosen for deployment
-never shape the training attack.
+never shape the training attack. With ``attack_full_alpha`` (the authors' recipe) the attack also sees α = sigmoid(γ)
+over all of (0, 1), as their ``eval(scale_alpha=False)`` does, so its BCE term can push α below the deployed range.
 
 Training resumes from ``OUT/mixer-state.pt`` (loaded with ``weights_only=True``), written at the end of each
 epoch and every ``save_seconds`` within one; ``OUT/mixer-history.json`` keeps each epoch's loss, accuracies and
@@ -79,6 +80,7 @@ class MixerConfig:
     product: float = 0.1  # weight of BCE * CE
     clean_weight: float = 2.0  # clean images count twice
     attack_bce_max: float = 0.4  # the attack's per-sample weight on fooling the mixer, drawn from U(0, this)
+    attack_full_alpha: bool = False  # the attack sees α = sigmoid(γ) unshrunk (the authors'); False: alpha_range
     grad_clip: float = 10.0  # max gradient norm
     seed: int = 0  # data order, augmentation, attack starts, radii, iterations and weights
     save_seconds: float = 600.0  # a resumable state at least this often within an epoch
@@ -132,7 +134,7 @@ def adversarial_for_mixer(model: MixedClassifier, x: Tensor, y: Tensor, config: 
 
 def _step(model: MixedClassifier, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, config: MixerConfig,
           generator: torch.Generator) -> dict:
-    with model.mixer.attacked_in_training():
+    with model.mixer.attacked_in_training(config.attack_full_alpha):
         adversarial = adversarial_for_mixer(model, x, y, config, generator)
     model.mixer.train()
     n, m = len(y), len(y) * len(adversarial)

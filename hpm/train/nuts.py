@@ -8,6 +8,13 @@ where its margin is at least ``(1 − α) / α``; so the cutoff is put where ``b
 margins stay above it (their ``100 − beta`` percentile; the authors' ``target_rob_beta``, 98.5 on CIFAR-10), and the
 map is the one that lets the fewest clean-misclassified margins reach that cutoff: those are the images where a
 confident wrong robust prediction would overrule the standard branch. ``α = 1 / (1 + cutoff)``.
+
+The attacked images are those of the authors' adaptive AutoAttack: APGD-CE on the images the robust branch
+classifies correctly, then APGD-T on those still standing, and per image the input of lowest margin met at any
+iterate (the softmax of its standardised logits, true class minus best other; negative once misclassified), not
+APGD's highest-loss one. The same attacked-correct logits also give the weight of the robust branch in the
+adaptive attack's gradient (:class:`hpm.nuts.MixedNUTS`, ``attack_alpha``): the authors' selection without the map,
+plain softmax margins with the cutoff at their ``ATTACK_BETA`` percentile.
 """
 from __future__ import annotations
 
@@ -18,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import BatchFeatures, margin, parse_attacks, run_attack
-from ..nuts import RobustLogitMap, mapped_margins
+from ..nuts import RobustLogitMap, mapped_margins, standardise
 
 BETA = 98.5  # percent of the attacked-correct robust predictions the mixture keeps
+ATTACK_BETA = 95.0  # the same for the adaptive attack's weight, selected without the map (the authors' CIFAR-10 value)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Selection:
     n_attacked_correct: int
     n_clean_incorrect: int
     grid: dict = field(default_factory=dict)
+    attack_alpha: float | None = None  # the robust branch's weight in the adaptive attack's gradient
+    attack_beta: float | None = None  # the percentile it was selected at, without the map
 
     def robust_map(self) -> RobustLogitMap:
         return RobustLogitMap(self.scale, self.power, self.bias)
@@ -60,10 +70,11 @@ class Selection:
         return asdict(self)
 
 
-def select_map(attacked_correct: Tensor, clean_incorrect: Tensor, beta: float = BETA, grid: Grid = Grid()) -> Selection:
+def select_map(attacked_correct: Tensor, clean_incorrect: Tensor, beta: float = BETA, grid: Grid = Grid(),
+               attack_beta: float = ATTACK_BETA) -> Selection:
     """The authors' grid search over maps (module docstring) on the robust branch's logits of attacked images it
     classifies correctly (``[N1, k]``) and of clean images it misclassifies (``[N2, k]``). Ties go to the first
-    map in (scale, bias, power) order."""
+    map in (scale, bias, power) order. The adaptive attack's weight is selected at ``attack_beta`` without the map."""
     if not len(attacked_correct) or not len(clean_incorrect):
         raise ValueError("selection needs attacked images the robust branch gets right and clean images it gets wrong")
     best = None
@@ -77,32 +88,61 @@ def select_map(attacked_correct: Tensor, clean_incorrect: Tensor, beta: float = 
                 if best is None or objective < best[0]:
                     best = (objective, float(s), float(p), float(c), cutoff)
     objective, s, p, c, cutoff = best
+    top = attacked_correct.double().softmax(-1).topk(2, dim=-1).values  # plain softmax: no map
+    attack_cutoff = min(float(np.percentile((top[:, 0] - top[:, 1]).numpy(), 100 - attack_beta)), 1 - 1e-9)
     return Selection(s, p, c, 1 / (1 + cutoff), cutoff, objective, beta, len(attacked_correct), len(clean_incorrect),
-                     asdict(grid))
+                     asdict(grid), 1 / (1 + attack_cutoff), attack_beta)
+
+
+class LowestMargin(nn.Module):
+    """``model`` that remembers, for each row of the batch it is attacked on (labels ``y``), its logits on the
+    input of lowest margin it was called with: ``p_y − max_{j≠y} p_j`` of the softmax of the standardised logits
+    (the authors' layer-normed robust model), negative once misclassified."""
+
+    def __init__(self, model: nn.Module, y: Tensor):
+        super().__init__()
+        self.model, self.y = model, y
+        self.margin = torch.full((len(y),), float("inf"), device=y.device)  # [B] lowest so far
+        self.logits: Tensor | None = None  # [B, k] at that input
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        if len(logits) != len(self.y):
+            raise RuntimeError(f"LowestMargin tracks a batch of {len(self.y)} rows; called on {len(logits)}")
+        with torch.no_grad():
+            found = -margin(standardise(logits.detach()).softmax(-1), self.y)
+            lower = found < self.margin
+            if self.logits is None:
+                self.logits = logits.detach().clone()
+            self.logits[lower], self.margin[lower] = logits.detach()[lower], found[lower]
+        return logits
 
 
 def attacked_logits(robust: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int, target_classes: int,
                     batch_size: int, seed: int = 0, on_batch=None) -> tuple[Tensor, Tensor, Tensor]:
-    """The robust branch's logits on its hardest adversarial image found per sample (APGD-CE, then APGD-T towards
-    ``target_classes`` classes; per sample the iterate of lowest true-class margin, as MixedNUTS' adaptive AutoAttack
-    keeps) and on the clean images, with the labels: ``(adversarial [N, k], clean [N, k], y)``."""
+    """The robust branch's logits on the input of lowest margin that the selection attack met per image (module
+    docstring: APGD-CE on the images it classifies correctly, then APGD-T towards ``target_classes`` classes on
+    those still standing, ``n_iter`` iterations each) and on the clean images, with the labels:
+    ``(adversarial [N, k], clean [N, k], y)``. A clean-misclassified image keeps its clean logits."""
     specs = parse_attacks(["apgd-ce/deployed", "apgd-t/deployed"], robust)
     adv_logits, clean_logits = [], []
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        batch = BatchFeatures(robust, None)
         with torch.no_grad():
             clean = robust(xb)
-        worst, worst_margin = clean, margin(clean, yb)  # C&W margin: the higher, the worse for the true class
+        lowest, lowest_margin = clean.clone(), torch.full((len(yb),), float("inf"), device=yb.device)
+        standing = clean.argmax(1) == yb
         for spec in specs:
-            out = run_attack(spec, batch, xb, yb, norm="Linf", eps=eps, n_iter=n_iter, n_target_classes=target_classes,
-                             seed=seed, num_classes=clean.shape[1])
-            with torch.no_grad():
-                logits = robust(out.x_adv)
-            found = margin(logits, yb)
-            worst = torch.where((found > worst_margin)[:, None], logits, worst)
-            worst_margin = torch.maximum(worst_margin, found)
-        adv_logits.append(worst.cpu())
+            rows = standing.nonzero().squeeze(1)
+            if not len(rows):
+                break
+            tracker = LowestMargin(robust, yb[rows])
+            run_attack(spec, BatchFeatures(tracker, None), xb[rows], yb[rows], norm="Linf", eps=eps, n_iter=n_iter,
+                       n_target_classes=target_classes, seed=seed, num_classes=clean.shape[1])
+            lower = tracker.margin < lowest_margin[rows]
+            lowest[rows[lower]], lowest_margin[rows[lower]] = tracker.logits[lower], tracker.margin[lower]
+            standing[rows] = tracker.margin > 0
+        adv_logits.append(lowest.cpu())
         clean_logits.append(clean.cpu())
         if on_batch is not None:
             on_batch(start + len(xb), len(x))
