@@ -12,7 +12,8 @@
 #             their randomized APGD training attack with the training constants (2, 0.4), their warm-up) on MIXER_N
 #             training images for MIXER_EPOCHS epochs (theirs: 50,000 x 5 on GPUs; each image costs 10 APGD runs of
 #             about 75 iterations through both networks and a 44M-parameter mixer, about 7 s a run per image on 2 CPU
-#             cores at batch 8, so the default 500 images take about 10 h there), resumable from RUNS/mixer-preact;
+#             cores at batch 8, so the default 500 images take about 10 h there), resumable from RUNS/mixer-preact,
+#             its norms' statistics then recomputed on the last epoch's training images (MIXER_RECALIBRATE steps);
 #             deployed and evaluated with their constants (3, 20) under the same protocol, and where its alpha goes
 #             on clean and attacked images
 #   avgmargin, dpnp  the PreAct ResNet-18 retrained with its FC's recipe plus Wu & Yu's average-margin regulariser,
@@ -28,6 +29,7 @@ ALPHAS="${ALPHAS:-0 0.5 0.7 0.8 0.9}"
 MIXER_N="${MIXER_N:-500}"
 MIXER_EPOCHS="${MIXER_EPOCHS:-1}"
 MIXER_BATCH="${MIXER_BATCH:-25}"
+MIXER_RECALIBRATE="${MIXER_RECALIBRATE:-$((MIXER_N / MIXER_BATCH))}"  # steps whose images recompute its norms
 DEVICE=(${DEVICE:+--device "$DEVICE"})  # e.g. DEVICE=cuda; default: each command's own choice
 PREFIX=checkpoints/cifar10-preactresnet18-fgsmrs-15ep
 NUTS="$PREFIX-mixednuts"
@@ -51,7 +53,8 @@ for step in $STEPS; do
            done ;;
     adaptive) [ -f "$PREFIX-mixed-adaptive/config.json" ] || hpm mix --standard pyautoattack --robust "$PREFIX-fc" \
                 --adaptive --recipe authors --eval-gamma 3 20 --data "$DATA" --n-train "$MIXER_N" \
-                --epochs "$MIXER_EPOCHS" --batch-size "$MIXER_BATCH" --run-dir "$RUNS/mixer-preact" \
+                --epochs "$MIXER_EPOCHS" --batch-size "$MIXER_BATCH" --recalibrate-steps "$MIXER_RECALIBRATE" \
+                --run-dir "$RUNS/mixer-preact" \
                 --out "$PREFIX-mixed-adaptive" "${DEVICE[@]}"
               evaluate "$PREFIX-mixed-adaptive" "$OUT/pa18-mixed-adaptive-full-eps8.json" "$PREFIX-mixed-adaptive"
               python scripts/adaptive_alpha.py "$PREFIX-mixed-adaptive" --data "$DATA" --n 200 \

@@ -430,6 +430,34 @@ def test_training_the_mixer_resumes_inside_an_epoch_to_the_same_mixer(tiny_data_
     assert history[0]["mean_alpha_adversarial"] > 0  # averaged over the 1 + target_classes adversarial batches
 
 
+def test_a_short_run_recomputes_the_mixers_norm_statistics_on_its_last_training_batches(tiny_data_root, tmp_path):
+    from hpm.data import load_dataset
+    from hpm.train import mixer as training
+    from safetensors.torch import load_file
+    data = load_dataset("cifar10", "train", str(tiny_data_root))
+    config = training.MixerConfig(epochs=1, batch_size=6, steps=1, recalibrate_steps=2)
+    model = adaptive()
+    training.train_mixer(model, data, config, tmp_path / "run", progress=False)
+    kept = sorted((tmp_path / "run").glob("recalibration-*.safetensors"))
+    steps = len(data) // 6
+    assert [f.name for f in kept] == [f"recalibration-{s:06d}.safetensors" for s in (steps - 2, steps - 1)]
+    batches = [load_file(str(f))["images"] for f in kept]
+    assert all(len(b) == 12 for b in batches)  # 6 clean and their 6 adversarial images, as trained on
+    norm = model.mixer.norm
+    mean, var = norm.running_mean.clone(), norm.running_var.clone()
+    seen = []  # what the output norm receives in training mode (inner norms on batch statistics: fixed weights)
+    hook = model.mixer.norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model.mixer.train()
+    with torch.no_grad():
+        for b in batches:
+            model.mix(b)
+    hook.remove()
+    # cumulative averages of the batch statistics, not the momentum-0.01 trace of training
+    assert torch.allclose(mean, torch.stack([r.mean(0) for r in seen]).mean(0), atol=1e-5)
+    assert torch.allclose(var, torch.stack([r.var(0) for r in seen]).mean(0), rtol=1e-4)
+    assert norm.momentum == 0.01  # restored
+
+
 def test_hpm_mix_adaptive_trains_saves_and_loads_the_same_mixture(two_checkpoints, tiny_data_root, tmp_path):
     standard, robust = two_checkpoints
     out = tmp_path / "adaptive"

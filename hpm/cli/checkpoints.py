@@ -96,6 +96,9 @@ def _register_mix(sub) -> None:
     m.add_argument("--target-classes", type=int, default=9,
                    help="adaptive, authors: targeted-DLR runs per image after the cross-entropy one (default 9)")
     m.add_argument("--lr", type=positive_float, default=1e-4, help="adaptive: AdamW learning rate (default 1e-4)")
+    m.add_argument("--recalibrate-steps", type=int, default=0,
+                   help="adaptive: recompute the mixing network's batch-norm statistics afterwards on the images of "
+                        "the last epoch's final N steps (for runs too short for their running averages; default 0)")
     m.add_argument("--mixer-width", type=positive_int, default=32,
                    help="adaptive, compact: the mixing network's first block width (default 32)")
     m.add_argument("--eval-gamma", type=float, nargs=2, metavar=("SCALE", "BIAS"),
@@ -298,7 +301,8 @@ def _train_mixer(model, args: argparse.Namespace) -> dict:
     if args.n_train:
         train_set = uniform_subset(train_set, args.n_train, args.seed)
     config = MixerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, steps=args.steps, eps=args.eps,
-                         target_classes=args.target_classes, seed=args.seed, **RECIPES[args.recipe]["training"])
+                         target_classes=args.target_classes, seed=args.seed, recalibrate_steps=args.recalibrate_steps,
+                         **RECIPES[args.recipe]["training"])
     history = train_mixer(model, train_set, config, args.run_dir or f"{args.out}.run",
                           device=resolve_device(args.device))
     return {"mode": "mixing network (adaptive smoothing), branches frozen", **asdict(config),

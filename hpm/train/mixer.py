@@ -28,6 +28,11 @@ constants (``MixingNetwork.attacked_in_training``), as the authors do: evaluatio
 never shape the training attack. With ``attack_full_alpha`` (the authors' recipe) the attack also sees α = sigmoid(γ)
 over all of (0, 1), as their ``eval(scale_alpha=False)`` does, so its BCE term can push α below the deployed range.
 
+A short run leaves the mixing network's batch-norm running statistics mostly at their initial values (the output
+norm moves by 1% a step, as the authors set it for their 50,000 × 5 epochs): with ``recalibrate_steps`` the images
+of the last epoch's final steps (clean and adversarial, as trained on; kept in ``OUT``) recompute them afterwards as
+cumulative averages in training mode (:func:`torch.optim.swa_utils.update_bn`), the branches untouched.
+
 Training resumes from ``OUT/mixer-state.pt`` (loaded with ``weights_only=True``), written at the end of each
 epoch and every ``save_seconds`` within one; ``OUT/mixer-history.json`` keeps each epoch's loss, accuracies and
 mean training-mode α on clean and adversarial images.
@@ -42,7 +47,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
 from ..data import ImageTensorDataset
 from ..devices import resolve
@@ -84,6 +91,7 @@ class MixerConfig:
     grad_clip: float = 10.0  # max gradient norm
     seed: int = 0  # data order, augmentation, attack starts, radii, iterations and weights
     save_seconds: float = 600.0  # a resumable state at least this often within an epoch
+    recalibrate_steps: int = 0  # the mixer's batch-norm statistics recomputed on the last epoch's final N steps
 
     def __post_init__(self):
         if self.attack not in ("apgd", "pgd"):
@@ -93,6 +101,8 @@ class MixerConfig:
             self.randomized_attack()  # checks its values now, not after hours
         if not 0 <= self.warmup < 1:
             raise HPMError(f"warmup is a share of the training steps in [0, 1); got {self.warmup}")
+        if self.recalibrate_steps < 0:
+            raise HPMError(f"recalibrate_steps must be >= 0; got {self.recalibrate_steps}")
 
     def resolved_step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
@@ -138,7 +148,8 @@ def _step(model: MixedClassifier, opt: torch.optim.Optimizer, x: Tensor, y: Tens
         adversarial = adversarial_for_mixer(model, x, y, config, generator)
     model.mixer.train()
     n, m = len(y), len(y) * len(adversarial)
-    log_probs, gamma = model.mix(torch.cat([x, *adversarial]))
+    images = torch.cat([x, *adversarial])
+    log_probs, gamma = model.mix(images)
     labels = y.repeat(1 + len(adversarial))
     use_robust = torch.cat([torch.zeros(n), torch.ones(m)]).to(x.device)
     weights = torch.cat([torch.full((n,), config.clean_weight), torch.ones(m)]).to(x.device)
@@ -150,9 +161,9 @@ def _step(model: MixedClassifier, opt: torch.optim.Optimizer, x: Tensor, y: Tens
     with torch.no_grad():
         alpha = model.mixer.alpha(gamma)
         correct = log_probs.argmax(1) == labels
-    return {"loss": loss.item() * (n + m), "images": n + m, "clean": n, "adversarial": m,
-            "clean_correct": correct[:n].sum().item(), "adv_correct": correct[n:].sum().item(),
-            "alpha_clean": alpha[:n].sum().item(), "alpha_adv": alpha[n:].sum().item()}
+    return images.detach(), {"loss": loss.item() * (n + m), "images": n + m, "clean": n, "adversarial": m,
+                             "clean_correct": correct[:n].sum().item(), "adv_correct": correct[n:].sum().item(),
+                             "alpha_clean": alpha[:n].sum().item(), "alpha_adv": alpha[n:].sum().item()}
 
 
 def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -240,8 +251,11 @@ def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: Mix
                            disable=not progress, unit="batch", initial=first, total=steps)
         for step in bar:
             x, y = dataset.tensors(order[step])
-            for key, value in _step(model, opt, augment(x, gen).to(device), y.to(device), config, gen).items():
+            images, stats = _step(model, opt, augment(x, gen).to(device), y.to(device), config, gen)
+            for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
+            if epoch + 1 == config.epochs and step >= steps - config.recalibrate_steps:
+                save_file({"images": images.cpu().contiguous()}, str(_recalibration_file(out, step)))
             schedule.step()
             if time.time() - saved > config.save_seconds and step + 1 < steps:
                 totals["seconds"] = time.time() - started
@@ -251,5 +265,33 @@ def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: Mix
         history.append(_epoch_record(epoch + 1, totals, time.time() - started, device))
         (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
         _save(out, model, opt, schedule, config, data, {"epoch": epoch + 1, "step": 0, "totals": {}, "generator": None})
+    if config.recalibrate_steps:
+        steps_kept = range(max(steps - config.recalibrate_steps, 0), steps)
+        recalibrate_norms(model, [load_file(str(_recalibration_file(out, step)))["images"].to(device)
+                                  for step in steps_kept])
     model.eval()
     return history
+
+
+def _recalibration_file(out: Path, step: int) -> Path:
+    return out / f"recalibration-{step:06d}.safetensors"
+
+
+class _MixingPass(nn.Module):
+    """The mixture's forward pass with only its mixing network as a submodule (so that ``update_bn`` resets and
+    trains only its norms)."""
+
+    def __init__(self, model: MixedClassifier):
+        super().__init__()
+        self.mixer, self._mix = model.mixer, model.mix
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._mix(x)[1]
+
+
+@torch.no_grad()
+def recalibrate_norms(model: MixedClassifier, batches: list[Tensor]) -> None:
+    """The mixing network's batch-norm running statistics recomputed as cumulative averages over ``batches`` (each
+    ``[B, C, H, W]``, as trained on) in training mode; the branches and every weight untouched."""
+    update_bn(batches, _MixingPass(model))
+    model.mixer.eval()
