@@ -106,6 +106,16 @@ def _register_mix(sub) -> None:
                         "(default: the training ones, 2 0.4; the authors evaluate CIFAR-10 with 3 20)")
     m.add_argument("--eps", type=eps_arg, default=8 / 255,
                    help="adaptive: training attack radius; nuts: the selection attack's (default 8/255)")
+    m.add_argument("--n-train", type=positive_int, default=None, help="adaptive: a fixed uniform subset of N images")
+    m.add_argument("--seed", type=int, default=0)
+    _add_nuts_args(m)
+    add_data_args(m)
+    add_device_arg(m)
+    m.set_defaults(func=_cmd_mix)
+
+
+def _add_nuts_args(m) -> None:
+    """``hpm mix --nuts``'s selection options."""
     m.add_argument("--n-select", type=positive_int, default=1000,
                    help="nuts: training images (a fixed uniform subset) the map and alpha are selected on")
     m.add_argument("--beta", type=float, default=98.5,
@@ -114,11 +124,6 @@ def _register_mix(sub) -> None:
                    help="nuts: APGD iterations of the selection attack (default 100, the authors')")
     m.add_argument("--select-targets", type=positive_int, default=9,
                    help="nuts: APGD-T target classes of the selection attack (default 9, the authors')")
-    m.add_argument("--n-train", type=positive_int, default=None, help="adaptive: a fixed uniform subset of N images")
-    m.add_argument("--seed", type=int, default=0)
-    add_data_args(m)
-    add_device_arg(m)
-    m.set_defaults(func=_cmd_mix)
 
 
 def _weights_text(config: CheckpointConfig) -> str:
