@@ -66,6 +66,11 @@ class CheckpointConfig:
         return {k: v for k, v in self.head.items() if k not in ("type", "num_features", "num_classes")}
 
 
+def _number_in(value, low: float, high: float) -> bool:
+    """``value`` is a number (not a bool) in ``[low, high]``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
 @dataclass
 class MixedCheckpointConfig:
     """``config.json`` of a mixed classifier (:class:`hpm.mixed.MixedClassifier`): the configs of its two
@@ -108,7 +113,7 @@ class MixedCheckpointConfig:
         robust_map = d.get("robust_map")
         if robust_map is not None and (alpha is None or not isinstance(robust_map, dict) or not all(
                 isinstance(robust_map.get(k), (int, float)) for k in ("scale", "power", "bias")) or not (
-                robust_map.get("attack_alpha") is None or 0 <= robust_map["attack_alpha"] <= 1)):
+                robust_map.get("attack_alpha") is None or _number_in(robust_map["attack_alpha"], 0, 1))):
             raise CheckpointError(f"{where}: robust_map (MixedNUTS) must be an object with numbers scale, power and "
                                   f"bias (and optionally attack_alpha in [0, 1]), beside a fixed alpha; got "
                                   f"{robust_map!r}")

@@ -145,8 +145,8 @@ class MixingNetwork(nn.Module):
         return self.norm(raw).squeeze(1) * scale + bias
 
     def alpha(self, gamma: Tensor) -> Tensor:
-        """``α``: ``sigmoid(γ)`` in training (or with ``full_alpha``), ``lo + (hi - lo) · sigmoid(γ)`` in evaluation;
-        shaped like ``γ``."""
+        """``α``: ``sigmoid(γ)`` in training (or with ``full_alpha``), ``lo + (hi - lo) · sigmoid(γ)`` in
+        evaluation; shaped like ``γ``."""
         if self.training or self.full_alpha:
             return torch.sigmoid(gamma)
         lo, hi = self.alpha_range
@@ -254,7 +254,8 @@ class MixedClassifier(nn.Module):
 
     def describe(self) -> dict:
         """What an evaluation report records about the model."""
-        rule = f"alpha {self.alpha:g}" if self.mixer is None else self.mixing_text.replace("α", "alpha")
+        rule = f"alpha {self.alpha:g}" if self.mixer is None else self.mixing_text.replace("α", "alpha") + \
+            ", evaluation constants ({:g}, {:g})".format(*self.mixer.eval_gamma)
         return {"head": f"mixed classifier ({rule}, temperature {self.temperature:g})",
                 "backbone": f"standard {self.names[0]} + robust {self.names[1]}", "dataset": self.dataset,
                 "batch_dependent": False, "transfer_targets": ["standard", "robust"]}

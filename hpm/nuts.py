@@ -12,11 +12,12 @@ chosen by :func:`hpm.train.nuts.select_map` on images the evaluation does not us
 
 Gradients. The hard max passes none: attacked through the deployed output itself, the standard branch is masked
 and the robust branch carries all the gradient. The attack targets therefore replace it by its softmax:
-``adaptive`` is the authors' adaptive attack: the deployed output in the forward pass (so that APGD's step-size
-control and best iterate follow it), and in the backward pass the gradient of the standard softmax mixed, with the
-attack's own weight ``attack_alpha``, with 0.9 of the raw robust softmax and 0.1 of the mapped one. The authors take
-``attack_alpha`` from the same selection without the map (plain softmax margins, cutoff at their 95th percentile):
-the deployed α is so close to 1 that the standard branch would barely move the gradient. ``mapped`` is the mixture
+``adaptive`` is the authors' adaptive attack: the standard softmax mixed, with the attack's own weight
+``attack_alpha``, with 0.9 of the raw robust softmax and 0.1 of the mapped one, end to end (every loss's gradient is
+that of the blend, as theirs; their APGD also follows the deployed output's loss in its step-size control, hpm's the
+blend's, while every iterate is judged on the deployed mixture). The authors take ``attack_alpha`` from the same
+selection without the map (plain softmax margins, cutoff at their 95th percentile): the deployed α is so close to 1
+that the standard branch would barely move the gradient. ``mapped`` is the mixture
 with the standard softmax and the mapped robust branch at the deployed α (end to end); ``bpda`` the deployed output
 in the forward pass with the ``mapped`` gradient in the backward pass (a straight-through hard max); ``standard`` and
 ``robust`` each raw branch alone (transfer). Every attack is judged on the deployed mixture.
@@ -100,8 +101,8 @@ class MixedNUTS(MixedClassifier):
     MODES = ("hard", *TARGETS)
     targeted_on = ("adaptive", "bpda")  # APGD-T in the default plan: the authors' adaptive attack, and BPDA
     target_descriptions = MappingProxyType({
-        "adaptive": "MixedNUTS' adaptive attack: the deployed mixture, its gradient that of the standard softmax mixed "
-                    "with 0.9 of the raw and 0.1 of the mapped robust softmax at the attack's weight",
+        "adaptive": "MixedNUTS' adaptive attack: the standard softmax mixed with 0.9 of the raw and 0.1 of the mapped "
+                    "robust softmax at the attack's weight (end to end)",
         "bpda": "the deployed mixture, its hard max passed straight through (gradient of its softmax)",
         "mapped": "the mixture with the standard branch's softmax for its hard max (end to end)",
         "standard": "the standard branch alone (transfer to the mixture)",
@@ -130,7 +131,8 @@ class MixedNUTS(MixedClassifier):
     def describe(self) -> dict:
         m = self.robust_map
         return {**super().describe(), "head": f"MixedNUTS (alpha {self.alpha:.4g}, map scale {m.scale:.4g}, power "
-                                              f"{m.power:.4g}, bias {m.bias:.4g}; standard branch as a hard max)"}
+                                              f"{m.power:.4g}, bias {m.bias:.4g}; standard branch as a hard max; "
+                                              f"adaptive attack weight {self.attack_alpha:.4g})"}
 
     def forward(self, x: Tensor, mode: str = "hard") -> Tensor:
         """``log p(x)`` of the deployed mixture (``"hard"``) or of an attack surrogate (:attr:`TARGETS`)."""
@@ -146,17 +148,16 @@ class MixedNUTS(MixedClassifier):
         """:meth:`forward` of a mixing mode from the two branches' logits ``g`` and ``h`` (``[B, k]``)."""
         log_alpha, log_rest = fixed_log_weights(self.alpha, h.device)
         mapped = self.robust_map(h)
-        soft = log_mixture(F.log_softmax(g, -1), mapped, log_alpha, log_rest)
-        if mode == "mapped":
-            return soft
-        hard_max = torch.where(F.one_hot(g.argmax(-1), g.shape[-1]).bool(), 0.0, -math.inf).to(g.dtype)
-        hard = log_mixture(hard_max, mapped, log_alpha, log_rest)
-        if mode == "hard":
-            return hard
         if mode == "adaptive":
             raw = log_mixture(mapped, F.log_softmax(h, -1), *fixed_log_weights(RAW_SHARE, h.device))  # 0.9 raw
-            soft = log_mixture(F.log_softmax(g, -1), raw, *fixed_log_weights(self.attack_alpha, h.device))
-        return _StraightThrough.apply(hard.detach(), soft)
+            return log_mixture(F.log_softmax(g, -1), raw, *fixed_log_weights(self.attack_alpha, h.device))
+        if mode != "hard":
+            soft = log_mixture(F.log_softmax(g, -1), mapped, log_alpha, log_rest)
+            if mode == "mapped":
+                return soft
+        hard_max = torch.where(F.one_hot(g.argmax(-1), g.shape[-1]).bool(), 0.0, -math.inf).to(g.dtype)
+        hard = log_mixture(hard_max, mapped, log_alpha, log_rest)
+        return hard if mode == "hard" else _StraightThrough.apply(hard.detach(), soft)
 
     @torch.no_grad()
     def mapped_saturation(self, x: Tensor) -> float:

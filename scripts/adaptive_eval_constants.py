@@ -6,6 +6,7 @@ measured with its own constants). Bai et al. train CIFAR-10 mixers with (2, 0.4)
         --eval-gamma 3 20 --out checkpoints/cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive-gamma3-20
 """
 import argparse
+import shlex
 import sys
 
 import hpm
@@ -22,7 +23,9 @@ def main() -> int:
         parser.error(f"{args.checkpoint} has no mixing network (it is not an adaptive mixture)")
     before = model.mixer.eval_gamma
     model.mixer.eval_gamma = tuple(args.eval_gamma)
-    training = {**(model.checkpoint_config.training or {}),
+    training = model.checkpoint_config.training or {}
+    command = "python scripts/adaptive_eval_constants.py " + shlex.join(sys.argv[1:])
+    training = {**training, "commands": [*training.get("commands", []), command],  # its card's Reproduce block
                 "eval_gamma_changed": f"from {list(before)} to {args.eval_gamma} by scripts/adaptive_eval_constants.py "
                                       f"(weights of {args.checkpoint})"}
     model.save_pretrained(args.out, metrics={}, training=training)

@@ -613,9 +613,11 @@ def test_a_mixtures_samples_broken_only_by_attacking_a_branch_alone_flag_masked_
             AttackSpec("square", "square")]
     r = SampleResults(4, [s.name for s in plan], np.arange(4), np.zeros(4, dtype=np.int64), np.ones(4, dtype=bool),
                       np.ones(4, dtype=bool))
+    r.attacked[:, :3] = True  # the fourth sample: no end-to-end attack ran on it (cumulative schedule)
     r.broken[0, 0] = True  # end to end
     r.broken[1, 1] = True  # by the standard branch alone, missed end to end
-    r.broken[1, 0] = True  # both: not counted
+    r.broken[1, 2] = r.broken[0, 2] = True  # both: not counted
+    r.broken[1, 3] = True  # by the branch alone, but never attacked end to end: not counted
     summary = summarise(r, plan, "independent", transfer_targets=("standard", "robust"))
     assert summary.broken_only_by_transfer == 1
     check, = [c for c in check_results(summary) if c.name.startswith("end_to_end_vs_transfer")]
@@ -654,4 +656,12 @@ def test_results_written_before_fingerprints_still_resume(tmp_path, monkeypatch)
     key, results = load_results(path)
     save_results(path, results, key)  # as hpm wrote them before
     assert stored_fingerprint(path) is None
-    run_protocol(model, x, y, attack=EVERY_ATTACK, batch_sizes=[16], results_path=path, progress=False)
+    import hpm.evaluation.protocol as ev
+    real, calls = ev.run_attack, []
+    monkeypatch.setattr(ev, "run_attack", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # neither "evaluated again" nor "clean predictions differ"
+        _, resumed, _ = run_protocol(model, x, y, attack=EVERY_ATTACK, batch_sizes=[16], results_path=path,
+                                     progress=False)
+    assert len(calls) == len(resumed[16].attack_names) - 3  # the three finished attacks were not run again

@@ -514,7 +514,8 @@ def test_an_adaptive_mixture_is_evaluated_through_its_mixer_and_at_its_lowest_al
     report = evaluate_model(model, x, y, attack=AttackConfig(n_iter=2, square_queries=5, n_target_classes=1),
                             batch_sizes=[8], check_n=8, progress=False)
     assert "apgd-ce/lowest-alpha" in [a.name for a in report.results["8"].per_attack]
-    assert report.model_info["head"] == "mixed classifier (adaptive alpha in [0.2, 0.95], temperature 0.5)"
+    assert report.model_info["head"] == ("mixed classifier (adaptive alpha in [0.2, 0.95], evaluation constants (2, 0.4), "
+                                         "temperature 0.5)")
     check, = (c for c in report.checks if c.name == "mixer_not_saturated")
     assert check.passed
 

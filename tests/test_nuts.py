@@ -46,15 +46,12 @@ def test_the_deployed_output_mixes_the_standard_prediction_as_a_hard_max_with_th
     assert torch.allclose(model(x, "mapped").exp(), 0.4 * g.softmax(-1) + 0.6 * mapped, atol=1e-6)
 
 
-def test_the_adaptive_attack_follows_the_deployed_output_with_the_gradient_of_the_authors_blend_at_its_own_weight():
+def test_the_adaptive_attack_is_the_authors_blend_end_to_end_at_its_own_weight():
     model = MixedNUTS(TinyMLP(), TinyMLP(), 0.99, RobustLogitMap(1.5, 2.0, -0.5), attack_alpha=0.6).eval()
-    x, y = torch.rand(6, 3, 32, 32, requires_grad=True), torch.arange(6) % 4
-    assert torch.equal(model(x, "adaptive"), model(x))  # forward: the deployed mixture (APGD's step control)
+    x = torch.rand(6, 3, 32, 32)
     g, h = model.standard(x), model.robust(x)
-    blend = (0.4 * g.softmax(-1) + 0.6 * (0.9 * h.softmax(-1) + 0.1 * model.robust_map.mapped(h).softmax(-1))).log()
-    expected, = torch.autograd.grad(F.nll_loss(blend.float(), y), x)
-    found, = torch.autograd.grad(F.nll_loss(model(x, "adaptive"), y), x)
-    assert torch.allclose(found, expected, atol=1e-6) and found.abs().max() > 0
+    blend = 0.4 * g.softmax(-1) + 0.6 * (0.9 * h.softmax(-1) + 0.1 * model.robust_map.mapped(h).softmax(-1).float())
+    assert torch.allclose(model(x, "adaptive").exp(), blend, atol=1e-6)  # so any loss's gradient is the blend's
     assert nuts(alpha=0.7).attack_alpha == 0.7  # not given: the deployed alpha
     with pytest.raises(ValueError, match="attack_alpha must be in"):
         MixedNUTS(TinyMLP(), TinyMLP(), 0.5, RobustLogitMap(1, 1, 0), attack_alpha=1.5)
@@ -150,7 +147,8 @@ def test_the_selection_attack_keeps_per_image_the_logits_of_the_lowest_margin_in
         tracker(first[:1])
 
 
-def test_the_selection_attack_attacks_the_clean_correct_images_and_never_raises_their_margin():
+def test_the_selection_attack_attacks_the_clean_correct_images_then_apgd_t_those_still_standing(monkeypatch):
+    import hpm.train.nuts as selection
     torch.manual_seed(0)
     robust = TinyMLP().eval()
     x = torch.rand(12, 3, 32, 32)
@@ -158,13 +156,24 @@ def test_the_selection_attack_attacks_the_clean_correct_images_and_never_raises_
         clean = robust(x)
     y = clean.argmax(1)
     y[:3] = (y[:3] + 1) % clean.shape[1]  # three images misclassified clean
-    adv, clean_out, labels = attacked_logits(robust, x, y, eps=8 / 255, n_iter=3, target_classes=2, batch_size=6)
+    calls, run_attack = [], selection.run_attack
+
+    def spy(spec, batch, xb, yb, **kwargs):
+        calls.append((spec.name, len(xb)))
+        return run_attack(spec, batch, xb, yb, **kwargs)
+    monkeypatch.setattr(selection, "run_attack", spy)
+    adv, clean_out, labels = attacked_logits(robust, x, y, eps=32 / 255, n_iter=5, target_classes=2, batch_size=12)
     assert torch.allclose(clean_out, clean) and torch.equal(labels, y)
     assert torch.equal(adv[:3], clean[:3])  # not attacked: their clean logits
+
     def plain(logits):  # the tracked margin: true class minus best other of the standardised softmax
         p = standardise(logits).softmax(-1)
         return p.gather(1, y[:, None]).squeeze(1) - p.scatter(1, y[:, None], -1.0).amax(1)
-    assert (plain(adv)[3:] <= plain(clean)[3:] + 1e-6).all()
+    assert (plain(adv)[3:] <= plain(clean)[3:] + 1e-6).all() and (plain(adv)[3:] < plain(clean)[3:] - 1e-3).any()
+    standing = int((adv[3:].argmax(1) == y[3:]).sum())
+    assert calls[0] == ("apgd-ce/deployed", 9)  # the clean-correct images
+    assert [name for name, _ in calls[1:]] in ([], ["apgd-t/deployed"]) and all(n >= standing for _, n in calls[1:])
+    assert len(calls) == 1 or calls[1][1] < 9  # APGD-T only on those APGD-CE left standing
 
 
 def test_an_evaluation_runs_every_surrogate_and_judges_on_the_deployed_mixture():
@@ -209,10 +218,12 @@ def test_a_robust_map_without_its_numbers_is_refused(two_checkpoints, tmp_path):
     standard, robust = two_checkpoints
     main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(tmp_path / "m")])
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    config["robust_map"] = {"scale": 1.0}
-    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="robust_map .* numbers scale, power and bias"):
-        hpm.load(tmp_path / "m")
+    for robust_map in ({"scale": 1.0}, {"scale": 1.0, "power": 2.0, "bias": 0.0, "attack_alpha": True},
+                       {"scale": 1.0, "power": 2.0, "bias": 0.0, "attack_alpha": "0.9"}):
+        config["robust_map"] = robust_map
+        (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match="robust_map .* numbers scale, power and bias"):
+            hpm.load(tmp_path / "m")
 
 
 def test_a_mixednuts_built_in_python_from_a_selection_saves_with_a_card_that_says_how_it_was_selected(

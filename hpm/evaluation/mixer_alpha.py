@@ -1,7 +1,7 @@
 """Where an adaptive mixture's mixing network puts α: on clean test images, and on the images that the evaluation's
-APGD-CE attacks make from them: through the whole mixture (mixing network included), and through the mixture at
-its lowest α (which pushes α itself down). Per image, the attacked image is the adversary's best of the two: one
-that fools the mixture, else the one of lower α.
+APGD-CE attacks make from them: through the whole mixture (mixing network included), and through the mixture with
+α held at the bottom of its range (the attack that exploits a mixing network pushed down). Per image, the attacked
+image is the adversary's best of the two: one that fools the mixture, else the one of lower α.
 
     python scripts/adaptive_alpha.py checkpoints/cifar10-resnet20w32-fgsmrs-20ep-mixed-adaptive --data DATA \
         --n 200 --out results/analysis/adaptive-alpha.json
@@ -33,6 +33,8 @@ from ..model import load_or_wrap
 from ..units import parse_eps
 from .api import load_eval_data
 
+ATTACKS = ("apgd-ce/deployed", "apgd-ce/lowest-alpha")  # through the mixing network, and with α at its lowest
+
 
 def alpha_summary(alpha: Tensor) -> dict:
     """``{"n", "mean", "min", "q25", "median", "q75", "max"}`` of a 1-D tensor of α values (empty: only ``n``)."""
@@ -41,9 +43,6 @@ def alpha_summary(alpha: Tensor) -> dict:
     q = torch.quantile(alpha.double(), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
     return {"n": alpha.numel(), "mean": float(alpha.double().mean()),
             **dict(zip(("min", "q25", "median", "q75", "max"), q.tolist()))}
-
-
-ATTACKS = ("apgd-ce/deployed", "apgd-ce/lowest-alpha")
 
 
 def attacked_alpha(model: MixedClassifier, x: Tensor, y: Tensor, *, eps: float, n_iter: int, batch_size: int,

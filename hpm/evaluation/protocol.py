@@ -288,7 +288,8 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
     plan = resolve_plan(model, attack)
     indices = np.arange(len(y)) if indices is None else np.asarray(indices)
     batch_sizes = sizes_that_differ(batch_sizes, len(y))
-    key, fingerprint = config_key(model_id, attack, plan, indices, batch_sizes), model_fingerprint(model)
+    key = config_key(model_id, attack, plan, indices, batch_sizes)
+    fingerprint = model_fingerprint(model) if results_path is not None else None  # only a stored run needs it
     results = _resume(results_path, key, fingerprint) or {
         bs: SampleResults(bs, [s.name for s in plan], indices, y.cpu().numpy()) for bs in batch_sizes}
     sizes_to_run = batch_sizes if is_batch_dependent(model) else batch_sizes[-1:]  # identical at every size
@@ -316,7 +317,7 @@ def sizes_that_differ(batch_sizes, n: int) -> list[int]:
     return sorted({min(int(bs), n) for bs in batch_sizes})
 
 
-def _resume(results_path: Path | None, key: str, fingerprint: str) -> dict[int, SampleResults] | None:
+def _resume(results_path: Path | None, key: str, fingerprint: str | None) -> dict[int, SampleResults] | None:
     """Stored per-sample results of the same evaluation of the same model (:func:`model_fingerprint`), or None;
     another evaluation's file is refused, and one of a model changed since under the same name is evaluated again
     from the start (with a warning)."""

@@ -96,8 +96,8 @@ class BatchSizeResult:
     # target's attacks alone; under the cumulative one, on the samples earlier attacks of the plan left
     per_target: dict[str, float]
     broken_only_by_black_box: int  # samples Square broke that no gradient attack did
-    # samples an attack on a transfer target (a mixture's branch alone) broke that no end-to-end gradient attack
-    # did; None without transfer attacks (and in reports older than this count)
+    # samples an attack on a transfer target (a mixture's branch alone) broke, that end-to-end gradient attacks ran
+    # on and missed; None without transfer attacks (and in reports older than this count)
     broken_only_by_transfer: int | None = None
 
     @classmethod
@@ -312,8 +312,8 @@ def summarise(r: SampleResults, plan: list[AttackSpec], schedule: str,
     black_only = (r.broken[black].any(0) & ~r.broken[white].any(0) & done) if black and white else np.zeros_like(done)
     transfer = [a for a in white if plan[a].name.split("/", 1)[-1] in transfer_targets]
     end_to_end = [a for a in white if a not in transfer]
-    transfer_only = int((r.broken[transfer].any(0) & ~r.broken[end_to_end].any(0) & done).sum()) \
-        if transfer and end_to_end else None
+    transfer_only = int((r.broken[transfer].any(0) & r.attacked[end_to_end].any(0) & ~r.broken[end_to_end].any(0)
+                         & done).sum()) if transfer and end_to_end else None
     k = int(r.robust.sum())
     return BatchSizeResult(
         batch_size=r.batch_size, n=n, n_planned=int(len(done)), clean_accuracy=accuracy(correct),

@@ -63,26 +63,15 @@ class SampleResults:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A digest of what the model computes: its parameters and buffers, and every number or flag its modules hold
-    (a mixture's α, a map's constants, a mixing network's evaluation constants); not names, paths or metrics, so
-    that the same model loaded from elsewhere keeps its fingerprint."""
-    digest = hashlib.sha256()
+    """A digest of a declared model's parameters and buffers and of what it declares itself to be
+    (``describe()``: a mixture's α, a map's constants, a mixing network's evaluation constants); not where it was
+    loaded from, so that the same model loaded from elsewhere keeps its fingerprint."""
+    digest = hashlib.sha256(json.dumps(model.describe(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    for prefix, module in sorted(model.named_modules(), key=lambda item: item[0]):
-        numbers = {k: v for k, v in sorted(vars(module).items()) if not k.startswith("_") and k != "training"
-                   and _numeric(v)}
-        digest.update(f"{prefix}|{type(module).__name__}|{json.dumps(numbers, sort_keys=True)}".encode())
     return digest.hexdigest()[:32]
-
-
-def _numeric(value) -> bool:
-    """A number or flag, or a (nested) tuple or list of them."""
-    if isinstance(value, (bool, int, float)):
-        return True
-    return isinstance(value, (tuple, list)) and bool(value) and all(_numeric(v) for v in value)
 
 
 def save_results(path: Path, results: dict[int, SampleResults], config_key: str,

@@ -44,6 +44,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +144,7 @@ def adversarial_for_mixer(model: MixedClassifier, x: Tensor, y: Tensor, config: 
 
 
 def _step(model: MixedClassifier, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, config: MixerConfig,
-          generator: torch.Generator) -> dict:
+          generator: torch.Generator) -> tuple[Tensor, dict]:
     with model.mixer.attacked_in_training(config.attack_full_alpha):
         adversarial = adversarial_for_mixer(model, x, y, config, generator)
     model.mixer.train()
@@ -267,8 +268,8 @@ def train_mixer(model: MixedClassifier, dataset: ImageTensorDataset, config: Mix
         _save(out, model, opt, schedule, config, data, {"epoch": epoch + 1, "step": 0, "totals": {}, "generator": None})
     if config.recalibrate_steps:
         steps_kept = range(max(steps - config.recalibrate_steps, 0), steps)
-        recalibrate_norms(model, [load_file(str(_recalibration_file(out, step)))["images"].to(device)
-                                  for step in steps_kept])
+        recalibrate_norms(model, (load_file(str(_recalibration_file(out, step)))["images"].to(device)
+                                  for step in steps_kept))  # one batch in memory at a time
     model.eval()
     return history
 
@@ -290,7 +291,7 @@ class _MixingPass(nn.Module):
 
 
 @torch.no_grad()
-def recalibrate_norms(model: MixedClassifier, batches: list[Tensor]) -> None:
+def recalibrate_norms(model: MixedClassifier, batches: Iterable[Tensor]) -> None:
     """The mixing network's batch-norm running statistics recomputed as cumulative averages over ``batches`` (each
     ``[B, C, H, W]``, as trained on) in training mode; the branches and every weight untouched."""
     update_bn(batches, _MixingPass(model))
