@@ -17,10 +17,10 @@ and the robust branch carries all the gradient. The attack targets therefore rep
 that of the blend, as theirs; their APGD also follows the deployed output's loss in its step-size control, hpm's the
 blend's, while every iterate is judged on the deployed mixture). The authors take ``attack_alpha`` from the same
 selection without the map (plain softmax margins, cutoff at their 95th percentile): the deployed α is so close to 1
-that the standard branch would barely move the gradient. ``mapped`` is the mixture
-with the standard softmax and the mapped robust branch at the deployed α (end to end); ``bpda`` the deployed output
-in the forward pass with the ``mapped`` gradient in the backward pass (a straight-through hard max); ``standard`` and
-``robust`` each raw branch alone (transfer). Every attack is judged on the deployed mixture.
+that the standard branch would barely move the gradient. ``mapped`` is the mixture with the standard softmax and
+the mapped robust branch at the deployed α (end to end); ``bpda`` the deployed output in the forward pass with the
+``mapped`` gradient in the backward pass (a straight-through hard max); ``standard`` and ``robust`` each raw branch
+alone (transfer). Every attack is judged on the deployed mixture.
 """
 from __future__ import annotations
 
