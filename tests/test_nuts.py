@@ -156,13 +156,15 @@ def test_the_selection_attack_attacks_the_clean_correct_images_then_apgd_t_those
         clean = robust(x)
     y = clean.argmax(1)
     y[:3] = (y[:3] + 1) % clean.shape[1]  # three images misclassified clean
-    calls, run_attack = [], selection.run_attack
+    calls, run_attack, steps = [], selection.run_attack, []
 
     def spy(spec, batch, xb, yb, **kwargs):
         calls.append((spec.name, len(xb)))
         return run_attack(spec, batch, xb, yb, **kwargs)
     monkeypatch.setattr(selection, "run_attack", spy)
-    adv, clean_out, labels = attacked_logits(robust, x, y, eps=32 / 255, n_iter=5, target_classes=2, batch_size=12)
+    adv, clean_out, labels = attacked_logits(robust, x, y, eps=32 / 255, n_iter=5, target_classes=2, batch_size=12,
+                                             on_step=lambda: steps.append(1))
+    assert len(steps) == 6 + (2 * 6 if len(calls) == 2 else 0)  # n_iter + 1 steps a run: CE, then two classes
     assert torch.allclose(clean_out, clean) and torch.equal(labels, y)
     assert torch.equal(adv[:3], clean[:3])  # not attacked: their clean logits
 

@@ -271,17 +271,23 @@ def _select_nuts(standard, robust, args: argparse.Namespace):
     for tensor in robust.state_dict().values():  # the robust model's weights themselves, not the path they came from
         key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     key = key.hexdigest()[:12]
-    parts = []
-    for start in tqdm(range(0, len(train_set), args.batch_size), desc="selection attack on the robust branch"):
-        path = run / f"selection-{key}-{start:06d}-{args.batch_size}.safetensors"
-        if not path.is_file():
-            x, y = train_set.tensors(torch.arange(start, min(start + args.batch_size, len(train_set))))
-            adv, clean, y = attacked_logits(attacked, x.to(device), y.to(device), eps=args.eps, seed=args.seed,
-                                            n_iter=args.select_iters, target_classes=args.select_targets,
-                                            batch_size=args.batch_size)
-            save_file({"adversarial": adv, "clean": clean, "labels": y}, str(path.with_suffix(".partial")))
-            os.replace(path.with_suffix(".partial"), path)  # a file cut short is never taken for a finished batch
-        parts.append(load_file(str(path)))
+    paths = {start: run / f"selection-{key}-{start:06d}-{args.batch_size}.safetensors"
+             for start in range(0, len(train_set), args.batch_size)}
+    to_do = [start for start, path in paths.items() if not path.is_file()]
+    per_batch = (args.select_iters + 1) * (1 + args.select_targets)  # APGD steps: APGD-CE, then each APGD-T class
+    bar = tqdm(total=per_batch * len(to_do), unit="step", desc=f"selection attack on the robust branch, "
+                                                                 f"{len(to_do)} of {len(paths)} batches to do")
+    for done, start in enumerate(to_do):
+        x, y = train_set.tensors(torch.arange(start, min(start + args.batch_size, len(train_set))))
+        adv, clean, y = attacked_logits(attacked, x.to(device), y.to(device), eps=args.eps, seed=args.seed,
+                                        n_iter=args.select_iters, target_classes=args.select_targets,
+                                        batch_size=args.batch_size, on_step=lambda: bar.update(1))
+        path = paths[start]
+        save_file({"adversarial": adv, "clean": clean, "labels": y}, str(path.with_suffix(".partial")))
+        os.replace(path.with_suffix(".partial"), path)  # a file cut short is never taken for a finished batch
+        bar.update(per_batch * (done + 1) - bar.n)  # APGD-T skipped where APGD-CE broke every image
+    bar.close()
+    parts = [load_file(str(path)) for path in paths.values()]
     adv, clean, y = (torch.cat([p[k] for p in parts]) for k in ("adversarial", "clean", "labels"))
     selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=args.beta)
     record = {**selection.record(), "images": f"{train_set.source} (training images; the evaluation uses test images)",

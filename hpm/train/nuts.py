@@ -19,6 +19,7 @@ plain softmax margins with the cutoff at their ``ATTACK_BETA`` percentile.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,11 +120,13 @@ class LowestMargin(nn.Module):
 
 
 def attacked_logits(robust: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int, target_classes: int,
-                    batch_size: int, seed: int = 0, on_batch=None) -> tuple[Tensor, Tensor, Tensor]:
+                    batch_size: int, seed: int = 0, on_batch=None,
+                    on_step: Callable[[], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The robust branch's logits on the input of lowest margin that the selection attack met per image (module
     docstring: APGD-CE on the images it classifies correctly, then APGD-T towards ``target_classes`` classes on
     those still standing, ``n_iter`` iterations each) and on the clean images, with the labels:
-    ``(adversarial [N, k], clean [N, k], y)``. A clean-misclassified image keeps its clean logits."""
+    ``(adversarial [N, k], clean [N, k], y)``. A clean-misclassified image keeps its clean logits. ``on_step`` is
+    called after every APGD step (``n_iter + 1`` per run)."""
     specs = parse_attacks(["apgd-ce/deployed", "apgd-t/deployed"], robust)
     adv_logits, clean_logits = [], []
     for start in range(0, len(x), batch_size):
@@ -138,7 +141,7 @@ def attacked_logits(robust: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_it
                 break
             tracker = LowestMargin(robust, yb[rows])
             run_attack(spec, BatchFeatures(tracker, None), xb[rows], yb[rows], norm="Linf", eps=eps, n_iter=n_iter,
-                       n_target_classes=target_classes, seed=seed, num_classes=clean.shape[1])
+                       n_target_classes=target_classes, seed=seed, num_classes=clean.shape[1], on_step=on_step)
             lower = tracker.margin < lowest_margin[rows]
             lowest[rows[lower]], lowest_margin[rows[lower]] = tracker.logits[lower], tracker.margin[lower]
             standing[rows] = tracker.margin > 0
