@@ -7,6 +7,7 @@ with strict key and shape checks. Nothing is ever unpickled. Building a model fr
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -106,8 +107,7 @@ class MixedCheckpointConfig:
         alpha, temperature, mixer = d["alpha"], d.get("temperature", 1.0), d.get("mixer")
         if (alpha is None) == (mixer is None) or not (mixer is None or isinstance(mixer, dict)):
             raise CheckpointError(f"{where}: give either alpha (a number) or mixer (an object), not both")
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (alpha or 0, temperature))
-        if not numbers or not 0 <= (alpha or 0) <= 1 or not temperature > 0:
+        if not (_number_in(alpha or 0, 0, 1) and _number_in(temperature, 0, math.inf) and temperature > 0):
             raise CheckpointError(f"{where}: alpha must be a number in [0, 1] and temperature one > 0; got "
                                   f"{alpha!r}, {temperature!r}")
         robust_map = d.get("robust_map")

@@ -42,6 +42,13 @@ def log_mixture(log_standard: Tensor, log_robust: Tensor, log_alpha: Tensor, log
     return torch.logsumexp(torch.stack(torch.broadcast_tensors(log_standard + log_rest, log_robust + log_alpha)), 0)
 
 
+def sigmoid_saturation(gamma: Tensor) -> float:
+    """The share of mixing logits ``γ`` whose sigmoid is exactly 0 or 1 in float32: there α passes no gradient
+    through the mixing network (0 for none)."""
+    sigmoid = torch.sigmoid(gamma.float())
+    return float(((sigmoid == 0) | (sigmoid == 1)).float().mean()) if gamma.numel() else 0.0
+
+
 def fixed_log_weights(alpha: float, device: torch.device | str) -> tuple[Tensor, Tensor]:
     """``log α`` and ``log(1 − α)`` of a fixed weight α in [0, 1], as scalars for :func:`log_mixture` (``-inf`` at
     the ends, never a ``log 0`` error)."""
@@ -318,7 +325,7 @@ class MixedClassifier(nn.Module):
                    f"{100 * share:.1f}% of {len(x)} images have a robust-branch probability of exactly 1 in float32 "
                    f"(T = {self.temperature:g})")]
         if self.mixer is not None:  # a pinned sigmoid passes no gradient to the attacker through the mixer
-            pinned = float((torch.sigmoid(self.mix(x)[1]) % 1 == 0).float().mean())
+            pinned = sigmoid_saturation(self.mix(x)[1])
             checks.append(("mixer_not_saturated", pinned == 0.0,
                            f"{100 * pinned:.1f}% of {len(x)} images have a mixing sigmoid of exactly 0 or 1 in "
                            "float32"))

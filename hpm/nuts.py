@@ -79,10 +79,15 @@ class RobustLogitMap(nn.Module):
         return f"scale={self.scale:.4g}, power={self.power:.4g}, bias={self.bias:.4g}"
 
 
+def softmax_margins(scores: Tensor) -> Tensor:
+    """Top-1 minus top-2 of ``softmax(scores)`` per row ``[N]``, in ``scores``' dtype."""
+    top = scores.softmax(-1).topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
 def mapped_margins(logits: Tensor, robust_map: RobustLogitMap) -> Tensor:
     """Top-1 minus top-2 of the mapped robust probabilities, float64 ``[N]``."""
-    top = robust_map.mapped(logits).softmax(-1).topk(2, dim=-1).values
-    return top[:, 0] - top[:, 1]
+    return softmax_margins(robust_map.mapped(logits))
 
 
 class MixedNUTS(MixedClassifier):

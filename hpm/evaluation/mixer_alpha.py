@@ -28,7 +28,7 @@ from torch import Tensor
 from ..attacks import BatchFeatures, parse_attacks, run_attack
 from ..data import Subset
 from ..devices import device_of
-from ..mixed import MixedClassifier
+from ..mixed import MixedClassifier, sigmoid_saturation
 from ..model import load_or_wrap
 from ..units import parse_eps
 from .api import load_eval_data
@@ -77,12 +77,6 @@ def _alpha_on(model: MixedClassifier, images: Tensor, y: Tensor) -> dict[str, Te
             "robust_correct": model(images, mode="robust").argmax(1) == y}
 
 
-def saturated_share(gamma: Tensor) -> float:
-    """The share of ``γ`` whose sigmoid is exactly 0 or 1 in float32: there α has no gradient."""
-    sigmoid = torch.sigmoid(gamma.float())
-    return float(((sigmoid == 0) | (sigmoid == 1)).float().mean()) if gamma.numel() else 0.0
-
-
 def _alpha_sections(found: dict[str, Tensor]) -> dict:
     """α's summaries: clean, and on the attacked clean-correct images (the adversary's best, split by outcome,
     and each attack's)."""
@@ -128,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
               "clean_accuracy": float(found["correct"].float().mean()),
               "accuracy_after_attack": float(found["correct_adv"].float().mean()),
               "robust_branch_accuracy_on_attacked": float(found["robust_correct_adv"].float().mean()),
-              "saturated_sigmoid_share": {"clean": saturated_share(found["gamma"]),
-                                          "attacked": saturated_share(found["gamma_adv"][attacked])},
+              "saturated_sigmoid_share": {"clean": sigmoid_saturation(found["gamma"]),
+                                          "attacked": sigmoid_saturation(found["gamma_adv"][attacked])},
               "alpha": _alpha_sections(found)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import BatchFeatures, margin, parse_attacks, run_attack
-from ..nuts import RobustLogitMap, mapped_margins, standardise
+from ..nuts import RobustLogitMap, mapped_margins, softmax_margins, standardise
 
 BETA = 98.5  # percent of the attacked-correct robust predictions the mixture keeps
 ATTACK_BETA = 95.0  # the same for the adaptive attack's weight, selected without the map (the authors' CIFAR-10 value)
@@ -89,8 +89,8 @@ def select_map(attacked_correct: Tensor, clean_incorrect: Tensor, beta: float = 
                 if best is None or objective < best[0]:
                     best = (objective, float(s), float(p), float(c), cutoff)
     objective, s, p, c, cutoff = best
-    top = attacked_correct.double().softmax(-1).topk(2, dim=-1).values  # plain softmax: no map
-    attack_cutoff = min(float(np.percentile((top[:, 0] - top[:, 1]).numpy(), 100 - attack_beta)), 1 - 1e-9)
+    plain = softmax_margins(attacked_correct.double()).numpy()  # no map
+    attack_cutoff = min(float(np.percentile(plain, 100 - attack_beta)), 1 - 1e-9)
     return Selection(s, p, c, 1 / (1 + cutoff), cutoff, objective, beta, len(attacked_correct), len(clean_incorrect),
                      asdict(grid), 1 / (1 + attack_cutoff), attack_beta)
 
