@@ -3,7 +3,8 @@
 # mixed with the project's PreAct ResNet-18 FGSM-RS FC network (h).
 #   nuts      MixedNUTS (training-free): its map of h's logits and alpha selected by the authors' grid search on
 #             N_SELECT training images (a fixed uniform subset, never the evaluation's test images) attacked on h
-#             alone (APGD-CE and APGD-T towards 3 classes, 40 iterations; resumable per batch from RUNS/nuts-preact)
+#             alone (APGD-CE, then APGD-T towards 9 classes on the images still standing, 100 iterations each; per
+#             image the input of lowest margin met at any iterate; resumable per batch from RUNS/nuts-preact)
 #   eval      MixedNUTS under the comparison's protocol (MSA-style plan over the mixture's own attack targets,
 #             APGD-T towards 3 classes, Square 1000) on the first N lossless test images, batch size 250, its report
 #             recorded in the card; resumable per batch

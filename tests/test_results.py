@@ -427,3 +427,27 @@ def test_a_trained_backbone_is_set_beside_the_published_numbers_of_its_recipe(tm
     section["entries"] = [{"label": "hpm", "report": "results/eval/preact/pa18-hpm-full-full-eps8.json"}]
     with pytest.raises(HPMError, match="3 evaluation batch sizes"):  # a batch-dependent head's numbers need theirs
         literature_lines(REPO, section | {"file": "results/literature/preact-resnet18-fgsmrs.json", "shift": []})
+
+
+def test_a_mixture_is_set_beside_its_authors_published_trade_off_over_its_own_robust_network(tmp_path):
+    from hpm.publish.tradeoff import tradeoff_lines
+    for name, report in (("fc", "robust/r20w32e20-fc-full-eps8"), ("mixed", "mixed/mixed-adaptive-gamma3-20-T1-eps8"),
+                         ("ncm", "robust/r20w32e20-ncm-full-eps8")):
+        for suffix in (".json", ".npz"):
+            shutil.copy(REPO / f"results/eval/{report}{suffix}", tmp_path / f"{name}{suffix}")
+    (tmp_path / "published.json").write_text(json.dumps({"entries": [
+        {"id": "smoothing", "defence": "adaptive smoothing", "mixture": {"clean_accuracy": 0.95, "robust_accuracy": 0.68},
+         "robust_base": {"clean_accuracy": 0.93, "robust_accuracy": 0.71}}]}))
+    fc = {"label": "FC", "reports": ["fc.json"]}
+    section = {"published": "published.json",
+               "entries": [fc, {"label": "mixer", "published": "smoothing", "reports": ["mixed.json"]}]}
+    row, = [line for line in tradeoff_lines(tmp_path, section) if line.startswith("| mixer |")]
+    assert ("| mixer | adaptive smoothing: 93.0 / 71.0 → 95.0 / 68.0 | +2.0 / -3.0 | 77.6 / 39.0 → 81.6 / 38.2 | "
+            "a clean gain of +4.0 points (McNemar p = 1.1e-05; more than chance); a robust loss of -0.8 points "
+            "(McNemar p = 0.42; not separable from chance at this n) |") == row
+    with pytest.raises(HPMError, match="robust branch is the baseline"):  # against another network: no trade-off
+        tradeoff_lines(tmp_path, section | {"entries": [{"label": "NCM", "reports": ["ncm.json"]},
+                                                         *section["entries"][1:]]})
+    with pytest.raises(HPMError, match="no published entry 'nuts'"):
+        tradeoff_lines(tmp_path, section | {"entries": [fc, section["entries"][1] | {"published": "nuts"}]})
+    assert tradeoff_lines(tmp_path, section | {"published": None}) == []

@@ -8,6 +8,8 @@ A ``defences`` section of ``results/manifest.json`` lists its rows::
                  {"label": "mixed, alpha 0.8", "group": "mixed classifier", "point": "α = 0.8", "reports": [...]},
                  {"label": "Adv-DPNP", "missing": "why it has no numbers yet"}]}
 
+A section may also set its mixtures beside their authors' published trade-off (:mod:`.tradeoff`).
+
 A row's robust accuracy is the per-sample worst case over its reports (one model, the same images). Every
 measured row must share the baseline's images, radius and attack budget, or the comparison refuses to be drawn.
 
