@@ -22,7 +22,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import json
 import re
 from types import MappingProxyType
 from typing import Callable, Mapping, Protocol, runtime_checkable
@@ -294,3 +296,15 @@ def evaluation_copy(model: nn.Module, device: torch.device) -> nn.Module:
             parameter.requires_grad_(False)
     copied._hpm_evaluation_copy = True
     return copied
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A digest of a declared model's parameters and buffers and of what it declares itself to be
+    (``describe()``: a mixture's α, a map's constants, a mixing network's evaluation constants); not where it was
+    loaded from, so that the same model loaded from elsewhere keeps its fingerprint."""
+    digest = hashlib.sha256(json.dumps(model.describe(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:32]

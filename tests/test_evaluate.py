@@ -631,7 +631,8 @@ EVERY_ATTACK = AttackConfig(**{**FAST, "eps": 4 / 255}, schedule="independent")
 
 
 def test_a_model_changed_under_the_same_name_does_not_resume_another_models_results(tmp_path, monkeypatch):
-    from hpm.evaluation.samples import model_fingerprint, stored_fingerprint
+    from hpm.defence import model_fingerprint
+    from hpm.evaluation.samples import stored_fingerprint
     from hpm.mixed import MixedClassifier
     model, x, y = tiny_hpm(seed=3)
     path = tmp_path / "r.npz"

@@ -13,7 +13,9 @@ from hpm.cli import main
 from hpm.errors import CheckpointError
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.nuts import MixedNUTS, RobustLogitMap, mapped_margins, standardise
-from hpm.train.nuts import Grid, LowestMargin, attacked_logits, select_map
+from hpm.data import ImageTensorDataset
+from hpm.train import nuts as selecting
+from hpm.train.nuts import Grid, LowestMargin, attacked_logits, select_map, selection_logits
 
 from conftest import TinyMLP
 from test_mixed import two_checkpoints, tiny_resnet  # noqa: F401  (fixture)
@@ -214,6 +216,23 @@ def test_hpm_mix_nuts_selects_on_training_images_saves_and_loads_the_same_mixtur
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(hpm.load(out)(x), loaded(x))
+
+
+def test_the_selection_resumes_from_its_batch_files_and_a_changed_robust_model_is_attacked_again(two_checkpoints,
+                                                                                                   tmp_path, monkeypatch):
+    robust = hpm.load(two_checkpoints[1])
+    images = ImageTensorDataset(torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8), torch.arange(6),
+                                robust.classes, "six random images")
+    settings = dict(eps=8 / 255, n_iter=2, target_classes=1, batch_size=4)
+    first = selection_logits(robust, images, tmp_path, **settings)
+    assert [len(t) for t in first] == [6, 6, 6] and len(list(tmp_path.glob("selection-*.safetensors"))) == 2
+    with monkeypatch.context() as m:
+        m.setattr(selecting, "attacked_logits", lambda *a, **k: pytest.fail("a stored batch was attacked again"))
+        assert all(torch.equal(a, b) for a, b in zip(first, selection_logits(robust, images, tmp_path, **settings)))
+    with torch.no_grad():
+        next(robust.parameters()).add_(0.01)  # another model under the same name: its own batches
+    selection_logits(robust, images, tmp_path, **settings)
+    assert len(list(tmp_path.glob("selection-*.safetensors"))) == 4
 
 
 def test_a_robust_map_without_its_numbers_is_refused(two_checkpoints, tmp_path):

@@ -245,60 +245,16 @@ def _cmd_mix(args: argparse.Namespace) -> int:
 
 
 def _select_nuts(standard, robust, args: argparse.Namespace):
-    """MixedNUTS' map and alpha selected on training images (:mod:`hpm.train.nuts`), the robust branch's attacked
-    and clean logits kept per batch in the run directory, so that a rerun resumes."""
-    import hashlib
-    import os
-
-    import torch
-    from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
-
+    """MixedNUTS' map and alpha selected on training images (:func:`hpm.train.nuts.select_mixednuts`), resumable
+    from the run directory."""
     from ..data import load_dataset
-    from ..defence import evaluation_copy
-    from ..nuts import MixedNUTS
-    from ..train.nuts import attacked_logits, select_map
-    from ..units import eps_text
+    from ..train.nuts import select_mixednuts
 
-    device = resolve_device(args.device)
     train_set = uniform_subset(load_dataset(robust.dataset or "cifar10", "train", args.data), args.n_select, args.seed)
-    run = Path(args.run_dir or f"{args.out}.run")
-    run.mkdir(parents=True, exist_ok=True)
-    attacked = evaluation_copy(robust, device)
-    # a batch's file name holds everything its logits depend on, so that a rerun reuses only what it would compute
-    key = hashlib.sha256(f"lowest-margin|{train_set.source}|{args.eps}|{args.seed}|{args.select_iters}|"
-                         f"{args.select_targets}".encode())
-    for tensor in robust.state_dict().values():  # the robust model's weights themselves, not the path they came from
-        key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    key = key.hexdigest()[:12]
-    paths = {start: run / f"selection-{key}-{start:06d}-{args.batch_size}.safetensors"
-             for start in range(0, len(train_set), args.batch_size)}
-    to_do = [start for start, path in paths.items() if not path.is_file()]
-    per_batch = (args.select_iters + 1) * (1 + args.select_targets)  # APGD steps: APGD-CE, then each APGD-T class
-    bar = tqdm(total=per_batch * len(to_do), unit="step", desc=f"selection attack on the robust branch, "
-                                                                 f"{len(to_do)} of {len(paths)} batches to do")
-    for done, start in enumerate(to_do):
-        x, y = train_set.tensors(torch.arange(start, min(start + args.batch_size, len(train_set))))
-        adv, clean, y = attacked_logits(attacked, x.to(device), y.to(device), eps=args.eps, seed=args.seed,
-                                        n_iter=args.select_iters, target_classes=args.select_targets,
-                                        batch_size=args.batch_size, on_step=lambda: bar.update(1))
-        path = paths[start]
-        save_file({"adversarial": adv, "clean": clean, "labels": y}, str(path.with_suffix(".partial")))
-        os.replace(path.with_suffix(".partial"), path)  # a file cut short is never taken for a finished batch
-        bar.update(per_batch * (done + 1) - bar.n)  # APGD-T skipped where APGD-CE broke every image
-    bar.close()
-    parts = [load_file(str(path)) for path in paths.values()]
-    adv, clean, y = (torch.cat([p[k] for p in parts]) for k in ("adversarial", "clean", "labels"))
-    selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=args.beta)
-    record = {**selection.record(), "images": f"{train_set.source} (training images; the evaluation uses test images)",
-              "attack": f"APGD-CE, then APGD-T ({args.select_targets} classes) on the images still standing, "
-                        f"{args.select_iters} iterations each, Linf eps {eps_text(args.eps)}, on the robust branch "
-                        "alone; per image the input of lowest margin met at any iterate",
-              "commands": [args.command_line]}
-    names = (args.standard, args.robust)
-    model = MixedNUTS(standard, robust, selection.alpha, selection.robust_map(), names=names,
-                      attack_alpha=selection.attack_alpha, selection=record)
-    return model, selection
+    return select_mixednuts(standard, robust, train_set, args.run_dir or f"{args.out}.run", eps=args.eps,
+                            n_iter=args.select_iters, target_classes=args.select_targets, beta=args.beta,
+                            batch_size=args.batch_size, seed=args.seed, names=(args.standard, args.robust),
+                            commands=[args.command_line], device=resolve_device(args.device))
 
 
 def _train_mixer(model, args: argparse.Namespace) -> dict:

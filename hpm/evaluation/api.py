@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..data import Subset, load_dataset
 from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
-from ..defence import Defence, declare, evaluation_copy
+from ..defence import Defence, declare, evaluation_copy, model_fingerprint
 from . import dist
 from .checks import (
     SQUARE_QUERIES,
@@ -26,7 +26,7 @@ from .expect import Expectation, expectation_bar
 from .inputs import check_inputs, num_classes_of
 from .protocol import is_batch_dependent, run_protocol, sizes_that_differ
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
-from .samples import SampleResults, load_results, model_fingerprint, save_results, stored_fingerprint
+from .samples import SampleResults, load_results, save_results, stored_fingerprint
 
 
 PER_SAMPLE_BATCH_SIZES = (256,)  # a per-sample model: the batch size changes the speed only

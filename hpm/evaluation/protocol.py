@@ -23,13 +23,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
-from ..defence import declare, evaluation_copy
+from ..defence import declare, evaluation_copy, model_fingerprint
 from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
 from ..progress import on_terminal, progress_bar
 from .config import AttackConfig
-from .samples import SampleResults, config_key, load_results, model_fingerprint, save_results, stored_fingerprint
+from .samples import SampleResults, config_key, load_results, save_results, stored_fingerprint
 
 if TYPE_CHECKING:
     from .expect import Expectation

@@ -62,22 +62,10 @@ class SampleResults:
         return np.where(hit, self.broken.argmax(0), -1)
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A digest of a declared model's parameters and buffers and of what it declares itself to be
-    (``describe()``: a mixture's α, a map's constants, a mixing network's evaluation constants); not where it was
-    loaded from, so that the same model loaded from elsewhere keeps its fingerprint."""
-    digest = hashlib.sha256(json.dumps(model.describe(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:32]
-
-
 def save_results(path: Path, results: dict[int, SampleResults], config_key: str,
                  fingerprint: str | None = None) -> None:
     """Atomically write all batch sizes' per-sample results to ``path`` (.npz), with the evaluated model's
-    :func:`model_fingerprint` when given."""
+    :func:`hpm.defence.model_fingerprint` when given."""
     arrays: dict[str, np.ndarray] = {"config_key": np.array(config_key)}
     if fingerprint is not None:
         arrays["model_fingerprint"] = np.array(fingerprint)
@@ -114,8 +102,8 @@ def load_results(path: Path) -> tuple[str, dict[int, SampleResults]]:
 
 
 def stored_fingerprint(path: Path) -> str | None:
-    """The :func:`model_fingerprint` a results file was written with; None for a file written before they were
-    recorded."""
+    """The :func:`hpm.defence.model_fingerprint` a results file was written with; None for a file written before
+    they were recorded."""
     with np.load(path, allow_pickle=False) as f:
         return str(f["model_fingerprint"]) if "model_fingerprint" in f.files else None
 

@@ -18,15 +18,26 @@ plain softmax margins with the cutoff at their ``ATTACK_BETA`` percentile.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..attacks import BatchFeatures, margin, parse_attacks, run_attack
-from ..nuts import RobustLogitMap, mapped_margins, softmax_margins, standardise
+from ..defence import evaluation_copy, model_fingerprint
+from ..devices import resolve
+from ..nuts import MixedNUTS, RobustLogitMap, mapped_margins, softmax_margins, standardise
+from ..progress import progress_bar
+from ..units import eps_text
+
+if TYPE_CHECKING:
+    from ..data import ImageTensorDataset
 
 BETA = 98.5  # percent of the attacked-correct robust predictions the mixture keeps
 ATTACK_BETA = 95.0  # the same for the adaptive attack's weight, selected without the map (the authors' CIFAR-10 value)
@@ -150,3 +161,58 @@ def attacked_logits(robust: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_it
         if on_batch is not None:
             on_batch(start + len(xb), len(x))
     return torch.cat(adv_logits), torch.cat(clean_logits), y.cpu()
+
+
+def selection_logits(robust: nn.Module, images: ImageTensorDataset, run_dir: str | Path, *, eps: float,
+                     n_iter: int = 100, target_classes: int = 9, batch_size: int = 250, seed: int = 0,
+                     device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`attacked_logits` on ``images``, one batch of ``batch_size`` at a time, each batch's logits kept in
+    ``run_dir`` so that a rerun resumes. A batch's file name holds everything its logits depend on (the images'
+    ``source``, the attack, the robust model's :func:`hpm.defence.model_fingerprint`), so that a rerun reuses only
+    what it would compute. Shows its progress in APGD steps."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    device = resolve(device, robust)
+    attacked = evaluation_copy(robust, device)
+    settings = f"lowest-margin|{images.source}|{eps}|{seed}|{n_iter}|{target_classes}|{model_fingerprint(attacked)}"
+    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    paths = {start: run / f"selection-{key}-{start:06d}-{batch_size}.safetensors"
+             for start in range(0, len(images), batch_size)}
+    to_do = [start for start, path in paths.items() if not path.is_file()]
+    per_batch = (n_iter + 1) * (1 + target_classes)  # APGD steps: APGD-CE, then each APGD-T class
+    bar = progress_bar(total=per_batch * len(to_do), unit="step",
+                       desc=f"selection attack on the robust branch, {len(to_do)} of {len(paths)} batches to do")
+    for done, start in enumerate(to_do):
+        x, y = images.tensors(torch.arange(start, min(start + batch_size, len(images))))
+        adv, clean, y = attacked_logits(attacked, x.to(device), y.to(device), eps=eps, seed=seed, n_iter=n_iter,
+                                        target_classes=target_classes, batch_size=batch_size,
+                                        on_step=lambda: bar.update(1))
+        partial = paths[start].with_suffix(".partial")
+        save_file({"adversarial": adv, "clean": clean, "labels": y}, str(partial))
+        os.replace(partial, paths[start])  # a file cut short is never taken for a finished batch
+        bar.update(per_batch * (done + 1) - bar.n)  # APGD-T skipped where APGD-CE broke every image
+    bar.close()
+    parts = [load_file(str(path)) for path in paths.values()]
+    return tuple(torch.cat([p[k] for p in parts]) for k in ("adversarial", "clean", "labels"))
+
+
+def select_mixednuts(standard: nn.Module, robust: nn.Module, images: ImageTensorDataset, run_dir: str | Path, *,
+                     eps: float, n_iter: int = 100, target_classes: int = 9, beta: float = BETA,
+                     batch_size: int = 250, seed: int = 0, names: tuple[str, str] = ("standard", "robust"),
+                     commands: list[str] | None = None,
+                     device: torch.device | str | None = None) -> tuple[MixedNUTS, Selection]:
+    """MixedNUTS of ``standard`` and ``robust`` with its map and α selected by the authors' procedure (module
+    docstring) on ``images``, which must not be the evaluation's (training images); the robust branch's logits are
+    kept per batch in ``run_dir`` (:func:`selection_logits`). The model records how it was selected (the images,
+    the attack, ``commands``) for its checkpoint and card."""
+    adv, clean, y = selection_logits(robust, images, run_dir, eps=eps, n_iter=n_iter, target_classes=target_classes,
+                                     batch_size=batch_size, seed=seed, device=device)
+    selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=beta)
+    record = {**selection.record(), "images": f"{images.source} (training images; the evaluation uses test images)",
+              "attack": f"APGD-CE, then APGD-T ({target_classes} classes) on the images still standing, "
+                        f"{n_iter} iterations each, Linf eps {eps_text(eps)}, on the robust branch alone; per image "
+                        "the input of lowest margin met at any iterate",
+              "commands": list(commands or [])}
+    model = MixedNUTS(standard, robust, selection.alpha, selection.robust_map(), names=names,
+                      attack_alpha=selection.attack_alpha, selection=record)
+    return model, selection

@@ -355,6 +355,18 @@ def test_a_shipped_adaptive_mixture_shows_the_alpha_its_mixing_network_gives_the
     assert "The mixing network's weight on the robust branch, α(x): clean **0." in summary
 
 
+def test_the_shipped_mixednuts_says_which_branch_decided_before_and_after_its_adaptive_attack(client, image):
+    nuts = "checkpoints/cifar10-preactresnet18-fgsmrs-15ep-mixednuts"
+    loaded, card, _, eps, *_ = client.predict("cifar10-preactresnet18-fgsmrs-15ep-mixednuts", "",
+                                              api_name="/load_model")
+    assert loaded == nuts and card.startswith("**MixedNUTS** (Bai et al., training-free)") and eps == 8
+    reference, mixture, note = client.predict(image, nuts, False, 8, api_name="/predict")[:3]
+    assert len(reference["confidences"]) == 5 and len(mixture["confidences"]) == 5
+    assert "The mixture predicts " in note and "against the cutoff (1 − α)/α = " in note
+    *_, summary, _ = client.predict(image, nuts, "adaptive", 4, 2, 10, False, 8, api_name="/attack")
+    assert "MixedNUTS' adaptive attack" in summary and "On the adversarial image: The mixture predicts " in summary
+
+
 def test_one_session_calls_every_kind_of_shipped_model_in_alternating_order_and_each_call_answers_for_its_model(
         client, image):
     """The API is a function of its arguments: which model this session loaded last (whose attacks the page's

@@ -236,3 +236,14 @@ def test_an_adaptive_mixture_shows_the_alpha_its_mixing_network_gives_the_image_
     page.get_by_role("button", name="Run attack").click()
     page.locator("#attack-summary").get_by_text("weight on the robust branch, α(x): clean").wait_for(timeout=120_000)
     page.screenshot(path=str(ARTIFACTS / "adaptive.png"), full_page=True)
+
+
+def test_the_shipped_mixednuts_shows_its_robust_branch_beside_the_mixture_and_which_branch_decided(page):
+    load_shipped(page, "cifar10-preactresnet18-fgsmrs-15ep-mixednuts")
+    page.get_by_text("robust branch, clean", exact=True).first.wait_for(timeout=60_000)
+    assert page.get_by_text("adaptive = MixedNUTS' adaptive attack").first.is_visible()
+    pick_first_gallery_sample(page)
+    page.get_by_role("button", name="Run attack").click()
+    page.locator("#attack-summary").get_by_text("On the adversarial image: The mixture predicts").wait_for(
+        timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / "mixednuts.png"), full_page=True)
