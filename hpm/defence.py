@@ -299,10 +299,12 @@ def evaluation_copy(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A digest of a declared model's parameters and buffers and of what it declares itself to be
-    (``describe()``: a mixture's α, a map's constants, a mixing network's evaluation constants); not where it was
-    loaded from, so that the same model loaded from elsewhere keeps its fingerprint."""
-    digest = hashlib.sha256(json.dumps(model.describe(), sort_keys=True, default=str).encode())
+    """A digest of a model's parameters and buffers and of what it declares itself to be (``describe()``: a
+    mixture's α, a map's constants, a mixing network's evaluation constants; a module that declares nothing: its
+    class); not where it was loaded from, so that the same model loaded from elsewhere keeps its fingerprint."""
+    describe = getattr(model, "describe", None)
+    declared = describe() if callable(describe) else type(model).__qualname__
+    digest = hashlib.sha256(json.dumps(declared, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())

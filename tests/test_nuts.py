@@ -1,5 +1,6 @@
 """MixedNUTS: the map of the robust logits, the mixture with a hard-max standard branch, the attack surrogates that
 replace the hard max, the authors' selection of the map and alpha, and its checkpoint."""
+import copy
 import json
 
 import numpy as np
@@ -218,8 +219,8 @@ def test_hpm_mix_nuts_selects_on_training_images_saves_and_loads_the_same_mixtur
         assert torch.allclose(hpm.load(out)(x), loaded(x))
 
 
-def test_the_selection_resumes_from_its_batch_files_and_a_changed_robust_model_is_attacked_again(two_checkpoints,
-                                                                                                   tmp_path, monkeypatch):
+def test_the_selection_resumes_from_its_batch_files_and_attacks_again_for_another_model_or_other_labels(
+        two_checkpoints, tmp_path, monkeypatch):
     robust = hpm.load(two_checkpoints[1])
     images = ImageTensorDataset(torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8), torch.arange(6),
                                 robust.classes, "six random images")
@@ -233,6 +234,19 @@ def test_the_selection_resumes_from_its_batch_files_and_a_changed_robust_model_i
         next(robust.parameters()).add_(0.01)  # another model under the same name: its own batches
     selection_logits(robust, images, tmp_path, **settings)
     assert len(list(tmp_path.glob("selection-*.safetensors"))) == 4
+    relabelled = ImageTensorDataset(images.images, images.labels.flip(0), images.classes, images.source)
+    selection_logits(robust, relabelled, tmp_path, **settings)  # other labels under the same name: attacked again
+    assert len(list(tmp_path.glob("selection-*.safetensors"))) == 6
+
+
+def test_a_module_that_declares_nothing_has_a_fingerprint_of_its_weights_and_class():
+    from hpm.defence import model_fingerprint
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    before = model_fingerprint(plain)
+    assert model_fingerprint(copy.deepcopy(plain)) == before
+    with torch.no_grad():
+        plain[1].bias.add_(1)
+    assert model_fingerprint(plain) != before
 
 
 def test_a_robust_map_without_its_numbers_is_refused(two_checkpoints, tmp_path):

@@ -430,24 +430,41 @@ def test_a_trained_backbone_is_set_beside_the_published_numbers_of_its_recipe(tm
 
 
 def test_a_mixture_is_set_beside_its_authors_published_trade_off_over_its_own_robust_network(tmp_path):
+    from hpm.publish.defences import defence_rows
     from hpm.publish.tradeoff import tradeoff_lines
-    for name, report in (("fc", "robust/r20w32e20-fc-full-eps8"), ("mixed", "mixed/mixed-adaptive-gamma3-20-T1-eps8"),
-                         ("ncm", "robust/r20w32e20-ncm-full-eps8")):
+    for name, report in (("fc", "robust/r20w32e20-fc-full-eps8"), ("mixer", "mixed/mixed-adaptive-gamma3-20-T1-eps8"),
+                         ("ncm", "robust/r20w32e20-ncm-full-eps8"), ("fixed", "mixed/mixed-alpha0.9-T1-eps8")):
         for suffix in (".json", ".npz"):
             shutil.copy(REPO / f"results/eval/{report}{suffix}", tmp_path / f"{name}{suffix}")
-    (tmp_path / "published.json").write_text(json.dumps({"entries": [
-        {"id": "smoothing", "defence": "adaptive smoothing", "mixture": {"clean_accuracy": 0.95, "robust_accuracy": 0.68},
-         "robust_base": {"clean_accuracy": 0.93, "robust_accuracy": 0.71}}]}))
+    accuracies = {"clean_accuracy": 0.93, "robust_accuracy": 0.71, "evaluation": "AutoAttack"}
+    published = {"dataset": "cifar10", "eps": "8/255", "entries": [
+        {"id": "smoothing", "defence": "adaptive smoothing", "source": "Paper B", "head": "mixed classifier (adaptive",
+         "mixture": accuracies | {"clean_accuracy": 0.95, "robust_accuracy": 0.68}, "robust_base": accuracies}]}
+    (tmp_path / "published.json").write_text(json.dumps(published))
     fc = {"label": "FC", "reports": ["fc.json"]}
-    section = {"published": "published.json",
-               "entries": [fc, {"label": "mixer", "published": "smoothing", "reports": ["mixed.json"]}]}
-    row, = [line for line in tradeoff_lines(tmp_path, section) if line.startswith("| mixer |")]
-    assert ("| mixer | adaptive smoothing: 93.0 / 71.0 → 95.0 / 68.0 | +2.0 / -3.0 | 77.6 / 39.0 → 81.6 / 38.2 | "
-            "a clean gain of +4.0 points (McNemar p = 1.1e-05; more than chance); a robust loss of -0.8 points "
-            "(McNemar p = 0.42; not separable from chance at this n) |") == row
-    with pytest.raises(HPMError, match="robust branch is the baseline"):  # against another network: no trade-off
-        tradeoff_lines(tmp_path, section | {"entries": [{"label": "NCM", "reports": ["ncm.json"]},
-                                                         *section["entries"][1:]]})
-    with pytest.raises(HPMError, match="no published entry 'nuts'"):
-        tradeoff_lines(tmp_path, section | {"entries": [fc, section["entries"][1] | {"published": "nuts"}]})
-    assert tradeoff_lines(tmp_path, section | {"published": None}) == []
+    entries = [fc, {"label": "mixer", "published": "smoothing", "reports": ["mixer.json"]}]
+    section = {"published": "published.json", "entries": entries}
+
+    def lines(entries, **changes):
+        return tradeoff_lines(tmp_path, section | changes | {"entries": entries}, defence_rows(tmp_path, entries))
+
+    row, = [line for line in lines(entries) if line.startswith("| mixer |")]  # 81.6 / 38.2 over FC's 77.6 / 39.0
+    assert row == ("| mixer | adaptive smoothing: 93.0 / 71.0 → 95.0 / 68.0 | +2.0 / -3.0 | "
+                   "77.6 / 39.0 → 81.6 / 38.2 | clean +4.0 points (McNemar p = 1.1e-05, more than chance); "
+                   "robust -0.8 points (McNemar p = 0.42, not separable from chance at this n) |")
+    assert ("- adaptive smoothing, Paper B: the mixture evaluated by AutoAttack; the robust network evaluated by "
+            "AutoAttack.") in lines(entries)
+    with pytest.raises(HPMError, match="its robust branch is .*-fc, not the baseline row's .*-ncm"):
+        lines([{"label": "NCM", "reports": ["ncm.json"]}, entries[1]])  # against another network: no trade-off
+    with pytest.raises(HPMError, match="declares 'mixed classifier \\(alpha 0.9.*not a mixture of the published kind"):
+        lines([fc, {"label": "fixed", "published": "smoothing", "reports": ["fixed.json"]}])
+    with pytest.raises(HPMError, match="no published entry 'nuts'"):  # checked on rows not measured yet too
+        lines([*entries, {"label": "MixedNUTS", "published": "nuts", "missing": "later"}])
+    (tmp_path / "other.json").write_text(json.dumps(published | {"eps": "4/255"}))
+    with pytest.raises(HPMError, match="evaluated on cifar10 at 8/255, the published numbers are on cifar10 at 4/255"):
+        lines(entries, published="other.json")
+    del published["entries"][0]["mixture"]["evaluation"]
+    (tmp_path / "other.json").write_text(json.dumps(published))
+    with pytest.raises(HPMError, match="entry 'smoothing' lacks mixture.evaluation"):
+        lines(entries, published="other.json")
+    assert lines(entries, published=None) == []

@@ -106,9 +106,10 @@ def _test(test: dict, baseline: str) -> str:
     return f"{test['p_value']:.2g} ({test['a_only']} here only, {test['b_only']} {baseline} only)"
 
 
-def defences_table(root: Path, section: dict) -> list[str]:
-    """The README lines of a ``defences`` section: the table, the rows not measured and why, the protocol."""
-    rows = defence_rows(root, section["entries"], section.get("batch_size"))
+def defences_table(root: Path, section: dict, rows: list[DefenceRow] | None = None) -> list[str]:
+    """The README lines of a ``defences`` section: the table, the rows not measured and why, the protocol
+    (``rows``: its :func:`defence_rows`, when the caller has them)."""
+    rows = defence_rows(root, section["entries"], section.get("batch_size")) if rows is None else rows
     if not rows:
         return ["_No defence measured yet._"]
     base = rows[0]

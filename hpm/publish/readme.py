@@ -24,7 +24,7 @@ from ..errors import HPMError
 from .backbones import backbones_lines
 from .benchmarks import benchmark_lines
 from .declared import declared_lines
-from .defences import defences_table
+from .defences import defence_rows, defences_table
 from .compare import (check_same_evaluation, combined_robust, mcnemar_exact, missed_by_apgd_ce, protocol_gaps,
                       sample_results)
 from .literature import literature_lines
@@ -370,7 +370,8 @@ def figure_lines(root: Path, section: dict) -> list[str]:
 
 def _defences_lines(root: Path, section: dict) -> list[str]:
     """A ``defences`` section: its table, then its mixtures beside their authors' published trade-off."""
-    return defences_table(root, section) + tradeoff_lines(root, section)
+    rows = defence_rows(root, section["entries"], section.get("batch_size"))
+    return defences_table(root, section, rows) + tradeoff_lines(root, section, rows)
 
 
 def section_lines(root: Path, section: dict) -> list[str]:

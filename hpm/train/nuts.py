@@ -167,15 +167,23 @@ def selection_logits(robust: nn.Module, images: ImageTensorDataset, run_dir: str
                      n_iter: int = 100, target_classes: int = 9, batch_size: int = 250, seed: int = 0,
                      device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`attacked_logits` on ``images``, one batch of ``batch_size`` at a time, each batch's logits kept in
-    ``run_dir`` so that a rerun resumes. A batch's file name holds everything its logits depend on (the images'
-    ``source``, the attack, the robust model's :func:`hpm.defence.model_fingerprint`), so that a rerun reuses only
-    what it would compute. Shows its progress in APGD steps."""
+    ``run_dir`` so that a rerun resumes; progress is shown in APGD steps.
+
+    A batch's file name holds everything its logits depend on (the images and labels themselves, the attack and
+    the robust model's :func:`hpm.defence.model_fingerprint`), so that a rerun reuses only what it would compute.
+
+    Returns:
+        ``(adversarial [N, k], clean [N, k], labels [N])`` on the CPU, in the order of ``images``.
+    """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     device = resolve(device, robust)
     attacked = evaluation_copy(robust, device)
-    settings = f"lowest-margin|{images.source}|{eps}|{seed}|{n_iter}|{target_classes}|{model_fingerprint(attacked)}"
-    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    attack = f"lowest-margin|{eps}|{seed}|{n_iter}|{target_classes}"
+    key = hashlib.sha256(f"{attack}|{model_fingerprint(attacked)}".encode())
+    key.update(images.images.contiguous().numpy().tobytes())
+    key.update(images.labels.contiguous().numpy().tobytes())
+    key = key.hexdigest()[:12]
     paths = {start: run / f"selection-{key}-{start:06d}-{batch_size}.safetensors"
              for start in range(0, len(images), batch_size)}
     to_do = [start for start, path in paths.items() if not path.is_file()]
@@ -201,10 +209,23 @@ def select_mixednuts(standard: nn.Module, robust: nn.Module, images: ImageTensor
                      batch_size: int = 250, seed: int = 0, names: tuple[str, str] = ("standard", "robust"),
                      commands: list[str] | None = None,
                      device: torch.device | str | None = None) -> tuple[MixedNUTS, Selection]:
-    """MixedNUTS of ``standard`` and ``robust`` with its map and α selected by the authors' procedure (module
-    docstring) on ``images``, which must not be the evaluation's (training images); the robust branch's logits are
-    kept per batch in ``run_dir`` (:func:`selection_logits`). The model records how it was selected (the images,
-    the attack, ``commands``) for its checkpoint and card."""
+    """MixedNUTS of ``standard`` and ``robust``, its map and α selected by the authors' procedure (module
+    docstring) on ``images``, which must not be the evaluation's: training images.
+
+    Args:
+        images: the selection images (``hpm mix --nuts`` takes a fixed uniform subset of 1000 training images;
+            the authors take 1000).
+        run_dir: where the robust branch's logits are kept per batch (:func:`selection_logits`), so that a rerun
+            resumes.
+        eps, n_iter, target_classes: the selection attack (APGD-CE, then APGD-T towards ``target_classes`` classes).
+        beta: percent of the attacked-correct robust predictions the mixture keeps.
+        names: how the checkpoint names the two branches.
+        commands: the commands that made it, recorded in the checkpoint with the images and the attack.
+
+    Returns:
+        ``(model, selection)``: the :class:`hpm.nuts.MixedNUTS` (its ``save_pretrained`` writes the checkpoint and a
+        card that says how it was selected) and the :class:`Selection` it came from.
+    """
     adv, clean, y = selection_logits(robust, images, run_dir, eps=eps, n_iter=n_iter, target_classes=target_classes,
                                      batch_size=batch_size, seed=seed, device=device)
     selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=beta)
