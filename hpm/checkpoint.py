@@ -162,10 +162,24 @@ def write_weights(directory: Path, weights: dict[str, torch.Tensor]) -> None:
               metadata={"format": "pt", "hpm_version": __version__})
 
 
+def is_withheld(directory: Path) -> bool:
+    """True for a checkpoint of an installed hpm (``hpm/checkpoints/NAME``) whose config the wheel carries but whose
+    weights it leaves out, as it does for the largest (``exclude-package-data`` in pyproject.toml)."""
+    directory = Path(directory)
+    return (directory.parent.name == "checkpoints" and directory.parent.parent.name == "hpm"
+            and (directory / CONFIG_NAME).is_file() and not (directory / WEIGHTS_NAME).is_file())
+
+
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """``model.safetensors`` of a checkpoint; pickled files are refused with a message saying why."""
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
+        if is_withheld(directory):
+            name = Path(directory).name
+            raise CheckpointError(f"{name}: its weights are not in the installed hpm: the wheel leaves out the largest "
+                                  f"checkpoints (PyPI takes no file over 100 MB). Load it from a clone of the "
+                                  f"repository, hpm.load('CLONE/checkpoints/{name}'), or from its Hub copy, "
+                                  f"hpm.load('OWNER/{name}')")
         pickles = [n for n in _PICKLE_NAMES if (Path(directory) / n).exists()]
         hint = f" (found {', '.join(pickles)}: hpm never unpickles files; convert to safetensors)" if pickles else ""
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}{hint}")

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import interactive as demo  # noqa: E402
+from .checkpoint import is_withheld  # noqa: E402
 from .devices import best_available, set_tf32  # noqa: E402
 from .errors import HPMError  # noqa: E402
 from .hub import download_checkpoint, is_repo_id, shipped_checkpoints, split_revision  # noqa: E402
@@ -44,7 +45,8 @@ trim_every(TRIM_SECONDS)
 
 DEVICE = str(best_available())
 set_tf32(False)  # verdicts in plain float32, as evaluations judge (process-wide: every request shares it)
-SHIPPED = shipped_checkpoints()  # name -> directory (the repository's checkpoints/, or the installed package's)
+# name -> directory: the repository's checkpoints/, or the installed package's less those whose weights it leaves out
+SHIPPED = {name: directory for name, directory in shipped_checkpoints().items() if not is_withheld(directory)}
 CHECKPOINTS = {name: f"checkpoints/{name}" for name in SHIPPED}  # menu name -> model id
 DEFAULT_MODEL = CHECKPOINTS.get(os.environ.get("HPM_DEFAULT_MODEL", demo.DEFAULT_MODEL),
                                 next(iter(CHECKPOINTS.values()), None))

@@ -1,22 +1,44 @@
 """The shipped checkpoints: they load strictly, their cards are generated from config.json, and they fit."""
+import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
 import hpm
+from hpm.checkpoint import is_withheld, read_config
+from hpm.errors import CheckpointError
 from hpm.model_card import model_card
-from hpm.checkpoint import read_config
 
-CHECKPOINTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "checkpoints").iterdir()
+REPO = Path(__file__).resolve().parents[1]
+
+CHECKPOINTS = sorted(p for p in (REPO / "checkpoints").iterdir()
                      if (p / "config.json").is_file())
 
 
-def test_shipped_checkpoints_stay_within_80_mb():
-    """The wheel carries every shipped checkpoint, and PyPI refuses files over 100 MB: the PreAct ResNet-18
-    (45 MB in float32) is stored once, and the heads on it name it."""
-    total = sum(f.stat().st_size for p in CHECKPOINTS for f in p.rglob("*") if f.is_file())
+def withheld_weights() -> set[Path]:
+    """The weights pyproject.toml keeps out of the wheel."""
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["exclude-package-data"]
+    return {REPO / "checkpoints" / pattern for pattern in listed["hpm.checkpoints"]}
+
+
+def test_the_checkpoints_the_wheel_carries_stay_within_80_mb():
+    """PyPI refuses files over 100 MB, and the wheel is one file: the PreAct ResNet-18 (45 MB in float32) is stored
+    once, the heads on it name it, and larger weights stay out of the wheel (pyproject.toml lists them)."""
+    withheld = withheld_weights()
+    assert all(path.name == "model.safetensors" and path.parent in CHECKPOINTS for path in withheld), withheld
+    total = sum(f.stat().st_size for p in CHECKPOINTS for f in p.rglob("*") if f.is_file() and f not in withheld)
     assert total <= 80 * 2**20
+
+
+def test_a_checkpoint_whose_weights_the_wheel_leaves_out_says_where_they_are(tmp_path):
+    installed = tmp_path / "hpm" / "checkpoints" / "big"
+    shutil.copytree(CHECKPOINTS[0], installed, ignore=shutil.ignore_patterns("model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"big: its weights are not in the installed hpm: .* "
+                                              r"hpm.load\('CLONE/checkpoints/big'\), or from its Hub copy"):
+        hpm.load(installed)
+    assert is_withheld(installed) and not is_withheld(CHECKPOINTS[0])
 
 
 @pytest.mark.parametrize("directory", CHECKPOINTS, ids=lambda p: p.name)

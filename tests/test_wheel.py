@@ -1,5 +1,6 @@
 """What a pip user gets: the wheel, installed into a fresh environment outside the repository, loads a shipped
 checkpoint by name and serves the app with ``hpm app``."""
+import json
 import os
 import re
 import shutil
@@ -36,15 +37,29 @@ def wheel_name() -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
+WITHHELD = "cifar10-resnet20w16-scratch-l2"  # a small checkpoint the test's wheel leaves out, as it does the largest
+
+
+def withhold(pyproject: Path, name: str) -> None:
+    """Add ``name``'s weights to the ones ``pyproject`` keeps out of the wheel."""
+    text = pyproject.read_text()
+    listed = tomllib.loads(text)["tool"]["setuptools"]["exclude-package-data"]["hpm.checkpoints"]
+    line = f'"hpm.checkpoints" = {json.dumps(listed)}'
+    assert line in text, "pyproject.toml writes its withheld weights on one line"
+    pyproject.write_text(text.replace(line, f'"hpm.checkpoints" = {json.dumps([*listed, f"{name}/model.safetensors"])}'))
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    """A virtual environment holding only the wheel; its dependencies come from the running interpreter's
-    site-packages (listed in a .pth file after the wheel's own folder, whose .pth files are not run, so an
-    editable hpm there stays out), so that torch is not downloaded again."""
+    """A virtual environment holding only the wheel, built from pyproject.toml with the weights of ``WITHHELD`` left
+    out as well; its dependencies come from the running interpreter's site-packages (listed in a .pth file after
+    the wheel's own folder, whose .pth files are not run, so an editable hpm there stays out), so that torch is not
+    downloaded again."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"  # a copy, so that no stale build/ of the checkout ends up in the wheel
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "runs", "artifacts", "*.egg-info",
                                                                 "__pycache__", ".venv"))
+    withhold(source / "pyproject.toml", WITHHELD)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(root / "dist"), str(source)], check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
@@ -112,6 +127,16 @@ def test_the_wheel_carries_the_sample_set(venv):
     env = {k: v for k, v in os.environ.items() if k != "HPM_DATA_DIR"}
     root, counts = _python_outside(venv, code, env).strip().splitlines()
     assert root.startswith(str(bin_dir.parent)) and root.endswith("hpm/assets") and counts == "300 10"
+
+
+def test_a_checkpoint_whose_weights_the_wheel_leaves_out_ships_its_card_and_says_where_its_weights_are(venv):
+    code = ("import hpm, hpm.webapp as app; from hpm.hub import shipped_checkpoints; "
+            f"d = shipped_checkpoints()['{WITHHELD}']; print(sorted(p.name for p in d.iterdir() if p.is_file())); "
+            f"print('{WITHHELD}' in app.CHECKPOINTS, 'cifar10-resnet18-hpm-clean' in app.CHECKPOINTS)\n"
+            f"try: hpm.load('{WITHHELD}')\nexcept hpm.CheckpointError as e: print(e)")
+    files, menu, message = _python_outside(venv, code).strip().splitlines()
+    assert files == "['README.md', 'config.json']" and menu == "False True"  # the app offers only what it can load
+    assert message.startswith(f"{WITHHELD}: its weights are not in the installed hpm") and "PyPI" in message
 
 
 def test_the_wheel_stays_under_pypi_s_default_file_size_limit(venv):
