@@ -246,4 +246,5 @@ def test_the_shipped_mixednuts_shows_its_robust_branch_beside_the_mixture_and_wh
     page.get_by_role("button", name="Run attack").click()
     page.locator("#attack-summary").get_by_text("On the adversarial image: The mixture predicts").wait_for(
         timeout=120_000)
+    page.get_by_text("perturbation magnitude").first.wait_for(timeout=60_000)  # the heatmap drawn, then the picture
     page.screenshot(path=str(ARTIFACTS / "mixednuts.png"), full_page=True)
