@@ -166,7 +166,8 @@ def is_withheld(directory: Path) -> bool:
     """True for a checkpoint of an installed hpm (``hpm/checkpoints/NAME``) whose config the wheel carries but whose
     weights it leaves out, as it does for the largest (``exclude-package-data`` in pyproject.toml)."""
     directory = Path(directory)
-    return (directory.parent.name == "checkpoints" and directory.parent.parent.name == "hpm"
+    package = directory.parent.parent  # the installed package, not a clone that happens to be called hpm
+    return (directory.parent.name == "checkpoints" and package.name == "hpm" and (package / "__init__.py").is_file()
             and (directory / CONFIG_NAME).is_file() and not (directory / WEIGHTS_NAME).is_file())
 
 

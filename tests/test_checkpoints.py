@@ -35,6 +35,9 @@ def test_the_checkpoints_the_wheel_carries_stay_within_80_mb():
 def test_a_checkpoint_whose_weights_the_wheel_leaves_out_says_where_they_are(tmp_path):
     installed = tmp_path / "hpm" / "checkpoints" / "big"
     shutil.copytree(CHECKPOINTS[0], installed, ignore=shutil.ignore_patterns("model.safetensors"))
+    with pytest.raises(CheckpointError, match="big: no model.safetensors"):  # a clone called hpm: no package here
+        hpm.load(installed)
+    (tmp_path / "hpm" / "__init__.py").touch()  # the installed package
     with pytest.raises(CheckpointError, match=r"big: its weights are not in the installed hpm: .* "
                                               r"hpm.load\('CLONE/checkpoints/big'\), or from its Hub copy"):
         hpm.load(installed)
