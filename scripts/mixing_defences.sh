@@ -19,6 +19,8 @@
 #             on clean and attacked images
 #   avgmargin, dpnp  the PreAct ResNet-18 retrained with its FC's recipe plus Wu & Yu's average-margin regulariser,
 #             or as Adv-DPNP (resumable mid-epoch from RUNS/at-preact18-e15-NAME), then evaluated the same way
+#   The adaptive mixer (about 176 MB) and the two retrained backbones (45 MB each) are too large for the wheel: list
+#   their weights under exclude-package-data in pyproject.toml before they are committed.
 #   DATA=../shared/data nice bash scripts/mixing_defences.sh  # STEPS="nuts eval sweep adaptive avgmargin dpnp"
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
