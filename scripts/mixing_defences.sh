@@ -7,7 +7,9 @@
 #             image the input of lowest margin met at any iterate; resumable per batch from RUNS/nuts-preact)
 #   eval      MixedNUTS under the comparison's protocol (MSA-style plan over the mixture's own attack targets,
 #             APGD-T towards 3 classes, Square 1000) on the first N lossless test images, batch size 250, its report
-#             recorded in the card; resumable per batch
+#             recorded in the card; then APGD-T through the raw robust branch and the mapped mixture too (the
+#             transfer an adversary who knows alpha is near 1 tries), their per-sample worst case in the card;
+#             resumable per batch
 #   sweep     the fixed-alpha mixture at each of ALPHAS under the same protocol (not shipped: the reports only)
 #   adaptive  adaptive smoothing as its authors train it (hpm mix --adaptive --recipe authors: their mixing network,
 #             their randomized APGD training attack with the training constants (2, 0.4), their warm-up) on MIXER_N
@@ -21,6 +23,7 @@
 #             or as Adv-DPNP (resumable mid-epoch from RUNS/at-preact18-e15-NAME), then evaluated the same way
 #   The adaptive mixer (about 176 MB) and the two retrained backbones (45 MB each) are too large for the wheel: list
 #   their weights under exclude-package-data in pyproject.toml before they are committed.
+#   A report already written is kept: delete it to evaluate again.
 #   DATA=../shared/data nice bash scripts/mixing_defences.sh  # STEPS="nuts eval sweep adaptive avgmargin dpnp"
 set -euo pipefail
 DATA="${DATA:-${HPM_DATA_DIR:-../shared/data}}"
@@ -40,16 +43,23 @@ OUT=results/eval/preact
 PROTOCOL=(--data "$DATA" --n "$N" --eps 8/255 --target-classes 3 --square-queries 1000 --batch-sizes 250)
 RECIPE=(--arch preact-resnet18 --epochs 15 --lr 0.2 --no-nesterov --adversarial fgsm-rs --channels-last)
 
-evaluate() {  # MODEL REPORT [CHECKPOINT]: the comparison's protocol, then the report into CHECKPOINT's card
-  hpm eval "$1" "${PROTOCOL[@]}" "${DEVICE[@]}" --out "$2" > /dev/null
-  [ -z "${3:-}" ] || hpm card "$3" --eval "$2" > /dev/null
+evaluate() {  # MODEL REPORT [CHECKPOINT] [ATTACKS...]: the comparison's protocol (or hpm eval's ATTACKS), then the
+              # report into CHECKPOINT's card; a finished REPORT is kept (its sanity checks alone take minutes)
+  local model="$1" report="$2" checkpoint="${3:-}"
+  shift $(($# < 3 ? $# : 3))
+  [ -f "$report" ] || hpm eval "$model" "${PROTOCOL[@]}" "${DEVICE[@]}" "$@" --out "$report" > /dev/null
+  [ -z "$checkpoint" ] || hpm card "$checkpoint" --eval "$report" > /dev/null
 }
 
 for step in $STEPS; do
   case "$step" in
     nuts) [ -f "$NUTS/config.json" ] || hpm mix --standard pyautoattack --robust "$PREFIX-fc" --nuts --data "$DATA" \
             --n-select "$N_SELECT" --batch-size 250 --run-dir "$RUNS/nuts-preact" --out "$NUTS" "${DEVICE[@]}" ;;
-    eval) evaluate "$NUTS" "$OUT/pa18-mixednuts-full-eps8.json" "$NUTS" ;;
+    eval) evaluate "$NUTS" "$OUT/pa18-mixednuts-full-eps8.json"
+          evaluate "$NUTS" "$OUT/pa18-mixednuts-transfer-t-eps8.json" "" \
+            --attacks apgd-t/robust,apgd-t/mapped --no-checks
+          hpm card "$NUTS" --eval "$OUT"/pa18-mixednuts-{full,transfer-t}-eps8.json \
+            --worst-case "$OUT"/pa18-mixednuts-{full,transfer-t}-eps8.json > /dev/null ;;
     sweep) for alpha in $ALPHAS; do
              evaluate "mixed(standard=pyautoattack,robust=$PREFIX-fc,alpha=$alpha,T=1)" \
                "$OUT/pa18-mixed-alpha$alpha-eps8.json"
