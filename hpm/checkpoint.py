@@ -72,6 +72,31 @@ def _number_in(value, low: float, high: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
+ROBUST_MAP_KEYS = {"scale", "power", "bias", "standard", "attack_alpha", "selection"}
+HARD_MAX = "hard max"  # how a MixedNUTS mixture takes its standard branch, the only way hpm deploys it
+
+
+def _check_robust_map(robust_map, alpha, temperature, where: str) -> None:
+    """A MixedNUTS ``robust_map`` entry: finite numbers scale, power and bias (their ranges are
+    :class:`hpm.nuts.RobustLogitMap`'s to check), the standard branch as a hard max, an optional attack_alpha in
+    [0, 1], beside a fixed alpha and no temperature (the map replaces it)."""
+    if not isinstance(robust_map, dict) or alpha is None or temperature != 1:
+        raise CheckpointError(f"{where}: robust_map (MixedNUTS) must be an object beside a fixed alpha and "
+                              f"temperature 1 (its map replaces the temperature); got alpha {alpha!r}, temperature "
+                              f"{temperature!r}")
+    unknown = set(robust_map) - ROBUST_MAP_KEYS
+    numbers = all(_number_in(robust_map.get(k), -math.inf, math.inf) and math.isfinite(robust_map[k])
+                  for k in ("scale", "power", "bias"))
+    attack_alpha = robust_map.get("attack_alpha")
+    if unknown or not numbers or not (attack_alpha is None or _number_in(attack_alpha, 0, 1)):
+        raise CheckpointError(f"{where}: robust_map (MixedNUTS) must hold finite numbers scale, power and bias "
+                              f"(and optionally attack_alpha in [0, 1], standard, selection); got "
+                              f"{ {k: v for k, v in robust_map.items() if k != 'selection'}!r}")
+    if robust_map.get("standard", HARD_MAX) != HARD_MAX:
+        raise CheckpointError(f"{where}: robust_map.standard is {robust_map['standard']!r}; hpm deploys MixedNUTS' "
+                              f"standard branch only as its authors do, as a {HARD_MAX!r}")
+
+
 @dataclass
 class MixedCheckpointConfig:
     """``config.json`` of a mixed classifier (:class:`hpm.mixed.MixedClassifier`): the configs of its two
@@ -110,13 +135,8 @@ class MixedCheckpointConfig:
         if not (_number_in(alpha or 0, 0, 1) and _number_in(temperature, 0, math.inf) and temperature > 0):
             raise CheckpointError(f"{where}: alpha must be a number in [0, 1] and temperature one > 0; got "
                                   f"{alpha!r}, {temperature!r}")
-        robust_map = d.get("robust_map")
-        if robust_map is not None and (alpha is None or not isinstance(robust_map, dict) or not all(
-                isinstance(robust_map.get(k), (int, float)) for k in ("scale", "power", "bias")) or not (
-                robust_map.get("attack_alpha") is None or _number_in(robust_map["attack_alpha"], 0, 1))):
-            raise CheckpointError(f"{where}: robust_map (MixedNUTS) must be an object with numbers scale, power and "
-                                  f"bias (and optionally attack_alpha in [0, 1]), beside a fixed alpha; got "
-                                  f"{robust_map!r}")
+        if d.get("robust_map") is not None:
+            _check_robust_map(d["robust_map"], alpha, temperature, where)
         branches = {k: CheckpointConfig.from_dict(d[k], f"{where}: {k}") if isinstance(d[k], dict) else None
                     for k in ("standard", "robust")}
         if None in branches.values():

@@ -188,6 +188,22 @@ class MixingNetwork(nn.Module):
                 "eval_gamma": list(self.eval_gamma), "clamp": self.clamp}
 
 
+def check_branches_agree(standard: nn.Module, robust: nn.Module) -> None:
+    """Raise ValueError where both branches declare their number of classes, class names, dataset or input size
+    and these differ: mixing their probabilities would add up different classes' (or images')."""
+    def declared(branch: nn.Module, name: str):
+        value = getattr(branch, name, None)
+        if name == "classes" and value is not None and list(value) == [str(i) for i in range(len(value))]:
+            return None  # numbered by default: names nothing
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    for name in ("num_classes", "classes", "dataset", "input_size"):
+        ours, theirs = declared(standard, name), declared(robust, name)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ValueError(f"the two branches differ in {name}: standard {ours!r}, robust {theirs!r}; mix two "
+                             "classifiers of the same classes, in the same order, on the same images")
+
+
 class MixedClassifier(nn.Module):
     """``standard`` and ``robust``: ``images -> logits`` classifiers over the same classes and inputs, mixed with a
     fixed ``alpha`` or, given a ``mixer``, with ``α(x)`` per input (adaptive smoothing; both branches must then be
@@ -221,6 +237,7 @@ class MixedClassifier(nn.Module):
         if mixer is not None and not all(hasattr(b, "forward_head") for b in (standard, robust)):
             raise ValueError("a mixing network reads the branches' feature maps: mix two hpm models "
                              "(hpm.wrap / hpm.load)")
+        check_branches_agree(standard, robust)
         self.standard, self.robust, self.mixer = standard, robust, mixer
         self._taps = None if mixer is None else (FeatureTaps(standard.features, mixer.taps[0]),
                                                  FeatureTaps(robust.features, mixer.taps[1]))
@@ -332,15 +349,16 @@ class MixedClassifier(nn.Module):
         return checks
 
     # -- persistence -----------------------------------------------------------------------------
-    def to_config(self) -> MixedCheckpointConfig:
-        """The checkpoint configuration: both classifiers' own (they must be :class:`hpm.HPMClassifier`), the
-        mixing rule, and the metrics of the checkpoint this model was loaded from."""
+    def to_config(self, directory: str | Path | None = None) -> MixedCheckpointConfig:
+        """The checkpoint configuration: both classifiers' own (they must be :class:`hpm.HPMClassifier`; saved to
+        ``directory``), the mixing rule, and the metrics of the checkpoint this model was loaded from."""
         if not all(hasattr(branch, "to_config") for branch in (self.standard, self.robust)):
             raise HPMError("only a mixture of two hpm models (hpm.wrap / hpm.load) can be saved; wrap each "
                            "network with hpm.wrap(module, head='fc') first")
         previous = self.checkpoint_config
-        return MixedCheckpointConfig(self.standard.to_config(), self.robust.to_config(), self.alpha, self.temperature,
-                                     names=list(self.names), metrics=dict(previous.metrics) if previous else {},
+        return MixedCheckpointConfig(self.standard.to_config(directory), self.robust.to_config(directory),
+                                     self.alpha, self.temperature, names=list(self.names),
+                                     metrics=dict(previous.metrics) if previous else {},
                                      mixer=None if self.mixer is None else self.mixer.config(),
                                      training=previous.training if previous else None)
 
@@ -350,7 +368,7 @@ class MixedClassifier(nn.Module):
         them, under ``standard.`` and ``robust.``; a mixing network's under ``mixer.``) and a model card."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        config = self.to_config()
+        config = self.to_config(out)
         config.metrics = dict(metrics) if metrics is not None else config.metrics
         config.training = training if training is not None else config.training
         weights = {} if self.mixer is None else {f"mixer.{k}": v for k, v in self.mixer.state_dict().items()}

@@ -25,7 +25,7 @@ from .checkpoint import (
 from .devices import CPU
 from .errors import CheckpointError, HPMError
 from .heads import Head, Mode, check_mode, create_head
-from .mixed import MixedClassifier, MixingNetwork
+from .mixed import MixedClassifier, MixingNetwork, check_branches_agree
 from .hub import closest_shipped, is_repo_id, push_folder, resolve_checkpoint, shipped_checkpoints, split_revision
 from .model_card import model_card
 from .nuts import MixedNUTS, RobustLogitMap
@@ -38,6 +38,8 @@ from .sources import (
 )
 from .sources.external import LOADERS
 from .sources.factory import callables_in, is_factory, load_factory
+from .sources.reference import SOURCE as REFERENCE_SOURCE
+from .sources.reference import is_portable, reference_name, resolve_reference
 
 
 class ModeView(nn.Module):
@@ -104,6 +106,9 @@ class HPMClassifier(nn.Module):
         self.classes = list(classes) if classes is not None else [str(i) for i in range(fc.out_features)]
         self.dataset = dataset
         self.checkpoint_config: CheckpointConfig | None = None  # set by load / save_pretrained
+        # the checkpoint directory a backbone named by a local path lives in (a "checkpoint" source), so that a copy
+        # saved elsewhere names it relative to its own directory
+        self.backbone_directory: Path | None = None
         self._mode: Mode = "hard"
         self.features.requires_grad_(False)
         self.features.eval()
@@ -206,11 +211,13 @@ class HPMClassifier(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- persistence -----------------------------------------------------------------------------
-    def to_config(self) -> CheckpointConfig:
-        """The checkpoint configuration this model is saved with (metrics and recipe of the last load/save)."""
+    def to_config(self, directory: str | Path | None = None) -> CheckpointConfig:
+        """The checkpoint configuration this model is saved with (metrics and recipe of the last load/save);
+        ``directory``: where it is saved, to which a backbone checkpoint named by a local path is named relative."""
         head = {"type": self.head_type, "num_features": self.num_features, "num_classes": self.num_classes,
                 **self.head.extra_config()}
-        config = CheckpointConfig(backbone=self.backbone_spec.to_dict(), head=head, input_size=list(self.input_size),
+        config = CheckpointConfig(backbone=self._spec_for(directory).to_dict(), head=head,
+                                  input_size=list(self.input_size),
                                   classes=list(self.classes), dataset=self.dataset,
                                   backbone_weights_included=not self.backbone_spec.rebuildable)
         if self.checkpoint_config is not None:
@@ -219,19 +226,31 @@ class HPMClassifier(nn.Module):
             config.threat_model = previous.threat_model
         return config
 
+    def _spec_for(self, directory: str | Path | None) -> BackboneSpec:
+        """The backbone spec as a checkpoint saved to ``directory`` writes it: a backbone checkpoint named by a local
+        path named relative to ``directory`` (a shipped one by its name)."""
+        spec = self.backbone_spec
+        if (directory is None or spec.source != REFERENCE_SOURCE or self.backbone_directory is None
+                or is_portable(str(spec.name))):
+            return spec
+        return BackboneSpec(REFERENCE_SOURCE, reference_name(self.backbone_directory, directory), dict(spec.options))
+
     def reference_backbone(self, checkpoint: str | Path, *, relative_to: str | Path = ".") -> "HPMClassifier":
         """Save this model naming the checkpoint that stores its backbone, instead of storing the backbone again
         (:mod:`hpm.sources.reference`). ``checkpoint``: a shipped checkpoint's name, a Hub id or a directory;
         ``relative_to``: the directory this model will be saved to (a directory is named relative to it).
 
         Raises:
-            CheckpointError: that checkpoint does not store its backbone, or stores other weights than this
-                model's backbone.
+            CheckpointError: that checkpoint does not store its backbone, stores other weights than this model's
+                backbone, or is ``relative_to`` itself (saving there would replace the weights it names).
         """
         from .sources.reference import SOURCE, backbone_config, features_digest, reference_name, resolve_reference
 
         name = reference_name(checkpoint, relative_to)
         directory = resolve_reference(str(checkpoint))
+        if directory.resolve() == Path(relative_to).expanduser().resolve():
+            raise CheckpointError(f"{checkpoint}: this model would be saved over the checkpoint that stores its "
+                                  "backbone, replacing those weights; save it to another directory")
         backbone_config(directory)
         theirs = features_digest(read_weights(directory))
         ours = features_digest({f"features.{k}": v for k, v in self.features.state_dict().items()})
@@ -239,6 +258,7 @@ class HPMClassifier(nn.Module):
             raise CheckpointError(f"{checkpoint}: stores other backbone weights than this model's; reference the "
                                   "checkpoint this model's backbone was loaded from")
         self.backbone_spec = BackboneSpec(SOURCE, name, {"features_sha256": ours})
+        self.backbone_directory = directory.resolve()
         return self
 
     def save_pretrained(self, directory: str | Path, *, metrics: dict | None = None,
@@ -250,7 +270,7 @@ class HPMClassifier(nn.Module):
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        config = self.to_config()
+        config = self.to_config(out)
         config.metrics = dict(metrics) if metrics is not None else config.metrics
         config.training = training if training is not None else config.training
         config.threat_model = threat_model if threat_model is not None else config.threat_model
@@ -390,6 +410,8 @@ def _build(config: CheckpointConfig, state: dict[str, Tensor], directory: Path, 
     expected = {k for k in model.state_dict() if config.backbone_weights_included or not k.startswith("features.")}
     load_strict(model, state, expected, where)
     model.checkpoint_config = config
+    if spec.source == REFERENCE_SOURCE and backbone is None and not is_portable(str(spec.name)):
+        model.backbone_directory = resolve_reference(str(spec.name), directory).resolve()
     return model
 
 
@@ -406,8 +428,10 @@ def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], direct
 
     branches = {name: _build(getattr(config, name), part(name), directory, part=f" [{name}]")
                 for name in ("standard", "robust")}
-    if branches["standard"].num_classes != branches["robust"].num_classes:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: the two classifiers have different classes")
+    try:
+        check_branches_agree(branches["standard"], branches["robust"])
+    except ValueError as e:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
     mixer = None
     if config.mixer is not None:
         try:

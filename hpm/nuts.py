@@ -31,9 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import HARD_MAX
 from .mixed import MixedClassifier, fixed_log_weights, log_mixture
 
 RAW_SHARE = 0.9  # the authors' adaptive attack: the robust branch's share taken raw (the rest mapped)
+# The map's constants, far beyond the authors' grid (s in [0.05, 5], p in [1, 4], c in [-1.1, 0]) yet inside what
+# float64 holds: a standardised logit of k classes is at most sqrt(k - 1) in size, so for a thousand classes
+# |h̃| stays below 1e30. A power below 1 has no gradient at u = 0.
+MAX_SCALE, MAX_POWER, MAX_BIAS = 1e4, 16.0, 10.0
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -60,8 +65,11 @@ class RobustLogitMap(nn.Module):
 
     def __init__(self, scale: float, power: float, bias: float):
         super().__init__()
-        if not (scale > 0 and power >= 1 and math.isfinite(bias)):  # a power below 1 has no gradient at u = 0
-            raise ValueError(f"scale must be > 0, power >= 1 and bias finite; got {scale}, {power}, {bias}")
+        values = (scale, power, bias)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or not (
+                0 < scale <= MAX_SCALE and 1 <= power <= MAX_POWER and abs(bias) <= MAX_BIAS):
+            raise ValueError(f"scale must be in (0, {MAX_SCALE:g}], power in [1, {MAX_POWER:g}] and bias in "
+                             f"[-{MAX_BIAS:g}, {MAX_BIAS:g}]; got {scale!r}, {power!r}, {bias!r}")
         self.scale, self.power, self.bias = float(scale), float(power), float(bias)
 
     def mapped(self, logits: Tensor) -> Tensor:
@@ -196,9 +204,9 @@ class MixedNUTS(MixedClassifier):
     def mix(self, x: Tensor, lowest: bool = False):
         raise NotImplementedError("MixedNUTS mixes in forward(x, mode); MixedClassifier.mix is its plain mixture")
 
-    def to_config(self):
-        config = super().to_config()
-        config.robust_map = {**self.robust_map.config(), "standard": "hard max", "attack_alpha": self.attack_alpha,
+    def to_config(self, directory=None):
+        config = super().to_config(directory)
+        config.robust_map = {**self.robust_map.config(), "standard": HARD_MAX, "attack_alpha": self.attack_alpha,
                              **({"selection": self.selection} if self.selection else {})}
         return config
 

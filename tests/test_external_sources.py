@@ -103,6 +103,26 @@ def test_timm_bad_weights_files_are_named(tmp_path, offline):
         hpm.wrap("timm:hf-hub:timm/resnet18.a1_in1k", source_options={"file": str(tmp_path / "w.safetensors")})
 
 
+class _RunsOnUnpickling:
+    """An object whose unpickling calls a function: what a hostile weights file holds."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_timm_torch_files_load_only_when_they_hold_tensors_alone(tmp_path, offline, capsys):
+    ref = random_resnet18()
+    torch.save(ref.state_dict(), tmp_path / "plain.pth")
+    model = hpm.wrap("timm:resnet18", head="fc", source_options={"file": str(tmp_path / "plain.pth")},
+                     input_size=SIZE)
+    x = torch.rand(2, *SIZE)
+    assert torch.allclose(model(x), reference_logits(ref, x), atol=1e-4)
+    torch.save({"state_dict": _RunsOnUnpickling()}, tmp_path / "hostile.pth")
+    with pytest.raises(HPMError, match=r"holds more than tensors.*GLOBAL print\).*safetensors"):
+        hpm.wrap("timm:resnet18", source_options={"file": str(tmp_path / "hostile.pth")})
+    assert "unpickled" not in capsys.readouterr().out
+
+
 def test_a_timm_that_cannot_import_the_installed_hub_gets_the_fix_named(offline, monkeypatch):
     """timm before 1.0.21 with huggingface_hub 2 says the Hub is not installed; hpm names the real fix."""
     monkeypatch.delenv("HF_HUB_OFFLINE")

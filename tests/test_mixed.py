@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import hpm
 from hpm.attacks import default_plan, parse_attacks
 from hpm.cli import main
+from hpm.data import CIFAR10_CLASSES
 from hpm.errors import CheckpointError, HPMError
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.mixed import MixedClassifier, MixingNetwork
@@ -176,6 +177,38 @@ def test_hpm_mix_keeps_a_branch_that_names_its_backbone_by_a_relative_path_loada
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(hpm.load(out)(x), load_or_wrap(f"mixed(standard={standard},robust={robust},alpha=0.7)")(x))
+
+
+@pytest.mark.parametrize("extra", [[], ["--store-backbone"]])
+def test_hpm_mix_refuses_to_write_over_a_branch_s_checkpoint(two_checkpoints, capsys, extra):
+    standard, robust = two_checkpoints
+    assert main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.7", "--out", robust, *extra]) == 2
+    assert "is one of the branches' checkpoints" in capsys.readouterr().err
+    assert isinstance(hpm.load(robust), hpm.HPMClassifier)
+
+
+def test_a_loaded_mixture_saved_elsewhere_still_finds_its_branches_backbones(two_checkpoints, tmp_path):
+    standard, robust = two_checkpoints
+    main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.7", "--out", str(tmp_path / "m")])
+    loaded = hpm.load(tmp_path / "m")
+    loaded.save_pretrained(tmp_path / "a" / "b" / "copy")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hpm.load(tmp_path / "a" / "b" / "copy")(x), loaded(x))
+
+
+@pytest.mark.parametrize("field, value", [("classes", CIFAR10_CLASSES[::-1]), ("dataset", "cifar100"),
+                                          ("input_size", [3, 64, 64])])
+def test_branches_that_differ_in_classes_dataset_or_input_size_are_refused(two_checkpoints, tmp_path, field, value):
+    standard, robust = two_checkpoints
+    out = tmp_path / "mixed"
+    main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(out), "--store-backbone"])
+    config = json.loads((out / "config.json").read_text())
+    config["robust"]["classes"] = CIFAR10_CLASSES  # numbered classes name nothing, so are never compared
+    config["standard"][field] = value
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"the two branches differ in {field}"):
+        hpm.load(out)
 
 
 @pytest.mark.parametrize("edit, message", [

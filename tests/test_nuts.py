@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import hpm
 from hpm.attacks import default_plan
 from hpm.cli import main
-from hpm.errors import CheckpointError
+from hpm.errors import CheckpointError, HPMError
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.nuts import MixedNUTS, RobustLogitMap, mapped_margins, standardise
 from hpm.data import ImageTensorDataset
@@ -34,9 +34,9 @@ def test_the_map_standardises_the_logits_then_applies_gelu_power_and_scale():
     expected = 1.5 * u.sign() * u.abs() ** 2.0
     assert torch.allclose(RobustLogitMap(1.5, 2.0, -0.5).mapped(logits), expected, atol=1e-6)
     assert torch.allclose(standardise(logits).mean(1), torch.zeros(5, dtype=torch.float64), atol=1e-9)
-    with pytest.raises(ValueError, match="scale must be > 0, power >= 1"):
+    with pytest.raises(ValueError, match=r"scale must be in \(0, "):
         RobustLogitMap(0, 1, 0)
-    with pytest.raises(ValueError, match="power >= 1"):  # below 1, |u|^p has no gradient at u = 0
+    with pytest.raises(ValueError, match=r"power in \[1, "):  # below 1, |u|^p has no gradient at u = 0
         RobustLogitMap(1, 0.5, 0)
 
 
@@ -196,9 +196,10 @@ def test_hpm_mix_nuts_selects_on_training_images_saves_and_loads_the_same_mixtur
                                                                                    tmp_path):
     standard, robust = two_checkpoints
     out = tmp_path / "nuts"
-    assert main(["mix", "--standard", standard, "--robust", robust, "--nuts", "--data", str(tiny_data_root),
-                 "--n-select", "20", "--select-iters", "2", "--select-targets", "1", "--batch-size", "10",
-                 "--out", str(out)]) == 0
+    with pytest.warns(UserWarning, match="selection images are classified correctly under the selection attack"):
+        assert main(["mix", "--standard", standard, "--robust", robust, "--nuts", "--data", str(tiny_data_root),
+                     "--n-select", "20", "--select-iters", "2", "--select-targets", "1", "--batch-size", "10",
+                     "--out", str(out)]) == 0  # too few images for a real selection: it says so
     config = json.loads((out / "config.json").read_text())
     selection = config["robust_map"]["selection"]
     assert "training images" in selection["images"] and selection["attack"].startswith("APGD-CE, then APGD-T")
@@ -249,16 +250,56 @@ def test_a_module_that_declares_nothing_has_a_fingerprint_of_its_weights_and_cla
     assert model_fingerprint(plain) != before
 
 
-def test_a_robust_map_without_its_numbers_is_refused(two_checkpoints, tmp_path):
+GOOD_MAP = {"scale": 1.0, "power": 2.0, "bias": 0.0}
+
+
+@pytest.mark.parametrize("robust_map, message", [
+    ({"scale": 1.0}, "finite numbers scale, power and bias"),
+    ({**GOOD_MAP, "attack_alpha": True}, "finite numbers scale, power and bias"),
+    ({**GOOD_MAP, "attack_alpha": "0.9"}, "finite numbers scale, power and bias"),
+    ({**GOOD_MAP, "scale": True}, "finite numbers scale, power and bias"),
+    ({**GOOD_MAP, "scale": float("inf")}, "finite numbers scale, power and bias"),
+    ({**GOOD_MAP, "colour": "red"}, "finite numbers scale, power and bias"),
+    ({**GOOD_MAP, "scale": 1e308}, r"scale must be in \(0, 10000\]"),
+    ({**GOOD_MAP, "power": 1e6}, r"power in \[1, 16\]"),
+    ({**GOOD_MAP, "bias": 1e300}, r"bias in \[-10, 10\]"),
+    ({**GOOD_MAP, "standard": "softmax"}, "only as its authors do, as a 'hard max'"),
+])
+def test_a_robust_map_without_finite_numbers_in_range_or_with_another_standard_branch_is_refused(
+        two_checkpoints, tmp_path, robust_map, message):
     standard, robust = two_checkpoints
     main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(tmp_path / "m")])
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    for robust_map in ({"scale": 1.0}, {"scale": 1.0, "power": 2.0, "bias": 0.0, "attack_alpha": True},
-                       {"scale": 1.0, "power": 2.0, "bias": 0.0, "attack_alpha": "0.9"}):
-        config["robust_map"] = robust_map
-        (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-        with pytest.raises(CheckpointError, match="robust_map .* numbers scale, power and bias"):
-            hpm.load(tmp_path / "m")
+    config["robust_map"] = robust_map
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        hpm.load(tmp_path / "m")
+
+
+def test_a_robust_map_takes_no_temperature(two_checkpoints, tmp_path):
+    standard, robust = two_checkpoints
+    main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(tmp_path / "m")])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config.update(robust_map=GOOD_MAP, temperature=5)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="temperature 1 .its map replaces the temperature"):
+        hpm.load(tmp_path / "m")
+
+
+def test_a_selection_without_images_to_select_on_names_the_fix_and_a_thin_one_warns(monkeypatch):
+    robust = TinyMLP().eval()
+    attacked = torch.tensor([[2.0, 0.0, 0.0]] * 3)  # 3 images still right under attack
+    clean = torch.tensor([[2.0, 0.0, 0.0]] * 2 + [[0.0, 2.0, 0.0]])  # 1 clean image wrong
+    monkeypatch.setattr(selecting, "selection_logits",
+                        lambda *a, **k: (attacked, clean, torch.zeros(3, dtype=torch.long)))
+    images = ImageTensorDataset(torch.zeros(3, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, dtype=torch.long),
+                                [str(i) for i in range(3)], "three images")
+    with pytest.warns(UserWarning, match=r"only 3 of the 3 .* fewer than the 67 .*--n-select"):
+        selecting.select_mixednuts(TinyMLP().eval(), robust, images, "unused", eps=8 / 255)
+    monkeypatch.setattr(selecting, "selection_logits",
+                        lambda *a, **k: (attacked[:2], clean[:2], torch.zeros(2, dtype=torch.long)))
+    with pytest.raises(HPMError, match=r"of 2, got 2 and 0: select on more images \(hpm mix --n-select"):
+        selecting.select_mixednuts(TinyMLP().eval(), robust, images, "unused", eps=8 / 255)
 
 
 def test_a_mixednuts_built_in_python_from_a_selection_saves_with_a_card_that_says_how_it_was_selected(

@@ -47,6 +47,25 @@ def test_a_head_saved_beside_its_backbone_names_it_and_loads_to_the_same_predict
         assert torch.allclose(hpm.load(tmp_path / "ncm")(x), model(x), atol=1e-5)
 
 
+def test_a_loaded_head_saved_elsewhere_names_its_backbone_relative_to_its_new_folder(tmp_path):
+    fc_dir = _backbone_checkpoint(tmp_path / "fc")
+    _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm").save_pretrained(tmp_path / "ncm")
+    loaded = hpm.load(tmp_path / "ncm")
+    loaded.save_pretrained(tmp_path / "copies" / "ncm")
+    config = json.loads((tmp_path / "copies" / "ncm" / "config.json").read_text())
+    assert config["backbone"]["name"] == "../../fc"
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hpm.load(tmp_path / "copies" / "ncm")(x), loaded(x))
+
+
+def test_a_head_is_never_saved_over_the_checkpoint_that_stores_its_backbone(tmp_path):
+    fc_dir = _backbone_checkpoint(tmp_path / "fc")
+    with pytest.raises(CheckpointError, match="saved over the checkpoint that stores its backbone"):
+        _head_on(fc_dir).reference_backbone(fc_dir, relative_to=fc_dir)
+    assert hpm.load(fc_dir).backbone_spec.source == "hpm"  # still the backbone's own checkpoint
+
+
 def test_a_backbone_whose_weights_changed_is_refused_with_a_message_saying_so(tmp_path):
     fc_dir = _backbone_checkpoint(tmp_path / "fc")
     _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm").save_pretrained(tmp_path / "ncm")

@@ -157,8 +157,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if hasattr(config, "standard"):  # a mixed classifier
         alpha = f"{config.alpha:g}" if config.alpha is not None else "alpha(x)"
         print(f"checkpoint: {args.checkpoint}")
-        print(f"mixed:      (1 - {alpha}) softmax(standard) + {alpha} softmax(robust / {config.temperature:g})"
-              + (f", alpha(x) in {config.mixer['alpha_range']} from a mixing network" if config.mixer else ""))
+        if config.robust_map is not None:
+            m = config.robust_map
+            print(f"mixed:      MixedNUTS, (1 - {alpha}) onehot(argmax standard) + {alpha} softmax(h~), h~ = "
+                  f"{m['scale']:.4g} sign(u) |u|^{m['power']:.4g}, u = GELU(standardised robust logits "
+                  f"{m['bias']:+.4g})")
+        else:
+            print(f"mixed:      (1 - {alpha}) softmax(standard) + {alpha} softmax(robust / {config.temperature:g})"
+                  + (f", alpha(x) in {config.mixer['alpha_range']} from a mixing network" if config.mixer else ""))
         for name, branch in zip(config.names, (config.standard, config.robust)):
             print(f"branch:     {name}: {branch.backbone['source']}:{branch.backbone.get('name')} "
                   f"head {branch.head['type']}")
@@ -216,6 +222,10 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     if args.nuts and not (0 < args.beta < 100 and args.temperature == 1):
         raise HPMError(f"--nuts takes --beta in (0, 100) and no --temperature (its map replaces it); got --beta "
                        f"{args.beta:g}, --temperature {args.temperature:g}")
+    out = Path(args.out).expanduser().resolve()
+    if any(Path(name).expanduser().resolve() == out for name in (args.standard, args.robust)):
+        raise HPMError(f"--out {args.out} is one of the branches' checkpoints, which writing the mixture there would "
+                       "replace; write it to another directory")
     standard, robust = load_or_wrap(args.standard), load_or_wrap(args.robust)
     if isinstance(standard, MixedClassifier) or isinstance(robust, MixedClassifier):
         raise HPMError("each branch must be one classifier, not a mixture")

@@ -6,12 +6,17 @@ Each loader takes ``(name, options)`` and returns ``(model, input_size)``: a cla
 Local weights, for machines without a network: timm takes ``file`` (the architecture's state dict, safetensors
 or a torch file; offline, a download cached earlier is used as well), RobustBench ``model_dir`` (the layout of
 :func:`robustbench_checkpoint_path`). Offline with neither, loading fails at once naming the option.
+
+A torch file handed to timm is first read with ``weights_only=True``: timm 1.0.9 unpickles local files without
+that restriction, and a ``file`` may come from a checkpoint's ``config.json``, so one that holds anything but
+tensors and plain values is refused before timm opens it.
 """
 from __future__ import annotations
 
 import importlib.resources
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -137,6 +142,25 @@ def _check_hub_name_loads(name: str) -> None:
                            f"the Hugging Face cache, or use an architecture name with source_options={{'file': PATH}}")
 
 
+def _plain_weights(path: Path) -> Path:
+    """``path``, once a torch file there is known to hold only tensors and plain values (safetensors always do).
+
+    Raises:
+        HPMError: it holds other Python objects, which unpickling it would run.
+    """
+    if path.suffix == ".safetensors":
+        return path
+    try:
+        torch.load(path, map_location=CPU, weights_only=True)
+    except Exception as e:  # the restricted unpickler refuses any global it does not know, and says which
+        found = re.search(r"GLOBAL [\w.]+", str(e))
+        raise HPMError(f"timm weights file {path} holds more than tensors ({found[0] if found else type(e).__name__})"
+                       "; hpm does not unpickle such files: save the state dict as safetensors "
+                       "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and pass that file"
+                       ) from None
+    return path
+
+
 def _timm_file(name: str, options: dict) -> Path | None:
     """The local weights file for ``timm:name``: ``options["file"]``, else, offline, the cached download; None
     when timm should download as usual. Offline with nothing local, an error naming the ``file`` option."""
@@ -146,7 +170,7 @@ def _timm_file(name: str, options: dict) -> Path | None:
             raise HPMError(f"timm: a weights file needs an architecture name (e.g. timm:resnet18), not {name!r}")
         if not path.is_file():
             raise HPMError(f"timm weights file {path} does not exist")
-        return path
+        return _plain_weights(path)
     if name.startswith("hf-hub:"):
         _check_hub_name_loads(name)
         return None
@@ -165,7 +189,7 @@ def _timm_file(name: str, options: dict) -> Path | None:
         raise OfflineError(f"timm weights for {name!r} are not cached and {why}; save them on a networked machine "
                            f"and pass source_options={{'file': 'PATH/model.safetensors'}}, or {{'pretrained': False}} "
                            f"for random weights")
-    return cached
+    return _plain_weights(cached)
 
 
 def _timm_hub_hint(error: Exception) -> str:

@@ -19,7 +19,9 @@ plain softmax margins with the cutoff at their ``ATTACK_BETA`` percentile.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 from ..attacks import BatchFeatures, margin, parse_attacks, run_attack
 from ..defence import evaluation_copy, model_fingerprint
 from ..devices import resolve
+from ..errors import HPMError
 from ..nuts import MixedNUTS, RobustLogitMap, mapped_margins, softmax_margins, standardise
 from ..progress import progress_bar
 from ..units import eps_text
@@ -228,7 +231,19 @@ def select_mixednuts(standard: nn.Module, robust: nn.Module, images: ImageTensor
     """
     adv, clean, y = selection_logits(robust, images, run_dir, eps=eps, n_iter=n_iter, target_classes=target_classes,
                                      batch_size=batch_size, seed=seed, device=device)
-    selection = select_map(adv[adv.argmax(1) == y], clean[clean.argmax(1) != y], beta=beta)
+    attacked_correct, clean_incorrect = adv[adv.argmax(1) == y], clean[clean.argmax(1) != y]
+    needed = math.ceil(100 / (100 - beta))  # for the cutoff's percentile to lie between two images' margins
+    fix = (f"select on more images (hpm mix --n-select; the authors use 1000) or check the radius (eps "
+           f"{eps_text(eps)})")
+    if not len(attacked_correct) or not len(clean_incorrect):
+        raise HPMError(f"the selection needs images the robust branch still classifies correctly under the selection "
+                       f"attack and clean images it gets wrong; of {len(y)}, got {len(attacked_correct)} and "
+                       f"{len(clean_incorrect)}: {fix}")
+    if len(attacked_correct) < needed:
+        warnings.warn(f"only {len(attacked_correct)} of the {len(y)} selection images are classified correctly under "
+                      f"the selection attack, fewer than the {needed} for their {100 - beta:g}th-percentile margin "
+                      f"(the cutoff) to lie between two images: alpha rests on one or two margins; {fix}")
+    selection = select_map(attacked_correct, clean_incorrect, beta=beta)
     record = {**selection.record(), "images": f"{images.source} (training images; the evaluation uses test images)",
               "attack": f"APGD-CE, then APGD-T ({target_classes} classes) on the images still standing, "
                         f"{n_iter} iterations each, Linf eps {eps_text(eps)}, on the robust branch alone; per image "
