@@ -72,7 +72,7 @@ def _number_in(value, low: float, high: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
-ROBUST_MAP_KEYS = {"scale", "power", "bias", "standard", "attack_alpha", "selection"}
+_ROBUST_MAP_KEYS = {"scale", "power", "bias", "standard", "attack_alpha", "selection"}
 HARD_MAX = "hard max"  # how a MixedNUTS mixture takes its standard branch, the only way hpm deploys it
 
 
@@ -84,13 +84,15 @@ def _check_robust_map(robust_map, alpha, temperature, where: str) -> None:
         raise CheckpointError(f"{where}: robust_map (MixedNUTS) must be an object beside a fixed alpha and "
                               f"temperature 1 (its map replaces the temperature); got alpha {alpha!r}, temperature "
                               f"{temperature!r}")
-    unknown = set(robust_map) - ROBUST_MAP_KEYS
+    unknown = set(robust_map) - _ROBUST_MAP_KEYS
     numbers = all(_number_in(robust_map.get(k), -math.inf, math.inf) and math.isfinite(robust_map[k])
                   for k in ("scale", "power", "bias"))
-    attack_alpha = robust_map.get("attack_alpha")
-    if unknown or not numbers or not (attack_alpha is None or _number_in(attack_alpha, 0, 1)):
+    attack_alpha, selection = robust_map.get("attack_alpha"), robust_map.get("selection")
+    if unknown or not numbers or not (attack_alpha is None or _number_in(attack_alpha, 0, 1)) or not (
+            selection is None or isinstance(selection, dict)):
         raise CheckpointError(f"{where}: robust_map (MixedNUTS) must hold finite numbers scale, power and bias "
-                              f"(and optionally attack_alpha in [0, 1], standard, selection); got "
+                              f"(and optionally attack_alpha in [0, 1], standard, a selection object)"
+                              + (f"; unknown {sorted(unknown)}" if unknown else "") + "; got "
                               f"{ {k: v for k, v in robust_map.items() if k != 'selection'}!r}")
     if robust_map.get("standard", HARD_MAX) != HARD_MAX:
         raise CheckpointError(f"{where}: robust_map.standard is {robust_map['standard']!r}; hpm deploys MixedNUTS' "

@@ -189,19 +189,25 @@ class MixingNetwork(nn.Module):
 
 
 def check_branches_agree(standard: nn.Module, robust: nn.Module) -> None:
-    """Raise ValueError where both branches declare their number of classes, class names, dataset or input size
-    and these differ: mixing their probabilities would add up different classes' (or images')."""
+    """Check that two classifiers can be mixed: where both declare their number of classes, class names, dataset or
+    input size, these are the same (else their probabilities would add up different classes', or images').
+
+    Raises:
+        HPMError: naming what differs.
+    """
     def declared(branch: nn.Module, name: str):
         value = getattr(branch, name, None)
-        if name == "classes" and value is not None and list(value) == [str(i) for i in range(len(value))]:
-            return None  # numbered by default: names nothing
-        return list(value) if isinstance(value, (list, tuple)) else value
+        if isinstance(value, (list, tuple)):
+            value = list(value)
+            numbered = name == "classes" and value == [str(i) for i in range(len(value))]
+            return None if numbered else value  # classes numbered by default name nothing
+        return value
 
     for name in ("num_classes", "classes", "dataset", "input_size"):
         ours, theirs = declared(standard, name), declared(robust, name)
         if ours is not None and theirs is not None and ours != theirs:
-            raise ValueError(f"the two branches differ in {name}: standard {ours!r}, robust {theirs!r}; mix two "
-                             "classifiers of the same classes, in the same order, on the same images")
+            raise HPMError(f"the two branches differ in {name}: standard {ours!r}, robust {theirs!r}; mix two "
+                           "classifiers of the same classes, in the same order, on the same images")
 
 
 class MixedClassifier(nn.Module):
@@ -382,7 +388,19 @@ class MixedClassifier(nn.Module):
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload mixed classifier", **save_kwargs) -> str:
-        """Save to a temporary directory and upload it to the Hugging Face Hub; returns the commit URL."""
+        """Save to a temporary directory and upload it to the Hugging Face Hub; returns the commit URL.
+
+        Raises:
+            HPMError: a branch names its backbone's checkpoint by a local path, which Hub users cannot load.
+        """
+        from .sources.reference import SOURCE, is_portable
+
+        for name in ("standard", "robust"):
+            spec = getattr(getattr(self, name), "backbone_spec", None)
+            if spec is not None and spec.source == SOURCE and not is_portable(str(spec.name)):
+                raise HPMError(f"the {name} branch names its backbone checkpoint by the local path {spec.name!r}, "
+                               "which Hub users cannot load: push that checkpoint first, and mix the branch loaded "
+                               "from the Hub (or store the backbone: hpm mix --store-backbone)")
         return push_folder(lambda d: self.save_pretrained(d, **save_kwargs), repo_id, private=private, token=token,
                            commit_message=commit_message)
 

@@ -39,7 +39,7 @@ from .sources import (
 from .sources.external import LOADERS
 from .sources.factory import callables_in, is_factory, load_factory
 from .sources.reference import SOURCE as REFERENCE_SOURCE
-from .sources.reference import is_portable, reference_name, resolve_reference
+from .sources.reference import backbone_config, features_digest, is_portable, reference_name, resolve_reference
 
 
 class ModeView(nn.Module):
@@ -210,6 +210,14 @@ class HPMClassifier(nn.Module):
         """FC + head parameters (the backbone is frozen)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def with_head(self, head: Head, fc: nn.Linear | None = None) -> "HPMClassifier":
+        """This model's backbone (shared, frozen) and FC layer (or ``fc``) under ``head``; saved, the new model
+        names or stores the same backbone as this one."""
+        model = HPMClassifier(self.features, self.fc if fc is None else fc, head, backbone_spec=self.backbone_spec,
+                              input_size=self.input_size, classes=self.classes, dataset=self.dataset)
+        model.backbone_directory = self.backbone_directory
+        return model
+
     # -- persistence -----------------------------------------------------------------------------
     def to_config(self, directory: str | Path | None = None) -> CheckpointConfig:
         """The checkpoint configuration this model is saved with (metrics and recipe of the last load/save);
@@ -230,22 +238,25 @@ class HPMClassifier(nn.Module):
         """The backbone spec as a checkpoint saved to ``directory`` writes it: a backbone checkpoint named by a local
         path named relative to ``directory`` (a shipped one by its name)."""
         spec = self.backbone_spec
-        if (directory is None or spec.source != REFERENCE_SOURCE or self.backbone_directory is None
-                or is_portable(str(spec.name))):
+        if directory is None or spec.source != REFERENCE_SOURCE or self.backbone_directory is None:
+            return spec
+        if Path(directory).expanduser().resolve() == self.backbone_directory:
+            raise CheckpointError(f"{directory}: stores the backbone this model names; saving this model there would "
+                                  "replace those weights: save it to another directory")
+        if is_portable(str(spec.name)):
             return spec
         return BackboneSpec(REFERENCE_SOURCE, reference_name(self.backbone_directory, directory), dict(spec.options))
 
     def reference_backbone(self, checkpoint: str | Path, *, relative_to: str | Path = ".") -> "HPMClassifier":
         """Save this model naming the checkpoint that stores its backbone, instead of storing the backbone again
         (:mod:`hpm.sources.reference`). ``checkpoint``: a shipped checkpoint's name, a Hub id or a directory;
-        ``relative_to``: the directory this model will be saved to (a directory is named relative to it).
+        ``relative_to``: the directory this model will be saved to (a directory is named relative to it; saved
+        elsewhere, :meth:`save_pretrained` names it relative to that directory instead).
 
         Raises:
             CheckpointError: that checkpoint does not store its backbone, stores other weights than this model's
                 backbone, or is ``relative_to`` itself (saving there would replace the weights it names).
         """
-        from .sources.reference import SOURCE, backbone_config, features_digest, reference_name, resolve_reference
-
         name = reference_name(checkpoint, relative_to)
         directory = resolve_reference(str(checkpoint))
         if directory.resolve() == Path(relative_to).expanduser().resolve():
@@ -257,7 +268,7 @@ class HPMClassifier(nn.Module):
         if theirs != ours:
             raise CheckpointError(f"{checkpoint}: stores other backbone weights than this model's; reference the "
                                   "checkpoint this model's backbone was loaded from")
-        self.backbone_spec = BackboneSpec(SOURCE, name, {"features_sha256": ours})
+        self.backbone_spec = BackboneSpec(REFERENCE_SOURCE, name, {"features_sha256": ours})
         self.backbone_directory = directory.resolve()
         return self
 
@@ -289,19 +300,17 @@ class HPMClassifier(nn.Module):
         A model that names its backbone's checkpoint by a local path must name a Hub copy of it there:
         ``backbone_repo="owner/name@REVISION"`` (pushed first; its weights are checked by digest when loaded).
         """
-        from .sources.reference import SOURCE, is_portable
-
         spec = self.backbone_spec
-        if spec.source == SOURCE and backbone_repo is None and not is_portable(str(spec.name)):
+        if spec.source == REFERENCE_SOURCE and backbone_repo is None and not is_portable(str(spec.name)):
             raise HPMError(f"this model names its backbone checkpoint by the local path {spec.name!r}, which Hub "
                            "users cannot load: push that checkpoint first and pass backbone_repo='owner/name@REVISION'"
                            " (hpm push --backbone-repo)")
-        if backbone_repo is not None and spec.source != SOURCE:
+        if backbone_repo is not None and spec.source != REFERENCE_SOURCE:
             raise HPMError("backbone_repo applies to a model that names its backbone's checkpoint; this one does not")
 
         def write(directory: Path) -> None:
             if backbone_repo is not None:
-                self.backbone_spec = BackboneSpec(SOURCE, backbone_repo, dict(spec.options))
+                self.backbone_spec = BackboneSpec(REFERENCE_SOURCE, backbone_repo, dict(spec.options))
             try:
                 self.save_pretrained(directory, **save_kwargs)
             finally:
@@ -410,8 +419,8 @@ def _build(config: CheckpointConfig, state: dict[str, Tensor], directory: Path, 
     expected = {k for k in model.state_dict() if config.backbone_weights_included or not k.startswith("features.")}
     load_strict(model, state, expected, where)
     model.checkpoint_config = config
-    if spec.source == REFERENCE_SOURCE and backbone is None and not is_portable(str(spec.name)):
-        model.backbone_directory = resolve_reference(str(spec.name), directory).resolve()
+    if spec.source == REFERENCE_SOURCE and backbone is None and not is_repo_id(split_revision(str(spec.name))[0]):
+        model.backbone_directory = resolve_reference(str(spec.name), directory).resolve()  # a local folder
     return model
 
 
@@ -430,7 +439,7 @@ def _build_mixed(config: MixedCheckpointConfig, state: dict[str, Tensor], direct
                 for name in ("standard", "robust")}
     try:
         check_branches_agree(branches["standard"], branches["robust"])
-    except ValueError as e:
+    except HPMError as e:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
     mixer = None
     if config.mixer is not None:

@@ -25,6 +25,7 @@ alone (transfer). Every attack is judged on the deployed mixture.
 from __future__ import annotations
 
 import math
+import numbers
 from types import MappingProxyType
 
 import torch
@@ -66,7 +67,7 @@ class RobustLogitMap(nn.Module):
     def __init__(self, scale: float, power: float, bias: float):
         super().__init__()
         values = (scale, power, bias)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or not (
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values) or not (
                 0 < scale <= MAX_SCALE and 1 <= power <= MAX_POWER and abs(bias) <= MAX_BIAS):
             raise ValueError(f"scale must be in (0, {MAX_SCALE:g}], power in [1, {MAX_POWER:g}] and bias in "
                              f"[-{MAX_BIAS:g}, {MAX_BIAS:g}]; got {scale!r}, {power!r}, {bias!r}")

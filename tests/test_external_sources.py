@@ -2,6 +2,7 @@
 
 No test here touches the network: HF_HUB_OFFLINE is set and opening a socket fails the test.
 """
+import json
 import re
 import socket
 import sys
@@ -123,6 +124,41 @@ def test_timm_torch_files_load_only_when_they_hold_tensors_alone(tmp_path, offli
     assert "unpickled" not in capsys.readouterr().out
 
 
+def _cached_hub_repo(cache, repo, files):
+    """``files`` (name -> writer of that path) as a download of ``repo`` in the Hugging Face cache ``cache``."""
+    commit = "1" * 40
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    for name, write in files.items():
+        write(folder / "snapshots" / commit / name)
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_a_hub_repo_naming_its_own_torch_weights_file_is_read_weights_only_first(offline, hostile, capsys):
+    ref = random_resnet18()
+    config = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": {"hf_hub_filename": "weights.bin"}}
+    weights = {"state_dict": _RunsOnUnpickling()} if hostile else ref.state_dict()
+    _cached_hub_repo(offline, "someone/resnet18", {"config.json": lambda p: p.write_text(json.dumps(config)),
+                                                   "weights.bin": lambda p: torch.save(weights, p)})
+    if hostile:
+        with pytest.raises(HPMError, match=r"weights.bin holds more than tensors"):
+            hpm.wrap("timm:hf-hub:someone/resnet18", input_size=SIZE)
+        assert "unpickled" not in capsys.readouterr().out
+    else:
+        model = hpm.wrap("timm:hf-hub:someone/resnet18", head="fc", input_size=SIZE)
+        x = torch.rand(2, *SIZE)
+        assert torch.allclose(model(x), reference_logits(ref, x), atol=1e-4)
+
+
+def test_a_torch_weights_file_cut_short_is_named_as_such(tmp_path, offline):
+    torch.save(random_resnet18().state_dict(), tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:1000])
+    with pytest.raises(HPMError, match="does not read as a torch file .*is it complete"):
+        hpm.wrap("timm:resnet18", source_options={"file": str(tmp_path / "cut.pth")})
+
+
 def test_a_timm_that_cannot_import_the_installed_hub_gets_the_fix_named(offline, monkeypatch):
     """timm before 1.0.21 with huggingface_hub 2 says the Hub is not installed; hpm names the real fix."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -149,6 +185,19 @@ def test_robustbench_loads_from_a_local_model_dir_offline(tmp_path, offline):
     model = hpm.wrap(f"robustbench:{name}", head="fc", source_options=options)
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(model(x), arch(x), atol=1e-4)
+
+
+def test_a_robustbench_file_holding_more_than_tensors_is_refused_unopened(tmp_path, offline, capsys):
+    from hpm._compat import import_robustbench_utils
+
+    import_robustbench_utils()
+    name, options = "Sehwag2021Proxy_R18", {"model_dir": str(tmp_path / "models"), "threat_model": "L2"}
+    target = robustbench_checkpoint_path(name, options["model_dir"], "cifar10", "L2")
+    target.parent.mkdir(parents=True)
+    torch.save({"state_dict": _RunsOnUnpickling()}, target)
+    with pytest.raises(HPMError, match=r"holds more than tensors \(GLOBAL print\).*save its state dict"):
+        hpm.wrap(f"robustbench:{name}", source_options=options)
+    assert "unpickled" not in capsys.readouterr().out
 
 
 def test_robustbench_sources_without_the_extra_name_the_install_command(monkeypatch):

@@ -3,6 +3,7 @@ evaluation of it end to end."""
 import json
 import re
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,11 +181,39 @@ def test_hpm_mix_keeps_a_branch_that_names_its_backbone_by_a_relative_path_loada
 
 
 @pytest.mark.parametrize("extra", [[], ["--store-backbone"]])
-def test_hpm_mix_refuses_to_write_over_a_branch_s_checkpoint(two_checkpoints, capsys, extra):
+def test_hpm_mix_refuses_to_write_over_a_branch_checkpoint(two_checkpoints, capsys, extra):
     standard, robust = two_checkpoints
     assert main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.7", "--out", robust, *extra]) == 2
     assert "is one of the branches' checkpoints" in capsys.readouterr().err
     assert isinstance(hpm.load(robust), hpm.HPMClassifier)
+
+
+def test_hpm_mix_storing_the_backbones_refuses_to_write_over_the_checkpoint_a_branch_names(two_checkpoints,
+                                                                                               tmp_path, capsys):
+    standard, robust = two_checkpoints
+    head = tmp_path / "ncm"
+    hpm.load(robust).reference_backbone(robust, relative_to=head).save_pretrained(head)  # names ../net1
+    assert main(["mix", "--standard", standard, "--robust", str(head), "--alpha", "0.7", "--out", robust,
+                 "--store-backbone"]) == 2
+    assert "stores a branch's backbone" in capsys.readouterr().err
+    assert isinstance(hpm.load(head), hpm.HPMClassifier)
+
+
+def test_hpm_mix_refuses_branches_that_differ_before_loading_finishes(two_checkpoints, tmp_path, capsys):
+    standard, robust = two_checkpoints
+    config = json.loads((Path(standard) / "config.json").read_text())
+    (Path(standard) / "config.json").write_text(json.dumps({**config, "dataset": "cifar100"}))
+    assert main(["mix", "--standard", standard, "--robust", robust, "--nuts", "--out", str(tmp_path / "m")]) == 2
+    assert "the two branches differ in dataset" in capsys.readouterr().err
+    with pytest.raises(HPMError, match="differ in dataset"):
+        load_or_wrap(f"mixed(standard={standard},robust={robust},alpha=0.5)")
+
+
+def test_a_mixture_naming_a_local_backbone_is_not_pushed_to_the_hub(two_checkpoints, tmp_path):
+    standard, robust = two_checkpoints
+    main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.7", "--out", str(tmp_path / "m")])
+    with pytest.raises(HPMError, match="standard branch names its backbone checkpoint by the local path"):
+        hpm.load(tmp_path / "m").push_to_hub("someone/mixed")
 
 
 def test_a_loaded_mixture_saved_elsewhere_still_finds_its_branches_backbones(two_checkpoints, tmp_path):

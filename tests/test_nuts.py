@@ -276,6 +276,19 @@ def test_a_robust_map_without_finite_numbers_in_range_or_with_another_standard_b
         hpm.load(tmp_path / "m")
 
 
+def test_hpm_info_writes_mixednuts_formula(two_checkpoints, tmp_path, capsys):
+    standard, robust = (hpm.load(path) for path in two_checkpoints)
+    MixedNUTS(standard, robust, 0.9, RobustLogitMap(2.0, 1.5, -0.5)).save_pretrained(tmp_path / "nuts")
+    assert main(["info", str(tmp_path / "nuts")]) == 0
+    assert ("MixedNUTS, (1 - 0.9) onehot(argmax standard) + 0.9 softmax(h~), h~ = 2 sign(u) |u|^1.5, "
+            "u = GELU(standardised robust logits -0.5)") in capsys.readouterr().out
+
+
+def test_the_map_takes_any_real_numbers_in_range():
+    assert RobustLogitMap(np.float32(2.0), np.int64(2), np.float64(-0.5)).config() == {
+        "scale": 2.0, "power": 2.0, "bias": -0.5}
+
+
 def test_a_robust_map_takes_no_temperature(two_checkpoints, tmp_path):
     standard, robust = two_checkpoints
     main(["mix", "--standard", standard, "--robust", robust, "--alpha", "0.5", "--out", str(tmp_path / "m")])
@@ -294,11 +307,11 @@ def test_a_selection_without_images_to_select_on_names_the_fix_and_a_thin_one_wa
                         lambda *a, **k: (attacked, clean, torch.zeros(3, dtype=torch.long)))
     images = ImageTensorDataset(torch.zeros(3, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, dtype=torch.long),
                                 [str(i) for i in range(3)], "three images")
-    with pytest.warns(UserWarning, match=r"only 3 of the 3 .* fewer than the 67 .*--n-select"):
+    with pytest.warns(UserWarning, match=r"only 3 of the 3 .* fewer than the 68 .*--n-select"):
         selecting.select_mixednuts(TinyMLP().eval(), robust, images, "unused", eps=8 / 255)
     monkeypatch.setattr(selecting, "selection_logits",
                         lambda *a, **k: (attacked[:2], clean[:2], torch.zeros(2, dtype=torch.long)))
-    with pytest.raises(HPMError, match=r"of 2, got 2 and 0: select on more images \(hpm mix --n-select"):
+    with pytest.raises(HPMError, match=r"of 2, got 2 and 0: select on more images \(images; hpm mix --n-select"):
         selecting.select_mixednuts(TinyMLP().eval(), robust, images, "unused", eps=8 / 255)
 
 

@@ -63,6 +63,15 @@ def test_a_head_is_never_saved_over_the_checkpoint_that_stores_its_backbone(tmp_
     fc_dir = _backbone_checkpoint(tmp_path / "fc")
     with pytest.raises(CheckpointError, match="saved over the checkpoint that stores its backbone"):
         _head_on(fc_dir).reference_backbone(fc_dir, relative_to=fc_dir)
+    named = _head_on(fc_dir).reference_backbone(fc_dir)  # named relative to the working directory
+    with pytest.raises(CheckpointError, match="stores the backbone this model names"):
+        named.save_pretrained(fc_dir)
+    _head_on(fc_dir).reference_backbone(fc_dir, relative_to=tmp_path / "ncm").save_pretrained(tmp_path / "ncm")
+    loaded = hpm.load(tmp_path / "ncm")
+    with pytest.raises(CheckpointError, match="stores the backbone this model names"):
+        loaded.save_pretrained(fc_dir)
+    with pytest.raises(CheckpointError, match="stores the backbone this model names"):
+        loaded.with_head(create_head("cosine", 16, 10)).save_pretrained(fc_dir)  # as hpm train builds a head
     assert hpm.load(fc_dir).backbone_spec.source == "hpm"  # still the backbone's own checkpoint
 
 

@@ -212,7 +212,7 @@ def _name_backbone(branch, name: str, out: str) -> None:
 
 def _cmd_mix(args: argparse.Namespace) -> int:
     from ..errors import HPMError
-    from ..mixed import MixedClassifier, MixingNetwork
+    from ..mixed import MixedClassifier, MixingNetwork, check_branches_agree
     from ..model import load_or_wrap
 
     if not ((args.alpha is None or 0 <= args.alpha <= 1) and args.temperature > 0):  # before loading a network
@@ -229,6 +229,10 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     standard, robust = load_or_wrap(args.standard), load_or_wrap(args.robust)
     if isinstance(standard, MixedClassifier) or isinstance(robust, MixedClassifier):
         raise HPMError("each branch must be one classifier, not a mixture")
+    if out in (getattr(branch, "backbone_directory", None) for branch in (standard, robust)):
+        raise HPMError(f"--out {args.out} stores a branch's backbone, which writing the mixture there would replace; "
+                       "write it to another directory")
+    check_branches_agree(standard, robust)  # before a selection or training spends minutes on them
     names = (args.standard, args.robust)
     if not args.store_backbone:
         for branch, name in zip((standard, robust), names):

@@ -67,7 +67,7 @@ def _model_to_train(args: argparse.Namespace):
     from pathlib import Path
 
     from ..heads import create_head
-    from ..model import HPMClassifier, load, source_options, wrap
+    from ..model import load, source_options, wrap
 
     if args.ablation and args.head != "hpm":
         raise HPMError(f"--ablation applies to the hpm head, not {args.head!r}")
@@ -77,8 +77,7 @@ def _model_to_train(args: argparse.Namespace):
     if Path(args.model).is_dir():
         base = load(args.model)
         head = create_head(args.head, base.num_features, base.num_classes, **options)
-        model = HPMClassifier(base.features, base.fc, head, backbone_spec=base.backbone_spec,
-                              input_size=base.input_size, classes=base.classes, dataset=base.dataset)
+        model = base.with_head(head)
         if base.checkpoint_config.backbone_weights_included and not args.store_backbone:
             model.reference_backbone(args.model, relative_to=args.out)  # the backbone is stored once, there
         return model

@@ -44,8 +44,7 @@ ABLATIONS = {  # name -> (HPM head options, how it was made)
 def _with_head(base: HPMClassifier, head_type: str, **options) -> HPMClassifier:
     """The base model's backbone (shared, frozen) and a copy of its FC layer, with a new head."""
     head = create_head(head_type, base.num_features, base.num_classes, **options)
-    return HPMClassifier(base.features, copy.deepcopy(base.fc), head, backbone_spec=base.backbone_spec,
-                         input_size=base.input_size, classes=base.classes, dataset=base.dataset).eval()
+    return base.with_head(head, copy.deepcopy(base.fc)).eval()
 
 
 def adversarial_training_images(base: HPMClassifier, train: ImageTensorDataset, n: int, eps: float = 8 / 255,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Callable
@@ -87,7 +88,13 @@ def _robustbench(name: str | None, options: dict) -> tuple[nn.Module, tuple[int,
     if not path.is_file() and not network.network_available("drive.google.com"):
         raise OfflineError(f"robustbench model {name!r} is not at {path} and Google Drive is unreachable; "
                            f"download it on a networked machine and copy it there (or set model_dir)")
-    model = rb_utils.load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
+    try:
+        model = rb_utils.load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
+    except pickle.UnpicklingError as e:  # torch reads weights only by default, and hpm never unpickles more
+        found = re.search(r"GLOBAL [\w.]+", str(e))
+        raise HPMError(f"robustbench: {path} holds more than tensors ({found[0] if found else 'UnpicklingError'}), "
+                       "which hpm does not unpickle; if you trust the file, load it once with torch.load(PATH, "
+                       "weights_only=False) and save its state dict (tensors alone) back to PATH with torch.save") from None
     return model.eval(), (IMAGENET_INPUT if dataset == "imagenet" else CIFAR_INPUT)
 
 
@@ -152,13 +159,56 @@ def _plain_weights(path: Path) -> Path:
         return path
     try:
         torch.load(path, map_location=CPU, weights_only=True)
-    except Exception as e:  # the restricted unpickler refuses any global it does not know, and says which
+    except pickle.UnpicklingError as e:  # the restricted unpickler refuses any global it does not know, says which
         found = re.search(r"GLOBAL [\w.]+", str(e))
         raise HPMError(f"timm weights file {path} holds more than tensors ({found[0] if found else type(e).__name__})"
                        "; hpm does not unpickle such files: save the state dict as safetensors "
                        "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and pass that file"
                        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise HPMError(f"timm weights file {path} does not read as a torch file ({e}); is it complete?") from None
     return path
+
+
+def _safetensors_alternatives(filename: str) -> list[str]:
+    """The safetensors files timm looks for on the Hub before a torch file named ``filename``."""
+    if filename == "pytorch_model.bin":
+        return ["model.safetensors"]
+    if filename == "open_clip_pytorch_model.bin":
+        return ["open_clip_model.safetensors"]
+    return [filename[:-len(".bin")] + ".safetensors"] if filename.endswith(".bin") else []
+
+
+def _check_hub_weights(repo_id: str) -> None:
+    """The weights timm reads for ``hf-hub:repo_id``, checked as :func:`_plain_weights` where timm would unpickle
+    them unrestricted: a repo whose timm config names its weights file (``hf_hub_filename``, or a local ``file``)
+    and has no safetensors copy of it. The files are the ones timm then reads from the Hub's cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from timm.models import load_model_config_from_hf
+
+    try:
+        cfg, _, _ = load_model_config_from_hf(repo_id)
+    except (OSError, KeyError, ValueError):
+        return  # no readable timm config: create_model fails on it and says why
+    if cfg.get("file"):
+        _plain_weights(Path(cfg["file"]))
+        return
+    filename = cfg.get("hf_hub_filename")
+    if not filename or filename.endswith(".safetensors"):
+        return  # safetensors, or timm's default file, which it reads with weights_only=True
+    repo, _, revision = repo_id.partition("@")
+    for alternative in _safetensors_alternatives(filename):
+        try:
+            hf_hub_download(repo, alternative, revision=revision or None)
+            return  # timm takes this one
+        except EntryNotFoundError:
+            pass
+    try:
+        path = hf_hub_download(repo, filename, revision=revision or None)
+    except OSError as e:
+        raise OfflineError(f"timm could not fetch {filename} of {repo_id!r} ({e})") from None
+    _plain_weights(Path(path))
 
 
 def _timm_file(name: str, options: dict) -> Path | None:
@@ -173,6 +223,7 @@ def _timm_file(name: str, options: dict) -> Path | None:
         return _plain_weights(path)
     if name.startswith("hf-hub:"):
         _check_hub_name_loads(name)
+        _check_hub_weights(name[len("hf-hub:"):])
         return None
     from timm.models import get_pretrained_cfg
 

@@ -229,11 +229,14 @@ def select_mixednuts(standard: nn.Module, robust: nn.Module, images: ImageTensor
         ``(model, selection)``: the :class:`hpm.nuts.MixedNUTS` (its ``save_pretrained`` writes the checkpoint and a
         card that says how it was selected) and the :class:`Selection` it came from.
     """
+    if not 0 < beta < 100:
+        raise HPMError(f"beta is the percent of attacked-correct margins the mixture keeps, in (0, 100); got {beta}")
     adv, clean, y = selection_logits(robust, images, run_dir, eps=eps, n_iter=n_iter, target_classes=target_classes,
                                      batch_size=batch_size, seed=seed, device=device)
     attacked_correct, clean_incorrect = adv[adv.argmax(1) == y], clean[clean.argmax(1) != y]
-    needed = math.ceil(100 / (100 - beta))  # for the cutoff's percentile to lie between two images' margins
-    fix = (f"select on more images (hpm mix --n-select; the authors use 1000) or check the radius (eps "
+    # np.percentile interpolates at index (N - 1) (100 - beta) / 100: below 1, between the two lowest margins
+    needed = 1 + math.ceil(100 / (100 - beta))
+    fix = (f"select on more images (images; hpm mix --n-select; the authors use 1000) or check the radius (eps "
            f"{eps_text(eps)})")
     if not len(attacked_correct) or not len(clean_incorrect):
         raise HPMError(f"the selection needs images the robust branch still classifies correctly under the selection "
@@ -241,8 +244,9 @@ def select_mixednuts(standard: nn.Module, robust: nn.Module, images: ImageTensor
                        f"{len(clean_incorrect)}: {fix}")
     if len(attacked_correct) < needed:
         warnings.warn(f"only {len(attacked_correct)} of the {len(y)} selection images are classified correctly under "
-                      f"the selection attack, fewer than the {needed} for their {100 - beta:g}th-percentile margin "
-                      f"(the cutoff) to lie between two images: alpha rests on one or two margins; {fix}")
+                      f"the selection attack, fewer than the {needed} it takes for their {100 - beta:g}th-percentile "
+                      f"margin (the cutoff, hence alpha) to rest on more than the two lowest margins; {fix}",
+                      stacklevel=2)
     selection = select_map(attacked_correct, clean_incorrect, beta=beta)
     record = {**selection.record(), "images": f"{images.source} (training images; the evaluation uses test images)",
               "attack": f"APGD-CE, then APGD-T ({target_classes} classes) on the images still standing, "
