@@ -91,10 +91,9 @@ def _robustbench(name: str | None, options: dict) -> tuple[nn.Module, tuple[int,
     try:
         model = rb_utils.load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
     except pickle.UnpicklingError as e:  # torch reads weights only by default, and hpm never unpickles more
-        found = re.search(r"GLOBAL [\w.]+", str(e))
-        raise HPMError(f"robustbench: {path} holds more than tensors ({found[0] if found else 'UnpicklingError'}), "
-                       "which hpm does not unpickle; if you trust the file, load it once with torch.load(PATH, "
-                       "weights_only=False) and save its state dict (tensors alone) back to PATH with torch.save") from None
+        raise HPMError(f"robustbench: {path} holds more than tensors ({_refused(e)}), which hpm does not unpickle; "
+                       "if you trust the file, load it once with torch.load(PATH, weights_only=False) and save its "
+                       "state dict (tensors alone) back to PATH with torch.save") from None
     return model.eval(), (IMAGENET_INPUT if dataset == "imagenet" else CIFAR_INPUT)
 
 
@@ -149,6 +148,12 @@ def _check_hub_name_loads(name: str) -> None:
                            f"the Hugging Face cache, or use an architecture name with source_options={{'file': PATH}}")
 
 
+def _refused(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused to load (it names the global), for an error message."""
+    found = re.search(r"GLOBAL [\w.]+", str(error))
+    return found[0] if found else "UnpicklingError"
+
+
 def _plain_weights(path: Path) -> Path:
     """``path``, once a torch file there is known to hold only tensors and plain values (safetensors always do).
 
@@ -159,10 +164,9 @@ def _plain_weights(path: Path) -> Path:
         return path
     try:
         torch.load(path, map_location=CPU, weights_only=True)
-    except pickle.UnpicklingError as e:  # the restricted unpickler refuses any global it does not know, says which
-        found = re.search(r"GLOBAL [\w.]+", str(e))
-        raise HPMError(f"timm weights file {path} holds more than tensors ({found[0] if found else type(e).__name__})"
-                       "; hpm does not unpickle such files: save the state dict as safetensors "
+    except pickle.UnpicklingError as e:
+        raise HPMError(f"timm weights file {path} holds more than tensors ({_refused(e)}); hpm does not unpickle "
+                       "such files: save the state dict as safetensors "
                        "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and pass that file"
                        ) from None
     except (RuntimeError, EOFError, OSError) as e:
