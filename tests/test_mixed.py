@@ -199,7 +199,7 @@ def test_hpm_mix_storing_the_backbones_refuses_to_write_over_the_checkpoint_a_br
     assert isinstance(hpm.load(head), hpm.HPMClassifier)
 
 
-def test_hpm_mix_refuses_branches_that_differ_before_loading_finishes(two_checkpoints, tmp_path, capsys):
+def test_hpm_mix_refuses_branches_that_differ_before_its_selection_runs(two_checkpoints, tmp_path, capsys):
     standard, robust = two_checkpoints
     config = json.loads((Path(standard) / "config.json").read_text())
     (Path(standard) / "config.json").write_text(json.dumps({**config, "dataset": "cifar100"}))
