@@ -393,11 +393,11 @@ class MixedClassifier(nn.Module):
         Raises:
             HPMError: a branch names its backbone's checkpoint by a local path, which Hub users cannot load.
         """
-        from .sources.reference import SOURCE, is_portable
+        from .sources.reference import names_local_backbone
 
         for name in ("standard", "robust"):
             spec = getattr(getattr(self, name), "backbone_spec", None)
-            if spec is not None and spec.source == SOURCE and not is_portable(str(spec.name)):
+            if names_local_backbone(spec):
                 raise HPMError(f"the {name} branch names its backbone checkpoint by the local path {spec.name!r}, "
                                "which Hub users cannot load: push that checkpoint first, and mix the branch loaded "
                                "from the Hub (or store the backbone: hpm mix --store-backbone)")

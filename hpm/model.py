@@ -39,7 +39,8 @@ from .sources import (
 from .sources.external import LOADERS
 from .sources.factory import callables_in, is_factory, load_factory
 from .sources.reference import SOURCE as REFERENCE_SOURCE
-from .sources.reference import backbone_config, features_digest, is_portable, reference_name, resolve_reference
+from .sources.reference import (backbone_config, features_digest, is_portable, names_local_backbone, reference_name,
+                                resolve_reference)
 
 
 class ModeView(nn.Module):
@@ -301,7 +302,7 @@ class HPMClassifier(nn.Module):
         ``backbone_repo="owner/name@REVISION"`` (pushed first; its weights are checked by digest when loaded).
         """
         spec = self.backbone_spec
-        if spec.source == REFERENCE_SOURCE and backbone_repo is None and not is_portable(str(spec.name)):
+        if backbone_repo is None and names_local_backbone(spec):
             raise HPMError(f"this model names its backbone checkpoint by the local path {spec.name!r}, which Hub "
                            "users cannot load: push that checkpoint first and pass backbone_repo='owner/name@REVISION'"
                            " (hpm push --backbone-repo)")

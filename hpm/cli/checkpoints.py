@@ -198,7 +198,7 @@ def _name_backbone(branch, name: str, out: str) -> None:
     """A branch loaded from the checkpoint ``name`` (a directory, a shipped name or a Hub id) that stores its
     backbone names that checkpoint instead of storing the backbone again (:mod:`hpm.sources.reference`); one that
     already names its backbone's checkpoint by a path relative to its own directory names it relative to ``out``."""
-    from ..sources.reference import SOURCE, is_portable
+    from ..sources.reference import names_local_backbone
 
     config = getattr(branch, "checkpoint_config", None)
     if config is None or not hasattr(branch, "reference_backbone"):
@@ -206,7 +206,7 @@ def _name_backbone(branch, name: str, out: str) -> None:
     spec = branch.backbone_spec
     if config.backbone_weights_included:
         branch.reference_backbone(name, relative_to=out)
-    elif spec.source == SOURCE and not is_portable(str(spec.name)) and Path(name).is_dir():
+    elif names_local_backbone(spec) and Path(name).is_dir():
         branch.reference_backbone(Path(name) / str(spec.name), relative_to=out)
 
 

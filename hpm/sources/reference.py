@@ -64,6 +64,12 @@ def is_portable(name: str) -> bool:
     return is_repo_id(split_revision(name)[0]) or (root is not None and "/" not in name and (root / name).is_dir())
 
 
+def names_local_backbone(spec) -> bool:
+    """True for a backbone spec (``hpm.backbones.BackboneSpec``) that names its checkpoint by a path of this machine,
+    which a Hub user cannot load."""
+    return spec is not None and spec.source == SOURCE and not is_portable(str(spec.name))
+
+
 def _in_hub_cache(directory: Path) -> bool:
     """True for a folder inside the Hugging Face Hub cache (a downloaded checkpoint's snapshot)."""
     from huggingface_hub import constants
