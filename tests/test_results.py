@@ -468,3 +468,16 @@ def test_a_mixture_is_set_beside_its_authors_published_trade_off_over_its_own_ro
     with pytest.raises(HPMError, match="entry 'smoothing' lacks mixture.evaluation"):
         lines(entries, published="other.json")
     assert lines(entries, published=None) == []
+
+
+def test_a_figure_that_shares_a_sections_entries_names_those_not_measured_yet(tmp_path):
+    from hpm.publish.readme import figure_lines
+
+    (tmp_path / "fig.png").write_bytes(b"png")
+    section = {"figure": "fig", "alt": "defences", "entries": [
+        {"label": "FC", "reports": ["fc.json"]}, {"label": "Adv-DPNP", "missing": "its training"},
+        {"label": "average margin", "missing": "its training"}]}
+    lines = figure_lines(tmp_path, section)
+    assert lines[0] == "![defences](fig.png)"
+    assert lines[-1] == "Not measured yet, so not in the figure: Adv-DPNP; average margin."
+    assert figure_lines(tmp_path, {**section, "entries": section["entries"][:1]}) == ["![defences](fig.png)"]

@@ -361,11 +361,16 @@ def comparison_lines(root: Path, section: dict) -> list[str]:
 
 def figure_lines(root: Path, section: dict) -> list[str]:
     """A ``figure`` section: the PNG that a plotting script wrote (``section["figure"]``, without suffix), and its
-    interactive HTML where present."""
+    interactive HTML where present; then the labels of the section's entries marked ``missing`` (a figure that
+    shares a section's entries), which the figure does not show yet."""
     png, html = f"{section['figure']}.png", f"{section['figure']}.html"
     if not (root / png).is_file():
         return [f"_No figure yet (`{png}`); run the command above._"]
-    return [f"![{section['alt']}]({png})"] + ([f"([interactive]({html}))"] if (root / html).is_file() else [])
+    out = [f"![{section['alt']}]({png})"] + ([f"([interactive]({html}))"] if (root / html).is_file() else [])
+    missing = [e["label"] for e in section.get("entries", []) if "missing" in e]
+    if missing:
+        out += ["", "Not measured yet, so not in the figure: " + "; ".join(missing) + "."]
+    return out
 
 
 def _defences_lines(root: Path, section: dict) -> list[str]:
