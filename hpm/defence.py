@@ -217,14 +217,15 @@ def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
         HPMError: ``fn`` fails on ``images`` or returns anything but finite float scores ``[B, k]``, k >= 2.
     """
     probe = copy_module(fn, what)
-    x = images.detach().to(device_of(probe)).requires_grad_(True)
+    x = images.detach().to(device_of(probe)).clone().requires_grad_(True)  # a model that writes its input: a copy
     with torch.enable_grad():
         try:
             out = probe(x)
         except Exception as e:  # the caller's model: say where it failed, keep its traceback
             raise HPMError(f"{what} failed on float32 images of shape {tuple(x.shape)} ({type(e).__name__}: {e}); "
                            "hpm passes float32 images [N, C, H, W] in [0, 1]: a model in another precision needs "
-                           ".float(), a model for another image size an input_size attribute") from e
+                           ".float(), a model for another image size an input_size attribute, and a model that "
+                           "changes its input in place (x.clamp_()) the out-of-place operation (x.clamp())") from e
         if not isinstance(out, Tensor):
             raise HPMError(f"{what} returned a {type(out).__name__}, not a tensor of scores [B, k] (a model that "
                            "returns a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
@@ -235,7 +236,10 @@ def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
             raise HPMError(f"{what} returned NaN or infinite scores")
         if not out.requires_grad:
             return out.shape[1], False
-        grad, = torch.autograd.grad(out.float().logsumexp(1).sum(), x, allow_unused=True)
+        # A fixed random weighting of the scores: log-probabilities' logsumexp is constant, so its gradient is
+        # zero though the scores have one; a weighted sum moves with any score.
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.device)
+        grad, = torch.autograd.grad((out.float() * weights).sum(), x, allow_unused=True)
     return out.shape[1], grad is not None and bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
 
 
@@ -296,6 +300,25 @@ def evaluation_copy(model: nn.Module, device: torch.device) -> nn.Module:
             parameter.requires_grad_(False)
     copied._hpm_evaluation_copy = True
     return copied
+
+
+PROBE_IMAGES = 4  # the evaluation's first images, whose scores a resumed evaluation compares
+
+
+@torch.no_grad()
+def probe_scores(model: nn.Module, x: Tensor) -> Tensor | None:
+    """The deployed scores of ``model`` on the images ``x`` (float32, on the CPU), or None when two passes on ``x``
+    differ (a randomized defence). A resumed evaluation compares them with the stored run's: a digest of
+    parameters (:func:`model_fingerprint`) cannot see what a function closes over or what a module keeps in plain
+    attributes."""
+    first, second = model(x), model(x)
+    return first.float().cpu() if torch.equal(first, second) else None
+
+
+def agree_to_rounding(a: Tensor, b: Tensor) -> bool:
+    """Whether two outputs of one model on the same images (:func:`probe_scores`, features) agree up to float
+    rounding (another device, thread count or kernel): within 1e-3 of their scale."""
+    return a.shape == b.shape and bool(((a - b).abs() <= 1e-3 * max(1.0, float(b.abs().max()))).all())
 
 
 def model_fingerprint(model: nn.Module) -> str:

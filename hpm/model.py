@@ -344,6 +344,7 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
     """
     from .data import dataset_classes
 
+    named = dataset  # the caller's word, checked against the model's classes below
     if isinstance(model_or_name, str):
         spec = parse_source(model_or_name)
         spec.options.update(source_options or {})
@@ -356,6 +357,11 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
     else:
         raise TypeError(f"model_or_name must be an nn.Module or a source string; got {type(model_or_name).__name__}")
     k = split.fc.out_features
+    if named is not None and (names := dataset_classes(named)) is not None and len(names) != k:
+        raise HPMError(f"the model scores {k} classes, but {named} has {len(names)}: give the dataset it was "
+                       "trained on")
+    if classes is not None and len(classes) != k:
+        raise HPMError(f"classes gives {len(classes)} names, but the model scores {k} classes")
     if classes is None and dataset is not None:
         names = dataset_classes(dataset)
         classes = names if names is not None and len(names) == k else None

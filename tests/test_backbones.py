@@ -141,6 +141,29 @@ def test_timm_and_torchvision_models_wrap_with_their_normalisation_inside():
     assert tv.num_classes == 1000 and tv.classes[0] == "tench"
 
 
+@pytest.mark.parametrize("name, weights, size", [
+    ("inception_v3", "DEFAULT", (3, 299, 299)),
+    ("efficientnet_b3", "IMAGENET1K_V1", (3, 300, 300)),
+    ("resnet50", "ResNet50_Weights.IMAGENET1K_V2", (3, 224, 224)),
+])
+def test_torchvision_weights_bring_the_input_size_they_were_trained_at(monkeypatch, name, weights, size):
+    import torchvision
+
+    from hpm.sources.external import LOADERS
+
+    asked = []
+
+    def get_model(model_name, weights=None, **kwargs):  # no download: only the weights' preprocessing matters
+        asked.append(weights)
+        return nn.Identity()
+
+    monkeypatch.setattr(torchvision.models, "get_model", get_model)
+    _, input_size = LOADERS["torchvision"](name, {"weights": weights})
+    assert input_size == size and asked[0].transforms().crop_size == [size[1]]
+    with pytest.raises(HPMError, match="no weights 'V9'; its weights: IMAGENET1K_V1"):
+        LOADERS["torchvision"]("resnet18", {"weights": "V9"})
+
+
 def test_bad_source_strings_get_a_message_listing_the_forms():
     with pytest.raises(HPMError, match="robustbench:NAME"):
         hpm.wrap("resnet50")

@@ -56,6 +56,9 @@ def _evaluate(model, x, y, **kwargs):
     (lambda x: x[:, :1, :28, :28], "greyscale images"),
     (lambda x: x.permute(0, 2, 3, 1), "channels last"),
     (lambda x: x[0], r"one image: x\[None\]"),
+    (lambda x: x / 255, "divided by 255 twice"),
+    (lambda x: x.double(), r"float32 images .*x.float\(\)"),
+    (lambda x: x.half(), r"float32 images .*x.float\(\)"),
 ])
 def test_images_outside_what_the_model_takes_are_refused_with_the_fix(tiny_net, make, fix):
     model = hpm.wrap(tiny_net, head="fc")
@@ -248,6 +251,131 @@ def test_a_resumed_report_of_another_model_is_evaluated_again_not_reused(tmp_pat
     assert report.results["8"].clean_accuracy == 1.0
 
 
+class Gate(nn.Module):
+    """A defence whose behaviour lives in a plain attribute: it scales the scores of a fixed network by ``k``."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.net, self.k = _linear(), k
+
+    def forward(self, x):
+        return self.net(x) * self.k - self.k * self.net(x)[:, :1]
+
+
+def test_a_resumed_report_is_reused_only_when_the_models_scores_match_too(tmp_path):
+    x, y = _images()
+    _evaluate(Gate(1), x, y, out=tmp_path / "r.json")  # same class, same parameters: only the scores tell
+    with pytest.warns(UserWarning, match="scores on the first images differ"):
+        _evaluate(Gate(3), x, y, out=tmp_path / "r.json")
+    first, second = _linear(), nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    _evaluate(lambda images: first(images), x, y, out=tmp_path / "f.json")  # functions: no parameters to digest
+    with pytest.warns(UserWarning, match="scores on the first images differ"):
+        _evaluate(lambda images: second(images), x, y, out=tmp_path / "f.json")
+
+
+class Scaled(nn.Module):
+    """A network whose input scale is a plain attribute: no hash of its parameters sees ``k``."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.k = TinyNet().eval(), k
+
+    def forward(self, x):
+        return self.net(x * self.k)
+
+
+def test_cached_features_are_reused_only_when_the_backbone_still_gives_them(tmp_path, monkeypatch):
+    from hpm.data import ImageTensorDataset
+    from hpm.train import extract_features
+
+    monkeypatch.setenv("HPM_CACHE_DIR", str(tmp_path))
+    images = ImageTensorDataset(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8),
+                                [str(i) for i in range(10)], "test")
+    once, _ = extract_features(hpm.wrap(Scaled(1.0), head="ncm"), images, progress=False)
+    halved, _ = extract_features(hpm.wrap(Scaled(0.5), head="ncm"), images, progress=False)
+    assert not torch.allclose(once, halved)
+    again, _ = extract_features(hpm.wrap(Scaled(0.5), head="ncm"), images, progress=False)
+    assert torch.equal(again, halved)
+
+
+def test_log_probabilities_have_an_input_gradient_and_are_attacked_end_to_end():
+    net, x = _linear(), _images()[0]
+    confident = Defence(lambda images: torch.log_softmax(50 * net(images), 1))  # its logsumexp is always 0
+    assert confident.deployed_differentiable and "deployed" in confident.attack_targets
+
+
+def test_a_head_whose_prototypes_were_never_fitted_is_refused(tiny_net, tmp_path, tiny_data_root, capsys):
+    x, y = _images()
+    with pytest.raises(HPMError, match="class prototypes were never fitted.*--mode fit"):
+        _evaluate(hpm.wrap(tiny_net, head="hpm"), x, y)
+    factory = tmp_path / "unfitted.py"
+    factory.write_text("import sys\nsys.path.insert(0, %r)\nimport hpm\nfrom conftest import TinyNet\n\n"
+                       "def build():\n    return hpm.wrap(TinyNet().eval(), head='ncm')\n" % str(REPO / "tests"))
+    assert main(["eval", f"{factory}:build", "--data", str(tiny_data_root), "--n", "4", "--quick",
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert "never fitted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_sizes": [2.5]}, r"batch_sizes must be positive integers.*got \[2.5\]"),
+    ({"batch_sizes": [True]}, "batch_sizes must be positive integers"),
+    ({"batch_sizes": [0]}, "batch_sizes must be positive integers"),
+    ({"check_n": 0}, "check_n must be a positive integer"),
+])
+def test_evaluation_arguments_that_would_be_truncated_or_crash_are_refused(tiny_net, kwargs, message):
+    with pytest.raises(HPMError, match=message):
+        _evaluate(tiny_net, *_images(), **kwargs)
+    assert _evaluate(tiny_net, *_images(), batch_sizes=4).config.batch_sizes == [4]  # or one integer
+
+
+def test_a_randomized_model_evaluated_without_checks_is_called_nondeterministic_not_batch_dependent():
+    net = _linear()
+    report = _evaluate(lambda images: net(images + 0.01 * torch.randn_like(images)), *_images())
+    checks = {c.name: c.passed for c in report.checks}
+    assert checks["deterministic_forward"] is False and checks["batch_independent"] is None
+
+
+class Pair(nn.Module):
+    """Returns its logits with something else, as many research models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = TinyNet().eval()
+
+    def forward(self, x):
+        return self.net(x), None
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Pair(), "returned a tuple, not a tensor of scores"),
+    (lambda: TinyNet().double().eval(), r"call .float\(\) on a model in another precision"),
+])
+def test_wrapping_a_model_that_cannot_be_split_names_what_the_split_needs(make, message):
+    with pytest.raises(HPMError, match=message):
+        hpm.wrap(make(), head="hpm")
+
+
+def test_a_model_that_writes_its_input_is_refused_and_leaves_the_callers_images_as_they_were():
+    net, (x, y) = _linear(), _images()
+    before = x.clone()
+    with pytest.raises(HPMError, match=r"out-of-place operation \(x.clamp\(\)\)"):
+        _evaluate(lambda images: net(images.mul_(2)), x, y)
+    assert torch.equal(x, before)
+
+
+def test_wrap_refuses_a_dataset_or_class_names_that_do_not_fit_the_models_classes(tiny_net):
+    with pytest.raises(HPMError, match="the model scores 10 classes, but cifar100 has 100"):
+        hpm.wrap(tiny_net, dataset="cifar100")
+    with pytest.raises(HPMError, match="classes gives 2 names, but the model scores 10 classes"):
+        hpm.wrap(tiny_net, classes=["cat", "dog"])
+
+
+def test_a_model_passed_in_training_mode_is_evaluated_in_eval_mode_with_a_warning(tiny_net):
+    with pytest.warns(UserWarning, match="BatchNorm2d layers are in training mode; hpm evaluates it in eval mode"):
+        _evaluate(tiny_net.train(), *_images())
+
+
 def test_two_surrogates_are_also_attacked_as_an_ensemble(tiny_net):
     defence = Defence(tiny_net, surrogates={"a": tiny_net, "b": TinyNet()})
     assert list(defence.attack_targets) == ["deployed", "a", "b", "ensemble"]
@@ -329,6 +457,19 @@ def test_the_command_line_takes_a_factory_with_a_surrogate(tmp_path, tiny_data_r
     report = json.loads(out.read_text())
     assert [p["name"] for p in report["plan"]] == ["apgd-ce/linear", "apgd-dlr/linear", "apgd-t/linear", "square"]
     assert report["model_info"]["declared"]["surrogates"] == ["linear"]
+
+
+def test_hpm_train_takes_a_factory_and_a_shipped_checkpoints_name(tmp_path, tiny_data_root, monkeypatch):
+    factory = tmp_path / "my_model.py"
+    factory.write_text("import sys\nsys.path.insert(0, %r)\nfrom conftest import TinyNet\n\n"
+                       "def build():\n    return TinyNet().eval()\n" % str(REPO / "tests"))
+    common = ["--mode", "fit", "--data", str(tiny_data_root)]
+    assert main(["train", f"{factory}:build", "--head", "ncm", "--out", str(tmp_path / "mine"), *common]) == 0
+    assert hpm.load(tmp_path / "mine", backbone=TinyNet()).head.prototypes.abs().sum() > 0
+    monkeypatch.chdir(tmp_path)  # a shipped name, not a folder of the clone
+    assert main(["train", "cifar10-resnet20w32-fgsmrs-20ep-fc", "--head", "ncm", "--out", "shipped", *common]) == 0
+    assert json.loads((tmp_path / "shipped" / "config.json").read_text())["backbone"]["name"] == \
+        "cifar10-resnet20w32-fgsmrs-20ep-fc"  # named, not stored again
 
 
 def test_predict_says_how_it_converted_an_image():

@@ -309,3 +309,8 @@ def test_the_card_summary_pairs_the_clean_accuracy_with_the_robust_one_when_the_
     assert "clean_accuracy" not in metrics
     clean = metrics["clean_accuracy (n 500, bs 250)"]
     assert f"**Measured:** clean {100 * clean['value']:.1f}% (n 500, batch 250) · robust" in demo.card_summary(model)
+
+
+def test_an_attack_radius_given_in_pixels_asks_whether_it_meant_a_fraction_of_255(tiny_net):
+    with pytest.raises(HPMError, match="did you mean 8/255"):
+        demo.check_attack_args("ensemble", 8, 10, hpm.wrap(tiny_net, head="hpm"))

@@ -378,6 +378,7 @@ def test_an_extra_report_at_one_batch_size_joins_only_that_batch_sizes_row(check
     from hpm.publish.readme import comparison_lines, comparison_table
     fc_model = hpm.load(checkpoint)
     head = hpm.create_head("hpm", fc_model.fc.in_features, fc_model.fc.out_features)
+    head.init_prototypes(torch.randn(20, fc_model.fc.in_features), torch.arange(20) % 10)  # fitted, if not well
     batch_dependent = hpm.HPMClassifier(fc_model.features, fc_model.fc, head, backbone_spec=fc_model.backbone_spec,
                                         dataset="cifar10").eval().save_pretrained(tmp_path / "hpm")
     _eval(checkpoint, tiny_data_root, tmp_path / "fc.json", "--eps", "2/255", "--attacks", "apgd-ce/deployed")

@@ -63,26 +63,32 @@ def _add_train(sub) -> None:
 
 
 def _model_to_train(args: argparse.Namespace):
-    """MODEL with a new ``--head``: a checkpoint's backbone and FC, or a source's."""
-    from pathlib import Path
-
+    """MODEL with a new ``--head`` on its backbone and FC: a checkpoint's (a directory, a shipped name or a Hub id),
+    a source's, or the classifier ``file.py:FACTORY`` returns."""
     from ..heads import create_head
-    from ..model import load, source_options, wrap
+    from ..mixed import MixedClassifier
+    from ..model import HPMClassifier, load, model_kind, source_options, wrap
+    from ..sources.factory import load_factory
 
     if args.ablation and args.head != "hpm":
         raise HPMError(f"--ablation applies to the hpm head, not {args.head!r}")
     options = {"batch_prototypes": "no-batch-prototypes" not in args.ablation,
                "mixer": "mean" if "mean-mixer" in args.ablation else "linear",
                "score": "dot" if "dot-score" in args.ablation else "l2"} if args.head == "hpm" else {}
-    if Path(args.model).is_dir():
-        base = load(args.model)
-        head = create_head(args.head, base.num_features, base.num_classes, **options)
-        model = base.with_head(head)
-        if base.checkpoint_config.backbone_weights_included and not args.store_backbone:
-            model.reference_backbone(args.model, relative_to=args.out)  # the backbone is stored once, there
-        return model
-    return wrap(args.model, head=args.head, source_options=source_options(args.model, args.model_dir, args.dataset),
-                dataset=args.dataset, **options)
+    kind = model_kind(args.model)
+    if kind == "source":
+        return wrap(args.model, head=args.head, source_options=source_options(args.model, args.model_dir,
+                                                                              args.dataset),
+                    dataset=args.dataset, **options)
+    base = load(args.model) if kind == "checkpoint" else load_factory(args.model)
+    if isinstance(base, MixedClassifier):
+        raise HPMError(f"{args.model} is a mixture of two classifiers; train a head on one of its branches instead")
+    if not isinstance(base, HPMClassifier):  # a factory's own classifier: its features and FC, found by wrap
+        return wrap(base, head=args.head, dataset=args.dataset, **options)
+    model = base.with_head(create_head(args.head, base.num_features, base.num_classes, **options))
+    if kind == "checkpoint" and base.checkpoint_config.backbone_weights_included and not args.store_backbone:
+        model.reference_backbone(args.model, relative_to=args.out)  # the backbone is stored once, there
+    return model
 
 
 def _fine_tune(args: argparse.Namespace, model, train_set, device) -> tuple[dict, dict | None]:

@@ -1,6 +1,7 @@
 """The evaluation entry point: model + data + attack config -> :class:`EvalReport` (+ JSON, Markdown, .npz)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Mapping
@@ -11,22 +12,23 @@ from torch import Tensor, nn
 from ..data import Subset, load_dataset
 from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
-from ..defence import Defence, declare, evaluation_copy, model_fingerprint
+from ..defence import Defence, declare, evaluation_copy
 from . import dist
 from .checks import (
     SQUARE_QUERIES,
     check_against_card,
     check_batch_independent,
+    check_deterministic,
     check_results,
     check_run_factors,
     run_checks,
 )
 from .config import AttackConfig
 from .expect import Expectation, expectation_bar
-from .inputs import check_inputs, num_classes_of
-from .protocol import is_batch_dependent, run_protocol, sizes_that_differ
+from .inputs import check_heads_fitted, check_inputs, num_classes_of, warn_if_training
+from .protocol import is_batch_dependent, model_identity, run_protocol, sizes_that_differ
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
-from .samples import SampleResults, load_results, save_results, stored_fingerprint
+from .samples import SampleResults, load_results, save_results, stored_fingerprint, stored_scores
 
 
 PER_SAMPLE_BATCH_SIZES = (256,)  # a per-sample model: the batch size changes the speed only
@@ -90,7 +92,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
     """
     json_path, md_path, npz_path = output_paths(out, create_folder=True) if out is not None else (None,) * 3
     model, attack, y, batch_sizes, run_device = _prepare(model, x, y, attack, batch_sizes, batch_dependent,
-                                                         surrogates, indices, device, distributed)
+                                                         surrogates, indices, device, distributed, check_n)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     bar = _expectation_bar(expect, checks, check_n, len(y), batch_sizes, progress and rank == 0)
     try:
@@ -102,9 +104,9 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
                 return None  # not rank 0: rank 0 checks and writes the report
             key, results = dist.merge_runs(runs)
             if npz_path is not None and world > 1:
-                save_results(npz_path, results, key, model_fingerprint(model))  # the ranks' union, as one writes it
+                save_results(npz_path, results, key, *model_identity(model, x, run_device))  # as one run writes it
             found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress, expect) if \
-                checks else [check_batch_independent(model, x[:check_n].to(run_device))]  # forward passes only
+                checks else _forward_checks(model, x[:check_n].to(run_device))
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                                 device=str(run_device))
             report = _report(model, model_id, config, plan, results, found, command)
@@ -116,6 +118,13 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
             dist.shutdown()
 
 
+def _forward_checks(model: nn.Module, x: Tensor) -> list[Check]:
+    """The checks that take forward passes only (without ``checks``): is the model deterministic, and, where it
+    is, does it score each image alone as inside the batch (a randomized model's two passes differ anyway)."""
+    deterministic = check_deterministic(model, x)
+    return [deterministic, check_batch_independent(model, x, bool(deterministic.passed))]
+
+
 def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, results: dict[int, SampleResults],
             found: list[Check], command: str | None) -> EvalReport:
     """:func:`build_report` of an evaluation just run, with the hardware it ran on and the card's clean check."""
@@ -125,22 +134,40 @@ def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, res
     return report
 
 
+def _batch_sizes(batch_sizes) -> list[int]:
+    """``batch_sizes`` (integers, or one integer) as a list, or an :class:`HPMError` saying what to give: a
+    fractional or boolean size would otherwise be truncated to another batch size than the one asked for."""
+    sizes = [batch_sizes] if isinstance(batch_sizes, numbers.Integral) else batch_sizes
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        sizes = []
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+        raise HPMError(f"batch_sizes must be positive integers, e.g. [16, 256]; got {batch_sizes!r}")
+    return [int(s) for s in sizes]
+
+
 def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig | None, batch_sizes, batch_dependent: bool | None,
-             surrogates: Mapping[str, Callable] | None, indices, device,
-             distributed: bool) -> tuple[nn.Module, AttackConfig, Tensor, list[int], torch.device]:
+             surrogates: Mapping[str, Callable] | None, indices, device, distributed: bool,
+             check_n: int) -> tuple[nn.Module, AttackConfig, Tensor, list[int], torch.device]:
     """Everything checked before anything runs: the declared model's evaluation copy on its device, the attack
     config, the labels as int64, the batch sizes really run, the run's device."""
+    if isinstance(check_n, bool) or not isinstance(check_n, numbers.Integral) or check_n < 1:
+        raise HPMError(f"check_n must be a positive integer (the images the sanity checks run on); got {check_n!r}")
     model = declare(model, batch_dependent=batch_dependent, surrogates=surrogates)
     attack = AttackConfig() if attack is None else attack
     if not isinstance(attack, AttackConfig):
         raise HPMError(f"attack must be an hpm.AttackConfig; got {type(attack).__name__}")
     attack.validate()
     check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
+    check_heads_fitted(model)
+    warn_if_training(model)
     if indices is not None and len(indices) != len(y):
         raise HPMError(f"indices must give the dataset index of each of the {len(y)} images; got {len(indices)}")
     if isinstance(model, Defence):
         model.probe(x[:2])  # on the evaluation's own images
-    sizes = sizes_that_differ(default_batch_sizes(model) if batch_sizes is None else batch_sizes, len(y))
+    sizes = sizes_that_differ(default_batch_sizes(model) if batch_sizes is None else _batch_sizes(batch_sizes),
+                              len(y))
     run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
     return evaluation_copy(model, run_device), attack, y.long(), sizes, run_device  # the caller's module: as given
 
@@ -208,7 +235,8 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
     if len(fingerprints) > 1:
         raise HPMError(f"{', '.join(map(str, npz_paths))}: shards of different models (their weights or constants "
                        "differ)")
-    save_results(npz_path, merged, key, next(iter(fingerprints), None))
+    scores = next((s for p in npz_paths if (s := stored_scores(Path(p))) is not None), None)
+    save_results(npz_path, merged, key, next(iter(fingerprints), None), scores)
     base = EvalReport.from_json(base_report)
     report = build_report(base.model, base.model_info, base.config, base.plan, merged, [], base.command)
     return write_report(report, json_path, md_path)

@@ -1,13 +1,16 @@
 """Images and labels checked where they enter an evaluation, with errors that name the fix.
 
 The most common mistakes give plausible numbers, not errors: pixels in [0, 255] (every image saturates, clean
-accuracy collapses to chance or below and every check passes) and normalised images (mean/std applied twice). So
-they are refused before anything runs, as are tensors of the wrong dtype or shape.
+accuracy collapses to chance or below and every check passes), pixels divided by 255 twice (every image near
+black) and normalised images (mean/std applied twice). So they are refused before anything runs, as are tensors
+of the wrong dtype or shape.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import HPMError
 
@@ -21,8 +24,8 @@ def num_classes_of(model) -> int | None:
 
 
 def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x") -> None:
-    """Raise :class:`HPMError` unless ``x`` is a float tensor ``[N, C, H, W]`` (``input_size`` = ``(C, H, W)`` when
-    known) of finite values in [0, 1]."""
+    """Raise :class:`HPMError` unless ``x`` is a float32 tensor ``[N, C, H, W]`` (``input_size`` = ``(C, H, W)``
+    when known) of finite values in [0, 1]."""
     if not isinstance(x, Tensor):
         raise HPMError(f"{name} must be a torch.Tensor of images [N, C, H, W] in [0, 1]; got {type(x).__name__} "
                        f"(convert with torch.as_tensor({name}))")
@@ -32,6 +35,9 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
     if not x.is_floating_point():
         raise HPMError(f"{name} has dtype {x.dtype}; hpm takes float images in [0, 1]: convert with "
                        f"{name}.float() (and divide by 255 if its pixels are 0-255)")
+    if x.dtype != torch.float32:
+        raise HPMError(f"{name} has dtype {x.dtype}; hpm evaluates float32 images (attacks step and clamp them in "
+                       f"float32; a model in another precision casts inside its forward): convert with {name}.float()")
     if x.ndim != 4:
         hint = f" (one image: {name}[None])" if x.ndim == 3 else ""
         raise HPMError(f"{name} must be a batch of images [N, C, H, W]; got shape {tuple(x.shape)}{hint}")
@@ -46,6 +52,9 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
     if 2 < high <= 255 and low >= 0:
         raise HPMError(f"{name} has values up to {high:g}: pixels look like 0-255; hpm takes images in [0, 1]: "
                        f"divide by 255 ({name} / 255)")
+    if 0 < high <= 1 / 255 + TOLERANCE and low >= 0:
+        raise HPMError(f"{name} has values up to {high:g} (1/255 at most): pixels look divided by 255 twice; hpm "
+                       f"takes images in [0, 1]: divide 0-255 pixels by 255 once")
     if 1 + TOLERANCE < high <= 2 and low >= -TOLERANCE:
         raise HPMError(f"{name} has values up to {high:g}, slightly above 1 (a resize overshooting?); hpm takes "
                        f"images in [0, 1]: clamp them ({name}.clamp(0, 1))")
@@ -86,3 +95,32 @@ def check_inputs(x, y, *, input_size: tuple[int, ...] | None = None, num_classes
     """:func:`check_images` and :func:`check_labels` on an evaluation's inputs."""
     check_images(x, input_size)
     check_labels(y, len(x), num_classes)
+
+
+def check_heads_fitted(model) -> None:
+    """Raise :class:`HPMError` when a prototype head inside ``model`` was never fitted (all its class prototypes
+    equal, as a new head's zeros are): it scores every image alike, and its chance-level accuracy would be
+    reported as if measured."""
+    for name, module in model.named_modules() if isinstance(model, nn.Module) else ():
+        prototypes = getattr(module, "prototypes", None)
+        if getattr(module, "has_prototypes", False) and isinstance(prototypes, Tensor) and len(prototypes) > 1 \
+                and not bool((prototypes != prototypes[:1]).any()):
+            raise HPMError(f"{name or 'the model'}: its {len(prototypes)} class prototypes were never fitted (all "
+                           "equal); fit them on training images first (hpm train MODEL --mode fit, or "
+                           "hpm.train.fit_prototypes(model, *hpm.train.extract_features(model, train_set))), or "
+                           "load a trained checkpoint")
+
+
+MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def warn_if_training(model) -> None:
+    """Warn when ``model`` holds BatchNorm or dropout layers in training mode: hpm evaluates a copy in eval mode
+    (running statistics, no dropout), which is not how such a model was passed."""
+    training = sorted({type(m).__name__ for m in (model.modules() if isinstance(model, nn.Module) else ())
+                       if isinstance(m, MODE_DEPENDENT) and m.training})
+    if training:
+        warnings.warn(f"the model's {', '.join(training)} layers are in training mode; hpm evaluates it in eval mode "
+                      "(running statistics, no dropout): call .eval() to silence this, or, for a defence that "
+                      "normalises with the test batch, do so in its forward and declare batch_dependent=True",
+                      stacklevel=4)  # the caller of hpm.evaluate_model

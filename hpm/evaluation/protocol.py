@@ -23,13 +23,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
-from ..defence import declare, evaluation_copy, model_fingerprint
+from ..defence import PROBE_IMAGES, agree_to_rounding, declare, evaluation_copy, model_fingerprint, probe_scores
 from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
 from ..progress import on_terminal, progress_bar
 from .config import AttackConfig
-from .samples import SampleResults, config_key, load_results, save_results, stored_fingerprint
+from .samples import SampleResults, config_key, load_results, save_results, stored_fingerprint, stored_scores
 
 if TYPE_CHECKING:
     from .expect import Expectation
@@ -289,14 +289,14 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
     indices = np.arange(len(y)) if indices is None else np.asarray(indices)
     batch_sizes = sizes_that_differ(batch_sizes, len(y))
     key = config_key(model_id, attack, plan, indices, batch_sizes)
-    fingerprint = model_fingerprint(model) if results_path is not None else None  # only a stored run needs it
-    results = _resume(results_path, key, fingerprint) or {
+    fingerprint, scores = model_identity(model, x, device) if results_path is not None else (None, None)
+    results = _resume(results_path, key, fingerprint, scores) or {
         bs: SampleResults(bs, [s.name for s in plan], indices, y.cpu().numpy()) for bs in batch_sizes}
     sizes_to_run = batch_sizes if is_batch_dependent(model) else batch_sizes[-1:]  # identical at every size
 
     def save() -> None:
         if results_path is not None:
-            save_results(results_path, results, key, fingerprint)
+            save_results(results_path, results, key, fingerprint, scores)
 
     if expect is not None:
         for bs in sizes_to_run:
@@ -311,16 +311,24 @@ def run_protocol(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
     return plan, results, key
 
 
+def model_identity(model: nn.Module, x: Tensor, device: torch.device | str) -> tuple[str, Tensor | None]:
+    """What a stored run records of the model it evaluated, for a resumed run to compare: its
+    :func:`model_fingerprint` and its :func:`probe_scores` on the evaluation's first images."""
+    return model_fingerprint(model), probe_scores(model, x[:PROBE_IMAGES].to(device))
+
+
 def sizes_that_differ(batch_sizes, n: int) -> list[int]:
     """The evaluation batch sizes that are really run on ``n`` images: a size above ``n`` is one batch of all
     ``n`` images, the same run as batch size ``n``, so it is reported as ``n`` (once)."""
     return sorted({min(int(bs), n) for bs in batch_sizes})
 
 
-def _resume(results_path: Path | None, key: str, fingerprint: str | None) -> dict[int, SampleResults] | None:
-    """Stored per-sample results of the same evaluation of the same model (:func:`model_fingerprint`), or None;
-    another evaluation's file is refused, and one of a model changed since under the same name is evaluated again
-    from the start (with a warning)."""
+def _resume(results_path: Path | None, key: str, fingerprint: str | None,
+            scores: Tensor | None = None) -> dict[int, SampleResults] | None:
+    """Stored per-sample results of the same evaluation of the same model (the same :func:`model_fingerprint` and,
+    where both runs have them, the same :func:`probe_scores` up to float rounding), or None; another evaluation's
+    file is refused, and one of a model changed since under the same name is evaluated again from the start (with
+    a warning)."""
     if results_path is None or not results_path.exists():
         return None
     stored_key, stored = load_results(results_path)
@@ -331,5 +339,11 @@ def _resume(results_path: Path | None, key: str, fingerprint: str | None) -> dic
         warnings.warn(f"{results_path} holds results of another model under the same name (its weights or constants "
                       "changed since, e.g. retrained or reselected): it is evaluated again from the start",
                       stacklevel=2)
+        return None
+    stored_probe = stored_scores(results_path)
+    if scores is not None and stored_probe is not None and not agree_to_rounding(scores, stored_probe):
+        warnings.warn(f"{results_path} holds results of another model under the same name (its scores on the first "
+                      "images differ from this one's, though its parameters agree: a function, or a module whose "
+                      "behaviour lives in plain attributes): it is evaluated again from the start", stacklevel=2)
         return None
     return stored

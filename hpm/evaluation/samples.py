@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from ..attacks import AttackSpec
 from ..errors import HPMError
@@ -61,12 +63,14 @@ class SampleResults:
 
 
 def save_results(path: Path, results: dict[int, SampleResults], config_key: str,
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, scores: Tensor | None = None) -> None:
     """Atomically write all batch sizes' per-sample results to ``path`` (.npz), with the evaluated model's
-    :func:`hpm.defence.model_fingerprint` when given."""
+    :func:`hpm.defence.model_fingerprint` and :func:`hpm.defence.probe_scores` when given."""
     arrays: dict[str, np.ndarray] = {"config_key": np.array(config_key)}
     if fingerprint is not None:
         arrays["model_fingerprint"] = np.array(fingerprint)
+    if scores is not None:
+        arrays["model_scores"] = scores.numpy()
     for bs, r in results.items():
         p = f"bs{bs}_"
         arrays.update({p + "indices": r.indices, p + "labels": r.labels, p + "done": r.done,
@@ -104,6 +108,13 @@ def stored_fingerprint(path: Path) -> str | None:
     they were recorded."""
     with np.load(path, allow_pickle=False) as f:
         return str(f["model_fingerprint"]) if "model_fingerprint" in f.files else None
+
+
+def stored_scores(path: Path) -> Tensor | None:
+    """The :func:`hpm.defence.probe_scores` a results file was written with; None when it holds none (written
+    before they were recorded, or of a randomized model)."""
+    with np.load(path, allow_pickle=False) as f:
+        return torch.from_numpy(f["model_scores"]) if "model_scores" in f.files else None
 
 
 def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> dict[int, SampleResults]:

@@ -283,15 +283,35 @@ def _timm(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, i
 def _torchvision(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, int]]:
     import torchvision
 
-    weights = options.get("weights", "DEFAULT")
     kwargs = {k: v for k, v in options.items() if k in ("num_classes",)}
     try:
+        weights = _torchvision_weights(name, options.get("weights", "DEFAULT"))
         model = torchvision.models.get_model(name, weights=weights, **kwargs)
     except ValueError as e:
         raise HPMError(f"torchvision: {e}") from None
     except OSError as e:
         raise OfflineError(f"torchvision could not fetch weights for {name!r} ({e}); pass weights=None or run online") from None
-    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), model).eval(), IMAGENET_INPUT
+    if weights is None:  # random initialisation: ImageNet's usual input
+        return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), model).eval(), IMAGENET_INPUT
+    preprocess = weights.transforms()  # the size and statistics these weights were trained and evaluated at
+    size = (3, *[int(s) for s in (preprocess.crop_size * 2)[:2]])
+    return nn.Sequential(Normalize(tuple(preprocess.mean), tuple(preprocess.std)), model).eval(), size
+
+
+def _torchvision_weights(name: str | None, weights):
+    """The torchvision weights entry that ``weights`` names for the model ``name``: ``"DEFAULT"``, an entry's name
+    (``"IMAGENET1K_V2"``), its full name (``"ResNet50_Weights.IMAGENET1K_V2"``) or the entry itself; None for
+    random initialisation. Raises ValueError naming the entries the model has."""
+    import torchvision
+
+    if weights is None or not isinstance(weights, str):
+        return weights
+    if "." in weights:
+        return torchvision.models.get_weight(weights)
+    entries = torchvision.models.get_model_weights(name)
+    if weights not in entries.__members__:
+        raise ValueError(f"{name!r} has no weights {weights!r}; its weights: {', '.join(entries.__members__)}")
+    return entries[weights]
 
 
 LOADERS: dict[str, Callable[[str | None, dict], tuple[nn.Module, tuple[int, int, int]]]] = {

@@ -57,7 +57,7 @@ def split_classifier(model: nn.Module, input_size: tuple[int, int, int]) -> tupl
     model.eval()
     try:
         probe = torch.rand(2, *input_size, device=device_of(model))
-        expected = model(probe)
+        expected = _first_output(model, probe)
         if hasattr(model, "forward_head") and hasattr(model, "get_classifier"):
             fc = model.get_classifier()
             if not isinstance(fc, nn.Linear):
@@ -72,6 +72,24 @@ def split_classifier(model: nn.Module, input_size: tuple[int, int, int]) -> tupl
         return features, fc
     finally:
         model.train(was_training)
+
+
+def _first_output(model: nn.Module, probe: Tensor) -> Tensor:
+    """``model(probe)``, or an :class:`HPMError` that names what the split needs: a float32 model on images of
+    ``input_size`` that returns one tensor of scores."""
+    name = type(model).__name__
+    try:
+        out = model(probe)
+    except Exception as e:  # the caller's model: say what the split tried, keep its traceback
+        raise HPMError(f"{name} failed on float32 images of shape {tuple(probe.shape)} ({type(e).__name__}: {e}); "
+                       "hpm splits a model by one forward pass on random images of its input size: give "
+                       "input_size=(C, H, W) for another size, and call .float() on a model in another "
+                       "precision") from e
+    if not isinstance(out, Tensor):
+        raise HPMError(f"{name} returned a {type(out).__name__}, not a tensor of scores [B, k]: hpm needs a forward "
+                       "that returns the logits of a final nn.Linear (wrap it in a module whose forward returns "
+                       "that tensor, e.g. model(x).logits)")
+    return out
 
 
 def _final_linear(model: nn.Module, probe: Tensor, expected: Tensor) -> str:

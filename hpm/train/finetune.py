@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..data import ImageTensorDataset, cache_dir
+from ..defence import agree_to_rounding
 from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
@@ -70,7 +71,9 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
     """Backbone features ``[N, d]`` and labels ``[N]`` of a dataset, cached on disk by content key.
 
     The key covers the backbone spec, a hash of its weights and a hash of the images and labels
-    themselves, so a changed backbone, dataset or subset never reuses stale features.
+    themselves, so a changed backbone, dataset or subset never reuses stale features; and cached features are
+    used only once the backbone gives the same features on the first images (a wrapped module's behaviour may
+    live in plain attributes that no hash sees).
     """
     device = resolve(device, model)
     content = hashlib.sha256(dataset.images.numpy().tobytes())
@@ -80,10 +83,14 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
         content.update(tensor.detach().float().cpu().numpy().tobytes())
     key_src = json.dumps([model.backbone_spec.to_dict(), content.hexdigest()], sort_keys=True)
     path = cache_dir() / "features" / (hashlib.sha256(key_src.encode()).hexdigest()[:24] + ".safetensors")
+    model.features.eval().to(device)
     if cache and path.exists():
         stored = load_file(str(path))
-        return stored["features"], stored["labels"]
-    model.features.eval().to(device)
+        probe, _ = dataset.tensors(torch.arange(min(4, len(dataset))))
+        with torch.no_grad():
+            now = model.features(probe.to(device)).float().cpu()
+        if agree_to_rounding(now, stored["features"][:len(probe)]):
+            return stored["features"], stored["labels"]
     chunks = []
     for start in progress_bar(range(0, len(dataset), batch_size), desc="features", disable=not progress, unit="batch"):
         x, _ = dataset.tensors(torch.arange(start, min(start + batch_size, len(dataset))))
