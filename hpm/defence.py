@@ -217,7 +217,8 @@ def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
         HPMError: ``fn`` fails on ``images`` or returns anything but finite float scores ``[B, k]``, k >= 2.
     """
     probe = copy_module(fn, what)
-    x = images.detach().to(device_of(probe)).clone().requires_grad_(True)  # a model that writes its input: a copy
+    given = images.detach().to(device_of(probe), copy=True)
+    x = given.clone().requires_grad_(True)  # a model that writes its input writes a copy
     with torch.enable_grad():
         try:
             out = probe(x)
@@ -226,6 +227,10 @@ def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
                            "hpm passes float32 images [N, C, H, W] in [0, 1]: a model in another precision needs "
                            ".float(), a model for another image size an input_size attribute, and a model that "
                            "changes its input in place (x.clamp_()) the out-of-place operation (x.clamp())") from e
+        if not torch.equal(x.detach(), given):
+            raise HPMError(f"{what} changed its input images in place (an operation such as x.clamp_() or "
+                           "x.mul_()): attacks and judging would see other images than they passed; use the "
+                           "out-of-place operation (x.clamp())")
         if not isinstance(out, Tensor):
             raise HPMError(f"{what} returned a {type(out).__name__}, not a tensor of scores [B, k] (a model that "
                            "returns a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
@@ -307,12 +312,16 @@ PROBE_IMAGES = 4  # the evaluation's first images, whose scores a resumed evalua
 
 @torch.no_grad()
 def probe_scores(model: nn.Module, x: Tensor) -> Tensor | None:
-    """The deployed scores of ``model`` on the images ``x`` (float32, on the CPU), or None when two passes on ``x``
-    differ (a randomized defence). A resumed evaluation compares them with the stored run's: a digest of
-    parameters (:func:`model_fingerprint`) cannot see what a function closes over or what a module keeps in plain
-    attributes."""
-    first, second = model(x), model(x)
-    return first.float().cpu() if torch.equal(first, second) else None
+    """The deployed scores of ``model`` on the images ``x`` (float32, on the CPU) with the global random generators
+    seeded alike (and restored after), or None when two such passes differ (a model drawing from elsewhere). A
+    resumed evaluation compares them with the stored run's: a digest of parameters (:func:`model_fingerprint`)
+    cannot see what a function closes over or what a module keeps in plain attributes."""
+    passes = []
+    for _ in range(2):  # a randomized model draws the same noise in both, so its noise's size is compared too
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            passes.append(model(x.clone()))
+    return passes[0].float().cpu() if torch.equal(*passes) else None
 
 
 def agree_to_rounding(a: Tensor, b: Tensor) -> bool:

@@ -233,7 +233,7 @@ def check_attack_args(attack: str, eps: float, steps: int, model: Demo) -> None:
     """The attack's name (:func:`check_attack_name`), radius (at most :data:`EPS_MAX`) and budget are valid."""
     check_attack_name(attack, model)
     number = isinstance(eps, (int, float)) and not isinstance(eps, bool)
-    if number and 1 < eps <= 255:
+    if number and 1 <= eps <= 255:
         raise HPMError(f"eps must be at most {EPS_MAX * 255:g}/255 for images in [0, 1]; got {eps:g}: did you mean "
                        f"{eps:g}/255?")
     setting(eps * 255 if number else eps, "eps in units of 1/255", 0, EPS_MAX * 255 + 1e-9)

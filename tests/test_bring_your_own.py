@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -299,6 +300,27 @@ def test_cached_features_are_reused_only_when_the_backbone_still_gives_them(tmp_
     assert torch.equal(again, halved)
 
 
+class Noisy(nn.Module):
+    """A randomized defence whose noise level is a plain attribute."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.net, self.sigma = _linear(), sigma
+
+    def forward(self, x):
+        return self.net(x + self.sigma * torch.randn_like(x))
+
+
+def test_a_randomized_models_resume_compares_its_scores_under_one_seed(tmp_path):
+    x, y = _images()
+    _evaluate(Noisy(0.01), x, y, out=tmp_path / "r.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same randomized model resumes without a word
+        _evaluate(Noisy(0.01), x, y, out=tmp_path / "r.json")
+    with pytest.warns(UserWarning, match="scores on the first images differ"):
+        _evaluate(Noisy(0.03), x, y, out=tmp_path / "r.json")
+
+
 def test_log_probabilities_have_an_input_gradient_and_are_attacked_end_to_end():
     net, x = _linear(), _images()[0]
     confident = Defence(lambda images: torch.log_softmax(50 * net(images), 1))  # its logsumexp is always 0
@@ -356,11 +378,19 @@ def test_wrapping_a_model_that_cannot_be_split_names_what_the_split_needs(make, 
         hpm.wrap(make(), head="hpm")
 
 
+def _quantise(images):
+    with torch.no_grad():  # unseen by autograd: only a comparison of the images tells
+        images.mul_(255).round_().div_(255)
+    return images
+
+
 def test_a_model_that_writes_its_input_is_refused_and_leaves_the_callers_images_as_they_were():
     net, (x, y) = _linear(), _images()
     before = x.clone()
     with pytest.raises(HPMError, match=r"out-of-place operation \(x.clamp\(\)\)"):
         _evaluate(lambda images: net(images.mul_(2)), x, y)
+    with pytest.raises(HPMError, match="changed its input images in place"):
+        _evaluate(lambda images: net(_quantise(images)), x, y)
     assert torch.equal(x, before)
 
 

@@ -118,7 +118,8 @@ def warn_if_training(model) -> None:
     """Warn when ``model`` holds BatchNorm or dropout layers in training mode: hpm evaluates a copy in eval mode
     (running statistics, no dropout), which is not how such a model was passed."""
     training = sorted({type(m).__name__ for m in (model.modules() if isinstance(model, nn.Module) else ())
-                       if isinstance(m, MODE_DEPENDENT) and m.training})
+                       if isinstance(m, MODE_DEPENDENT) and m.training
+                       and getattr(m, "track_running_stats", True)})  # without running statistics: alike in both
     if training:
         warnings.warn(f"the model's {', '.join(training)} layers are in training mode; hpm evaluates it in eval mode "
                       "(running statistics, no dropout): call .eval() to silence this, or, for a defence that "

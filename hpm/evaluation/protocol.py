@@ -190,11 +190,13 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
     """Fill ``r`` for the batches starting at ``starts`` (skipping those already done, resuming a batch after the
     attacks an interrupted run finished); ``save()`` after each attack; the work done is reported to ``expect``."""
     bars = _progress_bars(r, starts, len(y), progress, below=int(expect is not None))  # its bar on top
+    # Each pass gets its own copy of the batch: a model that writes its input changes neither the caller's images
+    # nor the next pass's.
     for start in starts:
         sl = slice(start, min(start + r.batch_size, len(y)))
-        if r.done[sl].all() and _stored_batch_holds(model, r, sl, x[sl].to(device), y[sl].to(device)):
+        if r.done[sl].all() and _stored_batch_holds(model, r, sl, x[sl].to(device, copy=True), y[sl].to(device)):
             continue
-        finished = _finished_attacks(model, r, sl, x[sl].to(device), y[sl].to(device))
+        finished = _finished_attacks(model, r, sl, x[sl].to(device, copy=True), y[sl].to(device))
         if finished is not None and expect is not None:
             expect.resume_batch(r.batch_size, sl.stop - sl.start, int(r.clean_correct[sl].sum()),
                                 [int(n) for n in finished[0].sum(1)], [int(n) for n in finished[1].sum(1)])
@@ -217,7 +219,7 @@ def _evaluate_batch_size(model: nn.Module, x: Tensor, y: Tensor, r: SampleResult
                                 own=f"{r.seconds[a]:.0f}s", refresh=False)
             bars[a].update(_sl.stop - _sl.start)  # redraws, with the postfix, when its interval has passed
 
-        correct, _, _, _ = attack_batch(model, x[sl].to(device), y[sl].to(device), plan, attack, record,
+        correct, _, _, _ = attack_batch(model, x[sl].to(device, copy=True), y[sl].to(device), plan, attack, record,
                                         finished=finished)
         r.clean_correct[sl], r.attacks_finished[sl], r.done[sl] = correct.numpy(), len(plan), True
         save()
