@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .devices import device_of
 from .errors import HPMError
+from .rng import seeded
 
 DEPLOYED = "hard"  # the mode naming the deployed model, as hpm's heads name it
 RESERVED = ("deployed", "hard", "ensemble", "bpda")  # target or mode names a surrogate cannot take
@@ -313,13 +314,12 @@ PROBE_IMAGES = 4  # the evaluation's first images, whose scores a resumed evalua
 @torch.no_grad()
 def probe_scores(model: nn.Module, x: Tensor) -> Tensor | None:
     """The deployed scores of ``model`` on the images ``x`` (float32, on the CPU) with the global random generators
-    seeded alike (and restored after), or None when two such passes differ (a model drawing from elsewhere). A
+    seeded alike (:func:`hpm.rng.seeded`: alone, and restored after), or None when two such passes differ (a model drawing from elsewhere). A
     resumed evaluation compares them with the stored run's: a digest of parameters (:func:`model_fingerprint`)
     cannot see what a function closes over or what a module keeps in plain attributes."""
     passes = []
     for _ in range(2):  # a randomized model draws the same noise in both, so its noise's size is compared too
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(0)
+        with seeded(0, x.device):
             passes.append(model(x.clone()))
     return passes[0].float().cpu() if torch.equal(*passes) else None
 

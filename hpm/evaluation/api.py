@@ -134,6 +134,11 @@ def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, res
     return report
 
 
+def _positive_integer(value) -> bool:
+    """An integer >= 1 of any integer type (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def _batch_sizes(batch_sizes) -> list[int]:
     """``batch_sizes`` (integers, or one integer) as a list, or an :class:`HPMError` saying what to give: a
     fractional or boolean size would otherwise be truncated to another batch size than the one asked for."""
@@ -142,7 +147,7 @@ def _batch_sizes(batch_sizes) -> list[int]:
         sizes = list(sizes)
     except TypeError:
         sizes = []
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+    if not sizes or not all(_positive_integer(s) for s in sizes):
         raise HPMError(f"batch_sizes must be positive integers, e.g. [16, 256]; got {batch_sizes!r}")
     return [int(s) for s in sizes]
 
@@ -152,7 +157,7 @@ def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig | None, batch_siz
              check_n: int) -> tuple[nn.Module, AttackConfig, Tensor, list[int], torch.device]:
     """Everything checked before anything runs: the declared model's evaluation copy on its device, the attack
     config, the labels as int64, the batch sizes really run, the run's device."""
-    if isinstance(check_n, bool) or not isinstance(check_n, numbers.Integral) or check_n < 1:
+    if not _positive_integer(check_n):
         raise HPMError(f"check_n must be a positive integer (the images the sanity checks run on); got {check_n!r}")
     model = declare(model, batch_dependent=batch_dependent, surrogates=surrogates)
     attack = AttackConfig() if attack is None else attack
