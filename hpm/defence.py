@@ -313,15 +313,29 @@ PROBE_IMAGES = 4  # the evaluation's first images, whose scores a resumed evalua
 
 @torch.no_grad()
 def probe_scores(model: nn.Module, x: Tensor) -> Tensor | None:
-    """The deployed scores of ``model`` on the images ``x`` (float32, on the CPU) with the global random generators
-    seeded alike (:func:`hpm.rng.seeded`: alone, and restored after), or None when two such passes differ (a model drawing from elsewhere). A
-    resumed evaluation compares them with the stored run's: a digest of parameters (:func:`model_fingerprint`)
-    cannot see what a function closes over or what a module keeps in plain attributes."""
+    """The deployed scores of a copy of ``model`` (the model itself keeps whatever state a call changes) on the
+    images ``x`` with the global random generators seeded alike (:func:`hpm.rng.seeded`: alone, and restored after).
+
+    A resumed evaluation compares them with the stored run's: a digest of parameters (:func:`model_fingerprint`)
+    cannot see what a function closes over or what a module keeps in plain attributes.
+
+    Returns:
+        The scores (float32, on the CPU), or None when two such passes differ (a model drawing from elsewhere).
+    """
+    probe = copy_module(model)
     passes = []
     for _ in range(2):  # a randomized model draws the same noise in both, so its noise's size is compared too
         with seeded(0, x.device):
-            passes.append(model(x.clone()))
+            passes.append(probe(x.clone()))
     return passes[0].float().cpu() if torch.equal(*passes) else None
+
+
+def same_scores(a: Tensor | None, b: Tensor | None) -> bool:
+    """Whether two :func:`probe_scores` are of one model: both None (two seeded passes differed in both), or both
+    scores agreeing to float rounding (:func:`agree_to_rounding`)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return agree_to_rounding(a, b)
 
 
 def agree_to_rounding(a: Tensor, b: Tensor) -> bool:

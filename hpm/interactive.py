@@ -21,6 +21,7 @@ from .devices import device_of
 from .errors import HPMError
 from .heads import HEADS
 from .images import enlarged, tensor_to_image, to_8bit, to_8bit_within
+from .units import meant_per_255
 from .mixed import MixedClassifier
 from .model import HPMClassifier
 from .nuts import MixedNUTS, mapped_margins
@@ -233,9 +234,9 @@ def check_attack_args(attack: str, eps: float, steps: int, model: Demo) -> None:
     """The attack's name (:func:`check_attack_name`), radius (at most :data:`EPS_MAX`) and budget are valid."""
     check_attack_name(attack, model)
     number = isinstance(eps, (int, float)) and not isinstance(eps, bool)
-    if number and 1 <= eps <= 255:
+    if number and (meant := meant_per_255(eps, EPS_MAX)):
         raise HPMError(f"eps must be at most {EPS_MAX * 255:g}/255 for images in [0, 1]; got {eps:g}: did you mean "
-                       f"{eps:g}/255?")
+                       f"{meant}?")
     setting(eps * 255 if number else eps, "eps in units of 1/255", 0, EPS_MAX * 255 + 1e-9)
     if attack == "square":
         setting(steps, "queries", 1, QUERIES_MAX, integer=True)

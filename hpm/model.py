@@ -490,9 +490,10 @@ def load_or_wrap(text: str, *, model_dir: str = "./models", dataset: str | None 
     return load(text)
 
 
-def load_classifier(text: str, **where) -> HPMClassifier | MixedClassifier:
-    """:func:`load_or_wrap` for commands that look inside the model (predict, attack, analyze): hpm's models as
-    they are, any other classifier wrapped with its own FC head (:func:`wrap`; it must end in ``nn.Linear``)."""
+def load_classifier(text: str, *, dataset: str | None = None, **where) -> HPMClassifier | MixedClassifier:
+    """:func:`load_or_wrap` for commands that look inside the model (predict, attack, analyze, train): hpm's models
+    as they are, any other classifier wrapped with its own FC head (:func:`wrap`, told ``dataset``; it must end in
+    ``nn.Linear``)."""
     model = load_or_wrap(text, **where)
     if isinstance(model, (HPMClassifier, MixedClassifier)):
         return model
@@ -500,7 +501,7 @@ def load_classifier(text: str, **where) -> HPMClassifier | MixedClassifier:
         raise HPMError(f"{text} gave a {type(model).__name__}; this command needs an nn.Module classifier "
                        "(hpm eval takes any callable)")
     try:
-        return wrap(model, head="fc", input_size=getattr(model, "input_size", None))
+        return wrap(model, head="fc", input_size=getattr(model, "input_size", None), dataset=dataset)
     except Exception as e:  # the caller's module: say what this command needs
         raise HPMError(f"{text}: this command reads the classifier's features and final nn.Linear, found by one "
                        f"forward pass on an image of its input_size (default 3x32x32; set model.input_size = "

@@ -22,6 +22,12 @@ def parse_eps(text: str) -> float:
     return value
 
 
+def meant_per_255(eps: float, limit: float) -> str | None:
+    """``"8/255"`` for a radius ``8`` that reads as a count of 1/255 steps and, so read, is within ``limit``;
+    None for any other radius (below 1, or too large either way)."""
+    return f"{eps:g}/255" if 1 <= eps and eps / 255 <= limit else None
+
+
 def eps_text(eps: float) -> str:
     """``0.0313725`` -> ``"8/255"``; radii that are not k/255 (or k/510) print as decimals."""
     frac = Fraction(eps).limit_denominator(1020)

@@ -160,8 +160,10 @@ def test_torchvision_weights_bring_the_input_size_they_were_trained_at(monkeypat
     monkeypatch.setattr(torchvision.models, "get_model", get_model)
     _, input_size = LOADERS["torchvision"](name, {"weights": weights})
     assert input_size == size and asked[0].transforms().crop_size == [size[1]]
-    with pytest.raises(HPMError, match="no weights 'V9'; its weights: IMAGENET1K_V1"):
-        LOADERS["torchvision"]("resnet18", {"weights": "V9"})
+    for wrong in ("V9", "ResNet18_Weights.V9", "ResNet50_Weights.IMAGENET1K_V1",
+                  torchvision.models.ResNet50_Weights.DEFAULT):  # unknown, or another model's
+        with pytest.raises(HPMError, match="no weights .*; its weights: ResNet18_Weights.IMAGENET1K_V1"):
+            LOADERS["torchvision"]("resnet18", {"weights": wrong})
 
 
 def test_bad_source_strings_get_a_message_listing_the_forms():

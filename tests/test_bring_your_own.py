@@ -99,6 +99,10 @@ def test_eps_is_checked_when_the_config_is_built_and_may_be_written_as_on_the_co
     assert AttackConfig(eps="8/255").eps == pytest.approx(8 / 255)
     with pytest.raises(HPMError, match="did you mean 8/255"):
         AttackConfig(eps=8)
+    with pytest.raises(HPMError, match="did you mean 1/255"):
+        AttackConfig(eps=1)  # any image within reach of any other
+    with pytest.raises(HPMError, match=r"got 300 \(e.g. 8/255\)"):
+        AttackConfig(eps=300)  # no radius in 1/255 steps either
     assert AttackConfig(norm="L2", eps=8).eps == 8  # an L2 radius above 1 is a radius
     with pytest.raises(HPMError, match="not a number or fraction"):
         AttackConfig(eps="8/255/2")
@@ -321,8 +325,46 @@ def test_a_randomized_models_resume_compares_its_scores_under_one_seed(tmp_path)
         _evaluate(Noisy(0.03), x, y, out=tmp_path / "r.json")
 
 
+def test_a_model_drawing_its_own_randomness_does_not_resume_a_deterministic_ones_results(tmp_path):
+    x, y = _images()
+    net, own = _linear(), torch.Generator().manual_seed(1)  # noise no global seed reaches
+    _evaluate(lambda images: net(images), x, y, out=tmp_path / "r.json")
+    with pytest.warns(UserWarning, match="only one of the two draws randomness of its own"):
+        _evaluate(lambda images: net(images + 0.01 * torch.randn(images.shape, generator=own)), x, y,
+                  out=tmp_path / "r.json")
+
+
+def test_shards_of_models_whose_scores_differ_are_not_merged(tmp_path):
+    x, y = _images()
+    for k, gate in enumerate([Gate(1), Gate(3)]):  # same class and parameters: only the scores tell
+        _evaluate(gate, x, y, batch_sizes=[4], shard=(k, 2), out=tmp_path / f"shard{k}.json")
+    with pytest.raises(HPMError, match="shards of different models"):
+        hpm.evaluation.merge_reports([tmp_path / "shard0.npz", tmp_path / "shard1.npz"], tmp_path / "all.json",
+                                     tmp_path / "shard0.json")
+
+
+class Counting(nn.Module):
+    """A defence that counts its calls in a plain attribute (a stateful defence)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.calls = _linear(), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def test_recording_the_models_scores_for_a_resume_leaves_the_model_as_it_was():
+    from hpm.defence import probe_scores
+
+    model = Counting()
+    probe_scores(model, _images()[0][:4])
+    assert model.calls == 0
+
+
 def test_log_probabilities_have_an_input_gradient_and_are_attacked_end_to_end():
-    net, x = _linear(), _images()[0]
+    net = _linear()
     confident = Defence(lambda images: torch.log_softmax(50 * net(images), 1))  # its logsumexp is always 0
     assert confident.deployed_differentiable and "deployed" in confident.attack_targets
 
@@ -402,8 +444,17 @@ def test_wrap_refuses_a_dataset_or_class_names_that_do_not_fit_the_models_classe
 
 
 def test_a_model_passed_in_training_mode_is_evaluated_in_eval_mode_with_a_warning(tiny_net):
-    with pytest.warns(UserWarning, match="BatchNorm2d layers are in training mode; hpm evaluates it in eval mode"):
+    with pytest.warns(UserWarning, match="BatchNorm2d layers are in training mode; hpm evaluates it in eval mode") \
+            as warned:
         _evaluate(tiny_net.train(), *_images())
+    assert warned[0].filename == __file__  # the warning points at the caller's line
+
+    class DropPath(nn.Module):  # timm's stochastic depth, as timm names it
+        def forward(self, x):
+            return x * (torch.rand(len(x), 1) > 0.1) / 0.9 if self.training else x
+
+    with pytest.warns(UserWarning, match="DropPath layers are in training mode"):
+        _evaluate(nn.Sequential(_linear(), DropPath()), *_images())
 
 
 def test_two_surrogates_are_also_attacked_as_an_ensemble(tiny_net):
@@ -489,13 +540,16 @@ def test_the_command_line_takes_a_factory_with_a_surrogate(tmp_path, tiny_data_r
     assert report["model_info"]["declared"]["surrogates"] == ["linear"]
 
 
-def test_hpm_train_takes_a_factory_and_a_shipped_checkpoints_name(tmp_path, tiny_data_root, monkeypatch):
+def test_hpm_train_takes_a_factory_and_a_shipped_checkpoints_name(tmp_path, tiny_data_root, monkeypatch, capsys):
     factory = tmp_path / "my_model.py"
     factory.write_text("import sys\nsys.path.insert(0, %r)\nfrom conftest import TinyNet\n\n"
-                       "def build():\n    return TinyNet().eval()\n" % str(REPO / "tests"))
+                       "def build():\n    return TinyNet().eval()\n\n"
+                       "def function():\n    net = TinyNet().eval()\n    return lambda x: net(x)\n" % str(REPO / "tests"))
     common = ["--mode", "fit", "--data", str(tiny_data_root)]
     assert main(["train", f"{factory}:build", "--head", "ncm", "--out", str(tmp_path / "mine"), *common]) == 0
     assert hpm.load(tmp_path / "mine", backbone=TinyNet()).head.prototypes.abs().sum() > 0
+    assert main(["train", f"{factory}:function", "--head", "ncm", "--out", str(tmp_path / "fn"), *common]) == 2
+    assert "this command needs an nn.Module classifier" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)  # a shipped name, not a folder of the clone
     assert main(["train", "cifar10-resnet20w32-fgsmrs-20ep-fc", "--head", "ncm", "--out", "shipped", *common]) == 0
     assert json.loads((tmp_path / "shipped" / "config.json").read_text())["backbone"]["name"] == \

@@ -249,7 +249,7 @@ def test_attacked_rows_share_the_batch_with_the_fixed_clean_rows():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"eps": 0}, "positive"), ({"eps": 2.0}, "<= 1"), ({"n_iter": 0}, ">= 1"), ({"norm": "L1"}, "Linf, L2"),
+    ({"eps": 0}, "positive"), ({"eps": 2.0}, "below 1"), ({"n_iter": 0}, ">= 1"), ({"norm": "L1"}, "Linf, L2"),
     ({"schedule": "greedy"}, "cumulative, independent"), ({"attacks": ["apgd-ce/mine"]}, "unknown attack")])
 def test_invalid_attack_settings_are_refused(kwargs, message):
     model, x, y = tiny_hpm()

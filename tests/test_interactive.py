@@ -312,5 +312,9 @@ def test_the_card_summary_pairs_the_clean_accuracy_with_the_robust_one_when_the_
 
 
 def test_an_attack_radius_given_in_pixels_asks_whether_it_meant_a_fraction_of_255(tiny_net):
+    model = hpm.wrap(tiny_net, head="hpm")
     with pytest.raises(HPMError, match="did you mean 8/255"):
-        demo.check_attack_args("ensemble", 8, 10, hpm.wrap(tiny_net, head="hpm"))
+        demo.check_attack_args("ensemble", 8, 10, model)
+    with pytest.raises(HPMError) as refused:
+        demo.check_attack_args("ensemble", 200, 10, model)  # 200/255 is beyond the demo's budget too
+    assert "did you mean" not in str(refused.value)

@@ -216,20 +216,15 @@ def _inputs(args, model, attack):
     """``(x, y, indices, data info, batch sizes run)``: the images chosen, checked against the model, with its
     attacks checked against it, all before any estimate."""
     from ..data import Subset
-    from ..defence import Defence
     from ..evaluation import load_eval_data
     from ..evaluation.api import default_batch_sizes
-    from ..evaluation.inputs import check_heads_fitted, check_inputs, num_classes_of, warn_if_training
+    from ..evaluation.inputs import check_evaluation_inputs
     from ..evaluation.protocol import resolve_plan, sizes_that_differ
 
     subset = Subset(n=args.n, mode=args.subset, seed=args.subset_seed, index_file=args.index_file,
                     order_seed=args.order_seed)
     x, y, idx, info = load_eval_data(dataset_of(args, model), args.split, args.data, subset)
-    check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
-    check_heads_fitted(model)
-    warn_if_training(model)
-    if isinstance(model, Defence):
-        model.probe(x[:2])  # does the deployed model have a gradient, on these images
+    check_evaluation_inputs(model, x, y)
     _check_classes(model, x[:2], dataset_of(args, model))
     resolve_plan(model, attack)  # attacks that do not apply to the model are refused before any estimate
     return x, y, idx, info, sizes_that_differ(args.batch_sizes or default_batch_sizes(model), len(y))

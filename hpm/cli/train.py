@@ -67,8 +67,7 @@ def _model_to_train(args: argparse.Namespace):
     a source's, or the classifier ``file.py:FACTORY`` returns."""
     from ..heads import create_head
     from ..mixed import MixedClassifier
-    from ..model import HPMClassifier, load, model_kind, source_options, wrap
-    from ..sources.factory import load_factory
+    from ..model import load, load_classifier, model_kind, source_options, wrap
 
     if args.ablation and args.head != "hpm":
         raise HPMError(f"--ablation applies to the hpm head, not {args.head!r}")
@@ -80,11 +79,10 @@ def _model_to_train(args: argparse.Namespace):
         return wrap(args.model, head=args.head, source_options=source_options(args.model, args.model_dir,
                                                                               args.dataset),
                     dataset=args.dataset, **options)
-    base = load(args.model) if kind == "checkpoint" else load_factory(args.model)
+    # a factory's own classifier: its features and FC, found by wrap at the model's input_size
+    base = load(args.model) if kind == "checkpoint" else load_classifier(args.model, dataset=args.dataset)
     if isinstance(base, MixedClassifier):
         raise HPMError(f"{args.model} is a mixture of two classifiers; train a head on one of its branches instead")
-    if not isinstance(base, HPMClassifier):  # a factory's own classifier: its features and FC, found by wrap
-        return wrap(base, head=args.head, dataset=args.dataset, **options)
     model = base.with_head(create_head(args.head, base.num_features, base.num_classes, **options))
     if kind == "checkpoint" and base.checkpoint_config.backbone_weights_included and not args.store_backbone:
         model.reference_backbone(args.model, relative_to=args.out)  # the backbone is stored once, there

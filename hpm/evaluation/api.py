@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..data import Subset, load_dataset
 from ..devices import describe, fp32_judging, resolve
 from ..errors import HPMError
-from ..defence import Defence, declare, evaluation_copy
+from ..defence import declare, evaluation_copy, same_scores
 from . import dist
 from .checks import (
     SQUARE_QUERIES,
@@ -23,12 +23,12 @@ from .checks import (
     check_run_factors,
     run_checks,
 )
-from .config import AttackConfig
+from .config import AttackConfig, is_positive_integer
 from .expect import Expectation, expectation_bar
-from .inputs import check_heads_fitted, check_inputs, num_classes_of, warn_if_training
+from .inputs import check_evaluation_inputs
 from .protocol import is_batch_dependent, model_identity, run_protocol, sizes_that_differ
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
-from .samples import SampleResults, load_results, save_results, stored_fingerprint, stored_scores
+from .samples import SampleResults, load_results, records_scores, save_results, stored_fingerprint, stored_scores
 
 
 PER_SAMPLE_BATCH_SIZES = (256,)  # a per-sample model: the batch size changes the speed only
@@ -72,7 +72,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
         model: the deployed ``images -> scores`` model: an :class:`hpm.HPMClassifier`, a mixed classifier, an
             :class:`hpm.Defence`, or any ``nn.Module`` or function (declared with the next two arguments).
         x, y: float images ``[N, C, H, W]`` in [0, 1] and integer labels ``[N]``, in evaluation order; checked
-            first (:func:`hpm.evaluation.inputs.check_inputs`).
+            first (:func:`hpm.evaluation.inputs.check_evaluation_inputs`).
         attack: threat model, budget, plan, schedule, seed (default ``AttackConfig()``).
         batch_sizes: default :func:`default_batch_sizes` (1, 16, 256 for a batch-dependent model, else 256); a
             size above ``len(y)`` is one batch of all images, reported as ``len(y)``.
@@ -134,11 +134,6 @@ def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, res
     return report
 
 
-def _positive_integer(value) -> bool:
-    """An integer >= 1 of any integer type (numpy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
 def _batch_sizes(batch_sizes) -> list[int]:
     """``batch_sizes`` (integers, or one integer) as a list, or an :class:`HPMError` saying what to give: a
     fractional or boolean size would otherwise be truncated to another batch size than the one asked for."""
@@ -147,7 +142,7 @@ def _batch_sizes(batch_sizes) -> list[int]:
         sizes = list(sizes)
     except TypeError:
         sizes = []
-    if not sizes or not all(_positive_integer(s) for s in sizes):
+    if not sizes or not all(is_positive_integer(s) for s in sizes):
         raise HPMError(f"batch_sizes must be positive integers, e.g. [16, 256]; got {batch_sizes!r}")
     return [int(s) for s in sizes]
 
@@ -157,20 +152,16 @@ def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig | None, batch_siz
              check_n: int) -> tuple[nn.Module, AttackConfig, Tensor, list[int], torch.device]:
     """Everything checked before anything runs: the declared model's evaluation copy on its device, the attack
     config, the labels as int64, the batch sizes really run, the run's device."""
-    if not _positive_integer(check_n):
+    if not is_positive_integer(check_n):
         raise HPMError(f"check_n must be a positive integer (the images the sanity checks run on); got {check_n!r}")
     model = declare(model, batch_dependent=batch_dependent, surrogates=surrogates)
     attack = AttackConfig() if attack is None else attack
     if not isinstance(attack, AttackConfig):
         raise HPMError(f"attack must be an hpm.AttackConfig; got {type(attack).__name__}")
     attack.validate()
-    check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
-    check_heads_fitted(model)
-    warn_if_training(model)
+    check_evaluation_inputs(model, x, y)
     if indices is not None and len(indices) != len(y):
         raise HPMError(f"indices must give the dataset index of each of the {len(y)} images; got {len(indices)}")
-    if isinstance(model, Defence):
-        model.probe(x[:2])  # on the evaluation's own images
     sizes = sizes_that_differ(default_batch_sizes(model) if batch_sizes is None else _batch_sizes(batch_sizes),
                               len(y))
     run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
@@ -240,8 +231,11 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
     if len(fingerprints) > 1:
         raise HPMError(f"{', '.join(map(str, npz_paths))}: shards of different models (their weights or constants "
                        "differ)")
-    scores = next((s for p in npz_paths if (s := stored_scores(Path(p))) is not None), None)
-    save_results(npz_path, merged, key, next(iter(fingerprints), None), scores)
+    probes = [stored_scores(Path(p)) for p in npz_paths if records_scores(Path(p))]
+    if not all(same_scores(probe, probes[0]) for probe in probes):
+        raise HPMError(f"{', '.join(map(str, npz_paths))}: shards of different models (their scores on the first "
+                       "images differ, though their weights and constants agree)")
+    save_results(npz_path, merged, key, next(iter(fingerprints), None), probes[0] if probes else None)
     base = EvalReport.from_json(base_report)
     report = build_report(base.model, base.model_info, base.config, base.plan, merged, [], base.command)
     return write_report(report, json_path, md_path)

@@ -6,9 +6,14 @@ from dataclasses import dataclass
 
 from ..attacks import NORMS
 from ..errors import HPMError
-from ..units import parse_eps
+from ..units import meant_per_255, parse_eps
 
 SCHEDULES = ("cumulative", "independent")
+
+
+def is_positive_integer(value) -> bool:
+    """An integer >= 1 of any integer type (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -59,19 +64,19 @@ class AttackConfig:
         if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool)
                 and 0 < self.eps < float("inf")):
             raise HPMError(f"eps must be a positive number (e.g. 8/255); got {self.eps!r}")
-        if self.norm == "Linf" and self.eps > 1:
-            raise HPMError(f"Linf eps must be <= 1 for images in [0, 1]; got {self.eps:g}: did you mean "
-                           f"{self.eps:g}/255 (eps={self.eps:g}/255, or --eps {self.eps:g}/255)?")
-        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise HPMError(f"{name} must be an integer; got {value!r}")
+        if self.norm == "Linf" and self.eps >= 1:  # at 1, any image is within reach of any other
+            meant = meant_per_255(self.eps, 1)
+            raise HPMError(f"Linf eps must be below 1 for images in [0, 1]; got {self.eps:g}" + (
+                f": did you mean {meant} (eps={meant}, or --eps {meant})?" if meant else " (e.g. 8/255)"))
+        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes"):
+            if not is_positive_integer(value := getattr(self, name)):
+                raise HPMError(f"{name} must be an integer >= 1; got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise HPMError(f"seed must be an integer; got {self.seed!r}")
         if self.attacks is not None and (isinstance(self.attacks, str) or not all(isinstance(a, str)
                                                                                   for a in self.attacks)):
             raise HPMError(f"attacks must be a list of attack names, e.g. ['apgd-ce/deployed', 'square']; got "
                            f"{self.attacks!r}")
-        if min(self.n_iter, self.n_restarts, self.square_queries, self.n_target_classes) < 1:
-            raise HPMError("n_iter, n_restarts, square_queries and n_target_classes must all be >= 1")
         if self.batch_kappa is not None and not (isinstance(self.batch_kappa, (int, float))
                                                  and 0 <= self.batch_kappa < float("inf")):
             raise HPMError(f"batch_kappa must be a finite number >= 0 or None; got {self.batch_kappa!r}")

@@ -112,16 +112,41 @@ def check_heads_fitted(model) -> None:
 
 
 MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+MODE_DEPENDENT_NAMES = ("DropPath", "DropBlock")  # timm's stochastic depth and DropBlock, by class name
+
+
+def _mode_dependent(module: nn.Module) -> bool:
+    if isinstance(module, MODE_DEPENDENT):
+        return getattr(module, "track_running_stats", True)  # a norm without running statistics: alike in both
+    return any(name in type(module).__name__ for name in MODE_DEPENDENT_NAMES)
 
 
 def warn_if_training(model) -> None:
-    """Warn when ``model`` holds BatchNorm or dropout layers in training mode: hpm evaluates a copy in eval mode
-    (running statistics, no dropout), which is not how such a model was passed."""
+    """Warn when ``model`` holds BatchNorm, dropout, DropPath or DropBlock layers in training mode: hpm evaluates a
+    copy in eval mode (running statistics, no dropout), which is not how such a model was passed. A forward that
+    reads ``self.training`` itself (``F.dropout(x, training=self.training)``) is not seen."""
     training = sorted({type(m).__name__ for m in (model.modules() if isinstance(model, nn.Module) else ())
-                       if isinstance(m, MODE_DEPENDENT) and m.training
-                       and getattr(m, "track_running_stats", True)})  # without running statistics: alike in both
+                       if m.training and _mode_dependent(m)})
     if training:
         warnings.warn(f"the model's {', '.join(training)} layers are in training mode; hpm evaluates it in eval mode "
                       "(running statistics, no dropout): call .eval() to silence this, or, for a defence that "
                       "normalises with the test batch, do so in its forward and declare batch_dependent=True",
-                      stacklevel=4)  # the caller of hpm.evaluate_model
+                      stacklevel=5)  # the caller of hpm.evaluate_model (through check_evaluation_inputs)
+
+
+def check_evaluation_inputs(model, x: Tensor, y: Tensor) -> None:
+    """Everything an evaluation checks of its inputs before it attacks: the images and labels
+    (:func:`check_inputs`), the prototype heads fitted (:func:`check_heads_fitted`), mode-dependent layers left in
+    training mode (:func:`warn_if_training`), and a :class:`~hpm.Defence`'s deployed forward probed on the
+    evaluation's own first images (whether attacks can differentiate it).
+
+    Raises:
+        HPMError: naming the fix.
+    """
+    from ..defence import Defence
+
+    check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
+    check_heads_fitted(model)
+    warn_if_training(model)
+    if isinstance(model, Defence):
+        model.probe(x[:2])

@@ -23,13 +23,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
-from ..defence import PROBE_IMAGES, agree_to_rounding, declare, evaluation_copy, model_fingerprint, probe_scores
+from ..defence import PROBE_IMAGES, declare, evaluation_copy, model_fingerprint, probe_scores, same_scores
 from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
 from ..progress import on_terminal, progress_bar
 from .config import AttackConfig
-from .samples import SampleResults, config_key, load_results, save_results, stored_fingerprint, stored_scores
+from .samples import (
+    SampleResults,
+    config_key,
+    load_results,
+    records_scores,
+    save_results,
+    stored_fingerprint,
+    stored_scores,
+)
 
 if TYPE_CHECKING:
     from .expect import Expectation
@@ -328,9 +336,9 @@ def sizes_that_differ(batch_sizes, n: int) -> list[int]:
 def _resume(results_path: Path | None, key: str, fingerprint: str | None,
             scores: Tensor | None = None) -> dict[int, SampleResults] | None:
     """Stored per-sample results of the same evaluation of the same model (the same :func:`model_fingerprint` and,
-    where both runs have them, the same :func:`probe_scores` up to float rounding), or None; another evaluation's
-    file is refused, and one of a model changed since under the same name is evaluated again from the start (with
-    a warning)."""
+    where the stored run recorded them, the same :func:`probe_scores` up to float rounding), or None; another
+    evaluation's file is refused, and one of a model changed since under the same name is evaluated again from the
+    start (with a warning)."""
     if results_path is None or not results_path.exists():
         return None
     stored_key, stored = load_results(results_path)
@@ -342,10 +350,10 @@ def _resume(results_path: Path | None, key: str, fingerprint: str | None,
                       "changed since, e.g. retrained or reselected): it is evaluated again from the start",
                       stacklevel=2)
         return None
-    stored_probe = stored_scores(results_path)
-    if scores is not None and stored_probe is not None and not agree_to_rounding(scores, stored_probe):
+    if records_scores(results_path) and not same_scores(scores, stored_scores(results_path)):
         warnings.warn(f"{results_path} holds results of another model under the same name (its scores on the first "
-                      "images differ from this one's, though its parameters agree: a function, or a module whose "
-                      "behaviour lives in plain attributes): it is evaluated again from the start", stacklevel=2)
+                      "images differ from this one's, or only one of the two draws randomness of its own, though "
+                      "their parameters agree: a function, or a module whose behaviour lives in plain attributes): "
+                      "it is evaluated again from the start", stacklevel=2)
         return None
     return stored

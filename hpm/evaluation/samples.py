@@ -65,12 +65,15 @@ class SampleResults:
 def save_results(path: Path, results: dict[int, SampleResults], config_key: str,
                  fingerprint: str | None = None, scores: Tensor | None = None) -> None:
     """Atomically write all batch sizes' per-sample results to ``path`` (.npz), with the evaluated model's
-    :func:`hpm.defence.model_fingerprint` and :func:`hpm.defence.probe_scores` when given."""
+    :func:`hpm.defence.model_fingerprint` and :func:`hpm.defence.probe_scores` when a fingerprint is given (its
+    scores None: two seeded passes of the model differed, which is recorded too)."""
     arrays: dict[str, np.ndarray] = {"config_key": np.array(config_key)}
     if fingerprint is not None:
         arrays["model_fingerprint"] = np.array(fingerprint)
-    if scores is not None:
-        arrays["model_scores"] = scores.numpy()
+        if scores is None:
+            arrays["model_scores_differ"] = np.array(True)
+        else:
+            arrays["model_scores"] = scores.numpy()
     for bs, r in results.items():
         p = f"bs{bs}_"
         arrays.update({p + "indices": r.indices, p + "labels": r.labels, p + "done": r.done,
@@ -111,10 +114,17 @@ def stored_fingerprint(path: Path) -> str | None:
 
 
 def stored_scores(path: Path) -> Tensor | None:
-    """The :func:`hpm.defence.probe_scores` a results file was written with; None when it holds none (written
-    before they were recorded, or of a randomized model)."""
+    """The :func:`hpm.defence.probe_scores` a results file was written with; None when it holds none (see
+    :func:`records_scores`)."""
     with np.load(path, allow_pickle=False) as f:
         return torch.from_numpy(f["model_scores"]) if "model_scores" in f.files else None
+
+
+def records_scores(path: Path) -> bool:
+    """Whether a results file records the :func:`hpm.defence.probe_scores` of its model: its scores, or that two
+    seeded passes of it differed; False for a file written before they were recorded."""
+    with np.load(path, allow_pickle=False) as f:
+        return "model_scores" in f.files or "model_scores_differ" in f.files
 
 
 def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> dict[int, SampleResults]:

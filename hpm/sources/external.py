@@ -304,14 +304,16 @@ def _torchvision_weights(name: str | None, weights):
     random initialisation. Raises ValueError naming the entries the model has."""
     import torchvision
 
-    if weights is None or not isinstance(weights, str):
-        return weights
-    if "." in weights:
-        return torchvision.models.get_weight(weights)
+    if weights is None:
+        return None
     entries = torchvision.models.get_model_weights(name)
-    if weights not in entries.__members__:
-        raise ValueError(f"{name!r} has no weights {weights!r}; its weights: {', '.join(entries.__members__)}")
-    return entries[weights]
+    if isinstance(weights, entries):
+        return weights
+    enum_name, dot, member = weights.rpartition(".") if isinstance(weights, str) else ("", "", None)
+    if (dot and enum_name != entries.__name__) or member not in entries.__members__:
+        raise ValueError(f"{name!r} has no weights {weights!r}; its weights: "
+                         f"{', '.join(f'{entries.__name__}.{m}' for m in entries.__members__)}")
+    return entries[member]
 
 
 LOADERS: dict[str, Callable[[str | None, dict], tuple[nn.Module, tuple[int, int, int]]]] = {

@@ -65,8 +65,8 @@ def is_portable(name: str) -> bool:
 
 
 def names_local_backbone(spec) -> bool:
-    """True for a backbone spec (``hpm.backbones.BackboneSpec``) that names its checkpoint by a path of this machine,
-    which a Hub user cannot load."""
+    """True for a backbone spec (an :class:`hpm.sources.BackboneSpec`, or None) that names its checkpoint by a path
+    of this machine, which a Hub user cannot load."""
     return spec is not None and spec.source == SOURCE and not is_portable(str(spec.name))
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..data import ImageTensorDataset, cache_dir
-from ..defence import agree_to_rounding
+from ..defence import PROBE_IMAGES, agree_to_rounding
 from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
@@ -86,7 +86,7 @@ def extract_features(model: HPMClassifier, dataset: ImageTensorDataset, *, batch
     model.features.eval().to(device)
     if cache and path.exists():
         stored = load_file(str(path))
-        probe, _ = dataset.tensors(torch.arange(min(4, len(dataset))))
+        probe, _ = dataset.tensors(torch.arange(min(PROBE_IMAGES, len(dataset))))
         with torch.no_grad():
             now = model.features(probe.to(device)).float().cpu()
         if agree_to_rounding(now, stored["features"][:len(probe)]):
