@@ -21,10 +21,10 @@ from .devices import device_of
 from .errors import HPMError
 from .heads import HEADS
 from .images import enlarged, tensor_to_image, to_8bit, to_8bit_within
-from .units import meant_per_255
 from .mixed import MixedClassifier
 from .model import HPMClassifier
 from .nuts import MixedNUTS, mapped_margins
+from .units import eps_text, meant_per_255
 
 EPS_MAX = 16 / 255  # l_inf budget offered by the demo
 STEPS_MAX = 200  # APGD iterations
@@ -369,8 +369,6 @@ def _key_clean_metric(metrics: dict, robust: dict | None) -> dict | None:
 def card_summary(model: Demo) -> str:
     """A loaded checkpoint in three lines of Markdown: what it is, what it knows, and its key measured numbers
     (clean accuracy, and the lowest recorded robust accuracy with its attacks, radius, images and batch size)."""
-    from .units import eps_text
-
     (_, h, w) = model.input_size
     eps = _threat_eps(model)
     trained = (f"adversarially trained for ℓ∞ ε = {eps_text(eps)}" if eps is not None
