@@ -12,6 +12,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from ..defence import Defence
 from ..errors import HPMError
 
 TOLERANCE = 1e-6  # float rounding around [0, 1]
@@ -143,8 +144,6 @@ def check_evaluation_inputs(model, x: Tensor, y: Tensor) -> None:
     Raises:
         HPMError: naming the fix.
     """
-    from ..defence import Defence
-
     check_inputs(x, y, input_size=getattr(model, "input_size", None), num_classes=num_classes_of(model))
     check_heads_fitted(model)
     warn_if_training(model)
