@@ -338,10 +338,16 @@ def same_scores(a: Tensor | None, b: Tensor | None) -> bool:
     return agree_to_rounding(a, b)
 
 
+def rounding_tolerance(reference: Tensor) -> float:
+    """How far two outputs of one model on the same images may differ by float rounding alone (another device,
+    thread count, kernel or batch): 1e-3 of their scale, ``reference``'s largest magnitude (at least 1)."""
+    return 1e-3 * max(1.0, float(reference.abs().max()))
+
+
 def agree_to_rounding(a: Tensor, b: Tensor) -> bool:
     """Whether two outputs of one model on the same images (:func:`probe_scores`, features) agree up to float
-    rounding (another device, thread count or kernel): within 1e-3 of their scale."""
-    return a.shape == b.shape and bool(((a - b).abs() <= 1e-3 * max(1.0, float(b.abs().max()))).all())
+    rounding (:func:`rounding_tolerance`)."""
+    return a.shape == b.shape and bool(((a - b).abs() <= rounding_tolerance(b)).all())
 
 
 def model_fingerprint(model: nn.Module) -> str:

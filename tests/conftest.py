@@ -136,3 +136,18 @@ def shared_data_or_skip() -> Path:
     if not (root / "cifar10" / "test-first1000.npz").is_file():
         pytest.skip(f"local data root {root} not present")
     return root
+
+
+def tiny_resnet(seed: int):
+    """A CIFAR-10 ResNet-8 of width 4 as an HPM model (FC head), its weights drawn from ``seed``."""
+    from hpm.sources.zoo import build
+    from hpm.train.scratch import BackboneConfig, to_hpm
+    torch.manual_seed(seed)
+    config = BackboneConfig(depth=8, width=4)
+    return to_hpm(build("cifar_resnet", config.architecture()), config, classes=None, dataset="cifar10")
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path):
+    """Two tiny CIFAR-10 ResNets saved as checkpoints (stand-ins for a standard and a robust network)."""
+    return [str(tiny_resnet(seed).save_pretrained(tmp_path / f"net{seed}")) for seed in (0, 1)]

@@ -632,31 +632,31 @@ EVERY_ATTACK = AttackConfig(**{**FAST, "eps": 4 / 255}, schedule="independent")
 
 def test_a_model_changed_under_the_same_name_does_not_resume_another_models_results(tmp_path, monkeypatch):
     from hpm.defence import model_fingerprint
-    from hpm.evaluation.samples import stored_fingerprint
+    from hpm.evaluation.samples import read_run
     from hpm.mixed import MixedClassifier
     model, x, y = tiny_hpm(seed=3)
     path = tmp_path / "r.npz"
     killed_after_three_attacks(model, x, y, EVERY_ATTACK, path, monkeypatch)
-    assert stored_fingerprint(path) == model_fingerprint(model)
+    assert read_run(path).fingerprint == model_fingerprint(model)
     changed, _, _ = tiny_hpm(seed=4)  # retrained: other weights, same name
     with pytest.warns(UserWarning, match="another model under the same name .* evaluated again from the start"):
         _, again, _ = run_protocol(changed, x, y, attack=EVERY_ATTACK, batch_sizes=[16], results_path=path,
                                    progress=False)
     _, fresh, _ = run_protocol(changed, x, y, attack=EVERY_ATTACK, batch_sizes=[16], progress=False)
-    assert np.array_equal(again[16].broken, fresh[16].broken) and stored_fingerprint(path) == model_fingerprint(changed)
+    assert np.array_equal(again[16].broken, fresh[16].broken) and read_run(path).fingerprint == model_fingerprint(changed)
     branches = (hpm.wrap(TinyMLP(), head="fc"), hpm.wrap(TinyMLP(), head="fc"))
     reselected = [model_fingerprint(MixedClassifier(*branches, alpha=a)) for a in (0.5, 0.6)]
     assert reselected[0] != reselected[1]  # the same weights with another constant are another model
 
 
 def test_results_written_before_fingerprints_still_resume(tmp_path, monkeypatch):
-    from hpm.evaluation.samples import stored_fingerprint
+    from hpm.evaluation.samples import read_run
     model, x, y = tiny_hpm(seed=3)
     path = tmp_path / "r.npz"
     killed_after_three_attacks(model, x, y, EVERY_ATTACK, path, monkeypatch)
     key, results = load_results(path)
     save_results(path, results, key)  # as hpm wrote them before
-    assert stored_fingerprint(path) is None
+    assert read_run(path).fingerprint is None
     import hpm.evaluation.protocol as ev
     real, calls = ev.run_attack, []
     monkeypatch.setattr(ev, "run_attack", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))

@@ -17,11 +17,9 @@ from hpm.errors import CheckpointError, HPMError
 from hpm.evaluation import AttackConfig, evaluate_model
 from hpm.mixed import MixedClassifier, MixingNetwork
 from hpm.model import load_or_wrap
-from hpm.sources.zoo import build
 from hpm.stages import FeatureTaps, stage_outputs
-from hpm.train.scratch import BackboneConfig, to_hpm
 
-from conftest import TinyMLP
+from conftest import TinyMLP, tiny_resnet
 
 
 def mixed(alpha=0.5, temperature=1.0, seed=0):
@@ -89,12 +87,6 @@ def test_an_evaluation_attacks_the_mixture_and_judges_every_attack_on_it():
     summary = report.results["8"]
     assert summary.clean_accuracy == 1.0 and summary.robust_accuracy <= summary.clean_accuracy
     assert [a.name for a in summary.per_attack][:2] == ["apgd-ce/deployed", "apgd-dlr/deployed"]
-
-
-@pytest.fixture
-def two_checkpoints(tmp_path):
-    """Two tiny CIFAR-10 ResNets saved as checkpoints (stand-ins for a standard and a robust network)."""
-    return [str(tiny_resnet(seed).save_pretrained(tmp_path / f"net{seed}")) for seed in (0, 1)]
 
 
 def test_a_mixed_model_is_written_as_text_wherever_a_model_is_named(two_checkpoints):
@@ -275,12 +267,6 @@ def test_mixed_weights_must_belong_to_a_branch(two_checkpoints, tmp_path):
 
 
 # --- adaptive smoothing: alpha per input from a mixing network ---------------------------------------------
-def tiny_resnet(seed):
-    torch.manual_seed(seed)
-    config = BackboneConfig(depth=8, width=4)
-    return to_hpm(build("cifar_resnet", config.architecture()), config, classes=None, dataset="cifar10")
-
-
 def adaptive(seed=0, alpha_range=(0.2, 0.95)):
     standard, robust = tiny_resnet(seed), tiny_resnet(seed + 1)
     torch.manual_seed(seed)

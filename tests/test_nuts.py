@@ -19,7 +19,6 @@ from hpm.train import nuts as selecting
 from hpm.train.nuts import Grid, LowestMargin, attacked_logits, select_map, selection_logits
 
 from conftest import TinyMLP
-from test_mixed import two_checkpoints, tiny_resnet  # noqa: F401  (fixture)
 
 
 def nuts(alpha=0.6, scale=1.5, power=2.0, bias=-0.5, seed=0):

@@ -28,7 +28,7 @@ from .expect import Expectation, expectation_bar
 from .inputs import check_evaluation_inputs
 from .protocol import is_batch_dependent, model_identity, run_protocol, sizes_that_differ
 from .report import Check, EvalConfig, EvalReport, package_versions, summarise
-from .samples import SampleResults, load_results, records_scores, save_results, stored_fingerprint, stored_scores
+from .samples import SampleResults, read_run, save_results
 
 
 PER_SAMPLE_BATCH_SIZES = (256,)  # a per-sample model: the batch size changes the speed only
@@ -226,12 +226,13 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
     ``base_report`` is one shard's JSON report (for the config and plan); checks are not re-run.
     """
     json_path, md_path, npz_path = output_paths(out)
-    key, merged = dist.merge_runs([load_results(Path(p)) for p in npz_paths])  # as rank 0 merges the ranks
-    fingerprints = {stored_fingerprint(Path(p)) for p in npz_paths} - {None}
+    runs = [read_run(Path(p)) for p in npz_paths]
+    key, merged = dist.merge_runs([(run.config_key, run.results) for run in runs])  # as rank 0 merges the ranks
+    fingerprints = {run.fingerprint for run in runs} - {None}
     if len(fingerprints) > 1:
         raise HPMError(f"{', '.join(map(str, npz_paths))}: shards of different models (their weights or constants "
                        "differ)")
-    probes = [stored_scores(Path(p)) for p in npz_paths if records_scores(Path(p))]
+    probes = [run.scores for run in runs if run.records_scores]
     if not all(same_scores(probe, probes[0]) for probe in probes):
         raise HPMError(f"{', '.join(map(str, npz_paths))}: shards of different models (their scores on the first "
                        "images differ, though their weights and constants agree)")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from scipy.stats import binomtest
 from torch import Tensor, nn
 
-from ..defence import evaluation_copy
+from ..defence import evaluation_copy, rounding_tolerance
 from ..devices import resolve
 from ..progress import progress_bar
 from .config import AttackConfig
@@ -94,15 +94,16 @@ def _card_clean_accuracy(model: nn.Module, batch_size: int) -> tuple[float, int]
 @torch.no_grad()
 def check_batch_independent(model: nn.Module, x: Tensor, deterministic: bool = True) -> Check:
     """A model declared per-sample scores each image alone (batch size 1) as it does inside the batch ``x``: every
-    score equal up to float rounding (relative 1e-3). Not applicable to a batch-dependent model, to fewer than two
-    images, or (``deterministic=False``) to a model whose two passes on one batch already differ."""
+    score equal up to float rounding (:func:`hpm.defence.rounding_tolerance`). Not applicable to a batch-dependent
+    model, to fewer than two images, or (``deterministic=False``) to a model whose two passes on one batch already
+    differ."""
     if getattr(model, "batch_dependent", False) or len(x) < 2 or not deterministic:
         why = "declared batch-dependent: evaluated at each batch size" if getattr(model, "batch_dependent", False) \
             else "fewer than two images" if len(x) < 2 else "not deterministic: alone vs together cannot be told apart"
         return Check("batch_independent", None, why)
     together = model(x).float()
     alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))]).float()
-    tolerance = 1e-3 * max(1.0, float(together.abs().max()))
+    tolerance = rounding_tolerance(together)
     moved = (together - alone).abs().amax(1) > tolerance  # [n]: images whose scores depend on the batch
     ok = not bool(moved.any())
     return Check("batch_independent", ok,

@@ -29,15 +29,7 @@ from ..errors import HPMError
 from ..model import HPMClassifier
 from ..progress import on_terminal, progress_bar
 from .config import AttackConfig
-from .samples import (
-    SampleResults,
-    config_key,
-    load_results,
-    records_scores,
-    save_results,
-    stored_fingerprint,
-    stored_scores,
-)
+from .samples import SampleResults, config_key, read_run, save_results
 
 if TYPE_CHECKING:
     from .expect import Expectation
@@ -104,7 +96,7 @@ def check_scores(scores, y: Tensor) -> None:
         raise HPMError(f"the model returned scores of shape {tuple(scores.shape)} for {len(y)} images; it must "
                        f"return [{len(y)}, k], one row of class scores per image")
     if scores.shape[1] < 2:
-        raise HPMError(f"the model returned one score per image; a classifier returns scores [B, k], k >= 2")
+        raise HPMError("the model returned one score per image; a classifier returns scores [B, k], k >= 2")
     if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
         raise HPMError(f"the model returned {'non-float' if not scores.is_floating_point() else 'NaN or infinite'} "
                        "scores; it must return finite float scores (logits or log-probabilities)")
@@ -341,19 +333,19 @@ def _resume(results_path: Path | None, key: str, fingerprint: str | None,
     start (with a warning)."""
     if results_path is None or not results_path.exists():
         return None
-    stored_key, stored = load_results(results_path)
-    if stored_key != key:
+    stored = read_run(results_path)
+    if stored.config_key != key:
         raise HPMError(f"{results_path} holds results of a different evaluation (model, attacks, subset or "
                        "batch sizes differ); choose another --out or delete it")
-    if stored_fingerprint(results_path) not in (None, fingerprint):  # None: written before fingerprints
+    if stored.fingerprint not in (None, fingerprint):  # None: written before fingerprints
         warnings.warn(f"{results_path} holds results of another model under the same name (its weights or constants "
                       "changed since, e.g. retrained or reselected): it is evaluated again from the start",
                       stacklevel=2)
         return None
-    if records_scores(results_path) and not same_scores(scores, stored_scores(results_path)):
+    if stored.records_scores and not same_scores(scores, stored.scores):
         warnings.warn(f"{results_path} holds results of another model under the same name (its scores on the first "
                       "images differ from this one's, or only one of the two draws randomness of its own, though "
                       "their parameters agree: a function, or a module whose behaviour lives in plain attributes): "
                       "it is evaluated again from the start", stacklevel=2)
         return None
-    return stored
+    return stored.results

@@ -85,8 +85,20 @@ def save_results(path: Path, results: dict[int, SampleResults], config_key: str,
     tmp.replace(path)
 
 
-def load_results(path: Path) -> tuple[str, dict[int, SampleResults]]:
-    """Read per-sample results written by :func:`save_results`."""
+@dataclass(frozen=True)
+class StoredRun:
+    """What a results file written by :func:`save_results` holds, read at once."""
+
+    config_key: str
+    results: dict[int, SampleResults]
+    fingerprint: str | None  # the model's :func:`hpm.defence.model_fingerprint`; None: written before they were kept
+    records_scores: bool  # whether it records the model's :func:`hpm.defence.probe_scores` (False: written before)
+    scores: Tensor | None  # those scores; None also when two seeded passes of the model differed
+
+
+def read_run(path: Path) -> StoredRun:
+    """Read a results file written by :func:`save_results`: its per-sample results and the identity of the model
+    they are of."""
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
@@ -103,28 +115,16 @@ def load_results(path: Path) -> tuple[str, dict[int, SampleResults]]:
                                         data[p + "labels"], data[p + "done"], data[p + "clean_correct"],
                                         data[p + "attacked"], data[p + "broken"], data[p + "seconds"],
                                         data.get(p + "attacks_finished"))
-    return str(data["config_key"]), results
+    fingerprint = str(data["model_fingerprint"]) if "model_fingerprint" in data else None
+    scores = torch.from_numpy(data["model_scores"]) if "model_scores" in data else None
+    return StoredRun(str(data["config_key"]), results, fingerprint,
+                     "model_scores" in data or "model_scores_differ" in data, scores)
 
 
-def stored_fingerprint(path: Path) -> str | None:
-    """The :func:`hpm.defence.model_fingerprint` a results file was written with; None for a file written before
-    they were recorded."""
-    with np.load(path, allow_pickle=False) as f:
-        return str(f["model_fingerprint"]) if "model_fingerprint" in f.files else None
-
-
-def stored_scores(path: Path) -> Tensor | None:
-    """The :func:`hpm.defence.probe_scores` a results file was written with; None when it holds none (see
-    :func:`records_scores`)."""
-    with np.load(path, allow_pickle=False) as f:
-        return torch.from_numpy(f["model_scores"]) if "model_scores" in f.files else None
-
-
-def records_scores(path: Path) -> bool:
-    """Whether a results file records the :func:`hpm.defence.probe_scores` of its model: its scores, or that two
-    seeded passes of it differed; False for a file written before they were recorded."""
-    with np.load(path, allow_pickle=False) as f:
-        return "model_scores" in f.files or "model_scores_differ" in f.files
+def load_results(path: Path) -> tuple[str, dict[int, SampleResults]]:
+    """The configuration key and per-sample results of a results file (:func:`read_run`)."""
+    run = read_run(path)
+    return run.config_key, run.results
 
 
 def merge_results(a: dict[int, SampleResults], b: dict[int, SampleResults]) -> dict[int, SampleResults]:
