@@ -104,6 +104,54 @@ def test_timm_bad_weights_files_are_named(tmp_path, offline):
         hpm.wrap("timm:hf-hub:timm/resnet18.a1_in1k", source_options={"file": str(tmp_path / "w.safetensors")})
 
 
+def test_a_timm_weights_file_gives_every_weight_its_classifier_included(tmp_path, offline):
+    import timm
+
+    torch.manual_seed(0)
+    mine = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()  # a fine-tuned CIFAR-10 model
+    file = tmp_path / "mine.safetensors"
+    save_file(mine.state_dict(), str(file))
+    model = hpm.wrap("timm:resnet18", head="fc", source_options={"file": str(file), "num_classes": 10},
+                     input_size=SIZE)
+    x = torch.rand(2, *SIZE)
+    assert torch.equal(model.fc.weight, mine.fc.weight)
+    assert torch.allclose(model(x), reference_logits(mine, x), atol=1e-4)
+
+
+def test_a_timm_weights_file_of_another_architecture_or_class_count_is_refused(tmp_path, offline):
+    import timm
+
+    file = tmp_path / "resnet18-10.safetensors"
+    save_file(timm.create_model("resnet18", pretrained=False, num_classes=10).state_dict(), str(file))
+    with pytest.raises(HPMError, match=r"not a state dict of resnet34 with 10 classes: .*\d+ missing"):
+        hpm.wrap("timm:resnet34", source_options={"file": str(file), "num_classes": 10})
+    with pytest.raises(HPMError, match=r"resnet18 with 1000 classes: .*2 of another shape \(e.g. fc.weight\)"
+                                       r".*num_classes=K"):
+        hpm.wrap("timm:resnet18", source_options={"file": str(file)})
+
+
+@pytest.mark.parametrize("source, options, message", [
+    ("timm:resnet18", {"pretraind": False}, r"unknown source option\(s\) 'pretraind'; its options: pretrained"),
+    ("torchvision:resnet18", {"weight": None}, r"unknown source option\(s\) 'weight'; its options: weights"),
+    ("pyautoattack", {"file": "w.pt"}, r"unknown source option\(s\) 'file'; its options: none"),
+    ("timm:resnet18", {"file": "w.safetensors", "pretrained": False}, r"weights file and pretrained=False"),
+])
+def test_source_options_a_loader_would_ignore_are_refused(source, options, message, offline):
+    with pytest.raises(HPMError, match=message):
+        hpm.wrap(source, source_options=options)
+
+
+def test_timm_pretrained_weights_with_another_class_count_warn_that_the_classifier_is_new(offline):
+    import timm
+
+    repo = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    _cached_hub_repo(offline, repo, {"model.safetensors": lambda p: save_file(random_resnet18().state_dict(), str(p))})
+    with pytest.warns(UserWarning, match="num_classes=10: its pretrained weights score 1000 classes, so timm gives "
+                                         "it a new classifier at random") as caught:
+        hpm.wrap("timm:resnet18", head="hpm", source_options={"num_classes": 10}, input_size=SIZE)
+    assert any(w.filename == __file__ for w in caught)  # pointed at the caller's line
+
+
 class _RunsOnUnpickling:
     """An object whose unpickling calls a function: what a hostile weights file holds."""
 

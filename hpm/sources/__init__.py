@@ -29,7 +29,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CheckpointError, HPMError
-from .external import CIFAR_INPUT, LOADERS
+from .external import CIFAR_INPUT, LOADERS, check_options
 from .split import split_classifier
 
 SOURCES = (*LOADERS, "hpm", "checkpoint", "module")
@@ -98,6 +98,7 @@ def load_backbone(spec: BackboneSpec, module: nn.Module | None = None,
                               "def load(): return hpm.load(PATH, backbone=YourNet())")
     if spec.source not in LOADERS:
         raise HPMError(f"unknown backbone source {spec.source!r}; choose one of {', '.join(SOURCES)}")
+    check_options(spec.source, spec.options)
     model, size = LOADERS[spec.source](spec.name, spec.options)
     size = tuple(input_size or size)
     features, fc = split_classifier(model, size)  # type: ignore[arg-type]

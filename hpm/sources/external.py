@@ -18,6 +18,7 @@ import importlib.util
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -263,21 +264,52 @@ def _timm(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, i
     if not name:
         raise HPMError("a timm backbone needs a model name, e.g. resnet18")
     pretrained = bool(options.get("pretrained", True))
+    if options.get("file") and not pretrained:
+        raise HPMError(f"timm:{name}: source_options give a weights file and pretrained=False; drop 'pretrained' to "
+                       "load the file, or 'file' for random weights")
     kwargs = {k: v for k, v in options.items() if k in ("num_classes",)}
     file = _timm_file(name, options) if pretrained else None
-    if file is not None:
-        kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if options.get("file"):
+            model = _timm_with_weights(name, file, kwargs)
+        else:
+            model = timm.create_model(name, pretrained=pretrained, **kwargs,
+                                      **({"pretrained_cfg_overlay": {"file": str(file)}} if file else {}))
     except RuntimeError as e:
         raise HPMError(f"timm: {e}{_timm_hub_hint(e)}") from None
     except OSError as e:
         raise OfflineError(f"timm could not fetch weights for {name!r} ({e}); pass source_options={{'file': PATH}} "
                            f"with the weights saved locally, or {{'pretrained': False}}") from None
     cfg = model.pretrained_cfg
+    wanted = kwargs.get("num_classes")
+    if pretrained and not options.get("file") and wanted is not None and wanted != cfg.get("num_classes"):
+        warnings.warn(f"timm:{name} with num_classes={wanted}: its pretrained weights score "
+                      f"{cfg.get('num_classes')} classes, so timm gives it a new classifier at random: fine-tune it "
+                      "or fit an HPM head (head='hpm') before evaluating; an FC head scores at chance",
+                      stacklevel=4)
     size = tuple(cfg.get("input_size", IMAGENET_INPUT))
     norm = Normalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
     return TimmWithNormalize(norm, model).eval(), size  # type: ignore[return-value]
+
+
+def _timm_with_weights(name: str, path: Path, kwargs: dict) -> nn.Module:
+    """``timm:name`` with every weight read from the state dict at ``path``, strictly: a file of another
+    architecture or class count is refused (timm's pretrained loading would instead drop a classifier of another
+    size, or leave unmatched layers at random, without a word)."""
+    import timm
+    from timm.models import load_state_dict
+
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    state, own = load_state_dict(str(path), weights_only=True), model.state_dict()
+    differences = {"missing": [k for k in own if k not in state], "unexpected": [k for k in state if k not in own],
+                   "of another shape": [k for k in own if k in state and state[k].shape != own[k].shape]}
+    if any(differences.values()):
+        found = "; ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in differences.items() if keys)
+        raise HPMError(f"timm: {path} is not a state dict of {name} with {model.num_classes} classes: its tensors, "
+                       f"against the model's: {found}; save model.state_dict() of that architecture, and pass "
+                       "source_options num_classes=K when its classifier scores K classes")
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def _torchvision(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, int]]:
@@ -290,7 +322,8 @@ def _torchvision(name: str | None, options: dict) -> tuple[nn.Module, tuple[int,
     except ValueError as e:
         raise HPMError(f"torchvision: {e}") from None
     except OSError as e:
-        raise OfflineError(f"torchvision could not fetch weights for {name!r} ({e}); pass weights=None or run online") from None
+        raise OfflineError(f"torchvision could not fetch weights for {name!r} ({e}); run online, or pass "
+                           "source_options={'weights': None} for random weights") from None
     if weights is None:  # random initialisation: ImageNet's usual input
         return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), model).eval(), IMAGENET_INPUT
     preprocess = weights.transforms()  # the size and statistics these weights were trained and evaluated at
@@ -314,6 +347,22 @@ def _torchvision_weights(name: str | None, weights):
         raise ValueError(f"{name!r} has no weights {weights!r}; its weights: "
                          f"{', '.join(f'{entries.__name__}.{m}' for m in entries.__members__)}")
     return entries[member]
+
+
+OPTIONS: dict[str, tuple[str, ...]] = {  # the source options each loader reads
+    "pyautoattack": (),
+    "robustbench": ("dataset", "threat_model", "model_dir"),
+    "timm": ("pretrained", "num_classes", "file"),
+    "torchvision": ("weights", "num_classes"),
+}
+
+
+def check_options(source: str, options: dict) -> None:
+    """Refuse source options that ``source``'s loader does not read (a misspelt one would be ignored)."""
+    unknown = sorted(set(options) - set(OPTIONS[source]))
+    if unknown:
+        raise HPMError(f"{source}: unknown source option(s) {', '.join(map(repr, unknown))}; its options: "
+                       f"{', '.join(OPTIONS[source]) or 'none'}")
 
 
 LOADERS: dict[str, Callable[[str | None, dict], tuple[nn.Module, tuple[int, int, int]]]] = {
