@@ -180,11 +180,14 @@ class Defence(nn.Module):
 
 
 class _Function(nn.Module):
-    """A plain callable as a module (no parameters of its own)."""
+    """A plain callable as a module (no parameters of its own). A bound method's module is held as a submodule, so
+    that a copy copies it (with the method) and ``eval()`` reaches it; what a function closes over is neither."""
 
     def __init__(self, fn: Callable[[Tensor], Tensor]):
         super().__init__()
         self.fn = fn
+        owner = getattr(fn, "__self__", None)
+        self.owner = owner if isinstance(owner, nn.Module) else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -195,6 +198,20 @@ class _Function(nn.Module):
 
 def _as_module(fn: Callable[[Tensor], Tensor]) -> nn.Module:
     return fn if isinstance(fn, nn.Module) else _Function(fn)
+
+
+def modules_closed_over(model: nn.Module) -> list[nn.Module]:
+    """The modules that plain functions inside ``model`` reach by name (closure cells, globals, defaults): hpm can
+    neither copy them nor switch them to eval mode, so an evaluation runs them as they are."""
+    found = []
+    for function in (m.fn for m in model.modules() if isinstance(m, _Function)):
+        try:
+            names = inspect.getclosurevars(function)
+        except TypeError:  # not a Python function (a callable object, a builtin): nothing to look into
+            continue
+        values = [*names.nonlocals.values(), *names.globals.values(), *(getattr(function, "__defaults__", None) or ())]
+        found += [v for v in values if isinstance(v, nn.Module) and all(v is not f for f in found)]
+    return found
 
 
 def _describe_callable(fn) -> str:
@@ -232,14 +249,13 @@ def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
             raise HPMError(f"{what} changed its input images in place (an operation such as x.clamp_() or "
                            "x.mul_()): attacks and judging would see other images than they passed; use the "
                            "out-of-place operation (x.clamp())")
-        if not isinstance(out, Tensor):
-            raise HPMError(f"{what} returned a {type(out).__name__}, not a tensor of scores [B, k] (a model that "
-                           "returns a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
-        if out.ndim != 2 or len(out) != len(x) or out.shape[1] < 2 or not out.is_floating_point():
-            raise HPMError(f"{what} returned {out.dtype} of shape {tuple(out.shape)} for {len(x)} images; it must "
-                           f"return float scores [{len(x)}, k], one row per image, k >= 2 classes")
-        if not bool(torch.isfinite(out).all()):
-            raise HPMError(f"{what} returned NaN or infinite scores")
+        problem = scores_problem(out, len(x))
+        if problem:
+            raise HPMError(f"{what} returned {problem}")
+        if out.requires_grad and looks_like_probabilities(out):
+            raise HPMError(f"{what} returned probabilities (scores in [0, 1], each row summing to 1): return logits or "
+                           "log-probabilities (the scores before softmax, or torch.log of them); attacks on "
+                           "probabilities saturate, and the robust accuracy they leave is overstated")
         if not out.requires_grad:
             return out.shape[1], False
         # A fixed random weighting of the scores: log-probabilities' logsumexp is constant, so its gradient is
@@ -247,6 +263,29 @@ def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
         weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.device)
         grad, = torch.autograd.grad((out.float() * weights).sum(), x, allow_unused=True)
     return out.shape[1], grad is not None and bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+
+
+def scores_problem(out, n: int) -> str | None:
+    """What is wrong with ``out`` as a classifier's scores of ``n`` images, in words that follow "the model
+    returned" and name the fix; None for finite float32 (or float64) scores ``[n, k]``, k >= 2."""
+    if not isinstance(out, Tensor):
+        return (f"a {type(out).__name__}, not a tensor of scores [B, k] (a model that returns a tuple or an output "
+                "object: wrap it, e.g. lambda x: model(x).logits)")
+    if out.ndim != 2 or len(out) != n or out.shape[1] < 2 or not out.is_floating_point():
+        return (f"{out.dtype} of shape {tuple(out.shape)} for {n} images; it must return float scores [{n}, k], "
+                "one row per image, k >= 2 classes")
+    if out.dtype not in (torch.float32, torch.float64):
+        return (f"{out.dtype} scores; return float32 scores (.float() at the end of its forward): the attacks and "
+                "the judging compare scores in float32")
+    if not bool(torch.isfinite(out).all()):
+        return "NaN or infinite scores"
+    return None
+
+
+def looks_like_probabilities(scores: Tensor) -> bool:
+    """Whether ``scores`` [B, k] are probabilities (each in [0, 1], each row summing to 1) rather than logits."""
+    return bool(((scores >= 0) & (scores <= 1)).all()) and bool(
+        torch.allclose(scores.detach().double().sum(1), torch.ones(len(scores), dtype=torch.float64), atol=1e-3))
 
 
 def copy_module(module: nn.Module, what: str = "the model") -> nn.Module:

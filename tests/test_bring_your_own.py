@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -79,12 +80,46 @@ def test_values_just_above_one_are_refused_with_a_clamp_not_a_division(tiny_net)
     (lambda s: s[:, 0], r"of shape \(2,\) for 2 images"),
     (lambda s: s * float("nan"), "NaN or infinite"),
     (lambda s: s[:, :5], "labels go up to 7 but the model scores 5 classes"),
+    (lambda s: s.softmax(1), r"returned probabilities .*return logits or log-probabilities"),
+    (lambda s: s.bfloat16(), r"torch.bfloat16 scores; return float32 scores \(.float\(\) at the end"),
+    (lambda s: s.half(), r"torch.float16 scores; return float32 scores"),
 ])
 def test_what_a_model_returns_is_checked_on_the_first_batch(output, fix):
     net = _linear()
     x, y = _images()
     with pytest.raises(HPMError, match=fix):
         _evaluate(lambda images: output(net(images)), x, y)
+
+
+@pytest.mark.parametrize("expects, back, fix", [
+    (lambda x: x * 255, lambda t: t / 255,
+     r"as 0-255 pixels \d+%: it expects 0-255 pixels: multiply its input by 255 inside its forward"),
+    (lambda x: (x - 0.45) / 0.225, lambda t: t * 0.225 + 0.45,
+     r"as ImageNet-normalised images \d+%: it expects normalised images: put the normalisation inside its forward"),
+])
+def test_a_model_whose_forward_lacks_its_own_scaling_is_flagged_as_a_wrong_number(expects, back, fix):
+    net = _linear()
+    x, _ = _images(32)
+    y = net(x).argmax(1)
+
+    def trained_on_other_inputs(images):  # right on expects(x), the input it was trained on
+        return net(back(images))
+
+    report = _evaluate(trained_on_other_inputs, x, y, checks=False)  # given images in [0, 1], as hpm passes them
+    convention = {c.name: c for c in report.checks}["input_convention"]
+    assert convention.passed is False and re.search(fix, convention.detail)
+    assert convention in report.wrong_number_checks
+    fixed = _evaluate(lambda images: trained_on_other_inputs(expects(images)), x, y, checks=False)
+    assert {c.name: c.passed for c in fixed.checks}["input_convention"] and not fixed.wrong_number_checks
+
+
+def test_a_model_at_chance_on_the_images_fails_clean_above_chance_naming_the_likely_causes():
+    net = _linear()
+    x, _ = _images(64)
+    y = (net(x).argmax(1) + 1) % 10  # labels in another class order
+    above = {c.name: c for c in _evaluate(net, x, y, checks=False).checks}["clean_above_chance"]
+    assert above.passed is False and "labels in another class order?" in above.detail
+    assert {c.name: c.passed for c in _evaluate(net, x, (y - 1) % 10, checks=False).checks}["clean_above_chance"]
 
 
 def test_labels_must_be_integers_of_the_models_classes(tiny_net):
@@ -126,6 +161,26 @@ def test_the_module_evaluated_keeps_its_training_flag_gradients_and_statistics(t
     assert all(torch.equal(before[k], v) for k, v in tiny_net.state_dict().items())  # BatchNorm's stats too
 
 
+def test_a_bound_forward_is_evaluated_as_its_module_a_copy_in_eval_mode(tiny_net):
+    tiny_net.train()
+    before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    with pytest.warns(UserWarning, match="BatchNorm2d layers are in training mode; hpm evaluates it in eval mode"):
+        by_method = _evaluate(tiny_net.forward, *_images())
+    assert all(torch.equal(before[k], v) for k, v in tiny_net.state_dict().items())
+    assert by_method.worst_case() == _evaluate(tiny_net.eval(), *_images()).worst_case()
+
+
+def test_a_function_calling_a_module_in_training_mode_is_warned_of_as_hpm_cannot_copy_it(tiny_net):
+    tiny_net.train()
+    with pytest.warns(UserWarning, match="a function that calls a module whose BatchNorm2d layers are in training "
+                                         "mode: .* its running statistics change; call .eval"):
+        _evaluate(lambda images: tiny_net(images), *_images())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tiny_net.eval()
+        _evaluate(lambda images: tiny_net(images), *_images())  # in eval mode: nothing to warn of
+
+
 # -- batch dependence, declared ----------------------------------------------------------------------------------
 
 def test_a_declared_batch_dependent_model_is_really_run_at_each_batch_size_and_the_report_says_so():
@@ -139,8 +194,8 @@ def test_a_declared_batch_dependent_model_is_really_run_at_each_batch_size_and_t
 
 
 def test_an_undeclared_batch_dependent_model_fails_its_check_and_the_command_exits_1(tmp_path, tiny_data_root):
-    for checks in (True, False):  # forward passes only: run even without the sanity checks
-        report = _evaluate(BatchMeanNet(), *_images(), checks=checks, check_n=4)
+    for checks, check_n in ((True, 4), (False, 4), (False, 1)):  # forward passes only: run even without the
+        report = _evaluate(BatchMeanNet(), *_images(), checks=checks, check_n=check_n)  # sanity checks, on 2+ images
         check = next(c for c in report.checks if c.name == "batch_independent")
         assert check.passed is False and "batch_dependent=True" in check.detail
         assert report.to_markdown().count("These numbers are probably wrong") == 1

@@ -15,10 +15,12 @@ from ..errors import HPMError
 from ..defence import declare, evaluation_copy, same_scores
 from . import dist
 from .checks import (
+    CONVENTION_IMAGES,
     SQUARE_QUERIES,
     check_against_card,
     check_batch_independent,
     check_deterministic,
+    check_input_convention,
     check_results,
     check_run_factors,
     run_checks,
@@ -79,7 +81,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
         batch_dependent, surrogates: for a plain model, as :class:`hpm.Defence` takes them (hpm's models and a
             Defence declare their own).
         out: ``report.json`` path; ``report.md`` and the resumable per-sample ``report.npz`` go beside it.
-        checks: run the sanity checks on the first ``check_n`` samples (else only the forward-only ones).
+        checks: run the sanity checks on the first ``check_n`` samples, two at least (else only the forward-only
+            ones; ``batch_independent`` compares two images alone and together).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
         command: the command line to record in the report (so model cards can cite it).
         distributed: share the batches among the ranks of a torchrun job (:mod:`hpm.evaluation.dist`; every
@@ -93,6 +96,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
     json_path, md_path, npz_path = output_paths(out, create_folder=True) if out is not None else (None,) * 3
     model, attack, y, batch_sizes, run_device = _prepare(model, x, y, attack, batch_sizes, batch_dependent,
                                                          surrogates, indices, device, distributed, check_n)
+    check_n = max(check_n, 2)  # batch_independent needs two images, and a model may depend on the batch
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     bar = _expectation_bar(expect, checks, check_n, len(y), batch_sizes, progress and rank == 0)
     try:
@@ -107,6 +111,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
                 save_results(npz_path, results, key, *model_identity(model, x, run_device))  # as one run writes it
             found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress, expect) if \
                 checks else _forward_checks(model, x[:check_n].to(run_device))
+            found += check_input_convention(model, x[:CONVENTION_IMAGES].to(run_device), y[:CONVENTION_IMAGES],
+                                            batch_size=min(batch_sizes))
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                                 device=str(run_device))
             report = _report(model, model_id, config, plan, results, found, command)

@@ -16,6 +16,10 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
   guess).
 - ``clean_matches_card``: the clean accuracy is not far below the one the checkpoint's card records (images in
   the wrong range, another dataset or normalisation give plausible-looking but wrong numbers).
+- ``input_convention``: the model classifies images in [0, 1], as hpm passes them, no worse than the same images
+  as 0-255 pixels or ImageNet-normalised (a model whose forward lacks its own scaling scores near chance, and every
+  other check passes).
+- ``clean_above_chance``: the clean accuracy is significantly above 1/k.
 - model-specific pitfalls a model declares itself (``model.pitfall_checks(x)``), e.g. a mixed classifier's
   robust branch saturating its softmax at a low temperature.
 - ``ce_not_saturated``: no clean-correct sample has a float32 cross-entropy of exactly 0 or an all-zero input
@@ -89,6 +93,63 @@ def _card_clean_accuracy(model: nn.Module, batch_size: int) -> tuple[float, int]
         return None
     best = max(entries, key=lambda m: m["n"])
     return float(best["value"]), int(best["n"])
+
+
+CONVENTION_IMAGES = 100  # input_convention, clean_above_chance: the evaluation's first images they score
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _as_pixels(x: Tensor) -> Tensor:
+    return x * 255
+
+
+def _as_normalised(x: Tensor) -> Tensor:
+    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in IMAGENET_MEAN_STD)
+    return (x - mean) / std
+
+
+# input_convention: how images in [0, 1] would look to a model whose forward lacks its own scaling, and the fix
+CONVENTIONS: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {
+    "0-255 pixels": (_as_pixels, "it expects 0-255 pixels: multiply its input by 255 inside its forward"),
+    "ImageNet-normalised images": (_as_normalised, "it expects normalised images: put the normalisation inside "
+                                                   "its forward, e.g. torch.nn.Sequential(Normalize(mean, std), model)"),
+}
+
+
+@torch.no_grad()
+def check_input_convention(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
+                           alpha: float = 0.01) -> list[Check]:
+    """Does the model take images in [0, 1], as hpm passes them? ``input_convention`` fails when the same images
+    as 0-255 pixels or ImageNet-normalised are classified correctly significantly more often (exact paired test at
+    ``alpha``): a model whose forward lacks its own scaling scores hpm's images near chance while every other
+    check passes. ``clean_above_chance`` fails when the clean accuracy is not significantly above 1/k, whatever
+    the cause. Both on the first :data:`CONVENTION_IMAGES` images, in batches of ``batch_size``."""
+    x, y = x[:CONVENTION_IMAGES], y[:CONVENTION_IMAGES]
+    model = evaluation_copy(model, x.device)
+
+    def correct(transform: Callable[[Tensor], Tensor]) -> tuple[Tensor, int]:
+        scores = [model(transform(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        return torch.cat([s.argmax(1) for s in scores]).cpu() == y.cpu(), scores[0].shape[1]
+
+    given, k = correct(lambda images: images)
+    found = []
+    for name, (transform, fix) in CONVENTIONS.items():
+        other, _ = correct(transform)
+        gained, lost = int((other & ~given).sum()), int((given & ~other).sum())
+        if gained + lost and binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue < alpha:
+            found.append(f"as {name} {100 * float(other.float().mean()):.0f}%: {fix}")
+    accuracy = float(given.float().mean())
+    convention = Check("input_convention", not found,
+                       f"clean accuracy on {len(y)} images in [0, 1]: {100 * accuracy:.0f}%"
+                       + ("; " + "; ".join(found) if found else ", not beaten by the same images as 0-255 pixels or "
+                                                                 "ImageNet-normalised"))
+    p = binomtest(int(given.sum()), len(y), 1 / k, alternative="greater").pvalue
+    above = Check("clean_above_chance", bool(p < alpha),
+                  f"clean accuracy {100 * accuracy:.0f}% on {len(y)} images, chance {100 / k:.0f}% (one-sided exact "
+                  f"binomial p = {p:.2g})" + ("" if p < alpha else ": the model does not classify these images: "
+                                              "images in another range or normalisation than its forward takes, "
+                                              "another dataset, or labels in another class order?"))
+    return [convention, above]
 
 
 @torch.no_grad()

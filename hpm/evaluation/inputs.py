@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..defence import Defence
+from ..defence import Defence, modules_closed_over
 from ..errors import HPMError
 
 TOLERANCE = 1e-6  # float rounding around [0, 1]
@@ -38,7 +38,8 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
                        f"{name}.float() (and divide by 255 if its pixels are 0-255)")
     if x.dtype != torch.float32:
         raise HPMError(f"{name} has dtype {x.dtype}; hpm evaluates float32 images (attacks step and clamp them in "
-                       f"float32; a model in another precision casts inside its forward): convert with {name}.float()")
+                       f"float32; a model in another precision casts them inside its forward and returns float32 scores): convert "
+                       f"with {name}.float()")
     if x.ndim != 4:
         hint = f" (one image: {name}[None])" if x.ndim == 3 else ""
         raise HPMError(f"{name} must be a batch of images [N, C, H, W]; got shape {tuple(x.shape)}{hint}")
@@ -52,7 +53,8 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
     low, high = float(x.min()), float(x.max())
     if 2 < high <= 255 and low >= 0:
         raise HPMError(f"{name} has values up to {high:g}: pixels look like 0-255; hpm takes images in [0, 1]: "
-                       f"divide by 255 ({name} / 255)")
+                       f"divide by 255 ({name} / 255), and if the model expects 0-255 pixels, multiply by 255 inside "
+                       "its forward")
     if 0 < high <= 1 / 255 + TOLERANCE and low >= 0:
         raise HPMError(f"{name} has values up to {high:g} (1/255 at most): pixels look divided by 255 twice; hpm "
                        f"takes images in [0, 1]: divide 0-255 pixels by 255 once")
@@ -61,7 +63,9 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
                        f"images in [0, 1]: clamp them ({name}.clamp(0, 1))")
     if low < -TOLERANCE or high > 1 + TOLERANCE:
         raise HPMError(f"{name} has values in [{low:.3g}, {high:.3g}]; hpm takes images in [0, 1], with any "
-                       "normalisation (mean/std) inside the model: pass the images before normalising them")
+                       "normalisation (mean/std) inside the model: pass the images before normalising them, and put the "
+                       "normalisation in the model's forward (e.g. torch.nn.Sequential(torchvision.transforms."
+                       "Normalize(mean, std), model))")
 
 
 def _shape_hint(got: tuple, want: tuple, name: str) -> str:
@@ -124,15 +128,27 @@ def _mode_dependent(module: nn.Module) -> bool:
 
 def warn_if_training(model) -> None:
     """Warn when ``model`` holds BatchNorm, dropout, DropPath or DropBlock layers in training mode: hpm evaluates a
-    copy in eval mode (running statistics, no dropout), which is not how such a model was passed. A forward that
-    reads ``self.training`` itself (``F.dropout(x, training=self.training)``) is not seen."""
-    training = sorted({type(m).__name__ for m in (model.modules() if isinstance(model, nn.Module) else ())
-                       if m.training and _mode_dependent(m)})
+    copy in eval mode (running statistics, no dropout), which is not how such a model was passed; and, louder, when
+    a plain function inside it closes over such a module, which hpm can neither copy nor switch (its statistics
+    would change as it is attacked). A forward that reads ``self.training`` itself is not seen."""
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    training = _training_layers(modules)
     if training:
         warnings.warn(f"the model's {', '.join(training)} layers are in training mode; hpm evaluates it in eval mode "
                       "(running statistics, no dropout): call .eval() to silence this, or, for a defence that "
                       "normalises with the test batch, do so in its forward and declare batch_dependent=True",
                       stacklevel=5)  # the caller of hpm.evaluate_model (through check_evaluation_inputs)
+    hidden = [m for module in (modules_closed_over(model) if modules else []) for m in module.modules()]
+    if _training_layers(hidden):
+        warnings.warn(f"the model is a function that calls a module whose {', '.join(_training_layers(hidden))} "
+                      "layers are in training mode: hpm can neither copy a function nor switch what it calls to "
+                      "eval mode, so that module is attacked in training mode and its running statistics change; "
+                      "call .eval() on it, or pass the module itself", stacklevel=5)
+
+
+def _training_layers(modules: list[nn.Module]) -> list[str]:
+    """The kinds of mode-dependent layers among ``modules`` that are in training mode."""
+    return sorted({type(m).__name__ for m in modules if m.training and _mode_dependent(m)})
 
 
 def check_evaluation_inputs(model, x: Tensor, y: Tensor) -> None:

@@ -23,7 +23,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import AttackSpec, BatchFeatures, default_plan, parse_attacks, run_attack
-from ..defence import PROBE_IMAGES, declare, evaluation_copy, model_fingerprint, probe_scores, same_scores
+from ..defence import (
+    PROBE_IMAGES,
+    declare,
+    evaluation_copy,
+    model_fingerprint,
+    probe_scores,
+    same_scores,
+    scores_problem,
+)
 from ..devices import resolve
 from ..errors import HPMError
 from ..model import HPMClassifier
@@ -88,18 +96,10 @@ def _clean_pass(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
 
 def check_scores(scores, y: Tensor) -> None:
     """Raise :class:`HPMError` unless the deployed model's output on a batch of ``len(y)`` images is finite float
-    scores ``[B, k]`` with a score for every label in ``y``."""
-    if not isinstance(scores, Tensor):
-        raise HPMError(f"the model returned a {type(scores).__name__}; it must return a tensor of scores [B, k] (a "
-                       "model that returns a tuple or an output object: wrap it, e.g. lambda x: model(x).logits)")
-    if scores.ndim != 2 or len(scores) != len(y):
-        raise HPMError(f"the model returned scores of shape {tuple(scores.shape)} for {len(y)} images; it must "
-                       f"return [{len(y)}, k], one row of class scores per image")
-    if scores.shape[1] < 2:
-        raise HPMError("the model returned one score per image; a classifier returns scores [B, k], k >= 2")
-    if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
-        raise HPMError(f"the model returned {'non-float' if not scores.is_floating_point() else 'NaN or infinite'} "
-                       "scores; it must return finite float scores (logits or log-probabilities)")
+    scores ``[B, k]`` (:func:`hpm.defence.scores_problem`) with a score for every label in ``y``."""
+    problem = scores_problem(scores, len(y))
+    if problem:
+        raise HPMError(f"the model returned {problem}")
     if int(y.max()) >= scores.shape[1]:
         raise HPMError(f"labels go up to {int(y.max())} but the model scores {scores.shape[1]} classes: another "
                        "dataset, or labels offset by one?")

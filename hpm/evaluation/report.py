@@ -133,7 +133,7 @@ class EvalConfig:
         return config
 
 
-WRONG_NUMBER_CHECKS = ("clean_matches_card", "batch_independent")  # checks whose failure means wrong numbers
+WRONG_NUMBER_CHECKS = ("clean_matches_card", "batch_independent", "input_convention")  # checks whose failure means wrong numbers
 
 
 @dataclass
