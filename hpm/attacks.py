@@ -346,11 +346,14 @@ class AttackOutcome:
 
 def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float, n_iter: int,
              n_restarts: int, seed: int, num_classes: int, on_step: Callable[[], None] | None = None,
-             keep_first_break: bool = True, n_targets: int = 9, kappa: float | None = None) -> AttackOutcome:
+             keep_first_break: bool = True, n_targets: int = 9, kappa: float | None = None,
+             eot_iter: int = 1) -> AttackOutcome:
     """APGD on ``x`` (all rows attacked together), success judged on the deployed model at every iterate.
 
     ``on_step`` is called after every forward pass of the attack (``n_iter + 1`` per restart, and per target
-    class for APGD-T, which attacks the ``n_targets`` top wrong classes in turn).
+    class for APGD-T, which attacks the ``n_targets`` top wrong classes in turn; ``eot_iter`` times as many with
+    APGD's expectation over transformation, its gradient averaged over that many passes, any of which may break
+    a sample).
     ``keep_first_break=False`` returns APGD's (last run's) highest-loss iterate for every sample.
     ``kappa`` clamps each row's loss at that margin (:func:`clamp_rows`; whole-batch attacks).
     """
@@ -358,7 +361,7 @@ def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, no
     recorder = BreakRecorder(y)
     target = AttackTarget(batch, spec.surrogates, recorder, on_step)
     targeted = spec.loss == "dlr-targeted"
-    common = dict(n_iter=n_iter, norm=norm, eps=eps, n_restarts=1, seed=seed, device=x.device)
+    common = dict(n_iter=n_iter, norm=norm, eps=eps, n_restarts=1, seed=seed, device=x.device, eot_iter=eot_iter)
     apgd = SummedLossAPGDT(target, num_classes, kappa, n_target_classes=n_targets, **common) if targeted \
         else SummedLossAPGD(target, num_classes, spec.loss, kappa, **common)
     apgd.init_hyperparam(x)
@@ -415,7 +418,7 @@ def _apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: 
     return run_apgd(spec, batch, x, y, norm=budget["norm"], eps=budget["eps"], n_iter=budget["n_iter"],
                     n_restarts=budget["n_restarts"], seed=budget["seed"], num_classes=num_classes, on_step=on_step,
                     n_targets=min(budget["n_target_classes"], num_classes - 1),
-                    kappa=budget["batch_kappa"] if spec.whole_batch else None)
+                    kappa=budget["batch_kappa"] if spec.whole_batch else None, eot_iter=budget["eot_iter"])
 
 
 def _square(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, budget: dict, num_classes: int,
@@ -428,8 +431,8 @@ KINDS: dict[str, Callable[..., AttackOutcome]] = {"apgd": _apgd, "square": _squa
 
 
 def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, norm: str, eps: float,
-               n_iter: int = 100, n_restarts: int = 1, square_queries: int = 5000, n_target_classes: int = 9,
-               seed: int = 0, batch_kappa: float | None = None, num_classes: int,
+               n_iter: int = 100, n_restarts: int = 1, eot_iter: int = 1, square_queries: int = 5000,
+               n_target_classes: int = 9, seed: int = 0, batch_kappa: float | None = None, num_classes: int,
                on_step: Callable[[], None] | None = None) -> AttackOutcome:
     """Run one attack of a plan on ``x`` (every row attacked together), judged on the deployed model.
 
@@ -437,7 +440,8 @@ def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
         spec: the attack (:func:`default_plan`, :func:`parse_attacks`); its ``kind`` picks the runner in
             :data:`KINDS`.
         batch: the model and the fixed rows of the evaluation batch.
-        norm, eps: the threat model; n_iter, n_restarts: APGD's budget; square_queries: Square's;
+        norm, eps: the threat model; n_iter, n_restarts, eot_iter: APGD's budget (eot_iter forward passes
+            averaged per step); square_queries: Square's;
             n_target_classes: how many top wrong classes APGD-T targets in turn (AutoAttack: 9).
         seed: the attack's seed.
         batch_kappa: a whole-batch APGD's per-row clamp (:func:`clamp_rows`); None: its loss unclamped.
@@ -445,6 +449,7 @@ def run_attack(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, 
     """
     if spec.kind not in KINDS:
         raise ValueError(f"unknown attack kind {spec.kind!r}; one of {', '.join(KINDS)}")
-    budget = {"norm": norm, "eps": eps, "n_iter": n_iter, "n_restarts": n_restarts, "square_queries": square_queries,
-              "n_target_classes": n_target_classes, "seed": seed, "batch_kappa": batch_kappa}
+    budget = {"norm": norm, "eps": eps, "n_iter": n_iter, "n_restarts": n_restarts, "eot_iter": eot_iter,
+              "square_queries": square_queries, "n_target_classes": n_target_classes, "seed": seed,
+              "batch_kappa": batch_kappa}
     return KINDS[spec.kind](spec, batch, x, y, budget, num_classes, on_step)

@@ -69,6 +69,9 @@ def _add_attack_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--eps", type=eps_arg, default=8 / 255, help="radius, e.g. 8/255 (default)")
     e.add_argument("--iters", type=positive_int, default=None, help="APGD iterations (default 40; AutoAttack 100)")
     e.add_argument("--restarts", type=positive_int, default=1, help="APGD restarts")
+    e.add_argument("--eot-iter", type=positive_int, default=1,
+                   help="a randomized model: APGD's gradient averaged over this many forward passes per step "
+                        "(expectation over transformation; AutoAttack's rand version: 20)")
     e.add_argument("--square-queries", type=positive_int, default=None,
                    help="Square queries per sample (default 5000)")
     e.add_argument("--target-classes", type=positive_int, default=None,
@@ -181,7 +184,8 @@ def _cmd_eval(args) -> int:
     if args.out:
         output_paths(args.out)  # a bad --out is refused before anything runs
     attack = AttackConfig(norm=args.norm, eps=args.eps, n_iter=args.iters, n_restarts=args.restarts,
-                          square_queries=args.square_queries, n_target_classes=args.target_classes,
+                          eot_iter=args.eot_iter, square_queries=args.square_queries,
+                          n_target_classes=args.target_classes,
                           schedule=args.schedule, seed=args.seed, targeted=not args.no_targeted,
                           batch_kappa=args.batch_kappa,
                           attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None)

@@ -21,6 +21,7 @@ from .checks import (
     check_batch_independent,
     check_deterministic,
     check_input_convention,
+    check_randomness_averaged,
     check_results,
     check_run_factors,
     run_checks,
@@ -66,9 +67,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
                    shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None, progress: bool = True,
                    command: str | None = None, distributed: bool = False,
                    expect: Expectation | None = None) -> EvalReport | None:
-    """Run the MSA protocol (+ Square) on ``x, y`` at every batch size and build the report.
-
-    The model is evaluated as a copy in eval mode on ``device``: the module passed is left as it was.
+    """Run the MSA protocol (+ Square) on ``x, y`` at every batch size and build the report, on a copy of the model
+    in eval mode on ``device`` (the module passed is left as it was).
 
     Args:
         model: the deployed ``images -> scores`` model: an :class:`hpm.HPMClassifier`, a mixed classifier, an
@@ -81,8 +81,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
         batch_dependent, surrogates: for a plain model, as :class:`hpm.Defence` takes them (hpm's models and a
             Defence declare their own).
         out: ``report.json`` path; ``report.md`` and the resumable per-sample ``report.npz`` go beside it.
-        checks: run the sanity checks on the first ``check_n`` samples, two at least (else only the forward-only
-            ones; ``batch_independent`` compares two images alone and together).
+        checks: run the sanity checks on the first ``check_n`` samples, 2 at least (else the forward-only ones).
         shard: ``(k, n)`` to evaluate every n-th batch only; merge the shards' ``.npz`` with :func:`merge_reports`.
         command: the command line to record in the report (so model cards can cite it).
         distributed: share the batches among the ranks of a torchrun job (:mod:`hpm.evaluation.dist`; every
@@ -94,9 +93,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
         >>> hpm.evaluate_model(model, x, y, attack=AttackConfig(eps=8/255), batch_sizes=[64, 256]).worst_case()
     """
     json_path, md_path, npz_path = output_paths(out, create_folder=True) if out is not None else (None,) * 3
-    model, attack, y, batch_sizes, run_device = _prepare(model, x, y, attack, batch_sizes, batch_dependent,
-                                                         surrogates, indices, device, distributed, check_n)
-    check_n = max(check_n, 2)  # batch_independent needs two images, and a model may depend on the batch
+    model, attack, y, batch_sizes, run_device, check_n = _prepare(model, x, y, attack, batch_sizes, batch_dependent,
+                                                                  surrogates, indices, device, distributed, check_n)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
     bar = _expectation_bar(expect, checks, check_n, len(y), batch_sizes, progress and rank == 0)
     try:
@@ -111,8 +109,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
                 save_results(npz_path, results, key, *model_identity(model, x, run_device))  # as one run writes it
             found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress, expect) if \
                 checks else _forward_checks(model, x[:check_n].to(run_device))
-            found += check_input_convention(model, x[:CONVENTION_IMAGES].to(run_device), y[:CONVENTION_IMAGES],
-                                            batch_size=min(batch_sizes))
+            found += _input_checks(model, x, y, attack, min(batch_sizes), check_n, run_device)
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                                 device=str(run_device))
             report = _report(model, model_id, config, plan, results, found, command)
@@ -129,6 +126,14 @@ def _forward_checks(model: nn.Module, x: Tensor) -> list[Check]:
     is, does it score each image alone as inside the batch (a randomized model's two passes differ anyway)."""
     deterministic = check_deterministic(model, x)
     return [deterministic, check_batch_independent(model, x, bool(deterministic.passed))]
+
+
+def _input_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, batch_size: int, check_n: int,
+                  device: torch.device) -> list[Check]:
+    """The forward-only checks of what the model takes and how it was attacked: the input convention and chance
+    level (:func:`check_input_convention`), and randomness averaged (:func:`check_randomness_averaged`)."""
+    found = check_input_convention(model, x[:CONVENTION_IMAGES].to(device), y[:CONVENTION_IMAGES], batch_size)
+    return found + [check_randomness_averaged(model, x[:check_n].to(device), attack.eot_iter)]
 
 
 def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, results: dict[int, SampleResults],
@@ -155,9 +160,10 @@ def _batch_sizes(batch_sizes) -> list[int]:
 
 def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig | None, batch_sizes, batch_dependent: bool | None,
              surrogates: Mapping[str, Callable] | None, indices, device, distributed: bool,
-             check_n: int) -> tuple[nn.Module, AttackConfig, Tensor, list[int], torch.device]:
+             check_n: int) -> tuple[nn.Module, AttackConfig, Tensor, list[int], torch.device, int]:
     """Everything checked before anything runs: the declared model's evaluation copy on its device, the attack
-    config, the labels as int64, the batch sizes really run, the run's device."""
+    config, the labels as int64, the batch sizes really run, the run's device, and the images the checks run on
+    (two at least: ``batch_independent`` compares two images alone and together)."""
     if not is_positive_integer(check_n):
         raise HPMError(f"check_n must be a positive integer (the images the sanity checks run on); got {check_n!r}")
     model = declare(model, batch_dependent=batch_dependent, surrogates=surrogates)
@@ -171,7 +177,8 @@ def _prepare(model, x: Tensor, y: Tensor, attack: AttackConfig | None, batch_siz
     sizes = sizes_that_differ(default_batch_sizes(model) if batch_sizes is None else _batch_sizes(batch_sizes),
                               len(y))
     run_device = dist.rank_device(resolve(device, model)) if distributed else resolve(device, model)
-    return evaluation_copy(model, run_device), attack, y.long(), sizes, run_device  # the caller's module: as given
+    copy = evaluation_copy(model, run_device)  # the caller's module stays as given
+    return copy, attack, y.long(), sizes, run_device, max(check_n, 2)
 
 
 def _expectation_bar(expect: Expectation | None, checks: bool, check_n: int, n: int, batch_sizes,

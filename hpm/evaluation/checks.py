@@ -20,6 +20,8 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
   as 0-255 pixels or ImageNet-normalised (a model whose forward lacks its own scaling scores near chance, and every
   other check passes).
 - ``clean_above_chance``: the clean accuracy is significantly above 1/k.
+- ``randomness_averaged``: a model whose forward passes differ (beyond float rounding) was attacked with APGD's
+  expectation over transformation (``eot_iter`` > 1).
 - model-specific pitfalls a model declares itself (``model.pitfall_checks(x)``), e.g. a mixed classifier's
   robust branch saturating its softmax at a low temperature.
 - ``ce_not_saturated``: no clean-correct sample has a float32 cross-entropy of exactly 0 or an all-zero input
@@ -64,35 +66,48 @@ def check_results(summary: BatchSizeResult) -> list[Check]:
     return checks
 
 
+OTHER_BATCH_SIZE_ALLOWANCE = 0.10  # clean_matches_card at a batch size the card does not record: points allowed
+
+
 def check_against_card(model: nn.Module, summary: BatchSizeResult, alpha: float = 1e-3) -> Check | None:
     """The clean accuracy at one batch size against the card's (``config.json`` metric ``clean_accuracy``): fails
-    when an exact one-sided binomial test puts it below the card's at level ``alpha``; None without a card."""
+    when an exact one-sided binomial test puts it below the card's at level ``alpha``; None without a card. A
+    batch-dependent model is held to the card's value at the same batch size, or, at a batch size the card does
+    not record, to its lowest value less :data:`OTHER_BATCH_SIZE_ALLOWANCE` (its accuracy moves with the batch)."""
     recorded = _card_clean_accuracy(model, summary.batch_size)
     if recorded is None:
         return None
-    value, n_card = recorded
+    value, n_card, where = recorded
     n, correct = summary.n, round(summary.clean_accuracy * summary.n)
     p = binomtest(correct, n, value, alternative="less").pvalue if n else 1.0
     ok = bool(p >= alpha)
     return Check(f"clean_matches_card[bs={summary.batch_size}]", ok,
-                 f"clean {100 * summary.clean_accuracy:.1f}% on {n} images vs {100 * value:.1f}% on the card "
+                 f"clean {100 * summary.clean_accuracy:.1f}% on {n} images vs {100 * value:.1f}% {where} "
                  f"({n_card} images); one-sided exact binomial p = {p:.2g}"
                  + ("" if ok else ": far below the card: are the images in [0, 1], of the model's dataset and "
-                                  "split, not normalised twice?"))
+                                  "split, not normalised twice, and the weights those the card was measured on?"))
 
 
-def _card_clean_accuracy(model: nn.Module, batch_size: int) -> tuple[float, int] | None:
-    """``(value, n)`` of the card's clean accuracy of the deployed model (its largest-n entry; for a batch-dependent
-    model, at ``batch_size`` only), if any."""
+def _card_clean_accuracy(model: nn.Module, batch_size: int) -> tuple[float, int, str] | None:
+    """``(value, n, what it is)`` of the card's clean accuracy of the deployed model (its largest-n entry; for a
+    batch-dependent model, at ``batch_size``, else the lowest at any batch size less the allowance), if any."""
     config = getattr(model, "checkpoint_config", None)
     entries = [m for m in (getattr(config, "metrics", None) or {}).values()
                if isinstance(m, dict) and m.get("protocol") == "clean" and m.get("mode", "hard") == "hard"
-               and isinstance(m.get("value"), (int, float)) and isinstance(m.get("n"), int)
-               and (not getattr(model, "batch_dependent", False) or m.get("batch_size") == batch_size)]
+               and isinstance(m.get("value"), (int, float)) and isinstance(m.get("n"), int)]
     if not entries:
         return None
-    best = max(entries, key=lambda m: m["n"])
-    return float(best["value"]), int(best["n"])
+    if not getattr(model, "batch_dependent", False):
+        best = max(entries, key=lambda m: m["n"])
+        return float(best["value"]), int(best["n"]), "on the card"
+    same = [m for m in entries if m.get("batch_size") == batch_size]
+    if same:
+        best = max(same, key=lambda m: m["n"])
+        return float(best["value"]), int(best["n"]), "on the card at this batch size"
+    lowest = min(entries, key=lambda m: m["value"])
+    return (max(float(lowest["value"]) - OTHER_BATCH_SIZE_ALLOWANCE, 0.0), int(lowest["n"]),
+            f"(the card's lowest, at batch size {lowest.get('batch_size')}, less "
+            f"{100 * OTHER_BATCH_SIZE_ALLOWANCE:.0f} points for another batch size)")
 
 
 CONVENTION_IMAGES = 100  # input_convention, clean_above_chance: the evaluation's first images they score
@@ -111,8 +126,9 @@ def _as_normalised(x: Tensor) -> Tensor:
 # input_convention: how images in [0, 1] would look to a model whose forward lacks its own scaling, and the fix
 CONVENTIONS: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {
     "0-255 pixels": (_as_pixels, "it expects 0-255 pixels: multiply its input by 255 inside its forward"),
-    "ImageNet-normalised images": (_as_normalised, "it expects normalised images: put the normalisation inside "
-                                                   "its forward, e.g. torch.nn.Sequential(Normalize(mean, std), model)"),
+    "ImageNet-normalised images": (_as_normalised, "it expects normalised images: put the normalisation "
+                                                   "inside its forward, e.g. nn.Sequential(Normalize(mean, std), "
+                                                   "model)"),
 }
 
 
@@ -184,6 +200,25 @@ def check_deterministic(model: nn.Module, x: Tensor) -> Check:
                  "two forward passes agree" if torch.equal(a, b) else "two forward passes differ")
 
 
+@torch.no_grad()
+def check_randomness_averaged(model: nn.Module, x: Tensor, eot_iter: int) -> Check:
+    """A model whose two forward passes on one batch differ beyond float rounding (noise in its forward, a module
+    that adapts as it runs) was attacked with its gradient averaged over several passes (``eot_iter`` > 1):
+    following one draw's gradient per step mixes attack success with the model's noise, and the robust accuracy
+    left is overstated. Not applicable to a model whose passes agree."""
+    model = evaluation_copy(model, x.device)
+    a, b = model(x), model(x)
+    if bool(((a - b).abs() <= rounding_tolerance(a)).all()):
+        return Check("randomness_averaged", None, "two forward passes agree: nothing to average")
+    ok = eot_iter > 1
+    return Check("randomness_averaged", ok, (f"two forward passes differ; APGD averaged its gradient over {eot_iter} "
+                                             "passes per step (expectation over transformation)") if ok else
+                 "two forward passes differ, and APGD followed one pass's gradient per step: the numbers mix attack "
+                 "success with the model's noise; attack it with expectation over transformation, "
+                 "AttackConfig(eot_iter=20) (hpm eval --eot-iter 20, as AutoAttack's rand version), or seed its "
+                 "randomness inside its forward")
+
+
 def ce_saturation(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 256,
                   device: torch.device | str | None = None) -> dict:
     """Where the cross-entropy of the deployed scores gives a gradient attack nothing to climb.
@@ -216,13 +251,19 @@ def ce_saturation(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 2
 
 
 def check_ce_saturation(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device=None) -> Check:
-    """No clean-correct sample leaves APGD-CE without a loss to climb (see :func:`ce_saturation`)."""
+    """No clean-correct sample leaves APGD-CE without a loss to climb (see :func:`ce_saturation`); not applicable
+    to a deployed model that is attacked only through its surrogates."""
+    if getattr(model, "deployed_differentiable", True) is False:
+        return Check("ce_not_saturated", None, "the deployed model has no input gradient: only its surrogates are "
+                                               "attacked by gradient")
     s = ce_saturation(model, x, y, batch_size=batch_size, device=device)
     blind = s["zero_loss"] + s["zero_gradient"] > 0
     return Check("ce_not_saturated", not blind,
                  f"of {s['clean_correct']} clean-correct samples, {s['zero_loss']} have float32 CE exactly 0 and "
                  f"{s['zero_gradient']} an all-zero input gradient; median margin {s['median_margin']:.3g}"
-                 + (" (APGD-CE is blind there: rely on DLR and Square)" if blind else ""))
+                 + (" (APGD-CE is blind there; the plan's DLR attacks and Square are not, but if they broke few, "
+                    "attack a surrogate whose scores are scaled down, e.g. logits / 100, or which returns logits "
+                    "where the model returns probabilities)" if blind else ""))
 
 
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0)  # monotone_in_eps: the eps grid, as multiples of the evaluation's eps

@@ -28,6 +28,8 @@ class AttackConfig:
     eps: float = 8 / 255  # radius of the perturbation ball (a number, or text such as "8/255")
     n_iter: int = 40  # APGD iterations (paper: 40; AutoAttack: 100)
     n_restarts: int = 1  # APGD restarts
+    eot_iter: int = 1  # APGD's gradient averaged over this many forward passes (expectation over transformation,
+    # for a randomized model: AutoAttack's rand version uses 20); 1: one pass per step
     square_queries: int = 5000  # Square's query budget per sample (AutoAttack's default)
     n_target_classes: int = 9  # APGD-T: top wrong classes targeted in turn (AutoAttack's default)
     attacks: list[str] | None = None  # attack names (None: the default plan for the model)
@@ -39,6 +41,8 @@ class AttackConfig:
     # None: the earlier whole-batch attack (summed unclamped loss, the batch judged only as perturbed)
 
     def __post_init__(self) -> None:
+        if isinstance(self.norm, str):
+            self.norm = {n.lower(): n for n in NORMS}.get(self.norm.lower(), self.norm)  # "linf" is "Linf"
         if isinstance(self.eps, str):
             try:
                 self.eps = parse_eps(self.eps)
@@ -46,7 +50,7 @@ class AttackConfig:
                 raise HPMError(f"eps: {e}") from None
         elif isinstance(self.eps, numbers.Real) and not isinstance(self.eps, bool):
             self.eps = float(self.eps)  # numpy and fractions too
-        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes", "seed"):
+        for name in ("n_iter", "n_restarts", "eot_iter", "square_queries", "n_target_classes", "seed"):
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 setattr(self, name, int(value))
@@ -55,8 +59,8 @@ class AttackConfig:
     def budget(self) -> dict:
         """The keywords of :func:`hpm.attacks.run_attack`: threat model, budgets and seed."""
         return {"norm": self.norm, "eps": self.eps, "n_iter": self.n_iter, "n_restarts": self.n_restarts,
-                "square_queries": self.square_queries, "n_target_classes": self.n_target_classes, "seed": self.seed,
-                "batch_kappa": self.batch_kappa}
+                "eot_iter": self.eot_iter, "square_queries": self.square_queries,
+                "n_target_classes": self.n_target_classes, "seed": self.seed, "batch_kappa": self.batch_kappa}
 
     def validate(self) -> None:
         if self.norm not in NORMS:
@@ -68,7 +72,7 @@ class AttackConfig:
             meant = meant_per_255(self.eps, 1)
             raise HPMError(f"Linf eps must be below 1 for images in [0, 1]; got {self.eps:g}" + (
                 f": did you mean {meant} (eps={meant}, or --eps {meant})?" if meant else " (e.g. 8/255)"))
-        for name in ("n_iter", "n_restarts", "square_queries", "n_target_classes"):
+        for name in ("n_iter", "n_restarts", "eot_iter", "square_queries", "n_target_classes"):
             if not is_positive_integer(value := getattr(self, name)):
                 raise HPMError(f"{name} must be an integer >= 1; got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

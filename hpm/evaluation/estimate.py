@@ -19,11 +19,12 @@ from .config import AttackConfig
 
 def attack_passes(spec: AttackSpec, attack: AttackConfig, num_classes: int) -> int:
     """Forward passes one run of ``spec`` makes over the images it attacks: APGD ``n_iter + 1`` per restart (per
-    target class for APGD-T), whether or not an image is broken already; Square at most one query per round."""
+    target class for APGD-T; ``eot_iter`` each), whether or not an image is broken already; Square at most one
+    query per round."""
     if spec.kind == "square":
         return attack.square_queries
     targets = min(attack.n_target_classes, num_classes - 1) if spec.loss == "dlr-targeted" else 1
-    return (attack.n_iter + 1) * attack.n_restarts * targets
+    return (attack.n_iter + 1) * attack.eot_iter * attack.n_restarts * targets
 
 
 def forward_passes_per_image(plan: list[AttackSpec], attack: AttackConfig, num_classes: int) -> tuple[int, int]:

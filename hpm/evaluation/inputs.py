@@ -38,13 +38,16 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
                        f"{name}.float() (and divide by 255 if its pixels are 0-255)")
     if x.dtype != torch.float32:
         raise HPMError(f"{name} has dtype {x.dtype}; hpm evaluates float32 images (attacks step and clamp them in "
-                       f"float32; a model in another precision casts them inside its forward and returns float32 scores): convert "
-                       f"with {name}.float()")
+                       f"float32; a model in another precision casts them inside its forward and returns float32 "
+                       f"scores): convert with {name}.float()")
     if x.ndim != 4:
         hint = f" (one image: {name}[None])" if x.ndim == 3 else ""
         raise HPMError(f"{name} must be a batch of images [N, C, H, W]; got shape {tuple(x.shape)}{hint}")
     if len(x) == 0:
         raise HPMError(f"{name} holds no images")
+    if input_size is None and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        raise HPMError(f"{name} has images of shape {tuple(x.shape[1:])}: channels last? hpm takes [N, C, H, W]: "
+                       f"permute with {name}.permute(0, 3, 1, 2)")
     if input_size is not None and tuple(x.shape[1:]) != tuple(input_size):
         raise HPMError(f"{name} has images of shape {tuple(x.shape[1:])}, but the model takes "
                        f"{tuple(input_size)} (C, H, W){_shape_hint(tuple(x.shape[1:]), tuple(input_size), name)}")
@@ -63,8 +66,8 @@ def check_images(x, input_size: tuple[int, ...] | None = None, *, name: str = "x
                        f"images in [0, 1]: clamp them ({name}.clamp(0, 1))")
     if low < -TOLERANCE or high > 1 + TOLERANCE:
         raise HPMError(f"{name} has values in [{low:.3g}, {high:.3g}]; hpm takes images in [0, 1], with any "
-                       "normalisation (mean/std) inside the model: pass the images before normalising them, and put the "
-                       "normalisation in the model's forward (e.g. torch.nn.Sequential(torchvision.transforms."
+                       "normalisation (mean/std) inside the model: pass the images before normalising them, and put "
+                       "the normalisation in the model's forward (e.g. torch.nn.Sequential(torchvision.transforms."
                        "Normalize(mean, std), model))")
 
 

@@ -133,7 +133,8 @@ class EvalConfig:
         return config
 
 
-WRONG_NUMBER_CHECKS = ("clean_matches_card", "batch_independent", "input_convention")  # checks whose failure means wrong numbers
+WRONG_NUMBER_CHECKS = (  # checks whose failure means wrong numbers
+    "clean_matches_card", "batch_independent", "input_convention", "randomness_averaged")
 
 
 @dataclass

@@ -156,8 +156,8 @@ def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indi
     """A digest of everything that determines the per-sample results (for resume and merge).
 
     A budget is left out when the plan has no attack that uses it (Square's queries, APGD-T's target classes,
-    the whole-batch clamp),
-    and so is the choice of default plan (the plan's names say it), so that adding such a setting never
+    the whole-batch clamp), and so is a setting at the value every run had before it existed (one forward pass per
+    APGD step), and so is the choice of default plan (the plan's names say it), so that adding such a setting never
     invalidates stored runs.
     """
     settings = asdict(attack)
@@ -168,6 +168,8 @@ def config_key(model_id: str, attack: AttackConfig, plan: list[AttackSpec], indi
         del settings["n_target_classes"]
     if not any(s.whole_batch for s in plan):
         del settings["batch_kappa"]
+    if settings.get("eot_iter") == 1:
+        del settings["eot_iter"]
     payload = json.dumps({"model": model_id, "attack": settings, "plan": [s.name for s in plan],
                           "indices": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest(),
                           "batch_sizes": sorted(batch_sizes)}, sort_keys=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 import threading
@@ -60,9 +61,20 @@ def load_factory(text: str):
     if isinstance(obj, nn.Module) or not callable(obj):
         return obj
     try:
-        return obj()
+        inspect.signature(obj).bind()
+    except TypeError:
+        raise HPMError(f"{text}: {attr}{inspect.signature(obj)} needs arguments, and hpm calls a factory with none: "
+                       f"give them defaults, or add a factory that passes them, e.g. def load(): return "
+                       f"{attr}(...)") from None
+    except ValueError:  # no signature to read (a builtin): call it and see
+        pass
+    try:
+        made = obj()
     except Exception as e:  # the user's code: say where it failed, keep its traceback
         raise HPMError(f"{text}: calling {attr}() failed with {type(e).__name__}: {e}") from e
+    if made is None:
+        raise HPMError(f"{text}: {attr}() returned None; a factory returns the model (a missing return?)")
+    return made
 
 
 def _import(module: str, text: str):
