@@ -120,6 +120,15 @@ def test_a_model_whose_forward_lacks_its_own_scaling_is_flagged_as_a_wrong_numbe
     assert {c.name: c.passed for c in fixed.checks}["input_convention"] and not fixed.wrong_number_checks
 
 
+def test_a_square_budget_too_small_to_see_masked_gradients_is_said_beside_the_black_box_check():
+    x, y = _images()
+    small = {c.name: c.detail for c in _evaluate(_linear(), x, y).checks}["black_box_vs_white_box[bs=8]"]
+    assert "Square ran 5 queries, too few to see masked gradients (500 or more)" in small
+    attack = AttackConfig(eps=8 / 255, **{**TINY, "square_queries": 500})
+    enough = {c.name: c.detail for c in _evaluate(_linear(), x, y, attack=attack).checks}["black_box_vs_white_box[bs=8]"]
+    assert "too few" not in enough
+
+
 def test_a_model_at_chance_on_the_images_fails_clean_above_chance_naming_the_likely_causes():
     net = _linear()
     x, _ = _images(64)

@@ -219,7 +219,7 @@ def build_report(model_id: str, info: dict, config: EvalConfig, plan: list, resu
     ``hardware`` (GPU name, CUDA and cuDNN versions, determinism settings) joins the package versions."""
     transfer = info.get("transfer_targets") or ()
     summaries = {str(bs): summarise(results[bs], plan, config.attack.schedule, transfer) for bs in sorted(results)}
-    found = [c for s in summaries.values() for c in check_results(s)] + list(found)
+    found = [c for s in summaries.values() for c in check_results(s, config.attack.square_queries)] + list(found)
     return EvalReport(model=model_id, model_info=info, config=config, plan=list(plan), results=summaries,
                       checks=list(found), command=command, versions=package_versions() | (hardware or {}))
 

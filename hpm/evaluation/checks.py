@@ -47,16 +47,20 @@ from .protocol import run_protocol
 from .report import BatchSizeResult, Check
 
 
-def check_results(summary: BatchSizeResult) -> list[Check]:
-    """Checks that read one batch size's numbers."""
+def check_results(summary: BatchSizeResult, square_queries: int | None = None) -> list[Check]:
+    """Checks that read one batch size's numbers (``square_queries``: Square's budget, to say when it is too small
+    for ``black_box_vs_white_box`` to see masked gradients)."""
     bs = summary.batch_size
     clean, robust = summary.clean_accuracy, summary.robust_accuracy
     checks = [Check(f"robust_le_clean[bs={bs}]", robust <= clean, f"robust {robust:.4f} vs clean {clean:.4f}")]
     only_bb = summary.broken_only_by_black_box
     has_square = any(a.kind == "square" for a in summary.per_attack)
+    weak = has_square and square_queries is not None and square_queries < SQUARE_QUERIES
     checks.append(Check(f"black_box_vs_white_box[bs={bs}]", None if not has_square else only_bb == 0,
                         f"{only_bb} sample(s) broken by Square but by no gradient attack"
-                        + (" (possible gradient masking: attack harder)" if only_bb else "")))
+                        + (" (possible gradient masking: attack harder)" if only_bb else "")
+                        + (f"; Square ran {square_queries} queries, too few to see masked gradients "
+                           f"({SQUARE_QUERIES} or more)" if weak and not only_bb else "")))
     only_transfer = summary.broken_only_by_transfer
     if only_transfer is not None:
         checks.append(Check(f"end_to_end_vs_transfer[bs={bs}]", only_transfer == 0,
@@ -267,7 +271,7 @@ def check_ce_saturation(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
 
 
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0)  # monotone_in_eps: the eps grid, as multiples of the evaluation's eps
-SQUARE_QUERIES = 500  # Square's query cap in the check runs
+SQUARE_QUERIES = 500  # Square's query cap in the check runs, and the fewest that black_box_vs_white_box trusts
 
 
 def check_run_factors(eps_factors: tuple[float, ...] = EPS_FACTORS) -> list[float | None]:
