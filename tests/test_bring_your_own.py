@@ -534,6 +534,24 @@ def test_wrapping_a_model_that_cannot_be_split_names_what_the_split_needs(make, 
         hpm.wrap(make(), head="hpm")
 
 
+class LinearThenSkip(nn.Module):
+    """Ends in nn.Linear plus a zero vector: the probe cannot tell the two apart, the split can."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.fc = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16)), nn.Linear(16, 10)
+        self.register_buffer("skip", torch.zeros(10))
+
+    def forward(self, x):
+        return self.fc(self.body(x)) + self.skip
+
+
+def test_a_model_that_uses_its_final_linears_output_after_it_is_refused_naming_the_fix():
+    with pytest.raises(HPMError, match=r"final nn.Linear replaced by nn.Identity its forward fails .* end the forward "
+                                       r"in the nn.Linear"):
+        hpm.wrap(LinearThenSkip(), head="fc")
+
+
 def _quantise(images):
     with torch.no_grad():  # unseen by autograd: only a comparison of the images tells
         images.mul_(255).round_().div_(255)
