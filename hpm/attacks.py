@@ -261,16 +261,24 @@ class BreakRecorder:
 
 
 class AttackTarget(nn.Module):
-    """What APGD differentiates: flattened surrogate logits ``[B, S*k]``; records deployed breaks."""
+    """What APGD differentiates: flattened surrogate logits ``[B, S*k]``; records deployed breaks, on the last of
+    every ``judge_every`` passes (with expectation over transformation, APGD's passes of one step come in groups
+    of ``eot_iter``, and AutoAttack judges a step on one of them)."""
 
     def __init__(self, batch: BatchFeatures, surrogates: tuple[str, ...], recorder: BreakRecorder,
-                 on_step: Callable[[], None] | None = None):
+                 on_step: Callable[[], None] | None = None, judge_every: int = 1):
         super().__init__()
         self.batch, self.surrogates, self.recorder, self.on_step = batch, surrogates, recorder, on_step
+        self.judge_every, self.passes = judge_every, 0
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.batch.features(x)  # one backbone pass shared by every surrogate
         logits = [self.batch.scores(z, mode) for mode in self.surrogates]  # S x [B, k]
+        self.passes += 1
+        if self.passes % self.judge_every:
+            if self.on_step is not None:
+                self.on_step()
+            return torch.cat(logits, 1)
         with torch.no_grad():
             deployed = logits[self.surrogates.index("hard")] if "hard" in self.surrogates \
                 else self.batch.scores(z.detach(), "hard")
@@ -352,14 +360,14 @@ def run_apgd(spec: AttackSpec, batch: BatchFeatures, x: Tensor, y: Tensor, *, no
 
     ``on_step`` is called after every forward pass of the attack (``n_iter + 1`` per restart, and per target
     class for APGD-T, which attacks the ``n_targets`` top wrong classes in turn; ``eot_iter`` times as many with
-    APGD's expectation over transformation, its gradient averaged over that many passes, any of which may break
-    a sample).
+    APGD's expectation over transformation, its gradient averaged over that many passes, the last of which judges
+    the step, as in AutoAttack).
     ``keep_first_break=False`` returns APGD's (last run's) highest-loss iterate for every sample.
     ``kappa`` clamps each row's loss at that margin (:func:`clamp_rows`; whole-batch attacks).
     """
     x = x.contiguous()  # AutoAttack reshapes gradients with .view
     recorder = BreakRecorder(y)
-    target = AttackTarget(batch, spec.surrogates, recorder, on_step)
+    target = AttackTarget(batch, spec.surrogates, recorder, on_step, judge_every=eot_iter)
     targeted = spec.loss == "dlr-targeted"
     common = dict(n_iter=n_iter, norm=norm, eps=eps, n_restarts=1, seed=seed, device=x.device, eot_iter=eot_iter)
     apgd = SummedLossAPGDT(target, num_classes, kappa, n_target_classes=n_targets, **common) if targeted \

@@ -32,6 +32,7 @@ from typing import Callable, Mapping, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from .callables import modules_held, modules_reached
 from .devices import device_of
 from .errors import HPMError
 from .rng import seeded
@@ -91,8 +92,9 @@ class Defence(nn.Module):
         surrogates = dict(surrogates or {})
         for key, fn in surrogates.items():
             if not isinstance(key, str) or not _NAME.match(key) or key in RESERVED:
+                hint = f" (e.g. {key}-surrogate)" if isinstance(key, str) and key in RESERVED else ""
                 raise HPMError(f"surrogate name {key!r}: use lower-case letters, digits, '-', '_' or '.', and none of "
-                               f"{', '.join(RESERVED)}")
+                               f"{', '.join(RESERVED)}{hint}")
             if not callable(fn):
                 raise HPMError(f"surrogate {key!r} must be an nn.Module or a callable images -> scores; got "
                                f"{type(fn).__name__}")
@@ -180,14 +182,14 @@ class Defence(nn.Module):
 
 
 class _Function(nn.Module):
-    """A plain callable as a module (no parameters of its own). A bound method's module is held as a submodule, so
-    that a copy copies it (with the method) and ``eval()`` reaches it; what a function closes over is neither."""
+    """A plain callable as a module. The modules it holds (a bound method's object, a partial's arguments, a
+    callable object's attributes: :func:`hpm.callables.modules_held`) are its submodules, so that a copy copies
+    them with it and ``eval()`` reaches them; what a function reaches by name is neither."""
 
     def __init__(self, fn: Callable[[Tensor], Tensor]):
         super().__init__()
         self.fn = fn
-        owner = getattr(fn, "__self__", None)
-        self.owner = owner if isinstance(owner, nn.Module) else None
+        self.held = nn.ModuleList(modules_held(fn))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -201,16 +203,11 @@ def _as_module(fn: Callable[[Tensor], Tensor]) -> nn.Module:
 
 
 def modules_closed_over(model: nn.Module) -> list[nn.Module]:
-    """The modules that plain functions inside ``model`` reach by name (closure cells, globals, defaults): hpm can
-    neither copy them nor switch them to eval mode, so an evaluation runs them as they are."""
-    found = []
+    """The modules that plain functions inside ``model`` reach by name (:func:`hpm.callables.modules_reached`): hpm
+    can neither copy them nor switch them to eval mode, so an evaluation runs them as they are."""
+    found: list[nn.Module] = []
     for function in (m.fn for m in model.modules() if isinstance(m, _Function)):
-        try:
-            names = inspect.getclosurevars(function)
-        except TypeError:  # not a Python function (a callable object, a builtin): nothing to look into
-            continue
-        values = [*names.nonlocals.values(), *names.globals.values(), *(getattr(function, "__defaults__", None) or ())]
-        found += [v for v in values if isinstance(v, nn.Module) and all(v is not f for f in found)]
+        found += [v for v in modules_reached(function) if all(v is not f for f in found)]
     return found
 
 
@@ -254,8 +251,9 @@ def _probe(fn: nn.Module, images: Tensor, what: str) -> tuple[int, bool]:
             raise HPMError(f"{what} returned {problem}")
         if out.requires_grad and looks_like_probabilities(out):
             raise HPMError(f"{what} returned probabilities (scores in [0, 1], each row summing to 1): return logits or "
-                           "log-probabilities (the scores before softmax, or torch.log of them); attacks on "
-                           "probabilities saturate, and the robust accuracy they leave is overstated")
+                           "log-probabilities (the scores before softmax, or torch.log(p.clamp_min(1e-30)): a "
+                           "confident model's probabilities round to 0 and 1); attacks on probabilities saturate, "
+                           "and the robust accuracy they leave is overstated")
         if not out.requires_grad:
             return out.shape[1], False
         # A fixed random weighting of the scores: log-probabilities' logsumexp is constant, so its gradient is
@@ -283,9 +281,13 @@ def scores_problem(out, n: int) -> str | None:
 
 
 def looks_like_probabilities(scores: Tensor) -> bool:
-    """Whether ``scores`` [B, k] are probabilities (each in [0, 1], each row summing to 1) rather than logits."""
-    return bool(((scores >= 0) & (scores <= 1)).all()) and bool(
-        torch.allclose(scores.detach().double().sum(1), torch.ones(len(scores), dtype=torch.float64), atol=1e-3))
+    """Whether ``scores`` [B, k] are soft probabilities (each in [0, 1], each row summing to 1, not all of them 0 or
+    1) rather than logits; a one-hot hard decision, straight-through gradient or not, is not."""
+    scores = scores.detach()
+    in_range = bool(((scores >= 0) & (scores <= 1)).all())
+    one_hot = bool(((scores == 0) | (scores == 1)).all())
+    sums_to_one = torch.allclose(scores.double().sum(1), torch.ones(len(scores), dtype=torch.float64), atol=1e-3)
+    return in_range and sums_to_one and not one_hot
 
 
 def copy_module(module: nn.Module, what: str = "the model") -> nn.Module:

@@ -1,6 +1,7 @@
 """Bring your own model or defence: what hpm promises a researcher who evaluates a classifier it does not know."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -87,7 +88,7 @@ def test_values_just_above_one_are_refused_with_a_clamp_not_a_division(tiny_net)
     (lambda s: s[:, 0], r"of shape \(2,\) for 2 images"),
     (lambda s: s * float("nan"), "NaN or infinite"),
     (lambda s: s[:, :5], "labels go up to 7 but the model scores 5 classes"),
-    (lambda s: s.softmax(1), r"returned probabilities .*return logits or log-probabilities"),
+    (lambda s: s.softmax(1), r"returned probabilities .*return logits or log-probabilities .*clamp_min"),
     (lambda s: s.bfloat16(), r"torch.bfloat16 scores; return float32 scores \(.float\(\) at the end"),
     (lambda s: s.half(), r"torch.float16 scores; return float32 scores"),
 ])
@@ -103,6 +104,8 @@ def test_what_a_model_returns_is_checked_on_the_first_batch(output, fix):
      r"as 0-255 pixels \d+%: it expects 0-255 pixels: multiply its input by 255 inside its forward"),
     (lambda x: (x - 0.45) / 0.225, lambda t: t * 0.225 + 0.45,
      r"as ImageNet-normalised images \d+%: it expects normalised images: put the normalisation inside its forward"),
+    (lambda x: 2 * x - 1, lambda t: (t + 1) / 2, r"as images in \[-1, 1\] \d+%: it expects images in \[-1, 1\]: "
+                                                 r"map its input with 2 \* x - 1"),
 ])
 def test_a_model_whose_forward_lacks_its_own_scaling_is_flagged_as_a_wrong_number(expects, back, fix):
     net = _linear()
@@ -112,7 +115,8 @@ def test_a_model_whose_forward_lacks_its_own_scaling_is_flagged_as_a_wrong_numbe
     def trained_on_other_inputs(images):  # right on expects(x), the input it was trained on
         return net(back(images))
 
-    report = _evaluate(trained_on_other_inputs, x, y, checks=False)  # given images in [0, 1], as hpm passes them
+    with pytest.warns(UserWarning, match="input_convention: .* will be marked probably wrong"):  # before attacking
+        report = _evaluate(trained_on_other_inputs, x, y, checks=False)  # given images in [0, 1], as hpm passes them
     convention = {c.name: c for c in report.checks}["input_convention"]
     assert convention.passed is False and re.search(fix, convention.detail)
     assert convention in report.wrong_number_checks
@@ -136,6 +140,17 @@ def test_a_model_at_chance_on_the_images_fails_clean_above_chance_naming_the_lik
     above = {c.name: c for c in _evaluate(net, x, y, checks=False).checks}["clean_above_chance"]
     assert above.passed is False and "labels in another class order?" in above.detail
     assert {c.name: c.passed for c in _evaluate(net, x, (y - 1) % 10, checks=False).checks}["clean_above_chance"]
+
+
+def test_a_hard_decision_with_a_straight_through_gradient_is_scores_not_probabilities():
+    net = _linear()
+    x, y = _images()
+
+    def straight_through(images):  # one-hot forward, softmax's gradient backward
+        soft = net(images).softmax(1)
+        return soft + (nn.functional.one_hot(soft.argmax(1), 10).float() - soft).detach()
+
+    _evaluate(straight_through, x, y)
 
 
 def test_labels_must_be_integers_of_the_models_classes(tiny_net):
@@ -186,11 +201,37 @@ def test_a_bound_forward_is_evaluated_as_its_module_a_copy_in_eval_mode(tiny_net
     assert by_method.worst_case() == _evaluate(tiny_net.eval(), *_images()).worst_case()
 
 
+class Calls:
+    """A callable object holding a module."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, images):
+        return self.net(images)
+
+
+@pytest.mark.parametrize("hold", [Calls, lambda net: functools.partial(lambda n, images: n(images), net)])
+def test_a_callable_object_or_partial_is_evaluated_with_copies_of_the_modules_it_holds(tiny_net, hold):
+    tiny_net.train()
+    before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    with pytest.warns(UserWarning, match="BatchNorm2d layers are in training mode; hpm evaluates it in eval mode"):
+        held = _evaluate(hold(tiny_net), *_images())
+    assert all(torch.equal(before[k], v) for k, v in tiny_net.state_dict().items())
+    assert held.worst_case() == _evaluate(tiny_net.eval(), *_images()).worst_case()
+
+
 def test_a_function_calling_a_module_in_training_mode_is_warned_of_as_hpm_cannot_copy_it(tiny_net):
     tiny_net.train()
-    with pytest.warns(UserWarning, match="a function that calls a module whose BatchNorm2d layers are in training "
-                                         "mode: .* its running statistics change; call .eval"):
-        _evaluate(lambda images: tiny_net(images), *_images())
+    nets = {"net": tiny_net}
+
+    def helper(images):
+        return nets["net"](images)
+
+    for function in (lambda images: tiny_net(images), lambda images: helper(images)):  # by name, or a step away
+        with pytest.warns(UserWarning, match="a function that calls a module whose BatchNorm2d layers are in "
+                                             "training mode: .* its running statistics change; call .eval"):
+            _evaluate(function, *_images())
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         tiny_net.eval()
@@ -218,6 +259,75 @@ def test_a_randomized_model_attacked_without_expectation_over_transformation_is_
     averaged = {c.name: c for c in report.checks}["randomness_averaged"]
     assert averaged.passed is False and "eot_iter=20" in averaged.detail and averaged in report.wrong_number_checks
     assert {c.name: c.passed for c in _evaluate(_linear(), x, y).checks}["randomness_averaged"] is None
+
+
+class AdaptingNet(nn.Module):
+    """Test-time adaptation: each forward moves a buffer towards the batch's mean image."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _linear()
+        self.register_buffer("seen", torch.zeros(3, 32, 32))
+
+    def forward(self, x):
+        self.seen += 0.1 * (x.detach().mean(0) - self.seen)
+        return self.net(x - self.seen)
+
+
+def test_a_model_that_adapts_its_own_state_as_it_runs_fails_stateless_forward_whatever_eot_iter():
+    x, y = _images()
+    for eot_iter in (1, 4):
+        attack = AttackConfig(eps=8 / 255, eot_iter=eot_iter, **TINY)
+        report = _evaluate(AdaptingNet(), x, y, attack=attack)
+        stateless = {c.name: c for c in report.checks}["stateless_forward"]
+        assert stateless.passed is False and "changes the model's own state (deployed.seen)" in stateless.detail
+        assert stateless in report.wrong_number_checks and "randomness_averaged" not in {c.name for c in report.checks}
+
+
+class CachingNet(nn.Module):
+    """Fills a buffer on its first call and only reads it after: a cache, not adaptation."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _linear()
+        self.register_buffer("offset", torch.full((1,), float("nan")))
+
+    def forward(self, x):
+        if torch.isnan(self.offset).all():
+            self.offset.fill_(0.0)
+        return self.net(x + self.offset)
+
+
+def test_a_cache_filled_on_the_first_call_and_a_judge_only_random_model_are_not_flagged():
+    x, y = _images()
+    checks = {c.name: c.passed for c in _evaluate(CachingNet(), x, y).checks}
+    assert "stateless_forward" not in checks and checks["randomness_averaged"] is None
+    net = _linear()
+    noisy_judge = Defence(lambda images: nn.functional.one_hot(NoisyNet()(images).argmax(1), 10).float(),
+                          surrogates={"linear": net})  # random, but attacked only through a deterministic surrogate
+    assert {c.name: c.passed for c in _evaluate(noisy_judge, x, y).checks}["randomness_averaged"] is None
+
+
+def test_eot_judges_each_step_on_its_last_pass_as_autoattack_does():
+    from hpm.attacks import AttackTarget, BatchFeatures, BreakRecorder
+
+    x, y = _images()
+    judged = []
+    recorder = BreakRecorder(y)
+    recorder.update = lambda images, scores: judged.append(len(images))
+    target = AttackTarget(BatchFeatures(Defence(_linear()), None), ("hard",), recorder, judge_every=3)
+    for _ in range(6):
+        target(x)
+    assert len(judged) == 2
+
+
+def test_the_input_checks_take_a_one_channel_model_and_too_few_images_to_tell_chance():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10)).eval()
+    x, y = _images()
+    checks = {c.name: c for c in _evaluate(net, x[:, :1], y).checks}
+    assert checks["input_convention"].passed is not None
+    two = {c.name: c for c in _evaluate(net, x[:2, :1], y[:2]).checks}["clean_above_chance"]
+    assert two.passed is None and "2 images cannot tell 10 classes from chance" in two.detail
 
 
 def test_eot_iter_averages_apgds_gradient_over_that_many_passes_and_is_part_of_the_configuration():
@@ -431,12 +541,13 @@ class Noisy(nn.Module):
 
 def test_a_randomized_models_resume_compares_its_scores_under_one_seed(tmp_path):
     x, y = _images()
-    _evaluate(Noisy(0.01), x, y, out=tmp_path / "r.json")
+    averaged = AttackConfig(eps=8 / 255, eot_iter=2, **TINY)  # as a randomized model is attacked
+    _evaluate(Noisy(0.01), x, y, attack=averaged, out=tmp_path / "r.json")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same randomized model resumes without a word
-        _evaluate(Noisy(0.01), x, y, out=tmp_path / "r.json")
+        _evaluate(Noisy(0.01), x, y, attack=averaged, out=tmp_path / "r.json")
     with pytest.warns(UserWarning, match="scores on the first images differ"):
-        _evaluate(Noisy(0.03), x, y, out=tmp_path / "r.json")
+        _evaluate(Noisy(0.03), x, y, attack=averaged, out=tmp_path / "r.json")
 
 
 def test_a_model_drawing_its_own_randomness_does_not_resume_a_deterministic_ones_results(tmp_path):
@@ -663,11 +774,13 @@ def test_a_factory_file_is_a_model_for_load_and_info(tmp_path, capsys):
 
 def test_a_factory_that_needs_arguments_or_returns_nothing_is_named_with_the_fix(tmp_path):
     factory = tmp_path / "mine.py"
-    factory.write_text("def sized(width):\n    return None\n\ndef forgot():\n    model = 1\n")
+    factory.write_text("def sized(width):\n    return None\n\ndef forgot():\n    model = 1\n\nCONFIG = {}\n")
     with pytest.raises(HPMError, match=r"sized\(width\) needs arguments, .* e.g. def load\(\): return sized\(...\)"):
         hpm.load(f"{factory}:sized")
     with pytest.raises(HPMError, match=r"forgot\(\) returned None; a factory returns the model"):
         hpm.load(f"{factory}:forgot")
+    with pytest.raises(HPMError, match=r"CONFIG is a dict, neither a model .* nor a factory"):
+        hpm.load(f"{factory}:CONFIG")
 
 
 def test_the_command_line_takes_a_factory_with_a_surrogate(tmp_path, tiny_data_root):

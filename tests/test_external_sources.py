@@ -118,6 +118,26 @@ def test_a_timm_weights_file_gives_every_weight_its_classifier_included(tmp_path
     assert torch.allclose(model(x), reference_logits(mine, x), atol=1e-4)
 
 
+def test_a_timm_training_checkpoint_gives_its_state_dict_and_says_it_left_the_averaged_copy(tmp_path, offline):
+    import timm
+
+    torch.manual_seed(0)
+    mine = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    weights = mine.state_dict()
+    averaged = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in weights.items()}, "state_dict_ema": averaged,
+                "epoch": 3}, tmp_path / "checkpoint.pth")
+    with pytest.warns(UserWarning, match="an averaged copy under 'state_dict_ema'; hpm loads 'state_dict'"):
+        model = hpm.wrap("timm:resnet18", head="fc", source_options={"file": str(tmp_path / "checkpoint.pth"),
+                                                                     "num_classes": 10}, input_size=SIZE)
+    assert torch.equal(model.fc.weight, mine.fc.weight)
+    old = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}  # saved before they counted
+    torch.save(old, tmp_path / "old.pth")
+    model = hpm.wrap("timm:resnet18", head="fc", source_options={"file": str(tmp_path / "old.pth"), "num_classes": 10},
+                     input_size=SIZE)
+    assert torch.equal(model.fc.weight, mine.fc.weight)
+
+
 def test_a_timm_weights_file_of_another_architecture_or_class_count_is_refused(tmp_path, offline):
     import timm
 

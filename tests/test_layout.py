@@ -16,7 +16,7 @@ MAX_FUNCTION_LINES = 60
 # Each module may import only modules of its own layer or of layers listed before it.
 LAYERS = [
     {"hpm.version", "hpm.errors", "hpm._compat", "hpm.units", "hpm.network", "hpm.devices", "hpm.rng", "hpm.progress",
-     "hpm.memory"},
+     "hpm.memory", "hpm.callables"},
     {"hpm.heads", "hpm.data", "hpm.images", "hpm.sensitivity", "hpm.stages"},
     {"hpm.checkpoint", "hpm.model_card", "hpm.hub", "hpm.sources", "hpm.plots", "hpm.samples"},
     {"hpm.model", "hpm.mixed", "hpm.nuts", "hpm.defence"},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Mapping
@@ -30,7 +31,7 @@ from .config import AttackConfig, is_positive_integer
 from .expect import Expectation, expectation_bar
 from .inputs import check_evaluation_inputs
 from .protocol import is_batch_dependent, model_identity, run_protocol, sizes_that_differ
-from .report import Check, EvalConfig, EvalReport, package_versions, summarise
+from .report import WRONG_NUMBER_CHECKS, Check, EvalConfig, EvalReport, package_versions, summarise
 from .samples import SampleResults, read_run, save_results
 
 
@@ -96,6 +97,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
     model, attack, y, batch_sizes, run_device, check_n = _prepare(model, x, y, attack, batch_sizes, batch_dependent,
                                                                   surrogates, indices, device, distributed, check_n)
     rank, world = dist.init_distributed(run_device) if distributed else (0, 1)
+    early = _input_checks(model, x, y, attack, min(batch_sizes), check_n, run_device, warn=rank == 0)
     bar = _expectation_bar(expect, checks, check_n, len(y), batch_sizes, progress and rank == 0)
     try:
         with fp32_judging():  # robustness is judged in plain float32 (no TF32 on the GPU)
@@ -107,9 +109,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: 
             key, results = dist.merge_runs(runs)
             if npz_path is not None and world > 1:
                 save_results(npz_path, results, key, *model_identity(model, x, run_device))  # as one run writes it
-            found = _sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress, expect) if \
-                checks else _forward_checks(model, x[:check_n].to(run_device))
-            found += _input_checks(model, x, y, attack, min(batch_sizes), check_n, run_device)
+            found = early + (_sanity_checks(model, x, y, attack, batch_sizes, check_n, run_device, progress, expect)
+                             if checks else _forward_checks(model, x[:check_n].to(run_device)))
             config = EvalConfig(attack=attack, batch_sizes=sorted(batch_sizes), data=data_info or {},
                                 device=str(run_device))
             report = _report(model, model_id, config, plan, results, found, command)
@@ -129,11 +130,18 @@ def _forward_checks(model: nn.Module, x: Tensor) -> list[Check]:
 
 
 def _input_checks(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, batch_size: int, check_n: int,
-                  device: torch.device) -> list[Check]:
-    """The forward-only checks of what the model takes and how it was attacked: the input convention and chance
-    level (:func:`check_input_convention`), and randomness averaged (:func:`check_randomness_averaged`)."""
-    found = check_input_convention(model, x[:CONVENTION_IMAGES].to(device), y[:CONVENTION_IMAGES], batch_size)
-    return found + [check_randomness_averaged(model, x[:check_n].to(device), attack.eot_iter)]
+                  device: torch.device, warn: bool = True) -> list[Check]:
+    """The forward-only checks of what the model takes and how it is attacked, run before the attacks: the input
+    convention and chance level (:func:`check_input_convention`), state and randomness
+    (:func:`check_randomness_averaged`); one that says the numbers will be wrong is warned of at once (``warn``),
+    so that the attack budget need not be spent to learn it."""
+    with fp32_judging():  # as the evaluation judges
+        found = check_input_convention(model, x[:CONVENTION_IMAGES].to(device), y[:CONVENTION_IMAGES], batch_size)
+        found.append(check_randomness_averaged(model, x[:check_n].to(device), attack.eot_iter))
+    for check in (c for c in found if warn and c.passed is False and c.name.startswith(WRONG_NUMBER_CHECKS)):
+        warnings.warn(f"{check.name}: {check.detail}; the numbers this evaluation reports will be marked probably "
+                      "wrong", stacklevel=3)
+    return found
 
 
 def _report(model: nn.Module, model_id: str, config: EvalConfig, plan: list, results: dict[int, SampleResults],

@@ -17,9 +17,11 @@ A flag does not prove a defence broken or sound; it says where to attack harder:
 - ``clean_matches_card``: the clean accuracy is not far below the one the checkpoint's card records (images in
   the wrong range, another dataset or normalisation give plausible-looking but wrong numbers).
 - ``input_convention``: the model classifies images in [0, 1], as hpm passes them, no worse than the same images
-  as 0-255 pixels or ImageNet-normalised (a model whose forward lacks its own scaling scores near chance, and every
-  other check passes).
+  as 0-255 pixels, in [-1, 1] or ImageNet-normalised (a model whose forward lacks its own scaling scores near
+  chance, and every other check passes).
 - ``clean_above_chance``: the clean accuracy is significantly above 1/k.
+- ``stateless_forward``: a forward pass leaves the model's parameters and buffers as they were (no test-time
+  adaptation carried from batch to batch and from attack step to attack step).
 - ``randomness_averaged``: a model whose forward passes differ (beyond float rounding) was attacked with APGD's
   expectation over transformation (``eot_iter`` > 1).
 - model-specific pitfalls a model declares itself (``model.pitfall_checks(x)``), e.g. a mixed classifier's
@@ -39,9 +41,10 @@ import torch.nn.functional as F
 from scipy.stats import binomtest
 from torch import Tensor, nn
 
-from ..defence import evaluation_copy, rounding_tolerance
+from ..defence import copy_module, evaluation_copy, rounding_tolerance
 from ..devices import resolve
 from ..progress import progress_bar
+from ..sources.split import IMAGENET_MEAN, IMAGENET_STD
 from .config import AttackConfig
 from .protocol import run_protocol
 from .report import BatchSizeResult, Check
@@ -56,7 +59,8 @@ def check_results(summary: BatchSizeResult, square_queries: int | None = None) -
     only_bb = summary.broken_only_by_black_box
     has_square = any(a.kind == "square" for a in summary.per_attack)
     weak = has_square and square_queries is not None and square_queries < SQUARE_QUERIES
-    checks.append(Check(f"black_box_vs_white_box[bs={bs}]", None if not has_square else only_bb == 0,
+    checks.append(Check(f"black_box_vs_white_box[bs={bs}]", None if not has_square or (weak and not only_bb)
+                        else only_bb == 0,
                         f"{only_bb} sample(s) broken by Square but by no gradient attack"
                         + (" (possible gradient masking: attack harder)" if only_bb else "")
                         + (f"; Square ran {square_queries} queries, too few to see masked gradients "
@@ -110,26 +114,32 @@ def _card_clean_accuracy(model: nn.Module, batch_size: int) -> tuple[float, int,
         return float(best["value"]), int(best["n"]), "on the card at this batch size"
     lowest = min(entries, key=lambda m: m["value"])
     return (max(float(lowest["value"]) - OTHER_BATCH_SIZE_ALLOWANCE, 0.0), int(lowest["n"]),
-            f"(the card's lowest, at batch size {lowest.get('batch_size')}, less "
+            f"(the card's lowest, at batch size {lowest.get('batch_size', 'unrecorded')}, less "
             f"{100 * OTHER_BATCH_SIZE_ALLOWANCE:.0f} points for another batch size)")
 
 
 CONVENTION_IMAGES = 100  # input_convention, clean_above_chance: the evaluation's first images they score
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _as_pixels(x: Tensor) -> Tensor:
     return x * 255
 
 
+def _as_signed(x: Tensor) -> Tensor:
+    return 2 * x - 1
+
+
 def _as_normalised(x: Tensor) -> Tensor:
-    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in IMAGENET_MEAN_STD)
+    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                 for v in (IMAGENET_MEAN, IMAGENET_STD))
     return (x - mean) / std
 
 
 # input_convention: how images in [0, 1] would look to a model whose forward lacks its own scaling, and the fix
 CONVENTIONS: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {
     "0-255 pixels": (_as_pixels, "it expects 0-255 pixels: multiply its input by 255 inside its forward"),
+    "images in [-1, 1]": (_as_signed, "it expects images in [-1, 1]: map its input with 2 * x - 1 inside its "
+                                      "forward"),
     "ImageNet-normalised images": (_as_normalised, "it expects normalised images: put the normalisation "
                                                    "inside its forward, e.g. nn.Sequential(Normalize(mean, std), "
                                                    "model)"),
@@ -140,10 +150,10 @@ CONVENTIONS: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {
 def check_input_convention(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
                            alpha: float = 0.01) -> list[Check]:
     """Does the model take images in [0, 1], as hpm passes them? ``input_convention`` fails when the same images
-    as 0-255 pixels or ImageNet-normalised are classified correctly significantly more often (exact paired test at
-    ``alpha``): a model whose forward lacks its own scaling scores hpm's images near chance while every other
-    check passes. ``clean_above_chance`` fails when the clean accuracy is not significantly above 1/k, whatever
-    the cause. Both on the first :data:`CONVENTION_IMAGES` images, in batches of ``batch_size``."""
+    as 0-255 pixels, in [-1, 1] or ImageNet-normalised are classified correctly significantly more often (exact
+    paired test at ``alpha``): a model whose forward lacks its own scaling scores hpm's images near chance while
+    every other check passes. ``clean_above_chance`` fails when the clean accuracy is not significantly above
+    1/k, whatever the cause. Both on the first :data:`CONVENTION_IMAGES` images, in batches of ``batch_size``."""
     x, y = x[:CONVENTION_IMAGES], y[:CONVENTION_IMAGES]
     model = evaluation_copy(model, x.device)
 
@@ -154,16 +164,23 @@ def check_input_convention(model: nn.Module, x: Tensor, y: Tensor, batch_size: i
     given, k = correct(lambda images: images)
     found = []
     for name, (transform, fix) in CONVENTIONS.items():
-        other, _ = correct(transform)
+        if transform is _as_normalised and x.shape[1] != 3:
+            continue  # ImageNet's statistics are of three channels
+        try:
+            other, _ = correct(transform)
+        except Exception:  # a model that refuses inputs outside [0, 1] takes them as hpm passes them
+            continue
         gained, lost = int((other & ~given).sum()), int((given & ~other).sum())
         if gained + lost and binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue < alpha:
             found.append(f"as {name} {100 * float(other.float().mean()):.0f}%: {fix}")
     accuracy = float(given.float().mean())
     convention = Check("input_convention", not found,
                        f"clean accuracy on {len(y)} images in [0, 1]: {100 * accuracy:.0f}%"
-                       + ("; " + "; ".join(found) if found else ", not beaten by the same images as 0-255 pixels or "
-                                                                 "ImageNet-normalised"))
+                       + ("; " + "; ".join(found) if found else ", not beaten by the same images as 0-255 pixels, in "
+                                                                 "[-1, 1] or ImageNet-normalised"))
     p = binomtest(int(given.sum()), len(y), 1 / k, alternative="greater").pvalue
+    if binomtest(len(y), len(y), 1 / k, alternative="greater").pvalue >= alpha:  # even all correct would not tell
+        return [convention, Check("clean_above_chance", None, f"{len(y)} images cannot tell {k} classes from chance")]
     above = Check("clean_above_chance", bool(p < alpha),
                   f"clean accuracy {100 * accuracy:.0f}% on {len(y)} images, chance {100 / k:.0f}% (one-sided exact "
                   f"binomial p = {p:.2g})" + ("" if p < alpha else ": the model does not classify these images: "
@@ -206,12 +223,28 @@ def check_deterministic(model: nn.Module, x: Tensor) -> Check:
 
 @torch.no_grad()
 def check_randomness_averaged(model: nn.Module, x: Tensor, eot_iter: int) -> Check:
-    """A model whose two forward passes on one batch differ beyond float rounding (noise in its forward, a module
-    that adapts as it runs) was attacked with its gradient averaged over several passes (``eot_iter`` > 1):
-    following one draw's gradient per step mixes attack success with the model's noise, and the robust accuracy
-    left is overstated. Not applicable to a model whose passes agree."""
-    model = evaluation_copy(model, x.device)
-    a, b = model(x), model(x)
+    """On a fresh copy of the model, two forward passes on one batch (the first may fill a cache):
+    ``stateless_forward`` fails when the second changed the model's own parameters or buffers (test-time
+    adaptation: one copy is evaluated across every batch and attack step, so the numbers depend on what it met
+    before, and averaging does not help); ``randomness_averaged`` fails when they differ beyond float rounding
+    without such a change (noise in the forward) and APGD followed one pass's gradient per step (``eot_iter`` 1):
+    the numbers mix attack success with the model's noise, and the robust accuracy left is overstated. Not
+    applicable to a model whose passes agree, or whose deployed forward is attacked only through surrogates."""
+    if getattr(model, "deployed_differentiable", True) is False:
+        return Check("randomness_averaged", None, "the deployed model is not attacked by gradient: its surrogates "
+                                                  "are, and it only judges")
+    fresh = copy_module(evaluation_copy(model, x.device))
+    a = fresh(x)  # a first pass may fill a cache; adaptation changes the state on every pass
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    b = fresh(x)
+    changed = [k for k, v in fresh.state_dict().items() if not _same(before[k], v)]
+    if changed:
+        return Check("stateless_forward", False,
+                     f"a forward pass changes the model's own state ({', '.join(changed[:3])}"
+                     f"{', ...' if len(changed) > 3 else ''}): hpm evaluates one copy across every batch and attack "
+                     "step, so each image meets a model changed by the images and attacks before it, and the "
+                     "numbers depend on their order; reset that state at the start of each forward (and declare "
+                     "batch_dependent=True if it adapts to the batch)")
     if bool(((a - b).abs() <= rounding_tolerance(a)).all()):
         return Check("randomness_averaged", None, "two forward passes agree: nothing to average")
     ok = eot_iter > 1
@@ -219,8 +252,13 @@ def check_randomness_averaged(model: nn.Module, x: Tensor, eot_iter: int) -> Che
                                              "passes per step (expectation over transformation)") if ok else
                  "two forward passes differ, and APGD followed one pass's gradient per step: the numbers mix attack "
                  "success with the model's noise; attack it with expectation over transformation, "
-                 "AttackConfig(eot_iter=20) (hpm eval --eot-iter 20, as AutoAttack's rand version), or seed its "
-                 "randomness inside its forward")
+                 "AttackConfig(eot_iter=20) (hpm eval --eot-iter 20, as AutoAttack's rand version), or fix its "
+                 "noise with a generator seeded inside its forward if the defence is meant to be deterministic")
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Equal tensors, NaN equal to NaN (a buffer that holds NaN has not changed when it still does)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else a == b).all())
 
 
 def ce_saturation(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 256,

@@ -134,7 +134,7 @@ class EvalConfig:
 
 
 WRONG_NUMBER_CHECKS = (  # checks whose failure means wrong numbers
-    "clean_matches_card", "batch_independent", "input_convention", "randomness_averaged")
+    "clean_matches_card", "batch_independent", "input_convention", "randomness_averaged", "stateless_forward")
 
 
 @dataclass
@@ -225,7 +225,9 @@ class EvalReport:
                  f"- data: {data.get('source', 'tensors passed by the caller')}, subset {data.get('subset', 'all')}, "
                  f"n = {data.get('n', next(iter(self.results.values())).n_planned if self.results else 0)}",
                  f"- threat model: {a.norm}, eps = {a.eps:.6g} ({a.eps * 255:.3g}/255); APGD {a.n_iter} iterations x "
-                 f"{a.n_restarts} restart(s); Square {a.square_queries} queries; schedule: {a.schedule}; seed {a.seed}"
+                 f"{a.n_restarts} restart(s)"
+                 + (f", each step's gradient averaged over {a.eot_iter} passes (EOT)" if a.eot_iter > 1 else "")
+                 + f"; Square {a.square_queries} queries; schedule: {a.schedule}; seed {a.seed}"
                  + (f"; batch: attacks clamped per row at margin {a.batch_kappa:g} and judged both ways"
                     if a.batch_kappa is not None and any(p.whole_batch for p in self.plan) else ""),
                  *self._declaration_note(),

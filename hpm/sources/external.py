@@ -286,7 +286,7 @@ def _timm(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, i
         warnings.warn(f"timm:{name} with num_classes={wanted}: its pretrained weights score "
                       f"{cfg.get('num_classes')} classes, so timm gives it a new classifier at random: fine-tune it "
                       "or fit an HPM head (head='hpm') before evaluating; an FC head scores at chance",
-                      stacklevel=4)
+                      stacklevel=4)  # the caller of hpm.wrap (through load_backbone)
     size = tuple(cfg.get("input_size", IMAGENET_INPUT))
     norm = Normalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
     return TimmWithNormalize(norm, model).eval(), size  # type: ignore[return-value]
@@ -297,19 +297,46 @@ def _timm_with_weights(name: str, path: Path, kwargs: dict) -> nn.Module:
     architecture or class count is refused (timm's pretrained loading would instead drop a classifier of another
     size, or leave unmatched layers at random, without a word)."""
     import timm
-    from timm.models import load_state_dict
 
     model = timm.create_model(name, pretrained=False, **kwargs)
-    state, own = load_state_dict(str(path), weights_only=True), model.state_dict()
-    differences = {"missing": [k for k in own if k not in state], "unexpected": [k for k in state if k not in own],
+    state, own = _state_dict_in(path), model.state_dict()
+    optional = {k for k in own if k.endswith("num_batches_tracked")}  # files saved before BatchNorm counted
+    differences = {"missing": [k for k in own if k not in state and k not in optional],
+                   "unexpected": [k for k in state if k not in own],
                    "of another shape": [k for k in own if k in state and state[k].shape != own[k].shape]}
     if any(differences.values()):
         found = "; ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in differences.items() if keys)
         raise HPMError(f"timm: {path} is not a state dict of {name} with {model.num_classes} classes: its tensors, "
                        f"against the model's: {found}; save model.state_dict() of that architecture, and pass "
                        "source_options num_classes=K when its classifier scores K classes")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)  # every tensor checked above; a missing count keeps its default
     return model
+
+
+EMA_KEYS = ("state_dict_ema", "model_ema")  # a training checkpoint's averaged copy of the weights
+
+
+def _state_dict_in(path: Path) -> dict:
+    """The state dict a weights file holds: the file itself, or its ``state_dict`` (else ``model``) entry as a
+    training checkpoint keeps it, without a ``module.`` prefix (DataParallel); an averaged copy beside it is
+    left, with a warning, rather than picked silently (alone, it is the weights)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    raw = torch.load(path, map_location=CPU, weights_only=True)
+    if not isinstance(raw, dict):
+        raise HPMError(f"timm: {path} holds a {type(raw).__name__}, not a state dict")
+    entry = next((k for k in ("state_dict", "model") if isinstance(raw.get(k), dict)), None)
+    averaged = [k for k in EMA_KEYS if isinstance(raw.get(k), dict)]
+    if entry and averaged:
+        warnings.warn(f"timm: {path} holds the weights under {entry!r} and an averaged copy under {averaged[0]!r}; "
+                      f"hpm loads {entry!r}: to evaluate the averaged weights, save them alone "
+                      f"(torch.save(checkpoint[{averaged[0]!r}], PATH))",
+                      stacklevel=6)  # the caller of hpm.wrap (through load_backbone, _timm, _timm_with_weights)
+    entry = entry or next(iter(averaged), None)  # the averaged copy alone: the only weights there are
+    state = raw[entry] if entry else raw
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _torchvision(name: str | None, options: dict) -> tuple[nn.Module, tuple[int, int, int]]:

@@ -58,8 +58,11 @@ def load_factory(text: str):
     obj = getattr(module, attr)
     from torch import nn  # noqa: PLC0415 (torch only when a factory is loaded)
 
-    if isinstance(obj, nn.Module) or not callable(obj):
+    if isinstance(obj, nn.Module):
         return obj
+    if not callable(obj):
+        raise HPMError(f"{text}: {attr} is a {type(obj).__name__}, neither a model (an nn.Module or a function "
+                       "images -> scores) nor a factory that returns one")
     try:
         inspect.signature(obj).bind()
     except TypeError:

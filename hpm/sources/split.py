@@ -115,8 +115,8 @@ def _verify_split(model: nn.Module, features: nn.Module, fc: nn.Linear, probe: T
         z = features(probe)
     except Exception as e:  # the caller's forward, with its final linear layer replaced by nn.Identity
         raise HPMError(f"{type(model).__name__}: with its final nn.Linear replaced by nn.Identity its forward fails "
-                       f"({type(e).__name__}: {e}); something after that layer uses its output (a bias added, a "
-                       "skip): end the forward in the nn.Linear, folding what follows into the layer") from e
+                       f"({type(e).__name__}: {e}); probably something after that layer uses its output (a bias "
+                       "added, a skip): end the forward in the nn.Linear, folding what follows into the layer") from e
     if z.ndim != 2 or z.shape[1] != fc.in_features:
         raise HPMError(f"features have shape {tuple(z.shape)}, expected [B, {fc.in_features}]")
     if not torch.allclose(fc(z), expected, rtol=1e-4, atol=1e-5):
