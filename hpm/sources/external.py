@@ -323,7 +323,7 @@ def _state_dict_in(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return {k.removeprefix("module."): v for k, v in load_file(str(path)).items()}
     raw = torch.load(path, map_location=CPU, weights_only=True)
     if not isinstance(raw, dict):
         raise HPMError(f"timm: {path} holds a {type(raw).__name__}, not a state dict")
