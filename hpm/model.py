@@ -36,7 +36,7 @@ from .sources import (
     load_backbone,
     parse_source,
 )
-from .sources.external import LOADERS
+from .sources.external import LOADERS, with_absolute_paths
 from .sources.factory import callables_in, is_factory, load_factory
 from .sources.reference import SOURCE as REFERENCE_SOURCE
 from .sources.reference import (backbone_config, features_digest, is_portable, names_local_backbone, reference_name,
@@ -347,7 +347,7 @@ def wrap(model_or_name: nn.Module | str, head: str = "hpm", *, input_size: tuple
     named = dataset  # the caller's word, checked against the model's classes below
     if isinstance(model_or_name, str):
         spec = parse_source(model_or_name)
-        spec.options.update(source_options or {})
+        spec.options.update(with_absolute_paths(source_options or {}))
         split: SplitModel = load_backbone(spec, input_size=input_size)
         dataset = dataset or spec.options.get("dataset") or DATASET_OF_SOURCE.get(spec.source, "cifar10")
     elif isinstance(model_or_name, nn.Module):

@@ -568,6 +568,17 @@ def test_shards_of_models_whose_scores_differ_are_not_merged(tmp_path):
                                      tmp_path / "shard0.json")
 
 
+def test_merged_shards_keep_the_checks_that_say_their_numbers_are_wrong(tmp_path):
+    x, y = _images()
+    for k in range(2):
+        _evaluate(NoisyNet(), x, y, batch_sizes=[4], shard=(k, 2), out=tmp_path / f"shard{k}.json")
+    merged = hpm.evaluation.merge_reports([tmp_path / "shard0.npz", tmp_path / "shard1.npz"], tmp_path / "all.json",
+                                          tmp_path / "shard0.json")
+    assert [c.name for c in merged.wrong_number_checks] == ["randomness_averaged"]
+    assert main(["eval", "--merge", str(tmp_path / "shard0.npz"), str(tmp_path / "shard1.npz"),
+                 "--out", str(tmp_path / "again.json")]) == 1
+
+
 class Counting(nn.Module):
     """A defence that counts its calls in a plain attribute (a stateful defence)."""
 
@@ -774,9 +785,16 @@ def test_a_factory_file_is_a_model_for_load_and_info(tmp_path, capsys):
 
 def test_a_factory_that_needs_arguments_or_returns_nothing_is_named_with_the_fix(tmp_path):
     factory = tmp_path / "mine.py"
-    factory.write_text("def sized(width):\n    return None\n\ndef forgot():\n    model = 1\n\nCONFIG = {}\n")
-    with pytest.raises(HPMError, match=r"sized\(width\) needs arguments, .* e.g. def load\(\): return sized\(...\)"):
+    factory.write_text("def sized(width, depth):\n    return None\n\ndef forgot():\n    model = 1\n\nCONFIG = {}\n\n"
+                       "class Net:\n    def __init__(self, width):\n        pass\n\n"
+                       "def classify(images):\n    return images.flatten(1)[:, :10]\n")
+    with pytest.raises(HPMError, match=r"sized\(width, depth\) needs arguments, .* e.g. def load\(\): return "
+                                       r"sized\(...\)"):
         hpm.load(f"{factory}:sized")
+    with pytest.raises(HPMError, match=r"Net\(width\) needs arguments"):
+        hpm.load(f"{factory}:Net")
+    classify = hpm.load(f"{factory}:classify")  # a function of the images is the model itself
+    assert classify.__name__ == "classify"
     with pytest.raises(HPMError, match=r"forgot\(\) returned None; a factory returns the model"):
         hpm.load(f"{factory}:forgot")
     with pytest.raises(HPMError, match=r"CONFIG is a dict, neither a model .* nor a factory"):

@@ -58,6 +58,18 @@ def test_timm_loads_pretrained_weights_from_a_local_safetensors_file(tmp_path, o
     assert model.backbone_spec.options == {"file": str(file)}
 
 
+def test_a_checkpoint_of_a_timm_model_from_a_relative_weights_file_reloads_from_another_directory(
+        tmp_path, offline, monkeypatch):
+    (tmp_path / "work").mkdir()
+    save_file(random_resnet18().state_dict(), str(tmp_path / "work" / "resnet18.safetensors"))
+    monkeypatch.chdir(tmp_path / "work")
+    model = hpm.wrap("timm:resnet18", head="fc", source_options={"file": "resnet18.safetensors"}, input_size=SIZE)
+    model.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    x = torch.rand(2, *SIZE)
+    assert torch.equal(hpm.load(tmp_path / "ckpt")(x), model(x))
+
+
 def test_timm_offline_takes_the_weights_from_the_hugging_face_cache(offline):
     import timm
 

@@ -174,7 +174,7 @@ def _cmd_eval(args) -> int:
             raise HPMError(f"--merge needs the shard's report {base} beside {args.merge[0]}")
         report = merge_reports(args.merge, args.out, base)
         print(report.to_markdown())
-        return 0
+        return _exit_status(report)
     if not args.model:
         raise HPMError("MODEL is required (unless --merge is given)")
     _fill_defaults(args)

@@ -244,7 +244,8 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
     """Merge per-sample results of shards of one evaluation and rebuild the report from them (the same merge
     as rank 0 does under torchrun).
 
-    ``base_report`` is one shard's JSON report (for the config and plan); checks are not re-run.
+    ``base_report`` is one shard's JSON report (for the config and plan); its checks of the model (every shard
+    runs them on the same first images) are carried over, not re-run, and those that read the numbers are redone.
     """
     json_path, md_path, npz_path = output_paths(out)
     runs = [read_run(Path(p)) for p in npz_paths]
@@ -259,7 +260,8 @@ def merge_reports(npz_paths: list[str | Path], out: str | Path, base_report: str
                        "images differ, though their weights and constants agree)")
     save_results(npz_path, merged, key, next(iter(fingerprints), None), probes[0] if probes else None)
     base = EvalReport.from_json(base_report)
-    report = build_report(base.model, base.model_info, base.config, base.plan, merged, [], base.command)
+    of_the_model = [c for c in base.checks if "[bs=" not in c.name]  # per batch size: rebuilt from the merge
+    report = build_report(base.model, base.model_info, base.config, base.plan, merged, of_the_model, base.command)
     return write_report(report, json_path, md_path)
 
 

@@ -384,6 +384,16 @@ OPTIONS: dict[str, tuple[str, ...]] = {  # the source options each loader reads
 }
 
 
+LOCAL_PATHS = ("file", "model_dir")  # source options that name a place on this machine
+
+
+def with_absolute_paths(options: dict) -> dict:
+    """``options`` with the local paths among them made absolute, so that a checkpoint recording them reloads
+    from any working directory."""
+    return {k: str(Path(v).expanduser().resolve()) if k in LOCAL_PATHS and isinstance(v, (str, Path)) else v
+            for k, v in options.items()}
+
+
 def check_options(source: str, options: dict) -> None:
     """Refuse source options that ``source``'s loader does not read (a misspelt one would be ignored)."""
     unknown = sorted(set(options) - set(OPTIONS[source]))

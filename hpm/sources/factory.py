@@ -63,14 +63,12 @@ def load_factory(text: str):
     if not callable(obj):
         raise HPMError(f"{text}: {attr} is a {type(obj).__name__}, neither a model (an nn.Module or a function "
                        "images -> scores) nor a factory that returns one")
-    try:
-        inspect.signature(obj).bind()
-    except TypeError:
-        raise HPMError(f"{text}: {attr}{inspect.signature(obj)} needs arguments, and hpm calls a factory with none: "
-                       f"give them defaults, or add a factory that passes them, e.g. def load(): return "
-                       f"{attr}(...)") from None
-    except ValueError:  # no signature to read (a builtin): call it and see
-        pass
+    if not _takes(obj, 0):
+        if not isinstance(obj, type) and _takes(obj, 1):
+            return obj  # a function images -> scores: the model itself
+        raise HPMError(f"{text}: {attr}{inspect.signature(obj)} needs arguments, and hpm calls a factory with none "
+                       f"(or a model with the images alone): give them defaults, or add a factory that passes them, "
+                       f"e.g. def load(): return {attr}(...)")
     try:
         made = obj()
     except Exception as e:  # the user's code: say where it failed, keep its traceback
@@ -78,6 +76,17 @@ def load_factory(text: str):
     if made is None:
         raise HPMError(f"{text}: {attr}() returned None; a factory returns the model (a missing return?)")
     return made
+
+
+def _takes(fn, n: int) -> bool:
+    """Whether ``fn`` can be called with ``n`` positional arguments (True when its signature cannot be read)."""
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): call it and see
+        return True
+    return True
 
 
 def _import(module: str, text: str):
