@@ -24,7 +24,7 @@ LIBRARIES = frozenset({"torch", "torchvision", "timm", "numpy", "scipy", "pyauto
 def modules_held(fn: Callable) -> list[nn.Module]:
     """The modules a deep copy of ``fn`` copies with it: a bound method's object, a partial's function and
     arguments, a callable object's attributes (and the modules in lists, tuples and dicts among them)."""
-    return _unique(_held(fn, DEPTH))
+    return distinct(_held(fn, DEPTH))
 
 
 def modules_reached(fn: Callable) -> list[nn.Module]:
@@ -32,10 +32,11 @@ def modules_reached(fn: Callable) -> list[nn.Module]:
     the globals and module attributes it names, its defaults, and, a few steps on, what the functions, containers
     and plain objects among them hold (less those ``fn`` holds itself)."""
     held = modules_held(fn)
-    return [m for m in _unique(_reached(fn, DEPTH)) if all(m is not h for h in held)]
+    return [m for m in distinct(_reached(fn, DEPTH)) if all(m is not h for h in held)]
 
 
-def _unique(modules: Iterator[nn.Module]) -> list[nn.Module]:
+def distinct(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """``modules`` in order, each once (by identity: modules need not compare or hash by value)."""
     found: list[nn.Module] = []
     for m in modules:
         if all(m is not f for f in found):

@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .callables import modules_held, modules_reached
+from .callables import distinct, modules_held, modules_reached
 from .devices import device_of
 from .errors import HPMError
 from .rng import seeded
@@ -205,10 +205,8 @@ def _as_module(fn: Callable[[Tensor], Tensor]) -> nn.Module:
 def modules_closed_over(model: nn.Module) -> list[nn.Module]:
     """The modules that plain functions inside ``model`` reach by name (:func:`hpm.callables.modules_reached`): hpm
     can neither copy them nor switch them to eval mode, so an evaluation runs them as they are."""
-    found: list[nn.Module] = []
-    for function in (m.fn for m in model.modules() if isinstance(m, _Function)):
-        found += [v for v in modules_reached(function) if all(v is not f for f in found)]
-    return found
+    functions = (m.fn for m in model.modules() if isinstance(m, _Function))
+    return distinct(reached for function in functions for reached in modules_reached(function))
 
 
 def _describe_callable(fn) -> str:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ..defence import copy_module, evaluation_copy, rounding_tolerance
 from ..devices import resolve
 from ..progress import progress_bar
-from ..sources.split import IMAGENET_MEAN, IMAGENET_STD
+from ..sources.split import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from .config import AttackConfig
 from .protocol import run_protocol
 from .report import BatchSizeResult, Check
@@ -130,9 +130,7 @@ def _as_signed(x: Tensor) -> Tensor:
 
 
 def _as_normalised(x: Tensor) -> Tensor:
-    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-                 for v in (IMAGENET_MEAN, IMAGENET_STD))
-    return (x - mean) / std
+    return Normalize(IMAGENET_MEAN, IMAGENET_STD).to(x.device)(x)
 
 
 # input_convention: how images in [0, 1] would look to a model whose forward lacks its own scaling, and the fix
